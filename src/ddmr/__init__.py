@@ -1,0 +1,11 @@
+"""DDMR: deep deformable medical image registration.
+
+Conventions (see README): tensors are (B, C, D, H, W) float32, labels uint8; a
+displacement ``u`` is in voxels of the grid it lives on, channels in (D, H, W) order,
+and pulls back: ``warped(x) = moving(x + u(x))``.
+"""
+
+from ddmr.errors import DDMRError
+
+__version__ = "0.1.0"
+__all__ = ["DDMRError", "__version__"]

@@ -1,0 +1,5 @@
+import sys
+
+from ddmr.cli import main
+
+sys.exit(main())
