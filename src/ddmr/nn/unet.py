@@ -91,7 +91,8 @@ class UNet(nn.Module):
         for level, filters in enumerate(decoder):
             self.decoder.append(_conv(channels, filters, slope))
             last = level == len(decoder) - 1
-            channels = filters if (last and config.flow_resolution == "half") else filters + skips[level]
+            half_head = last and config.flow_resolution == "half"
+            channels = filters if half_head else filters + skips[level]
         self.head = nn.ModuleList()
         for filters in config.head:
             self.head.append(_conv(channels, filters, slope))
@@ -121,8 +122,8 @@ class UNet(nn.Module):
             return x, tuple(shape)
         if not self.config.pad_input:
             raise ConfigError(
-                f"input size {tuple(shape)} is not a multiple of {m} (2 ** {len(self.config.encoder)}"
-                " encoder levels); resize it or enable pad_input"
+                f"input size {tuple(shape)} is not a multiple of {m} "
+                f"({len(self.config.encoder)} encoder levels); resize it or enable pad_input"
             )
         pad = []
         for n in reversed(shape):
