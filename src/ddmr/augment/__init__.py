@@ -1,0 +1,1 @@
+"""The augmentation layer: synthetic training pairs on the fly with a ground-truth field."""

@@ -1,0 +1,1 @@
+"""Data: preparation of user datasets, the bundled sample cohort, CT phantoms, loaders."""
