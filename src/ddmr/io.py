@@ -1,0 +1,617 @@
+"""Image and displacement-field I/O with geometry.
+
+Conventions
+-----------
+* Arrays are in the file's voxel order: ``array[i, j, k]``; ddmr tensors
+  (B, C, D, H, W) use D, H, W = i, j, k.
+* :class:`Geometry` holds the nibabel-style affine that maps a voxel index (i, j, k) to
+  RAS world coordinates in mm, and the grid shape. SimpleITK and ANTs describe the same
+  grid with an LPS origin and direction; :meth:`Geometry.to_itk` /
+  :meth:`Geometry.from_itk` convert.
+* A ddmr displacement ``u`` (3, I, J, K) is in voxels of its grid, channels in (i, j, k)
+  order, and pulls back: ``warped(x) = moving(x + u(x))``. On disk
+  (:func:`save_displacement`) it is an ITK/ANTs displacement field: a NIfTI vector image
+  (I, J, K, 1, 3), intent "vector" (1007), whose vectors are physical offsets in mm in
+  LPS, ``d_LPS = diag(-1, -1, 1) @ affine[:3, :3] @ u``. ``antsApplyTransforms`` and
+  ``SimpleITK.DisplacementFieldTransform`` read it as the transform that maps a point of
+  the fixed (this) grid to the moving image, so applying it to the moving image gives
+  the same warped image as ddmr (``tests/test_io.py`` proves it).
+
+Every writer is atomic (temporary name in the same folder, then ``os.replace``), and every
+reader validates its input, raising :class:`ddmr.errors.InputError` with one line that
+names the file and the problem.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ddmr.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
+
+PathLike = str | os.PathLike[str]
+
+NIFTI_EXTENSIONS = (".nii.gz", ".nii")
+ITK_EXTENSIONS = (".nrrd", ".nhdr", ".mha", ".mhd")
+READ_EXTENSIONS = NIFTI_EXTENSIONS + ITK_EXTENSIONS
+WRITE_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".mha")
+
+#: RAS <-> LPS: flip the first two world axes.
+LPS_FLIP = np.diag([-1.0, -1.0, 1.0])
+
+#: Default tolerance (mm) when comparing two geometries' affines.
+AFFINE_TOLERANCE = 1e-3
+
+
+# --------------------------------------------------------------------------------------
+# Geometry
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class Geometry:
+    """A voxel grid in world space.
+
+    ``affine`` (4, 4) float64 maps a voxel index (i, j, k, 1) to RAS world mm (nibabel
+    convention); ``shape`` is the grid size (I, J, K).
+    """
+
+    affine: np.ndarray
+    shape: tuple[int, int, int]
+
+    def __post_init__(self) -> None:
+        affine = np.array(self.affine, dtype=np.float64)
+        if affine.shape != (4, 4):
+            raise ValueError(f"affine must be 4x4, got {affine.shape}")
+        shape = tuple(int(n) for n in self.shape)
+        if len(shape) != 3:
+            raise ValueError(f"shape must have 3 entries, got {shape}")
+        affine.setflags(write=False)
+        object.__setattr__(self, "affine", affine)
+        object.__setattr__(self, "shape", shape)
+
+    # -- derived quantities (RAS) ------------------------------------------------------
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size (mm) along i, j, k."""
+        return tuple(float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))
+
+    @property
+    def direction(self) -> np.ndarray:
+        """(3, 3) unit column vectors of the i, j, k axes in RAS."""
+        return self.affine[:3, :3] / np.asarray(self.spacing)[None, :]
+
+    @property
+    def origin(self) -> np.ndarray:
+        """RAS world position (mm) of the centre of voxel (0, 0, 0)."""
+        return self.affine[:3, 3].copy()
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Geometry):
+            return NotImplemented
+        return self.shape == other.shape and np.array_equal(self.affine, other.affine)
+
+    def __hash__(self) -> int:
+        return hash((self.shape, self.affine.tobytes()))
+
+    def __repr__(self) -> str:
+        spacing = ", ".join(f"{s:.4g}" for s in self.spacing)
+        return f"Geometry(shape={self.shape}, spacing=({spacing}))"
+
+    def isclose(self, other: Geometry, tolerance: float = AFFINE_TOLERANCE) -> bool:
+        """Same shape and affines equal within ``tolerance`` (mm, elementwise)."""
+        return self.shape == other.shape and bool(
+            np.max(np.abs(self.affine - other.affine)) <= tolerance
+        )
+
+    def index_to_world(self, index: np.ndarray) -> np.ndarray:
+        """Map voxel indices (..., 3) to RAS world points (..., 3) in mm."""
+        index = np.asarray(index, dtype=np.float64)
+        return index @ self.affine[:3, :3].T + self.affine[:3, 3]
+
+    def world_to_index(self, points: np.ndarray) -> np.ndarray:
+        """Map RAS world points (..., 3) in mm to (fractional) voxel indices (..., 3)."""
+        inverse = np.linalg.inv(self.affine)
+        points = np.asarray(points, dtype=np.float64)
+        return points @ inverse[:3, :3].T + inverse[:3, 3]
+
+    def world_corners(self) -> np.ndarray:
+        """(8, 3) RAS positions of the grid's outer corners (voxel edges, not centres)."""
+        lo = np.full(3, -0.5)
+        hi = np.asarray(self.shape, dtype=np.float64) - 0.5
+        corners = np.array(
+            [[(hi if b else lo)[a] for a, b in enumerate(bits)]
+             for bits in np.ndindex(2, 2, 2)]
+        )
+        return self.index_to_world(corners)
+
+    # -- ITK / ANTs (LPS) ----------------------------------------------------------------
+    def to_itk(self) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
+        """``(origin, spacing, direction)`` in ITK's LPS convention.
+
+        ``direction`` is the row-major flattening of the (3, 3) matrix whose columns are
+        the i, j, k axes in LPS, as ``SimpleITK.Image.SetDirection`` expects.
+        """
+        origin = LPS_FLIP @ self.affine[:3, 3]
+        direction = LPS_FLIP @ self.direction
+        return (tuple(float(v) for v in origin), self.spacing,
+                tuple(float(v) for v in direction.ravel()))
+
+    @classmethod
+    def from_itk(cls, origin: Sequence[float], spacing: Sequence[float],
+                 direction: Sequence[float], shape: Sequence[int]) -> Geometry:
+        """Build from ITK's LPS ``origin``, ``spacing``, flat row-major ``direction`` and
+        grid size (I, J, K)."""
+        matrix = np.asarray(direction, dtype=np.float64).reshape(3, 3)
+        affine = np.eye(4)
+        affine[:3, :3] = LPS_FLIP @ matrix @ np.diag(np.asarray(spacing, dtype=np.float64))
+        affine[:3, 3] = LPS_FLIP @ np.asarray(origin, dtype=np.float64)
+        return cls(affine, tuple(int(n) for n in shape))
+
+    # -- serialisation -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"affine": self.affine.tolist(), "shape": list(self.shape)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Geometry:
+        return cls(np.asarray(data["affine"], dtype=np.float64), tuple(data["shape"]))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_json(cls, text: str) -> Geometry:
+        return cls.from_dict(json.loads(text))
+
+
+def check_geometry(geometry: Geometry, path: PathLike) -> None:
+    """Raise :class:`InputError` if the grid has non-finite or non-positive spacing."""
+    if not np.all(np.isfinite(geometry.affine)):
+        raise InputError(f"{path}: the affine (voxel-to-world matrix) has NaN or Inf entries")
+    spacing = np.asarray(geometry.spacing)
+    if np.any(spacing <= 0) or abs(np.linalg.det(geometry.affine[:3, :3])) <= 1e-12:
+        raise InputError(
+            f"{path}: voxel spacing must be positive, got "
+            f"({', '.join(f'{s:g}' for s in spacing)}) mm"
+        )
+    if any(n < 1 for n in geometry.shape):
+        raise InputError(f"{path}: empty image of shape {geometry.shape}")
+
+
+def check_same_geometry(a: Geometry, b: Geometry, names: Sequence[PathLike],
+                        tolerance: float = AFFINE_TOLERANCE) -> None:
+    """Raise :class:`InputError` unless ``a`` and ``b`` are the same grid.
+
+    ``names`` are the two files (image, labels); the message names the second.
+    Affines may differ elementwise by ``tolerance`` (mm).
+    """
+    first, second = (str(n) for n in names)
+    if a.shape != b.shape:
+        raise InputError(
+            f"{second}: shape {b.shape} differs from {first} shape {a.shape}"
+        )
+    difference = float(np.max(np.abs(a.affine - b.affine)))
+    if not difference <= tolerance:
+        raise InputError(
+            f"{second}: voxel-to-world affine differs from {first} "
+            f"(largest difference {difference:.3g} mm)"
+        )
+
+
+# --------------------------------------------------------------------------------------
+# Paths and atomic writes
+# --------------------------------------------------------------------------------------
+
+
+def file_extension(path: PathLike) -> str:
+    """The lower-case image extension of ``path`` (``.nii.gz`` counts as one)."""
+    name = Path(path).name.lower()
+    if name.endswith(".nii.gz"):
+        return ".nii.gz"
+    return Path(name).suffix
+
+
+def strip_extension(path: PathLike) -> str:
+    """File name without its image extension: ``a/b.nii.gz -> b``."""
+    name = Path(path).name
+    extension = file_extension(name)
+    return name[: len(name) - len(extension)] if extension else name
+
+
+def _check_readable(path: PathLike) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, expected an image file")
+    extension = file_extension(path)
+    if extension not in READ_EXTENSIONS:
+        raise InputError(
+            f"{path}: unsupported file type {extension or '(none)'!r}; "
+            f"expected one of {', '.join(READ_EXTENSIONS)}"
+        )
+    return path
+
+
+@contextmanager
+def atomic_path(path: PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (same extension); on success it replaces
+    ``path`` atomically, on failure it is removed, leaving any old file untouched."""
+    path = Path(path)
+    extension = file_extension(path)
+    stem = path.name[: len(path.name) - len(extension)] if extension else path.name
+    temporary = path.with_name(f".{stem}.{uuid.uuid4().hex[:8]}.tmp{extension}")
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+
+
+def _check_writable(path: PathLike) -> Path:
+    path = Path(path)
+    if file_extension(path) not in WRITE_EXTENSIONS:
+        raise InputError(
+            f"{path}: cannot write file type {file_extension(path) or '(none)'!r}; "
+            f"use one of {', '.join(WRITE_EXTENSIONS)}"
+        )
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, expected a file name")
+    if not path.parent.is_dir():
+        raise InputError(f"{path}: folder {path.parent} does not exist")
+    return path
+
+
+# --------------------------------------------------------------------------------------
+# SimpleITK / ANTs conversions
+# --------------------------------------------------------------------------------------
+
+
+def to_sitk(array: np.ndarray, geometry: Geometry):
+    """A ``SimpleITK.Image`` of a scalar (I, J, K) array on ``geometry``."""
+    import SimpleITK as sitk  # noqa: N813
+
+    image = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(array).transpose(2, 1, 0)))
+    origin, spacing, direction = geometry.to_itk()
+    image.SetOrigin(origin)
+    image.SetSpacing(spacing)
+    image.SetDirection(direction)
+    return image
+
+
+def from_sitk(image) -> tuple[np.ndarray, Geometry]:
+    """(array (I, J, K), Geometry) of a scalar 3D ``SimpleITK.Image``."""
+    import SimpleITK as sitk  # noqa: N813
+
+    array = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
+    geometry = Geometry.from_itk(image.GetOrigin(), image.GetSpacing(),
+                                 image.GetDirection(), image.GetSize())
+    return array, geometry
+
+
+def to_ants(array: np.ndarray, geometry: Geometry):
+    """An ``ants.ANTsImage`` of a scalar (I, J, K) array on ``geometry`` (float32)."""
+    import ants
+
+    origin, spacing, direction = geometry.to_itk()
+    return ants.from_numpy(
+        np.ascontiguousarray(np.asarray(array, dtype=np.float32)),
+        origin=origin, spacing=spacing, direction=np.asarray(direction).reshape(3, 3),
+    )
+
+
+def from_ants(image) -> tuple[np.ndarray, Geometry]:
+    """(array (I, J, K), Geometry) of a scalar 3D ``ants.ANTsImage``."""
+    array = image.numpy()
+    geometry = Geometry.from_itk(image.origin, image.spacing,
+                                 np.asarray(image.direction).ravel(), array.shape)
+    return array, geometry
+
+
+# --------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------
+
+
+def _check_nifti_zooms(path: Path, image: Any) -> None:
+    """nibabel silently replaces zero voxel sizes by 1 mm when it loads a header; when no
+    sform gives the geometry, look at the stored voxel sizes themselves."""
+    import nibabel as nib
+
+    header = image.header
+    if int(header.get("sform_code", 0)) > 0:
+        return
+    with nib.openers.ImageOpener(str(path)) as handle:
+        block = handle.read(header.sizeof_hdr)
+    raw = type(header)(block, check=False)
+    zooms = np.asarray(raw["pixdim"][1:4], dtype=np.float64)
+    if not np.all(np.isfinite(zooms)) or np.any(zooms <= 0):
+        raise InputError(
+            f"{path}: voxel spacing must be positive, got "
+            f"({', '.join(f'{s:g}' for s in zooms)}) mm"
+        )
+
+
+def _read_raw(path: Path) -> tuple[np.ndarray, Geometry]:
+    """Array (any dims, file voxel order) and geometry, without content checks."""
+    extension = file_extension(path)
+    try:
+        if extension in NIFTI_EXTENSIONS:
+            import nibabel as nib
+
+            image = nib.load(str(path))
+            if not hasattr(image, "dataobj") or not hasattr(image, "affine"):
+                raise ValueError("not a NIfTI image")
+            _check_nifti_zooms(path, image)
+            array = np.asanyarray(image.dataobj)
+            affine = np.asarray(image.affine, dtype=np.float64)
+            shape = array.shape
+        else:
+            import SimpleITK as sitk  # noqa: N813
+
+            image = sitk.ReadImage(str(path))
+            if image.GetNumberOfComponentsPerPixel() != 1:
+                raise InputError(
+                    f"{path}: has {image.GetNumberOfComponentsPerPixel()} components per "
+                    "voxel, expected a scalar 3D image"
+                )
+            array = sitk.GetArrayFromImage(image)
+            array = array.transpose(tuple(range(array.ndim))[::-1])
+            shape = array.shape
+            if image.GetDimension() < 3:
+                raise InputError(f"{path}: image is {image.GetDimension()}D, expected 3D")
+            origin = image.GetOrigin()[:3]
+            spacing = image.GetSpacing()[:3]
+            direction = np.asarray(image.GetDirection()).reshape(
+                image.GetDimension(), image.GetDimension())[:3, :3]
+            geometry = Geometry.from_itk(origin, spacing, direction.ravel(), (1, 1, 1))
+            affine = geometry.affine
+    except InputError:
+        raise
+    except MemoryError:
+        raise
+    except Exception as error:  # nibabel/SimpleITK/zlib raise many kinds
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InputError(f"{path}: cannot read image (truncated or corrupt?): {detail}") from None
+    if array.ndim > 3 and all(n == 1 for n in array.shape[3:]):
+        array = array.reshape(array.shape[:3])
+    if array.ndim != 3:
+        raise InputError(f"{path}: image has shape {tuple(shape)}, expected a 3D volume")
+    return array, Geometry(affine, array.shape)
+
+
+def load_image(path: PathLike) -> tuple[np.ndarray, Geometry]:
+    """Read a 3D intensity image.
+
+    Returns ``(array, geometry)``: float32 (I, J, K) in the file's voxel order, and its
+    :class:`Geometry`. Raises :class:`InputError` for a missing, unreadable, non-3D,
+    non-finite or constant image, or a bad voxel spacing.
+    """
+    path = _check_readable(path)
+    array, geometry = _read_raw(path)
+    check_geometry(geometry, path)
+    if array.dtype.kind not in "biuf":
+        raise InputError(f"{path}: voxel type {array.dtype} is not numeric")
+    array = np.asarray(array, dtype=np.float32)
+    if not np.all(np.isfinite(array)):
+        raise InputError(f"{path}: image contains NaN or Inf voxels")
+    if array.size == 0 or float(array.max()) == float(array.min()):
+        raise InputError(f"{path}: image is constant (every voxel is {array.flat[0]:g})")
+    return array, geometry
+
+
+def load_labels(path: PathLike) -> tuple[np.ndarray, Geometry]:
+    """Read a 3D label map: ``(uint8 (I, J, K), Geometry)``, 0 is background.
+
+    Raises :class:`InputError` for the reasons of :func:`load_image` (except constancy),
+    and for non-integer, negative or > 255 values.
+    """
+    path = _check_readable(path)
+    array, geometry = _read_raw(path)
+    check_geometry(geometry, path)
+    if array.dtype.kind not in "biuf":
+        raise InputError(f"{path}: voxel type {array.dtype} is not numeric")
+    if array.dtype.kind == "f":
+        if not np.all(np.isfinite(array)):
+            raise InputError(f"{path}: label map contains NaN or Inf voxels")
+        if not np.array_equal(array, np.round(array)):
+            raise InputError(f"{path}: label map has non-integer values")
+    if array.size and float(array.min()) < 0:
+        raise InputError(f"{path}: label map has negative values (min {array.min():g})")
+    if array.size and float(array.max()) > 255:
+        raise InputError(f"{path}: label values must be 0..255, found {array.max():g}")
+    return np.asarray(array, dtype=np.uint8), geometry
+
+
+# --------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------
+
+
+def _write_nifti(path: Path, array: np.ndarray, geometry: Geometry,
+                 prepare_header: Callable[[Any], None] | None = None) -> None:
+    import nibabel as nib
+
+    image = nib.Nifti1Image(array, geometry.affine)
+    image.header.set_qform(geometry.affine, code=1)
+    image.header.set_sform(geometry.affine, code=1)
+    image.header.set_xyzt_units("mm", "sec")
+    if prepare_header is not None:
+        prepare_header(image.header)
+    nib.save(image, str(path))
+
+
+def _save_volume(path: PathLike, array: np.ndarray, geometry: Geometry) -> None:
+    path = _check_writable(path)
+    if tuple(array.shape) != geometry.shape:
+        raise ValueError(f"array shape {tuple(array.shape)} differs from grid {geometry.shape}")
+    with atomic_path(path) as temporary:
+        if file_extension(path) in NIFTI_EXTENSIONS:
+            _write_nifti(temporary, array, geometry)
+        else:
+            import SimpleITK as sitk  # noqa: N813
+
+            sitk.WriteImage(to_sitk(array, geometry), str(temporary), useCompression=True)
+
+
+def _as_numpy(array: np.ndarray | torch.Tensor) -> np.ndarray:
+    if hasattr(array, "detach"):
+        array = array.detach().cpu().numpy()
+    return np.asarray(array)
+
+
+def save_image(path: PathLike, array: np.ndarray | torch.Tensor, geometry: Geometry) -> None:
+    """Write a float32 (I, J, K) image atomically (.nii.gz, .nii, .nrrd or .mha)."""
+    array = _as_numpy(array).astype(np.float32, copy=False)
+    _save_volume(path, array, geometry)
+
+
+def save_labels(path: PathLike, array: np.ndarray | torch.Tensor, geometry: Geometry) -> None:
+    """Write a uint8 (I, J, K) label map atomically; values must be integers 0..255."""
+    array = _as_numpy(array)
+    if array.size and (array.min() < 0 or array.max() > 255):
+        raise ValueError(f"label values must be 0..255, got {array.min()}..{array.max()}")
+    _save_volume(path, np.rint(array).astype(np.uint8), geometry)
+
+
+# --------------------------------------------------------------------------------------
+# Displacement fields
+# --------------------------------------------------------------------------------------
+
+
+def displacement_to_lps_mm(displacement_vox: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """Voxel displacement (3, I, J, K) -> physical LPS vectors in mm (I, J, K, 3)."""
+    matrix = LPS_FLIP @ geometry.affine[:3, :3]
+    return np.einsum("ab,bijk->ijka", matrix, displacement_vox.astype(np.float64))
+
+
+def lps_mm_to_displacement(vectors_lps: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """Physical LPS vectors in mm (I, J, K, 3) -> voxel displacement (3, I, J, K)."""
+    matrix = np.linalg.inv(LPS_FLIP @ geometry.affine[:3, :3])
+    return np.einsum("ab,ijkb->aijk", matrix, vectors_lps.astype(np.float64))
+
+
+def save_displacement(path: PathLike, displacement_vox: np.ndarray | torch.Tensor,
+                      geometry: Geometry) -> None:
+    """Write a ddmr voxel displacement as an ITK/ANTs displacement field (atomic).
+
+    ``displacement_vox`` is (3, I, J, K) (or (1, 3, I, J, K)) in voxels of ``geometry``,
+    channels (i, j, k), pull-back. The file is a NIfTI vector image (I, J, K, 1, 3),
+    intent 1007, holding LPS offsets in mm; see the module docstring.
+    """
+    array = _as_numpy(displacement_vox)
+    if array.ndim == 5 and array.shape[0] == 1:
+        array = array[0]
+    if array.shape != (3, *geometry.shape):
+        raise ValueError(
+            f"displacement must be (3, {', '.join(map(str, geometry.shape))}), "
+            f"got {tuple(array.shape)}"
+        )
+    path = Path(path)
+    if file_extension(path) not in NIFTI_EXTENSIONS:
+        raise InputError(f"{path}: displacement fields are written as .nii.gz or .nii")
+    _check_writable(path)
+    vectors = displacement_to_lps_mm(array, geometry).astype(np.float32)
+    vectors = vectors.reshape(*geometry.shape, 1, 3)
+
+    def vector_intent(header) -> None:
+        header.set_intent("vector", (), "")
+
+    with atomic_path(path) as temporary:
+        _write_nifti(temporary, vectors, geometry, vector_intent)
+
+
+def load_displacement(path: PathLike) -> tuple[np.ndarray, Geometry]:
+    """Read an ITK/ANTs displacement field: ``(displacement_vox (3, I, J, K) float32,
+    Geometry)``, the inverse of :func:`save_displacement` (also reads fields that ANTs
+    wrote, and .nrrd/.mha vector images)."""
+    path = _check_readable(path)
+    extension = file_extension(path)
+    try:
+        if extension in NIFTI_EXTENSIONS:
+            import nibabel as nib
+
+            image = nib.load(str(path))
+            data = np.asanyarray(image.dataobj)
+            geometry = Geometry(np.asarray(image.affine, dtype=np.float64), data.shape[:3])
+        else:
+            import SimpleITK as sitk  # noqa: N813
+
+            image = sitk.ReadImage(str(path))
+            data = sitk.GetArrayFromImage(image)  # (K, J, I, 3)
+            data = data.transpose(2, 1, 0, *range(3, data.ndim))
+            geometry = Geometry.from_itk(image.GetOrigin(), image.GetSpacing(),
+                                         image.GetDirection(), image.GetSize())
+    except Exception as error:
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InputError(f"{path}: cannot read displacement field: {detail}") from None
+    if data.ndim == 5 and data.shape[3] == 1:
+        data = data[:, :, :, 0, :]
+    if data.ndim != 4 or data.shape[3] != 3:
+        raise InputError(
+            f"{path}: shape {tuple(data.shape)} is not a 3D displacement field (I, J, K, 1, 3)"
+        )
+    check_geometry(geometry, path)
+    if not np.all(np.isfinite(data)):
+        raise InputError(f"{path}: displacement field contains NaN or Inf")
+    return lps_mm_to_displacement(data, geometry).astype(np.float32), geometry
+
+
+# --------------------------------------------------------------------------------------
+# World-space resampling
+# --------------------------------------------------------------------------------------
+
+
+def resample_to(array: np.ndarray, geometry_from: Geometry, geometry_to: Geometry,
+                order: int = 3, cval: float = 0.0, antialias: bool = False) -> np.ndarray:
+    """Resample ``array`` (I, J, K) from ``geometry_from`` onto ``geometry_to`` in world
+    space (scipy spline interpolation through the two affines).
+
+    ``order`` 3 (cubic B-spline) suits images, 0 (nearest) label maps. Points outside the
+    source grid take ``cval``. For ``order > 1`` the result is clipped to the input's
+    range (no spline overshoot). ``antialias`` first smooths with a Gaussian along the
+    axes that get coarser. Returns an array of ``geometry_to.shape`` and the input dtype
+    for ``order == 0``, float32 otherwise.
+    """
+    from scipy import ndimage
+
+    if tuple(array.shape) != geometry_from.shape:
+        raise ValueError(f"array shape {array.shape} differs from grid {geometry_from.shape}")
+    # index_from = inv(A_from) @ A_to @ index_to
+    transform = np.linalg.inv(geometry_from.affine) @ geometry_to.affine
+    matrix, offset = transform[:3, :3], transform[:3, 3]
+    source = array
+    if order > 0:
+        source = np.asarray(array, dtype=np.float32)
+        if antialias:
+            # output voxel size measured in source voxels along each source axis
+            step = np.linalg.norm(matrix, axis=1)
+            sigma = np.maximum(step - 1.0, 0.0) / 2.0
+            if np.any(sigma > 0.1):
+                source = ndimage.gaussian_filter(source, sigma=sigma, mode="nearest")
+    output = ndimage.affine_transform(
+        source, matrix, offset, output_shape=geometry_to.shape, order=order,
+        mode="nearest", prefilter=order > 1,
+    )
+    # inside the source grid = within half a voxel of it (voxel edges, not centres)
+    coverage = ndimage.affine_transform(
+        np.pad(np.ones(array.shape, dtype=np.float32), 1), matrix, offset + 1.0,
+        output_shape=geometry_to.shape, order=1, mode="constant", cval=0.0,
+    )
+    inside = coverage >= 0.5 - 1e-4
+    if order > 1:
+        output = np.clip(output, float(array.min()), float(array.max()))
+    output[~inside] = cval
+    return output
