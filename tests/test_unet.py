@@ -1,0 +1,55 @@
+import pytest
+import torch
+
+from ddmr.errors import ConfigError
+from ddmr.nn import UNet, UNetConfig
+
+SMALL = UNetConfig(encoder=(4, 8, 8), head=(4,))
+
+
+def test_paper_unet_output_shape_and_size():
+    model = UNet()
+    assert model.config.encoder == (32, 64, 128, 256, 512, 1024)
+    with torch.inference_mode():
+        out = model(torch.rand(1, 1, 64, 64, 64), torch.rand(1, 1, 64, 64, 64))
+    assert out.shape == (1, 3, 64, 64, 64)
+    # starts near the identity
+    assert out.abs().max() < 1e-2
+    assert model.parameter_count() == 84_921_011  # reported in the README
+
+
+@pytest.mark.parametrize("half", [False, True])
+def test_uneven_sizes_are_padded_and_cropped(half):
+    config = UNetConfig(encoder=(4, 8, 8), head=(4,), flow_resolution="half" if half else "full")
+    out = UNet(config)(torch.rand(2, 1, 13, 17, 20), torch.rand(2, 1, 13, 17, 20))
+    assert out.shape == (2, 3, 13, 17, 20)
+
+
+def test_uneven_size_refused_when_padding_off():
+    model = UNet(UNetConfig(encoder=(4, 8), head=(4,), pad_input=False))
+    with pytest.raises(ConfigError, match="multiple of 4"):
+        model(torch.rand(1, 1, 10, 12, 12), torch.rand(1, 1, 10, 12, 12))
+
+
+def test_diffeomorphic_mode_integrates():
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(encoder=(4, 8), head=(4,), diffeomorphic=True, output_init_std=0.5))
+    out = model(torch.rand(1, 1, 16, 16, 16), torch.rand(1, 1, 16, 16, 16))
+    assert out.shape == (1, 3, 16, 16, 16) and torch.isfinite(out).all()
+
+
+def test_layer_groups_cover_all_parameters():
+    model = UNet(SMALL)
+    grouped = {id(p) for mods in model.layer_groups().values() for m in mods
+               for p in m.parameters()}
+    assert grouped == {id(p) for p in model.parameters()}
+
+
+def test_config_round_trip():
+    config = UNetConfig(encoder=(8, 16), decoder=(16, 8), head=(8, 8), flow_resolution="half")
+    assert UNetConfig.from_dict(config.to_dict()) == config
+
+
+def test_mismatched_decoder_refused():
+    with pytest.raises(ConfigError):
+        UNet(UNetConfig(encoder=(4, 8), decoder=(8,)))
