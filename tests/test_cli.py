@@ -1,0 +1,31 @@
+import json
+import subprocess
+import sys
+
+from ddmr.cli import main
+
+
+def test_designs_table(capsys):
+    assert main(["designs"]) == 0
+    out = capsys.readouterr().out
+    for name in ("BL-N", "BL-NS", "SG-ND", "SG-NSD", "UW-NSD", "UW-NSDH"):
+        assert name in out
+
+
+def test_designs_json(capsys):
+    assert main(["designs", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["design"] for r in rows][-1] == "UW-NSDH"
+    assert rows[-1]["losses"] == "NCC, SSIM, DSC, HD"
+
+
+def test_console_script_runs():
+    result = subprocess.run([sys.executable, "-m", "ddmr", "designs"], capture_output=True,
+                            text=True, check=False)
+    assert result.returncode == 0 and "UW-NSD" in result.stdout
+
+
+def test_unknown_command_exits_2():
+    result = subprocess.run([sys.executable, "-m", "ddmr", "nope"], capture_output=True,
+                            text=True, check=False)
+    assert result.returncode == 2
