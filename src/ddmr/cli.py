@@ -16,6 +16,7 @@ from ddmr.errors import DDMRError
 # name -> (module under ddmr.commands, one-line help). Add a line here for a new command.
 COMMANDS: dict[str, tuple[str, str]] = {
     "designs": ("designs", "list the six loss designs of the paper as a table"),
+    "prepare": ("prepare", "resample, crop, resize and normalise a dataset into HDF5"),
 }
 
 

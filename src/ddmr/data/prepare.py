@@ -1,0 +1,301 @@
+"""``ddmr prepare``: turn a user's dataset into one HDF5 file the trainer reads fast.
+
+Per image (in this order):
+
+1. read the image and its labels (a label file, or atlas propagation with ANTs when
+   ``atlas`` is set and the subject has no label file); check they share a grid;
+2. relabel with the optional merging map (unlisted labels become background);
+3. clip intensities to the CT window, if one is given;
+4. choose the prepared grid (:mod:`ddmr.data.grid`): RAS-aligned, isotropic, ``size``
+   voxels, over the whole image or over the box around ``crop_labels`` plus
+   ``crop_margin`` mm;
+5. resample in world space: cubic B-spline (with Gaussian anti-aliasing when the grid is
+   coarser) for the image, nearest neighbour for labels; outside the image is the
+   image's minimum and background;
+6. normalise to [0, 1]: the CT window's bounds, else the resampled image's min and max.
+
+Output folder (written to a temporary folder beside it, then renamed):
+
+``dataset.h5``
+    one group per id with datasets ``image`` (D, H, W) float32 (or float16) and
+    ``labels`` (D, H, W) uint8 when the subject has labels, and attributes ``subject``,
+    ``affine`` (prepared grid, 4x4, RAS mm), ``spacing`` (3,), ``native_affine``,
+    ``native_shape``, ``intensity_range`` (the native values mapped to 0 and 1),
+    ``source_image``, ``source_labels``, ``label_source`` (file | atlas | none).
+``split.json``
+    ``{"train": [ids], "val": [...], "test": [...], "seed": S, "fractions": [...]}``.
+``prepare.json``
+    the options, the input and the list of subjects.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ddmr.data.adapters import LAYOUTS, Source, discover
+from ddmr.data.grid import RESIZE_MODES, image_box, intersect, mask_box, target_grid
+from ddmr.data.label_map import apply_label_map, read_label_map
+from ddmr.data.split import check_fractions, split_subjects
+from ddmr.errors import ConfigError, InputError
+from ddmr.io import Geometry, check_same_geometry, load_image, load_labels, resample_to
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "ddmr-prepared"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    """Options of ``ddmr prepare`` (see the module docstring for what each step does).
+
+    ``size`` is the prepared grid in voxels, ``spacing`` its voxel size in mm (a lower
+    bound in ``resize="fit"`` mode), ``crop_margin`` in mm, ``ct_window`` in the image's
+    units (HU for CT). Atlas iterations are per ANTs resolution level.
+    """
+
+    layout: str = "auto"
+    size: tuple[int, int, int] = (128, 128, 128)
+    spacing: float = 1.0
+    resize: str = "fit"
+    crop_labels: tuple[int, ...] = ()
+    crop_margin: float = 10.0
+    ct_window: tuple[float, float] | None = None
+    merge_labels: str | None = None
+    atlas: str | None = None
+    atlas_labels: str | None = None
+    labels_dir: str | None = None
+    split: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    seed: int = 0
+    dtype: str = "float32"
+    atlas_syn_iterations: tuple[int, ...] = (40, 20, 0)
+    atlas_affine_iterations: tuple[int, ...] = (200, 100, 50)
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` for an impossible option."""
+        if self.layout not in LAYOUTS:
+            raise ConfigError(f"--layout {self.layout}: choose one of {', '.join(LAYOUTS)}")
+        if len(self.size) != 3 or any(int(n) < 2 for n in self.size):
+            raise ConfigError(f"--size {self.size}: need three sizes of at least 2 voxels")
+        if not np.isfinite(self.spacing) or self.spacing <= 0:
+            raise ConfigError(f"--spacing {self.spacing}: must be a positive number of mm")
+        if self.resize not in RESIZE_MODES:
+            raise ConfigError(f"--resize {self.resize}: choose one of {', '.join(RESIZE_MODES)}")
+        if any(not 0 <= v <= 255 for v in self.crop_labels):
+            raise ConfigError(f"--crop-label {self.crop_labels}: labels are 0..255")
+        if not np.isfinite(self.crop_margin) or self.crop_margin < 0:
+            raise ConfigError(f"--crop-margin {self.crop_margin}: must be >= 0 mm")
+        if self.ct_window is not None and not self.ct_window[0] < self.ct_window[1]:
+            raise ConfigError(f"--ct-window {self.ct_window}: need LO < HI")
+        if (self.atlas is None) != (self.atlas_labels is None):
+            raise ConfigError("--atlas and --atlas-labels go together")
+        if self.dtype not in ("float32", "float16"):
+            raise ConfigError(f"--dtype {self.dtype}: choose float32 or float16")
+        check_fractions(self.split)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+
+@dataclass
+class Atlas:
+    """An atlas image with its labels, for label propagation."""
+
+    image: np.ndarray
+    labels: np.ndarray
+    geometry: Geometry
+
+    @classmethod
+    def load(cls, image_path: str | Path, labels_path: str | Path) -> Atlas:
+        image, geometry = load_image(image_path)
+        labels, label_geometry = load_labels(labels_path)
+        check_same_geometry(geometry, label_geometry, [image_path, labels_path])
+        return cls(image, labels, geometry)
+
+
+@dataclass
+class PreparedSubject:
+    """One prepared image: arrays on ``geometry`` (the prepared grid) plus provenance."""
+
+    id: str
+    subject: str
+    image: np.ndarray  # (D, H, W) float32 in [0, 1]
+    labels: np.ndarray | None  # (D, H, W) uint8
+    geometry: Geometry
+    native_geometry: Geometry
+    intensity_range: tuple[float, float]
+    source: Source
+    label_source: str = "none"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _native_labels(source: Source, image: np.ndarray, geometry: Geometry,
+                   options: PrepareOptions, atlas: Atlas | None) -> tuple[np.ndarray | None, str]:
+    if source.labels is not None:
+        labels, label_geometry = load_labels(source.labels)
+        check_same_geometry(geometry, label_geometry, [source.image, source.labels])
+        return labels, "file"
+    if atlas is not None:
+        from ddmr.data.atlas import propagate_labels
+
+        labels = propagate_labels(image, geometry, atlas.image, atlas.geometry, atlas.labels,
+                                  options.atlas_syn_iterations, options.atlas_affine_iterations)
+        return labels, "atlas"
+    return None, "none"
+
+
+def prepare_subject(source: Source, options: PrepareOptions,
+                    label_map: dict[int, int] | None = None,
+                    atlas: Atlas | None = None) -> PreparedSubject:
+    """Run the preparation steps on one image; raises :class:`InputError` naming the
+    offending file. ``label_map`` relabels label files; an ``atlas``'s labels must be
+    relabelled beforehand."""
+    image, native = load_image(source.image)
+    labels, label_source = _native_labels(source, image, native, options, atlas)
+    if label_source == "file" and label_map is not None:
+        labels = apply_label_map(labels, label_map)  # atlas labels arrive already merged
+    if options.ct_window is not None:
+        image = np.clip(image, *options.ct_window)
+
+    box = image_box(native)
+    if options.crop_labels:
+        if labels is None:
+            raise InputError(f"{source.image}: --crop-label needs labels, and this image has none")
+        crop = mask_box(np.isin(labels, options.crop_labels), native, options.crop_margin)
+        if crop is None:
+            where = source.labels if source.labels is not None else source.image
+            raise InputError(
+                f"{where}: no voxel has label {', '.join(map(str, options.crop_labels))} "
+                "to crop around (empty crop mask)"
+            )
+        box = intersect(crop, box)
+    grid = target_grid(box, options.size, options.spacing, options.resize)
+
+    low = float(image.min())
+    resampled = resample_to(image, native, grid, order=3, cval=low, antialias=True)
+    lo, hi = (options.ct_window if options.ct_window is not None
+              else (float(resampled.min()), float(resampled.max())))
+    if not hi > lo:
+        raise InputError(f"{source.image}: image is constant inside the prepared region")
+    normalised = np.clip((resampled - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+    prepared_labels = None
+    if labels is not None:
+        prepared_labels = resample_to(labels, native, grid, order=0, cval=0).astype(np.uint8)
+    return PreparedSubject(source.id, source.subject, normalised, prepared_labels, grid, native,
+                           (float(lo), float(hi)), source, label_source)
+
+
+def write_subject(h5: Any, subject: PreparedSubject, dtype: str = "float32") -> None:
+    """Store one prepared subject as a group of the open ``h5py.File``."""
+    group = h5.create_group(subject.id)
+    group.create_dataset("image", data=subject.image.astype(dtype), chunks=subject.image.shape,
+                         compression="lzf")
+    if subject.labels is not None:
+        group.create_dataset("labels", data=subject.labels, chunks=subject.labels.shape,
+                             compression="lzf")
+        group.attrs["label_values"] = np.unique(subject.labels).astype(np.int32)
+    group.attrs["subject"] = subject.subject
+    group.attrs["affine"] = subject.geometry.affine
+    group.attrs["spacing"] = np.asarray(subject.geometry.spacing)
+    group.attrs["native_affine"] = subject.native_geometry.affine
+    group.attrs["native_shape"] = np.asarray(subject.native_geometry.shape, dtype=np.int64)
+    group.attrs["intensity_range"] = np.asarray(subject.intensity_range)
+    group.attrs["source_image"] = str(subject.source.image)
+    group.attrs["source_labels"] = str(subject.source.labels or "")
+    group.attrs["label_source"] = subject.label_source
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def _replace_folder(temporary: Path, outdir: Path) -> None:
+    """Move ``temporary`` to ``outdir``, replacing an old ``outdir`` as late as possible."""
+    old = None
+    if outdir.exists():
+        old = outdir.with_name(f".{outdir.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(outdir, old)
+    try:
+        os.replace(temporary, outdir)
+    except BaseException:
+        if old is not None:
+            os.replace(old, outdir)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def prepare_dataset(input_path: str | Path, outdir: str | Path, options: PrepareOptions,
+                    overwrite: bool = False, progress: bool = True,
+                    sources: Sequence[Source] | None = None) -> dict[str, Any]:
+    """Prepare every image of the dataset at ``input_path`` into ``outdir``.
+
+    Returns the summary also written to ``outdir/prepare.json``. Nothing is left behind
+    on failure: the output is built in a temporary folder beside ``outdir`` and renamed.
+    """
+    import h5py
+    from tqdm.auto import tqdm
+
+    options.validate()
+    outdir = Path(outdir)
+    if outdir.exists() and not overwrite:
+        raise InputError(f"{outdir}: output folder already exists (pass --overwrite to replace)")
+    if outdir.exists() and not outdir.is_dir():
+        raise InputError(f"{outdir}: exists and is not a folder")
+    if sources is None:
+        sources = discover(input_path, options.layout, options.labels_dir)
+    label_map = read_label_map(options.merge_labels) if options.merge_labels else None
+    atlas = (Atlas.load(options.atlas, options.atlas_labels)
+             if options.atlas and options.atlas_labels else None)
+    if label_map is not None and atlas is not None:
+        atlas.labels = apply_label_map(atlas.labels, label_map)
+
+    outdir.parent.mkdir(parents=True, exist_ok=True)
+    temporary = outdir.with_name(f".{outdir.name}.tmp-{uuid.uuid4().hex[:8]}")
+    temporary.mkdir()
+    try:
+        records = []
+        with h5py.File(temporary / "dataset.h5", "w") as h5:
+            h5.attrs["format"] = FORMAT
+            h5.attrs["version"] = FORMAT_VERSION
+            for source in tqdm(sources, desc="ddmr prepare", unit="image", disable=not progress):
+                prepared = prepare_subject(source, options, label_map, atlas)
+                write_subject(h5, prepared, options.dtype)
+                records.append({
+                    "id": prepared.id, "subject": prepared.subject,
+                    "image": str(source.image),
+                    "labels": str(source.labels) if source.labels else None,
+                    "label_source": prepared.label_source,
+                    "native_shape": list(prepared.native_geometry.shape),
+                    "native_spacing": list(prepared.native_geometry.spacing),
+                    "spacing": prepared.geometry.spacing[0],
+                })
+        unlabelled = [r["id"] for r in records if r["label_source"] == "none"]
+        if unlabelled and len(unlabelled) < len(records):
+            logger.warning("%d of %d images have no labels: %s", len(unlabelled), len(records),
+                           ", ".join(unlabelled[:5]) + (" ..." if len(unlabelled) > 5 else ""))
+        split = split_subjects({r["id"]: r["subject"] for r in records}, options.split,
+                               options.seed)
+        _write_json(temporary / "split.json",
+                    {**split, "seed": options.seed, "fractions": list(options.split)})
+        from ddmr import __version__
+
+        summary = {"format": FORMAT, "version": FORMAT_VERSION, "ddmr": __version__,
+                   "input": str(Path(input_path).resolve()), "options": options.to_dict(),
+                   "subjects": records}
+        _write_json(temporary / "prepare.json", summary)
+        _replace_folder(temporary, outdir)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    return summary
