@@ -17,6 +17,8 @@ from ddmr.errors import DDMRError
 COMMANDS: dict[str, tuple[str, str]] = {
     "designs": ("designs", "list the six loss designs of the paper as a table"),
     "prepare": ("prepare", "resample, crop, resize and normalise a dataset into HDF5"),
+    "train": ("train", "train a design on prepared data"),
+    "finetune": ("finetune", "fine-tune a trained model on new data (full or two-step)"),
 }
 
 

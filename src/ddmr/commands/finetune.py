@@ -1,0 +1,28 @@
+"""``ddmr finetune``: transfer a trained model to new data (whole, or encoder frozen first)."""
+
+from __future__ import annotations
+
+import argparse
+
+from ddmr.commands.train import add_run_arguments, profile_overrides, run_options
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--from", dest="source", required=True, help="model file to start from")
+    parser.add_argument("--mode", default="two-step", choices=["full", "two-step"],
+                        help="full: everything at once; two-step: encoder frozen first")
+    parser.add_argument("--design", help="loss design (default: the source model's)")
+    parser.add_argument("--frozen-steps", type=int,
+                        help="two-step: optimiser steps with the encoder frozen (default half)")
+    add_run_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ddmr.train.run import finetune
+
+    model = finetune(args.source, args.data, run_options(args), mode=args.mode,
+                     design_name=args.design, frozen_steps=args.frozen_steps,
+                     overrides=profile_overrides(args))
+    if model is not None:
+        print(f"model written to {model}")
+    return 0

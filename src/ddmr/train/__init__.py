@@ -1,0 +1,1 @@
+"""Training: profiles, the Lightning module, runs, fine-tuning and exported model files."""

@@ -1,0 +1,143 @@
+"""The Lightning module: synthetic pairs on the training device, the design's loss,
+fixed seeded validation pairs, plateau scheduling and logging of every term and weight."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+
+from ddmr.augment.layer import AugmentationLayer, AugmentedPair
+from ddmr.config import Design
+from ddmr.errors import ConfigError
+from ddmr.losses import DesignLoss, dice_score, one_hot
+from ddmr.nn import UNet, warp_image, warp_labels
+from ddmr.train.profiles import TrainingProfile
+
+VAL_SEED_OFFSET = 1_000_003
+
+
+class RegistrationModule(L.LightningModule):
+    """Trains a :class:`~ddmr.nn.UNet` on pairs made by the augmentation layer.
+
+    design, profile: dicts (``Design.to_dict()``, ``TrainingProfile.to_dict()``), so that
+    checkpoints hold only plain data. label_values: the label values of the data (0 first),
+    the channels of the one-hot maps used by segmentation-guided designs.
+    Batches are dicts from :class:`ddmr.data.PreparedDataModule`.
+    """
+
+    def __init__(self, design: dict[str, Any], profile: dict[str, Any],
+                 label_values: list[int], seed: int = 0) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.design = Design.from_dict(design)
+        self.profile = TrainingProfile.from_dict(profile)
+        self.label_values = [int(v) for v in label_values]
+        if self.design.needs_segmentations and len(self.label_values) < 2:
+            raise ConfigError(f"design {self.design.name} needs label maps with at least one "
+                              "foreground label")
+        self.network = UNet(self.profile.unet)
+        self.loss = DesignLoss(self.design)
+        self.augmentation = AugmentationLayer(self.profile.augmentation,
+                                              output_shape=self.profile.input_size)
+        self.seed = seed
+        self._generator: torch.Generator | None = None
+        self._generator_state: torch.Tensor | None = None
+        self._plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
+        self._plateau_state: dict[str, Any] | None = None
+        self._val_outputs: list[dict[str, float]] = []
+
+    # -- pairs and losses ----------------------------------------------------------------
+    def _train_generator(self) -> torch.Generator:
+        if self._generator is None:
+            self._generator = torch.Generator().manual_seed(self.seed + 7919 * self.global_rank)
+            if self._generator_state is not None:
+                self._generator.set_state(self._generator_state)
+        return self._generator
+
+    def make_pair(self, batch: dict[str, Any], generator: torch.Generator) -> AugmentedPair:
+        labels = batch.get("labels")
+        if self.design.needs_segmentations and labels is None:
+            raise ConfigError(f"design {self.design.name} is segmentation-guided but the data "
+                              "has no label maps")
+        spacing = batch["spacing"][0].tolist()
+        return self.augmentation(batch["image"], labels, spacing, generator=generator)
+
+    def pair_loss(self, pair: AugmentedPair) -> tuple[torch.Tensor, dict[str, torch.Tensor],
+                                                       torch.Tensor]:
+        """Predict, warp and score one pair: (total, unweighted terms, displacement)."""
+        displacement = self.network(pair.fixed, pair.moving)
+        warped = warp_image(pair.moving, displacement)
+        fixed_oh = warped_oh = None
+        if self.design.needs_segmentations:
+            fixed_oh = one_hot(pair.fixed_labels, self.label_values)
+            warped_oh = warp_image(one_hot(pair.moving_labels, self.label_values), displacement)
+        total, terms = self.loss(pair.fixed, warped, displacement, fixed_oh, warped_oh,
+                                 spacing=pair.spacing)
+        return total, terms, displacement
+
+    # -- Lightning hooks -------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        pair = self.make_pair(batch, self._train_generator())
+        total, terms, _ = self.pair_loss(pair)
+        size = pair.fixed.shape[0]
+        self.log("train/loss", total, prog_bar=True, batch_size=size)
+        self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, batch_size=size)
+        self.log_dict({f"weight/{k}": w for k, w in self.loss.weights().items()},
+                      batch_size=size)
+        return total
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        for k in range(self.profile.val_pairs):
+            seed = self.seed + VAL_SEED_OFFSET * (1 + batch_idx) + k
+            pair = self.make_pair(batch, torch.Generator().manual_seed(seed))
+            _, terms, displacement = self.pair_loss(pair)
+            image_terms = [v for name, v in terms.items() if name != "regulariser"]
+            record = {"loss": float(sum(image_terms)), "regulariser": float(terms["regulariser"])}
+            if pair.fixed_labels is not None and len(self.label_values) > 1:
+                warped = warp_labels(pair.moving_labels, displacement)
+                foreground = self.label_values[1:]
+                record["dice"] = float(dice_score(one_hot(warped, foreground),
+                                                  one_hot(pair.fixed_labels, foreground)).mean())
+                record["dice_before"] = float(dice_score(
+                    one_hot(pair.moving_labels, foreground),
+                    one_hot(pair.fixed_labels, foreground)).mean())
+            self._val_outputs.append(record)
+
+    def on_validation_epoch_end(self) -> None:
+        outputs, self._val_outputs = self._val_outputs, []
+        if not outputs:
+            return
+        metrics = {f"val/{key}": sum(o[key] for o in outputs if key in o)
+                   / sum(1 for o in outputs if key in o)
+                   for key in outputs[0]}
+        # 'val_loss' (the sum of the unweighted loss terms, comparable across validations
+        # even while uncertainty weights move) drives the plateau schedule and the best model
+        self.log("val_loss", metrics["val/loss"], prog_bar=True, sync_dist=True)
+        self.log_dict(metrics, sync_dist=True)
+        if self._plateau is not None and not self.trainer.sanity_checking:
+            self._plateau.step(metrics["val/loss"])
+            self.log("lr", self.optimizers().param_groups[0]["lr"])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        # every parameter, frozen or not: Adam skips those without a gradient, so a
+        # freezing schedule only has to flip requires_grad
+        optimizer = torch.optim.Adam(self.parameters(), lr=self.profile.learning_rate)
+        self._plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=self.profile.plateau_factor,
+            patience=self.profile.plateau_patience)
+        if self._plateau_state is not None:
+            self._plateau.load_state_dict(self._plateau_state)
+        return optimizer
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._generator is not None:
+            checkpoint["ddmr_generator"] = self._generator.get_state()
+        if self._plateau is not None:
+            checkpoint["ddmr_plateau"] = self._plateau.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._generator_state = checkpoint.get("ddmr_generator")
+        self._generator = None
+        self._plateau_state = checkpoint.get("ddmr_plateau")

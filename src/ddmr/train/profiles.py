@@ -1,0 +1,111 @@
+"""Training profiles: network size, input size, schedule. ``paper`` is the paper's set-up
+for a GPU; ``cpu`` is small enough to learn on two CPU cores. A YAML file given with
+``--config`` overrides any field (nested ``unet:`` and ``augmentation:`` mappings too).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ddmr.augment.config import AugmentationConfig
+from ddmr.errors import ConfigError, InputError
+from ddmr.nn.unet import UNetConfig
+
+
+@dataclass(frozen=True)
+class TrainingProfile:
+    """Everything about a training run except the design and the data.
+
+    input_size: the network's grid (D, H, W); prepared images are resized to it.
+    batch_size, accumulate: pairs per forward pass, passes per optimiser step.
+    val_every: optimiser steps between validations (and plateau checks).
+    val_pairs: fixed, seeded validation pairs made per validation subject.
+    plateau_patience: validations without improvement before the learning rate / 10.
+    early_stopping: validations without improvement before stopping (None: never).
+    checkpoint_every: optimiser steps between 'last' checkpoints (for --resume).
+    """
+
+    name: str
+    unet: UNetConfig
+    input_size: tuple[int, int, int]
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+    learning_rate: float = 1e-3
+    batch_size: int = 1
+    accumulate: int = 8
+    max_steps: int = 100_000
+    val_every: int = 100
+    val_pairs: int = 2
+    plateau_patience: int = 10
+    plateau_factor: float = 0.1
+    early_stopping: int | None = None
+    checkpoint_every: int = 50
+    precision: str = "32-true"
+    num_workers: int = 0
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["unet"] = self.unet.to_dict()
+        data["augmentation"] = self.augmentation.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainingProfile:
+        data = dict(data)
+        data["unet"] = UNetConfig.from_dict(data["unet"])
+        data["augmentation"] = AugmentationConfig.from_dict(data["augmentation"])
+        data["input_size"] = tuple(data["input_size"])
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> TrainingProfile:
+        return dataclasses.replace(self, **changes)
+
+
+PROFILES: dict[str, TrainingProfile] = {
+    "paper": TrainingProfile("paper", UNetConfig(), (128, 128, 128), precision="16-mixed"),
+    "cpu": TrainingProfile(
+        "cpu",
+        UNetConfig(encoder=(16, 32, 32, 32), head=(16,), flow_resolution="half"),
+        (64, 64, 64),
+        accumulate=1,
+        val_every=50,
+        max_steps=2000,
+    ),
+}
+
+
+def get_profile(name: str, config_file: str | Path | None = None,
+                overrides: dict[str, Any] | None = None) -> TrainingProfile:
+    """The named profile with a YAML file's fields and then ``overrides`` applied."""
+    if name not in PROFILES:
+        raise ConfigError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}")
+    data = PROFILES[name].to_dict()
+    changes: dict[str, Any] = {}
+    if config_file is not None:
+        import yaml
+
+        path = Path(config_file)
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as error:
+            raise InputError(f"{path}: cannot read the configuration ({error})") from None
+        if not isinstance(loaded, dict):
+            raise InputError(f"{path}: the configuration must be a mapping of fields")
+        changes.update(loaded)
+    changes.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    for key, value in changes.items():
+        if key not in data:
+            raise ConfigError(f"unknown profile field {key!r}")
+        if key in ("unet", "augmentation"):
+            if not isinstance(value, dict):
+                raise ConfigError(f"profile field {key!r} must be a mapping")
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    try:
+        return TrainingProfile.from_dict(data)
+    except TypeError as error:
+        raise ConfigError(f"invalid profile: {error}") from None

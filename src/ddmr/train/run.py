@@ -1,0 +1,247 @@
+"""Training and fine-tuning runs: data, module, trainer, checkpoints, exported model file.
+
+A run directory holds ``checkpoints/`` (``best.ckpt`` by validation loss, ``last.ckpt``
+for ``--resume``), ``logs/`` (CSV), ``tensorboard/``, ``plots/`` and, at the end,
+``model.safetensors`` with its card ``model.json``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ddmr.config import Design
+from ddmr.errors import ConfigError, InputError
+from ddmr.train.profiles import TrainingProfile
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RunOptions:
+    """Where and how to run: devices, resume, overwrite, the command for the card."""
+
+    rundir: Path
+    resume: bool = False
+    overwrite: bool = False
+    devices: int = 1
+    num_nodes: int = 1
+    accelerator: str = "auto"
+    progress_bar: bool = True
+    command: str | None = None
+
+
+def data_summary(data: str | Path) -> dict[str, Any]:
+    """Split sizes, label values (union over subjects) and spacing of a prepared dataset."""
+    import h5py
+
+    from ddmr.data.dataset import _dataset_file, read_split
+
+    h5_path = _dataset_file(data)
+    split = read_split(h5_path)
+    values: set[int] = set()
+    spacings = []
+    with h5py.File(h5_path, "r") as h5:
+        for ident in split["train"] + split["val"]:
+            attrs = h5[ident].attrs
+            if "label_values" in attrs:
+                values.update(int(v) for v in np.atleast_1d(attrs["label_values"]))
+            spacings.append([float(s) for s in attrs["spacing"]])
+            shape = list(h5[ident]["image"].shape)
+    prepare_json = h5_path.parent / "prepare.json"
+    return {
+        "path": str(Path(data).resolve()),
+        "subjects": {name: len(ids) for name, ids in split.items()},
+        "label_values": sorted(values | {0}) if values else [],
+        "spacing_mm": spacings[0] if spacings else None,
+        "shape": shape if spacings else None,
+        "preparation": prepare_json.read_text() if prepare_json.is_file() else None,
+    }
+
+
+def _check_rundir(options: RunOptions) -> Path | None:
+    """Validate the run directory; return the checkpoint to resume from, if any."""
+    rundir = options.rundir
+    last = rundir / "checkpoints" / "last.ckpt"
+    if options.resume:
+        if not last.is_file():
+            raise InputError(f"{rundir}: nothing to resume (no checkpoints/last.ckpt)")
+        return last
+    if rundir.exists() and any(rundir.iterdir()) and not options.overwrite:
+        raise InputError(f"{rundir}: run directory exists and is not empty; use --resume to "
+                         "continue it or --overwrite to start again")
+    if rundir.exists() and options.overwrite:
+        import shutil
+
+        shutil.rmtree(rundir)
+    return None
+
+
+def _segment_name(rundir: Path) -> str:
+    existing = sorted(rundir.glob("logs/run*"))
+    return f"run{len(existing):02d}"
+
+
+def _quiet_lightning() -> None:
+    """Lightning's INFO banners and tips only when ddmr itself logs at INFO (``-v``)."""
+    import warnings
+
+    if not logging.getLogger("ddmr").isEnabledFor(logging.INFO):
+        for name in ("lightning.pytorch", "lightning.fabric"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+
+
+def fit(design: Design, profile: TrainingProfile, data: str | Path, options: RunOptions,
+        initial_state: dict | None = None, freeze_until: int = 0,
+        card_extra: dict[str, Any] | None = None,
+        extra_callbacks: Sequence[Any] = ()) -> Path | None:
+    """Train ``design`` on prepared ``data``; returns the exported model file (rank 0).
+
+    ``extra_callbacks`` are Lightning callbacks added to the run (for instrumentation).
+    """
+    import lightning as L
+    import torch
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    from ddmr.data.datamodule import PreparedDataModule
+    from ddmr.train.callbacks import AtomicCheckpointIO, FreezeSchedule, LastCheckpoint
+    from ddmr.train.module import RegistrationModule
+    from ddmr.train.plots import plot_training
+
+    _quiet_lightning()
+    summary = data_summary(data)
+    if design.needs_segmentations and len(summary["label_values"]) < 2:
+        raise InputError(f"{data}: design {design.name} is segmentation-guided but the "
+                         "prepared data has no label maps")
+    if summary["subjects"]["train"] == 0 or summary["subjects"]["val"] == 0:
+        raise InputError(f"{data}: training needs subjects in both the train and val splits "
+                         f"(have {summary['subjects']})")
+    resume_from = _check_rundir(options)
+    rundir = options.rundir
+    rundir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    L.seed_everything(profile.seed, workers=True, verbose=False)
+    module = RegistrationModule(design.to_dict(), profile.to_dict(),
+                                summary["label_values"] or [0], seed=profile.seed)
+    if initial_state is not None:
+        module.network.load_state_dict(initial_state)
+    datamodule = PreparedDataModule(data, batch_size=profile.batch_size,
+                                    num_workers=profile.num_workers,
+                                    require_labels=design.needs_segmentations, seed=profile.seed)
+    ckpt_dir = rundir / "checkpoints"
+    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_loss", mode="min",
+                           save_top_k=1, enable_version_counter=False)
+    callbacks: list[L.Callback] = [best, LastCheckpoint(ckpt_dir, profile.checkpoint_every),
+                                   *extra_callbacks]
+    if freeze_until > 0:
+        callbacks.append(FreezeSchedule(("input", "encoder"), freeze_until))
+    if profile.early_stopping:
+        callbacks.append(EarlyStopping("val_loss", patience=profile.early_stopping))
+    segment = _segment_name(rundir)
+    loggers = [CSVLogger(rundir, name="logs", version=segment),
+               TensorBoardLogger(rundir, name="tensorboard", version=segment)]
+    distributed = options.devices * options.num_nodes > 1
+    trainer = L.Trainer(
+        max_steps=profile.max_steps,
+        accumulate_grad_batches=profile.accumulate,
+        val_check_interval=profile.val_every * profile.accumulate,
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+        devices=options.devices,
+        num_nodes=options.num_nodes,
+        accelerator=options.accelerator,
+        strategy="ddp" if distributed else "auto",
+        precision=profile.precision if torch.cuda.is_available() else "32-true",
+        callbacks=callbacks,
+        logger=loggers,
+        plugins=[AtomicCheckpointIO()],
+        default_root_dir=rundir,
+        enable_progress_bar=options.progress_bar,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+    if not trainer.is_global_zero:
+        return None
+    best_path = best.best_model_path or str(ckpt_dir / "last.ckpt")
+    state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
+    network_state = {k.removeprefix("network."): v for k, v in state.items()
+                     if k.startswith("network.")}
+    module.network.load_state_dict(network_state)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
+               if k.startswith("val")}
+    card = {
+        "design": design.to_dict(),
+        "profile": profile.to_dict(),
+        "input_size": list(profile.input_size),
+        "normalisation": "min-max to [0, 1] after resizing to input_size",
+        "data": {k: v for k, v in summary.items() if k != "preparation"},
+        "preparation": summary["preparation"],
+        "label_values": summary["label_values"],
+        "validation": {"best_val_loss": float(best.best_model_score)
+                       if best.best_model_score is not None else None, "last": metrics},
+        "training": {"steps": int(trainer.global_step),
+                     "seconds_this_segment": round(time.time() - started, 1),
+                     "best_checkpoint": Path(best_path).name},
+        "command": options.command or shlex.join(sys.argv),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        **(card_extra or {}),
+    }
+    from ddmr import __version__
+    from ddmr.model_file import save_model
+
+    card["ddmr_version"] = __version__
+    model_path = save_model(rundir / "model.safetensors", module.network.cpu(), card)
+    plot_training(rundir)
+    return model_path
+
+
+def finetune_profile(card: dict[str, Any], overrides: dict[str, Any]) -> TrainingProfile:
+    """The source model's profile with the fine-tuning learning rate (1e-4) and overrides."""
+    profile = TrainingProfile.from_dict(card["profile"]).replace(learning_rate=1e-4)
+    return profile.replace(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def check_mode(mode: str) -> None:
+    if mode not in ("full", "two-step"):
+        raise ConfigError(f"--mode {mode}: choose full or two-step")
+
+
+def finetune(model: str | Path, data: str | Path, options: RunOptions, mode: str = "full",
+             design_name: str | None = None, frozen_steps: int | None = None,
+             overrides: dict[str, Any] | None = None,
+             extra_callbacks: Sequence[Any] = ()) -> Path | None:
+    """Fine-tune a model file on new data: ``full`` trains everything at once; ``two-step``
+    first trains with the input and encoder groups frozen for ``frozen_steps`` optimiser
+    steps (default half of ``max_steps``), then everything."""
+    from ddmr.config import get_design
+    from ddmr.model_file import load_model
+
+    check_mode(mode)
+    loaded = load_model(model)
+    design = get_design(design_name) if design_name else Design.from_dict(loaded.card["design"])
+    profile = finetune_profile(loaded.card, overrides or {})
+    freeze_until = 0
+    if mode == "two-step":
+        freeze_until = frozen_steps if frozen_steps is not None else profile.max_steps // 2
+        if not 0 < freeze_until < profile.max_steps:
+            raise ConfigError(f"--frozen-steps {freeze_until}: must be between 1 and "
+                              f"max_steps - 1 ({profile.max_steps - 1})")
+    extra = {"finetuned_from": {"path": str(Path(model).resolve()),
+                                "sha256": loaded.card.get("sha256"),
+                                "design": loaded.card.get("design", {}).get("name")},
+             "finetune": {"mode": mode, "frozen_steps": freeze_until,
+                          "frozen_groups": ["input", "encoder"] if freeze_until else []}}
+    return fit(design, profile, data, options, initial_state=loaded.network.state_dict(),
+               freeze_until=freeze_until, card_extra=extra, extra_callbacks=extra_callbacks)
