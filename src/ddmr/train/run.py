@@ -68,10 +68,21 @@ def data_summary(data: str | Path) -> dict[str, Any]:
     }
 
 
+def _is_secondary_process() -> bool:
+    """True in the processes that a DDP launcher (Lightning, torchrun, SLURM) starts beside
+    the first one: they must not check, clear or create the run directory again."""
+    import os
+
+    return any(int(os.environ.get(key, "0") or 0) > 0
+               for key in ("LOCAL_RANK", "NODE_RANK", "RANK"))
+
+
 def _check_rundir(options: RunOptions) -> Path | None:
     """Validate the run directory; return the checkpoint to resume from, if any."""
     rundir = options.rundir
     last = rundir / "checkpoints" / "last.ckpt"
+    if _is_secondary_process():
+        return last if options.resume else None
     if options.resume:
         if not last.is_file():
             raise InputError(f"{rundir}: nothing to resume (no checkpoints/last.ckpt)")
