@@ -1,0 +1,74 @@
+"""Training steps per second of a profile on this machine (one pair per step).
+
+Times the module's training computation (augmentation on the fly, prediction, warping,
+the design's loss, backward, Adam step) on a synthetic 96^3 subject, median over steps
+after a warm-up; the augmentation's own share is printed beside it.
+
+    python benchmarks/bench_train.py [--profile cpu] [--design UW-NSD] [--steps 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from ddmr.config import get_design
+from ddmr.train.module import RegistrationModule
+from ddmr.train.profiles import get_profile
+
+
+def synthetic_batch(size: int = 96, seed: int = 0) -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(1, 1, 6, 6, 6, generator=gen)
+    image = torch.nn.functional.interpolate(coarse, size=(size,) * 3, mode="trilinear",
+                                            align_corners=True)
+    image = (image - image.min()) / (image.max() - image.min())
+    labels = (image * 3).floor().clamp(0, 2).to(torch.uint8)
+    return {"image": image, "labels": labels, "spacing": torch.tensor([[2.0, 2.0, 2.0]])}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--profile", default="cpu")
+    parser.add_argument("--design", default="UW-NSD")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    profile = get_profile(args.profile)
+    design = get_design(args.design)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    module = RegistrationModule(design.to_dict(), profile.to_dict(), [0, 1, 2]).to(device)
+    optimiser = torch.optim.Adam(module.parameters(), lr=1e-3)
+    batch = {k: v.to(device) for k, v in synthetic_batch().items()}
+    generator = torch.Generator().manual_seed(0)
+    step_times, augment_times = [], []
+    for step in range(args.steps + 2):
+        t0 = time.perf_counter()
+        pair = module.make_pair(batch, generator)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t1 = time.perf_counter()
+        optimiser.zero_grad()
+        total, _, _ = module.pair_loss(pair)
+        total.backward()
+        optimiser.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t2 = time.perf_counter()
+        if step >= 2:
+            step_times.append(t2 - t0)
+            augment_times.append(t1 - t0)
+    step = statistics.median(step_times)
+    aug = statistics.median(augment_times)
+    print(f"profile {profile.name}, design {design.name}, input {profile.input_size}, "
+          f"device {device}, {args.threads} threads")
+    print(f"step: {step:.3f} s median ({1 / step:.2f} steps/s); augmentation {aug:.3f} s "
+          f"= {100 * aug / step:.1f} % of a step")
+
+
+if __name__ == "__main__":
+    main()
