@@ -26,7 +26,8 @@ def local_ncc(a: torch.Tensor, b: torch.Tensor, window: int = 9, eps: float = 1e
     """Mean over voxels of the correlation in a cubic ``window`` around each voxel -> (B,).
 
     Local statistics come from box filters (``avg_pool3d``, stride 1); windows are cut at
-    the border (padding excluded from the means). Images are (B, 1, D, H, W).
+    the border (padding excluded from the means). ``eps`` is added to the covariance and
+    to both variances, so flat regions that match score 1. Images are (B, 1, D, H, W).
     """
     if window % 2 != 1:
         raise ValueError(f"window must be odd, got {window}")
@@ -36,7 +37,7 @@ def local_ncc(a: torch.Tensor, b: torch.Tensor, window: int = 9, eps: float = 1e
     var_a = (aa - mu_a * mu_a).clamp_min(0)
     var_b = (bb - mu_b * mu_b).clamp_min(0)
     cov = ab - mu_a * mu_b
-    cc = cov / torch.sqrt(var_a * var_b + eps)
+    cc = (cov + eps) / torch.sqrt((var_a + eps) * (var_b + eps))
     return cc.flatten(1).mean(dim=1)
 
 
