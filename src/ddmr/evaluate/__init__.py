@@ -1,0 +1,1 @@
+"""Evaluation: metrics per pair, stored test pairs, the runner over methods, tables."""
