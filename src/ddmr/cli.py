@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("prepare", "resample, crop, resize and normalise a dataset into HDF5"),
     "train": ("train", "train a design on prepared data"),
     "finetune": ("finetune", "fine-tune a trained model on new data (full or two-step)"),
+    "stats": ("stats", "Tukey HSD and Mann-Whitney U tests on ddmr evaluate's results"),
 }
 
 

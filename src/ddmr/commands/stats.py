@@ -1,0 +1,74 @@
+"""``ddmr stats RESULTS``: Tukey HSD and one-sided Mann-Whitney U tests (Benjamini-Hochberg
+corrected) on the per-pair results of ``ddmr evaluate``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("results", type=Path, help="folder written by ddmr evaluate "
+                        "(or its per_pair.csv)")
+    parser.add_argument("--metric", default="tre", help="metric to test (default: tre)")
+    parser.add_argument("--alpha", type=float, default=0.05, help="significance level")
+    parser.add_argument("--contrast", action="append", metavar="BETTER:WORSE",
+                        help="a one-sided contrast (repeatable); default: SG vs BL, UW vs SG, "
+                        "every model vs SyN and SyNCC, among the methods present")
+
+
+def run(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from ddmr import stats
+    from ddmr.errors import ConfigError, InputError
+    from ddmr.evaluate.metrics import HIGHER_IS_BETTER
+    from ddmr.io import atomic_path
+
+    csv = args.results / "per_pair.csv" if args.results.is_dir() else args.results
+    if not csv.is_file():
+        raise InputError(f"{csv}: not found (run ddmr evaluate first)")
+    try:
+        results = pd.read_csv(csv)
+    except (OSError, ValueError) as error:
+        raise InputError(f"{csv}: cannot read: {error}") from None
+    if "method" not in results or args.metric not in results:
+        raise InputError(f"{csv}: needs the columns 'method' and {args.metric!r}")
+    if not 0 < args.alpha < 1:
+        raise ConfigError(f"--alpha must be in (0, 1), got {args.alpha}")
+    methods = list(dict.fromkeys(results["method"]))
+    if args.contrast:
+        contrasts = []
+        for text in args.contrast:
+            better, _, worse = text.partition(":")
+            if better not in methods or worse not in methods:
+                raise ConfigError(f"--contrast {text}: methods are {', '.join(methods)}")
+            contrasts.append(stats.Contrast(better, worse))
+    else:
+        contrasts = stats.default_contrasts(methods)
+    higher = HIGHER_IS_BETTER.get(args.metric.split("_")[0], False)
+    sections = [f"# Statistics on {args.metric} ({csv})", ""]
+    try:
+        tukey = stats.tukey_hsd(results, args.metric, args.alpha)
+    except ValueError as error:
+        tukey = None
+        sections += ["## Tukey HSD", "", f"not computed: {error}", ""]
+    else:
+        sections += [f"## Tukey HSD across methods (alpha {args.alpha})", "",
+                     stats.tukey_markdown(tukey), ""]
+    tests = stats.contrast_tests(results, contrasts, args.metric, higher, args.alpha)
+    sections += [f"## One-sided Mann-Whitney U, Benjamini-Hochberg corrected "
+                 f"({'higher' if higher else 'lower'} is better)", "",
+                 stats.contrasts_markdown(tests) if len(tests) else "no contrasts", ""]
+    text = "\n".join(sections)
+    folder = csv.parent
+    stem = f"stats_{args.metric}"
+    outputs = [(folder / f"{stem}.md", text)]
+    outputs.append((folder / f"{stem}_contrasts.csv", tests.to_csv(index=False)))
+    if tukey is not None:
+        outputs.append((folder / f"{stem}_tukey.csv", tukey.to_csv(index=False)))
+    for path, content in outputs:
+        with atomic_path(path) as temporary:
+            temporary.write_text(content)
+    print(text)
+    return 0

@@ -1,0 +1,171 @@
+"""The paper's statistics on per-pair results: Tukey HSD across methods, one-sided
+Mann-Whitney U tests for named contrasts with Benjamini-Hochberg correction, and
+Markdown tables of the p-values.
+
+Results are a ``pandas.DataFrame`` with one row per (pair, method): a ``method`` column
+and one column per metric (the ``per_pair.csv`` that ``ddmr evaluate`` writes).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+ALPHA = 0.05
+#: Methods that are not learned models (names written by ``ddmr evaluate``).
+BASELINES = ("SyN", "SyNCC", "none")
+
+
+@dataclass(frozen=True)
+class Contrast:
+    """Hypothesis "``better`` scores better than ``worse``" on a metric (one-sided)."""
+
+    better: str
+    worse: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.better} vs {self.worse}"
+
+
+def _samples(results: pd.DataFrame, method: str, metric: str) -> np.ndarray:
+    values = results.loc[results["method"] == method, metric].to_numpy(dtype=np.float64)
+    return values[np.isfinite(values)]
+
+
+def benjamini_hochberg(pvalues: Sequence[float], alpha: float = ALPHA
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Benjamini-Hochberg false discovery rate control -> (reject (N,) bool, adjusted
+    p-values (N,)). NaN p-values stay NaN and are never rejected."""
+    from statsmodels.stats.multitest import multipletests
+
+    p = np.asarray(pvalues, dtype=np.float64)
+    reject = np.zeros(p.shape, bool)
+    adjusted = np.full(p.shape, np.nan)
+    finite = np.isfinite(p)
+    if finite.any():
+        r, a, _, _ = multipletests(p[finite], alpha=alpha, method="fdr_bh")
+        reject[finite], adjusted[finite] = r, a
+    return reject, adjusted
+
+
+def mann_whitney(better: Sequence[float], worse: Sequence[float],
+                 higher_is_better: bool) -> tuple[float, float]:
+    """One-sided Mann-Whitney U test that ``better`` is stochastically better than
+    ``worse`` (greater if ``higher_is_better``, else smaller) -> (U statistic, p-value).
+    NaN when either sample is empty."""
+    from scipy.stats import mannwhitneyu
+
+    a = np.asarray(better, dtype=np.float64)
+    b = np.asarray(worse, dtype=np.float64)
+    if a.size == 0 or b.size == 0:
+        return math.nan, math.nan
+    result = mannwhitneyu(a, b, alternative="greater" if higher_is_better else "less")
+    return float(result.statistic), float(result.pvalue)
+
+
+def tukey_hsd(results: pd.DataFrame, metric: str = "tre", alpha: float = ALPHA,
+              methods: Sequence[str] | None = None) -> pd.DataFrame:
+    """Pairwise Tukey HSD of ``metric`` across ``methods`` (all by default).
+
+    Returns one row per pair of methods: group1, group2, meandiff (mean of group2 minus
+    mean of group1), p_adj, lower, upper (confidence interval of meandiff), reject.
+    Needs at least two methods with two finite values each.
+    """
+    from statsmodels.stats.multicomp import pairwise_tukeyhsd
+
+    methods = list(methods) if methods is not None else list(dict.fromkeys(results["method"]))
+    values, groups = [], []
+    for method in methods:
+        sample = _samples(results, method, metric)
+        if sample.size >= 2:
+            values.append(sample)
+            groups.extend([method] * sample.size)
+    if len(values) < 2:
+        raise ValueError(f"Tukey HSD on {metric} needs two methods with two values each")
+    test = pairwise_tukeyhsd(np.concatenate(values), np.asarray(groups), alpha=alpha)
+    pairs = list(itertools.combinations(test.groupsunique, 2))
+    rows = [{"group1": str(g1), "group2": str(g2), "meandiff": float(test.meandiffs[k]),
+             "p_adj": float(test.pvalues[k]), "lower": float(test.confint[k][0]),
+             "upper": float(test.confint[k][1]), "reject": bool(test.reject[k])}
+            for k, (g1, g2) in enumerate(pairs)]
+    return pd.DataFrame(rows)
+
+
+def default_contrasts(methods: Iterable[str]) -> list[Contrast]:
+    """The paper's contrasts among the methods present: each SG design vs each BL design
+    (segmentation guidance), each UW vs each SG (uncertainty weighting), and each learned
+    model vs SyN and vs SyNCC. Designs are recognised by their name's prefix."""
+    methods = list(dict.fromkeys(methods))
+    models = [m for m in methods if m not in BASELINES]
+
+    def family(prefix: str) -> list[str]:
+        return [m for m in models if m.upper().startswith(prefix)]
+
+    out = [Contrast(s, b) for s in family("SG") for b in family("BL")]
+    out += [Contrast(u, s) for u in family("UW") for s in family("SG")]
+    out += [Contrast(m, ants) for ants in ("SyN", "SyNCC") if ants in methods for m in models]
+    return out
+
+
+def contrast_tests(results: pd.DataFrame, contrasts: Sequence[Contrast], metric: str = "tre",
+                   higher_is_better: bool = False, alpha: float = ALPHA) -> pd.DataFrame:
+    """One-sided Mann-Whitney U per contrast, Benjamini-Hochberg corrected over the set.
+
+    Returns one row per contrast: contrast, better, worse, n_better, n_worse, u, p,
+    p_bh, significant (p_bh < alpha).
+    """
+    rows = []
+    for contrast in contrasts:
+        a = _samples(results, contrast.better, metric)
+        b = _samples(results, contrast.worse, metric)
+        u, p = mann_whitney(a, b, higher_is_better)
+        rows.append({"contrast": contrast.name, "better": contrast.better,
+                     "worse": contrast.worse, "n_better": a.size, "n_worse": b.size,
+                     "u": u, "p": p})
+    table = pd.DataFrame(rows, columns=["contrast", "better", "worse", "n_better", "n_worse",
+                                        "u", "p"])
+    reject, adjusted = benjamini_hochberg(table["p"].to_numpy(), alpha)
+    table["p_bh"] = adjusted
+    table["significant"] = reject
+    return table
+
+
+def format_p(p: float) -> str:
+    """A p-value as the paper prints it: '<0.001' or three decimals ('-' for NaN)."""
+    if not math.isfinite(p):
+        return "-"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A GitHub Markdown table from strings."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def tukey_markdown(table: pd.DataFrame) -> str:
+    """Markdown of :func:`tukey_hsd`'s result (significant p-values in bold)."""
+    rows = []
+    for r in table.itertuples():
+        p = format_p(r.p_adj)
+        rows.append([r.group1, r.group2, f"{r.meandiff:.3f}", f"[{r.lower:.3f}, {r.upper:.3f}]",
+                     f"**{p}**" if r.reject else p])
+    return markdown_table(["method 1", "method 2", "mean diff (2 - 1)", "95% CI", "p (adj.)"],
+                          rows)
+
+
+def contrasts_markdown(table: pd.DataFrame) -> str:
+    """Markdown of :func:`contrast_tests`'s result (significant corrected p in bold)."""
+    rows = []
+    for r in table.itertuples():
+        p_bh = format_p(r.p_bh)
+        rows.append([r.contrast, f"{r.n_better}/{r.n_worse}", format_p(r.p),
+                     f"**{p_bh}**" if r.significant else p_bh])
+    return markdown_table(["contrast (one-sided)", "n", "p", "p (BH)"], rows)
