@@ -1,0 +1,212 @@
+"""Stored test pairs: made once with the augmentation layer from held-out subjects,
+written to disk, and read back by every method so that all are scored on the same pairs.
+
+Layout of a pairs folder::
+
+    PAIRS/pairs.json   index: format, source dataset, split, seed, augmentation config,
+                       and per pair its name, subject, shape and spacing
+    PAIRS/pairs.h5     one group per pair (``"0000"``, ...) holding
+                       fixed, moving           (D, H, W) float32 in [0, 1]
+                       fixed_labels, moving_labels  (D, H, W) uint8 (when the subject has labels)
+                       displacement            (3, D, H, W) float32, ground truth in voxels of
+                                               the grid, (D, H, W) channel order, pull-back:
+                                               ``warp_image(moving, u) ~ fixed``
+                       attrs: subject, spacing (3,) mm, affine (4, 4) RAS of the prepared
+                       grid, parameters (JSON of the drawn augmentation parameters)
+
+The same dataset, split, count, seed and configuration give bit-identical arrays on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ddmr.errors import ConfigError, InputError
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "ddmr-pairs"
+FORMAT_VERSION = 1
+INDEX = "pairs.json"
+ARRAYS = "pairs.h5"
+
+
+@dataclass
+class StoredPair:
+    """One stored pair (arrays as described in the module docstring)."""
+
+    name: str
+    subject: str
+    fixed: np.ndarray
+    moving: np.ndarray
+    displacement: np.ndarray
+    spacing: tuple[float, float, float]
+    affine: np.ndarray
+    parameters: dict[str, Any]
+    fixed_labels: np.ndarray | None = None
+    moving_labels: np.ndarray | None = None
+
+
+def _subject_order(n_subjects: int, n: int, seed: int) -> list[int]:
+    """Which subject each of the ``n`` pairs comes from: a seeded permutation, cycled."""
+    import torch
+
+    generator = torch.Generator().manual_seed(int(seed) + 1)
+    order = torch.randperm(n_subjects, generator=generator).tolist()
+    return [order[i % n_subjects] for i in range(n)]
+
+
+def _write_pairs(folder: Path, data: str | Path, split: str, n: int, seed: int,
+                 config: Any, progress: bool) -> dict[str, Any]:
+    import h5py
+    import torch
+    from tqdm.auto import tqdm
+
+    from ddmr.augment import AugmentationLayer
+    from ddmr.data.dataset import PreparedDataset, subject_geometries
+
+    dataset = PreparedDataset(data, split=split)
+    if len(dataset) == 0:
+        raise InputError(f"{data}: split {split!r} has no subjects")
+    layer = AugmentationLayer(config, seed=seed)
+    index: dict[str, Any] = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "dataset": str(Path(data).resolve()),
+        "split": split, "n": n, "seed": seed, "augmentation": config.to_dict(), "pairs": [],
+    }
+    try:
+        with h5py.File(folder / ARRAYS, "w") as h5:
+            for i, subject in enumerate(tqdm(_subject_order(len(dataset), n, seed),
+                                             desc="pairs", disable=not progress)):
+                item = dataset[subject]
+                labels = item.get("labels")
+                spacing = tuple(float(s) for s in item["spacing"])
+                with torch.no_grad():
+                    pair = layer(item["image"][None], None if labels is None else labels[None],
+                                 spacing)
+                prepared, _ = subject_geometries(data, item["id"])
+                name = f"{i:04d}"
+                group = h5.create_group(name)
+                group.create_dataset("fixed", data=pair.fixed[0, 0].numpy().astype(np.float32))
+                group.create_dataset("moving", data=pair.moving[0, 0].numpy().astype(np.float32))
+                group.create_dataset("displacement",
+                                     data=pair.displacement[0].numpy().astype(np.float32))
+                if labels is not None:
+                    group.create_dataset("fixed_labels",
+                                         data=pair.fixed_labels[0, 0].numpy().astype(np.uint8))
+                    group.create_dataset("moving_labels",
+                                         data=pair.moving_labels[0, 0].numpy().astype(np.uint8))
+                group.attrs["subject"] = item["id"]
+                group.attrs["spacing"] = np.asarray(spacing)
+                group.attrs["affine"] = prepared.affine
+                group.attrs["parameters"] = json.dumps(pair.parameters.to_dict())
+                index["pairs"].append({"name": name, "subject": item["id"],
+                                       "shape": list(pair.fixed.shape[2:]),
+                                       "spacing": list(spacing),
+                                       "labels": labels is not None})
+    finally:
+        dataset.close()
+    (folder / INDEX).write_text(json.dumps(index, indent=2) + "\n")
+    return index
+
+
+def make_pairs(data: str | Path, output: str | Path, n: int, seed: int, split: str = "test",
+               config: Any = None, overwrite: bool = False, progress: bool = True
+               ) -> dict[str, Any]:
+    """Make ``n`` test pairs from the subjects of ``split`` of a prepared dataset and store
+    them in the folder ``output`` (written under a temporary name, then renamed).
+
+    Subjects are taken in a seeded order, cycled when ``n`` exceeds their number; each
+    pair's moving image comes from the :class:`ddmr.augment.AugmentationLayer` with
+    ``config`` (default :class:`ddmr.augment.AugmentationConfig`) seeded by ``seed``.
+    Refuses an existing ``output`` unless ``overwrite``. Returns the index (pairs.json).
+    """
+    from ddmr.augment import AugmentationConfig
+
+    if n < 1:
+        raise ConfigError(f"the number of pairs must be at least 1, got {n}")
+    output = Path(output)
+    if output.exists() and not overwrite:
+        raise InputError(f"{output}: exists; choose another folder or pass --overwrite")
+    if not output.parent.is_dir():
+        raise InputError(f"{output}: folder {output.parent} does not exist")
+    config = config or AugmentationConfig()
+    temporary = output.with_name(f".{output.name}.{uuid.uuid4().hex[:8]}.tmp")
+    temporary.mkdir()
+    try:
+        index = _write_pairs(temporary, data, split, n, seed, config, progress)
+        if output.exists():
+            old = output.with_name(f".{output.name}.{uuid.uuid4().hex[:8]}.old")
+            os.replace(output, old)
+            os.replace(temporary, output)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(temporary, output)
+    finally:
+        if temporary.exists():
+            shutil.rmtree(temporary, ignore_errors=True)
+    logger.info("wrote %d pairs to %s", n, output)
+    return index
+
+
+def read_index(path: str | Path) -> dict[str, Any]:
+    """The ``pairs.json`` index of a pairs folder (validated)."""
+    folder = Path(path)
+    index_file = folder / INDEX
+    if not index_file.is_file() or not (folder / ARRAYS).is_file():
+        raise InputError(f"{folder}: not a pairs folder (needs {INDEX} and {ARRAYS}; "
+                         "run ddmr pairs)")
+    try:
+        index = json.loads(index_file.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise InputError(f"{index_file}: cannot read: {error}") from None
+    if index.get("format") != FORMAT:
+        raise InputError(f"{index_file}: not a DDMR pairs index")
+    return index
+
+
+class PairSet:
+    """The stored pairs of a folder: ``len(pairs)``, ``pairs[i] -> StoredPair``, iteration."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.index = read_index(self.path)
+        self.names = [p["name"] for p in self.index["pairs"]]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, i: int) -> StoredPair:
+        import h5py
+
+        name = self.names[i]
+        try:
+            with h5py.File(self.path / ARRAYS, "r") as h5:
+                group = h5[name]
+
+                def optional(key: str) -> np.ndarray | None:
+                    return group[key][()] if key in group else None
+
+                return StoredPair(
+                    name=name, subject=str(group.attrs["subject"]),
+                    fixed=group["fixed"][()], moving=group["moving"][()],
+                    displacement=group["displacement"][()],
+                    spacing=tuple(float(s) for s in group.attrs["spacing"]),
+                    affine=np.asarray(group.attrs["affine"]),
+                    parameters=json.loads(group.attrs["parameters"]),
+                    fixed_labels=optional("fixed_labels"), moving_labels=optional("moving_labels"))
+        except (OSError, KeyError) as error:
+            raise InputError(f"{self.path / ARRAYS}: cannot read pair {name}: {error}") from None
+
+    def __iter__(self) -> Iterator[StoredPair]:
+        for i in range(len(self)):
+            yield self[i]
