@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ddmr.errors import ConfigError
+from ddmr.nn.conv import Conv3d
 from ddmr.nn.fields import integrate_velocity, resize_displacement
 
 
@@ -31,6 +32,7 @@ class UNetConfig:
         upsampled; the last decoder upsampling and its skip are skipped).
     diffeomorphic: treat the output as a stationary velocity and integrate it.
     pad_input: pad sizes the depth cannot pool evenly and crop back (else refuse).
+    fast_cpu_conv: keep CPU convolutions on oneDNN (see :mod:`ddmr.nn.conv`); same results.
     """
 
     in_channels: int = 2
@@ -43,6 +45,7 @@ class UNetConfig:
     diffeomorphic: bool = False
     integration_steps: int = 7
     pad_input: bool = True
+    fast_cpu_conv: bool = True
 
     def decoder_filters(self) -> tuple[int, ...]:
         return tuple(self.decoder) if self.decoder is not None else tuple(reversed(self.encoder))
@@ -59,8 +62,8 @@ class UNetConfig:
         return cls(**data)
 
 
-def _conv(in_ch: int, out_ch: int, slope: float) -> nn.Sequential:
-    return nn.Sequential(nn.Conv3d(in_ch, out_ch, 3, padding=1), nn.LeakyReLU(slope, inplace=True))
+def _conv(in_ch: int, out_ch: int, slope: float, fast: bool) -> nn.Sequential:
+    return nn.Sequential(Conv3d(in_ch, out_ch, fast), nn.LeakyReLU(slope, inplace=True))
 
 
 class UNet(nn.Module):
@@ -84,20 +87,20 @@ class UNet(nn.Module):
         self.encoder = nn.ModuleList()
         channels = config.in_channels
         for filters in config.encoder:
-            self.encoder.append(_conv(channels, filters, slope))
+            self.encoder.append(_conv(channels, filters, slope, config.fast_cpu_conv))
             channels = filters
         self.decoder = nn.ModuleList()
         skips = list(reversed(config.encoder))
         for level, filters in enumerate(decoder):
-            self.decoder.append(_conv(channels, filters, slope))
+            self.decoder.append(_conv(channels, filters, slope, config.fast_cpu_conv))
             last = level == len(decoder) - 1
             half_head = last and config.flow_resolution == "half"
             channels = filters if half_head else filters + skips[level]
         self.head = nn.ModuleList()
         for filters in config.head:
-            self.head.append(_conv(channels, filters, slope))
+            self.head.append(_conv(channels, filters, slope, config.fast_cpu_conv))
             channels = filters
-        self.output = nn.Conv3d(channels, 3, 3, padding=1)
+        self.output = Conv3d(channels, 3, config.fast_cpu_conv)
         nn.init.normal_(self.output.weight, std=config.output_init_std)
         nn.init.zeros_(self.output.bias)
 
