@@ -8,4 +8,12 @@ and pulls back: ``warped(x) = moving(x + u(x))``.
 from ddmr.errors import DDMRError
 
 __version__ = "0.1.0"
-__all__ = ["DDMRError", "__version__"]
+__all__ = ["DDMRError", "__version__", "register"]
+
+
+def __getattr__(name: str):  # lazy: `import ddmr` must not import torch
+    if name == "register":
+        from ddmr.register import register
+
+        return register
+    raise AttributeError(f"module 'ddmr' has no attribute {name!r}")

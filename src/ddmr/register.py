@@ -1,0 +1,466 @@
+"""Native-space registration with a trained model: ``ddmr.register`` / ``ddmr register``.
+
+Steps (all geometry in world coordinates, see :mod:`ddmr.registration.world`):
+
+1. the fixed image goes onto the model's grid the way the training data were prepared
+   (:mod:`ddmr.registration.space`, options from the model card);
+2. the moving image is resampled onto the same grid through world coordinates (after an
+   optional affine pre-alignment, :mod:`ddmr.registration.affine`);
+3. the network predicts a pull-back displacement on that grid (inference mode);
+4. the field is brought back to the fixed image's native grid as a world displacement in
+   mm, composed with the pre-alignment: the full transform;
+5. the native moving image (and labels) are warped with it onto the fixed grid.
+
+Outputs (:meth:`RegistrationResult.save`): ``warped.nii.gz``, ``warped_seg.nii.gz``,
+``displacement.nii.gz`` (ITK/ANTs displacement field, LPS mm, fixed grid, so that
+``antsApplyTransforms`` / SimpleITK reproduce ``warped.nii.gz``), ``jacobian.nii.gz``,
+``overlay.png`` and ``summary.json``, written into a temporary folder and renamed.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+import types
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ddmr.errors import InputError
+from ddmr.io import Geometry, check_geometry, check_same_geometry, load_image, load_labels
+
+logger = logging.getLogger(__name__)
+
+PathLike = str | os.PathLike[str]
+ImageInput = PathLike | tuple[np.ndarray, Geometry]
+
+OUTPUT_FILES = ("warped.nii.gz", "warped_seg.nii.gz", "displacement.nii.gz",
+                "jacobian.nii.gz", "overlay.png", "summary.json")
+
+
+# -- inputs ------------------------------------------------------------------------------
+
+
+def _from_array(value: tuple[Any, Geometry], name: str, labels: bool
+                ) -> tuple[np.ndarray, Geometry]:
+    if len(value) != 2 or not isinstance(value[1], Geometry):
+        raise InputError(f"{name}: expected a path or an (array, Geometry) tuple")
+    array = np.asarray(value[0])
+    geometry = value[1]
+    if array.ndim != 3:
+        raise InputError(f"{name}: array has shape {array.shape}, expected a 3D volume")
+    if tuple(array.shape) != geometry.shape:
+        raise InputError(f"{name}: array shape {array.shape} differs from its grid "
+                         f"{geometry.shape}")
+    check_geometry(geometry, name)
+    if array.dtype.kind not in "biuf":
+        raise InputError(f"{name}: voxel type {array.dtype} is not numeric")
+    if not np.all(np.isfinite(array)):
+        raise InputError(f"{name}: {'label map' if labels else 'image'} contains NaN or Inf")
+    if labels:
+        if not np.array_equal(array, np.round(array)):
+            raise InputError(f"{name}: label map has non-integer values")
+        if array.size and (array.min() < 0 or array.max() > 255):
+            raise InputError(f"{name}: label values must be 0..255")
+        return array.astype(np.uint8), geometry
+    array = array.astype(np.float32)
+    if float(array.max()) == float(array.min()):
+        raise InputError(f"{name}: image is constant")
+    return array, geometry
+
+
+def read_input(value: ImageInput, name: str, labels: bool = False
+               ) -> tuple[np.ndarray, Geometry, str]:
+    """``(array, geometry, description)`` of a path or an ``(array, Geometry)`` tuple,
+    validated as :func:`ddmr.io.load_image` / :func:`ddmr.io.load_labels` do."""
+    if isinstance(value, tuple):
+        array, geometry = _from_array(value, name, labels)
+        return array, geometry, f"<{name} array>"
+    array, geometry = (load_labels if labels else load_image)(value)
+    return array, geometry, str(value)
+
+
+# -- model ------------------------------------------------------------------------------
+
+
+def file_sha256(path: PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load(model: Any = None, device: str = "cpu"):
+    """Load ``model`` (a shipped model's name, a path, ``None`` for the default shipped
+    model, or an already loaded :class:`ddmr.model_file.LoadedModel`) on ``device``."""
+    from ddmr.model_file import LoadedModel, load_model
+    from ddmr.models import resolve_model
+
+    if isinstance(model, LoadedModel):
+        model.network.to(device).eval()
+        return model
+    _, path = resolve_model(model)
+    return load_model(path, device)
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: CUDA is not available on this machine")
+
+
+# -- result -----------------------------------------------------------------------------
+
+
+@dataclass
+class RegistrationResult:
+    """Outputs of :func:`register`, on the fixed image's grid ``geometry``.
+
+    warped: (I, J, K) float32, the moving image warped onto the fixed grid.
+    warped_seg: (I, J, K) uint8 or None, the moving labels warped label-exactly.
+    displacement_mm: (3, I, J, K) float32, RAS mm: fixed voxel at world p shows the
+        moving image at world ``p + displacement_mm`` (the full transform, including an
+        affine pre-alignment). Written in LPS (ITK convention) by :meth:`save`.
+    jacobian: (I, J, K) float32, determinant of the transform's Jacobian (physical space).
+    summary: model, runtimes (s), metrics; what ``summary.json`` holds.
+    """
+
+    geometry: Geometry
+    warped: np.ndarray
+    warped_seg: np.ndarray | None
+    displacement_mm: np.ndarray
+    jacobian: np.ndarray
+    summary: dict[str, Any]
+    fixed: np.ndarray = field(repr=False)
+    moving: np.ndarray = field(repr=False)
+    moving_geometry: Geometry = field(repr=False)
+
+    def displacement_voxels(self) -> np.ndarray:
+        """The displacement (3, I, J, K) in voxels of the fixed grid (ddmr convention)."""
+        from ddmr.registration.world import mm_to_voxels
+
+        return mm_to_voxels(self.displacement_mm, self.geometry)
+
+    def write(self, folder: PathLike) -> None:
+        """Write every output file into the existing ``folder`` (summary.json last)."""
+        from ddmr.io import save_displacement, save_image, save_labels
+        from ddmr.overlay import save_overlay
+
+        folder = Path(folder)
+        started = time.perf_counter()
+        save_image(folder / "warped.nii.gz", self.warped, self.geometry)
+        if self.warped_seg is not None:
+            save_labels(folder / "warped_seg.nii.gz", self.warped_seg, self.geometry)
+        save_displacement(folder / "displacement.nii.gz", self.displacement_voxels(),
+                          self.geometry)
+        save_image(folder / "jacobian.nii.gz", self.jacobian, self.geometry)
+        save_overlay(folder / "overlay.png", self.fixed, self.geometry, self.moving,
+                     self.moving_geometry, self.warped, self.jacobian,
+                     title=f"ddmr register, model {self.summary['model']['name']}")
+        runtime = self.summary["runtime_s"]
+        runtime["write"] = round(time.perf_counter() - started, 3)
+        runtime["total"] = round(sum(runtime[k] for k in
+                                     ("load", "preprocess", "predict", "write")), 3)
+        (folder / "summary.json").write_text(json.dumps(_json_safe(self.summary), indent=2)
+                                             + "\n")
+
+    def save(self, outdir: PathLike, overwrite: bool = False) -> Path:
+        """Write the outputs into ``outdir`` (built in a temporary folder, then renamed);
+        an existing ``outdir`` is refused unless ``overwrite``."""
+        with output_folder(outdir, overwrite) as folder:
+            self.write(folder)
+        return Path(outdir)
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN/Inf -> None, numpy scalars -> Python, recursively (strict JSON)."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def check_output(outdir: PathLike, overwrite: bool) -> Path:
+    """Raise :class:`InputError` if ``outdir`` exists (and may not be replaced) or is a
+    file."""
+    outdir = Path(outdir)
+    if outdir.exists() and not outdir.is_dir():
+        raise InputError(f"{outdir}: exists and is not a folder")
+    if outdir.exists() and not overwrite:
+        raise InputError(f"{outdir}: output folder already exists (pass --overwrite to replace)")
+    return outdir
+
+
+@contextmanager
+def output_folder(outdir: PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder beside ``outdir``; on success it replaces ``outdir``, on
+    failure it is removed and ``outdir`` is left as it was."""
+    outdir = check_output(outdir, overwrite)
+    outdir.parent.mkdir(parents=True, exist_ok=True)
+    temporary = outdir.with_name(f".{outdir.name}.tmp-{uuid.uuid4().hex[:8]}")
+    temporary.mkdir()
+    try:
+        yield temporary
+        old = None
+        if outdir.exists():
+            old = outdir.with_name(f".{outdir.name}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(outdir, old)
+        os.replace(temporary, outdir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if temporary.exists():
+            shutil.rmtree(temporary, ignore_errors=True)
+
+
+# -- metrics ----------------------------------------------------------------------------
+
+
+def label_metrics(fixed_seg: np.ndarray, warped_seg: np.ndarray,
+                  spacing: tuple[float, float, float]) -> dict[str, Any]:
+    """DSC, HD95 (mm) and centroid TRE (mm) of the warped labels against the fixed labels
+    (:mod:`ddmr.evaluate.metrics`): means over the fixed map's foreground labels, and DSC
+    per label."""
+    from ddmr.evaluate import metrics
+
+    values = metrics.foreground_labels(fixed_seg)
+    if not values:
+        return {"dsc": None, "hd95": None, "tre": None, "dsc_per_label": {}}
+    dice = metrics.dice_per_label(fixed_seg, warped_seg, values)
+    hd95 = metrics.hausdorff_per_label(fixed_seg, warped_seg, spacing, values, 95)
+    with np.errstate(all="ignore"):
+        return {
+            "dsc": float(np.nanmean(dice)) if np.isfinite(dice).any() else None,
+            "hd95": float(np.nanmean(hd95)) if np.isfinite(hd95).any() else None,
+            "tre": metrics.centroid_tre(fixed_seg, warped_seg, spacing, values),
+            "dsc_per_label": {str(v): float(d) for v, d in zip(values, dice, strict=True)},
+        }
+
+
+# -- registration -----------------------------------------------------------------------
+
+
+def register(fixed: ImageInput, moving: ImageInput, fixed_seg: ImageInput | None = None,
+             moving_seg: ImageInput | None = None, model: Any = None, device: str = "cpu",
+             affine: bool = False) -> RegistrationResult:
+    """Register ``moving`` to ``fixed`` with a trained model, in world space.
+
+    Images are paths (NIfTI, NRRD, MHA) or ``(array (I, J, K), Geometry)`` tuples, in any
+    orientation, spacing and field of view. ``fixed_seg``/``moving_seg`` are label maps
+    on their image's grid (for ``warped_seg`` and DSC/HD95/TRE). ``model`` is a shipped
+    model's name, a model file path, a loaded model, or ``None`` for the default shipped
+    model. ``affine`` adds an ANTs affine pre-alignment. Raises :class:`DDMRError`
+    subclasses with one-line messages for bad input. See the module docstring.
+    """
+    import torch
+
+    from ddmr.evaluate.metrics import folding_percent, sdlogj
+    from ddmr.registration.space import model_space, to_model_space
+    from ddmr.registration.world import jacobian_determinant, mm_to_voxels, to_native
+
+    _check_device(device)
+    started = time.perf_counter()
+    fixed_array, fixed_geometry, fixed_name = read_input(fixed, "fixed")
+    moving_array, moving_geometry, moving_name = read_input(moving, "moving")
+    fixed_labels = moving_labels = None
+    fixed_seg_name = moving_seg_name = None
+    if fixed_seg is not None:
+        fixed_labels, geometry, fixed_seg_name = read_input(fixed_seg, "fixed_seg", True)
+        check_same_geometry(fixed_geometry, geometry, [fixed_name, fixed_seg_name])
+    if moving_seg is not None:
+        moving_labels, geometry, moving_seg_name = read_input(moving_seg, "moving_seg", True)
+        check_same_geometry(moving_geometry, geometry, [moving_name, moving_seg_name])
+    loaded = load(model, device)
+    card = loaded.card
+    load_seconds = time.perf_counter() - started
+
+    started = time.perf_counter()
+    point_map = None
+    if affine:
+        from ddmr.registration.affine import affine_prealign
+
+        point_map = affine_prealign(fixed_array, fixed_geometry, moving_array, moving_geometry)
+    space = model_space(fixed_geometry, card, fixed_labels)
+    fixed_input = to_model_space(fixed_array, fixed_geometry, space, fixed_name)
+    moving_input = to_model_space(moving_array, moving_geometry, space, moving_name, point_map)
+    preprocess_seconds = time.perf_counter() - started
+
+    started = time.perf_counter()
+    with torch.inference_mode():
+        displacement = loaded.network(fixed_input.to(device), moving_input.to(device))
+    displacement = displacement.float().cpu()
+    predict_seconds = time.perf_counter() - started
+
+    started = time.perf_counter()
+    native = to_native(displacement, space.grid, fixed_geometry, moving_array, moving_geometry,
+                       moving_labels, point_map)
+    jacobian = jacobian_determinant(native.displacement_mm, fixed_geometry)
+    voxels = mm_to_voxels(native.displacement_mm, fixed_geometry)
+    metrics: dict[str, Any] = {
+        "folding_percent": folding_percent(voxels),
+        "sdlogj": sdlogj(voxels),
+        "jacobian_min": float(jacobian.min()),
+        "jacobian_max": float(jacobian.max()),
+        "displacement_max_mm": float(np.linalg.norm(native.displacement_mm, axis=0).max()),
+    }
+    if fixed_labels is not None and native.warped_labels is not None:
+        metrics.update(label_metrics(fixed_labels, native.warped_labels,
+                                     fixed_geometry.spacing))
+    resample_seconds = time.perf_counter() - started
+
+    from ddmr import __version__
+
+    summary = {
+        "ddmr_version": __version__,
+        "fixed": fixed_name, "moving": moving_name,
+        "fixed_seg": fixed_seg_name, "moving_seg": moving_seg_name,
+        "model": {
+            "name": loaded.path.name.removesuffix(".safetensors"),
+            "path": str(loaded.path),
+            "sha256": file_sha256(loaded.path),
+            "weights_sha256": card.get("sha256"),
+            "design": (card.get("design") or {}).get("name"),
+            "input_size": list(space.grid.shape),
+        },
+        "device": str(device),
+        "affine": point_map.tolist() if point_map is not None else None,
+        "fixed_grid": {"shape": list(fixed_geometry.shape),
+                       "spacing_mm": list(fixed_geometry.spacing)},
+        "model_grid": {"shape": list(space.grid.shape), "spacing_mm": list(space.grid.spacing),
+                       "affine": space.grid.affine.tolist()},
+        "displacement": "displacement.nii.gz: ITK/ANTs displacement field on the fixed grid, "
+                        "LPS mm, maps fixed points to moving points (full transform)",
+        "runtime_s": {"load": round(load_seconds, 3),
+                      "preprocess": round(preprocess_seconds, 3),
+                      "predict": round(predict_seconds + resample_seconds, 3),
+                      "network": round(predict_seconds, 3)},
+        "metrics": metrics,
+    }
+    return RegistrationResult(fixed_geometry, native.warped, native.warped_labels,
+                              native.displacement_mm, jacobian.astype(np.float32), summary,
+                              fixed_array, moving_array, moving_geometry)
+
+
+# -- batch ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One row of a pairs CSV (paths resolved against the CSV's folder)."""
+
+    id: str
+    fixed: Path
+    moving: Path
+    fixed_seg: Path | None = None
+    moving_seg: Path | None = None
+
+
+def read_pairs(path: PathLike) -> list[Pair]:
+    """Read a pairs CSV with columns ``fixed,moving[,fixed_seg,moving_seg][,id]``.
+    Relative paths are relative to the CSV's folder; ids default to ``pair-001`` ...
+    Raises :class:`InputError` for a missing file or column, or duplicate ids."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        columns = [c.strip() for c in reader.fieldnames or []]
+        missing = [c for c in ("fixed", "moving") if c not in columns]
+        if missing:
+            raise InputError(f"{path}: missing column(s) {', '.join(missing)} "
+                             "(expected fixed,moving[,fixed_seg,moving_seg][,id])")
+        rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+    if not rows:
+        raise InputError(f"{path}: no pairs listed")
+
+    def resolve(value: str) -> Path | None:
+        if not value:
+            return None
+        candidate = Path(value).expanduser()
+        return candidate if candidate.is_absolute() else path.parent / candidate
+
+    pairs = []
+    for number, row in enumerate(rows, start=1):
+        if not row.get("fixed") or not row.get("moving"):
+            raise InputError(f"{path}: row {number} has no fixed or moving image")
+        ident = row.get("id") or f"pair-{number:03d}"
+        if "/" in ident or ident in (".", ".."):
+            raise InputError(f"{path}: row {number}: id {ident!r} is not a folder name")
+        pairs.append(Pair(ident, resolve(row["fixed"]), resolve(row["moving"]),
+                          resolve(row.get("fixed_seg", "")),
+                          resolve(row.get("moving_seg", ""))))
+    seen = set()
+    for pair in pairs:
+        if pair.id in seen:
+            raise InputError(f"{path}: duplicate id {pair.id!r}")
+        seen.add(pair.id)
+        for name in ("fixed", "moving", "fixed_seg", "moving_seg"):
+            file = getattr(pair, name)
+            if file is not None and not file.exists():
+                raise InputError(f"{file}: no such file ({name} of pair {pair.id})")
+    return pairs
+
+
+def register_pairs(pairs_csv: PathLike, outdir: PathLike, model: Any = None,
+                   device: str = "cpu", affine: bool = False, overwrite: bool = False,
+                   progress: bool = True) -> list[dict[str, Any]]:
+    """Register every pair of a pairs CSV into ``outdir/<id>/`` (the model is loaded
+    once); also writes ``outdir/summary.csv`` with one row per pair. The whole folder is
+    built in a temporary place and renamed; any bad pair leaves nothing behind. Returns
+    the per-pair rows."""
+    from tqdm.auto import tqdm
+
+    check_output(outdir, overwrite)
+    pairs = read_pairs(pairs_csv)
+    _check_device(device)
+    loaded = load(model, device)
+    rows = []
+    with output_folder(outdir, overwrite) as folder:
+        for pair in tqdm(pairs, desc="ddmr register", unit="pair", disable=not progress):
+            result = register(pair.fixed, pair.moving, pair.fixed_seg, pair.moving_seg,
+                              loaded, device, affine)
+            (folder / pair.id).mkdir()
+            result.write(folder / pair.id)
+            metrics = result.summary["metrics"]
+            rows.append({"id": pair.id, "fixed": str(pair.fixed), "moving": str(pair.moving),
+                         "seconds": result.summary["runtime_s"]["total"],
+                         **{k: metrics.get(k) for k in ("folding_percent", "dsc", "hd95",
+                                                        "tre")}})
+        with open(folder / "summary.csv", "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    return rows
+
+
+# -- `ddmr.register(...)` -----------------------------------------------------------------
+# Importing this module sets the attribute ``ddmr.register`` to the module itself, which
+# would hide the function that ``ddmr.__getattr__`` returns. Making the module callable
+# keeps ``ddmr.register(fixed, moving, ...)`` working whichever of the two it finds.
+
+
+class _CallableModule(types.ModuleType):
+    def __call__(self, *args: Any, **kwargs: Any) -> RegistrationResult:
+        return register(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -1,0 +1,150 @@
+"""The model's space: where a fixed/moving pair is put before the network sees it.
+
+Training data went through ``ddmr prepare`` (an RAS-aligned isotropic grid over the
+image's world box, :mod:`ddmr.data.grid`; cubic resampling with anti-aliasing; CT window;
+normalisation to [0, 1]) and then through :func:`ddmr.augment.preprocess.preprocess`
+(trilinear resize to the card's ``input_size`` with corners aligned, min-max
+normalisation). Registration repeats both steps from the options stored in the model
+card, with the grid chosen from the *fixed* image; the moving image is resampled onto
+the same grid through world coordinates, so its own field of view and orientation are
+handled by geometry rather than by voxel padding.
+
+The network's grid (:attr:`ModelSpace.grid`) is the prepared grid resized to
+``input_size`` with corners aligned: same first and last voxel centres, spacing
+``spacing * (n_prepared - 1) / (n_input - 1)``. A displacement predicted by the network
+is in voxels of that grid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ddmr.data.grid import image_box, intersect, mask_box, target_grid
+from ddmr.data.prepare import PrepareOptions
+from ddmr.errors import ConfigError, InputError
+from ddmr.io import Geometry, resample_to
+
+logger = logging.getLogger(__name__)
+
+
+def preparation_options(card: dict[str, Any]) -> PrepareOptions:
+    """The :class:`PrepareOptions` a model was trained with, from its card.
+
+    ``card["preparation"]`` is the text of the training data's ``prepare.json`` (whose
+    ``options`` hold the fields) or a plain options dict. Without it, the prepared grid
+    is taken to be ``input_size`` voxels of 1 mm in ``fit`` mode, with a warning.
+    """
+    size = tuple(int(n) for n in card.get("input_size", ()))
+    if len(size) != 3:
+        raise ConfigError(f"model card has no valid input_size (got {card.get('input_size')!r})")
+    text = card.get("preparation")
+    if not text:
+        logger.warning("model card has no preparation options; assuming %s voxels of 1 mm, "
+                       "resize 'fit'", "x".join(map(str, size)))
+        return PrepareOptions(size=size)
+    try:
+        data = json.loads(text) if isinstance(text, str) else dict(text)
+    except (json.JSONDecodeError, TypeError, ValueError):
+        raise ConfigError("model card: 'preparation' is not valid JSON") from None
+    data = data.get("options", data)
+    known = {f.name for f in dataclasses.fields(PrepareOptions)}
+    values = {k: v for k, v in data.items() if k in known}
+    for key in ("size", "crop_labels", "split", "atlas_syn_iterations",
+                "atlas_affine_iterations"):
+        if values.get(key) is not None:
+            values[key] = tuple(values[key])
+    if values.get("ct_window") is not None:
+        values["ct_window"] = tuple(float(v) for v in values["ct_window"])
+    try:
+        options = PrepareOptions(**values)
+        options.validate()
+    except (TypeError, ConfigError) as error:
+        raise ConfigError(f"model card: bad preparation options ({error})") from None
+    return options
+
+
+@dataclass(frozen=True)
+class ModelSpace:
+    """The prepared grid of one fixed image and the network's grid over it.
+
+    prepared: the grid ``ddmr prepare`` would have made for the fixed image (RAS mm).
+    grid: ``input_size`` voxels over the same extent (corners aligned); the network's
+        displacement is in voxels of this grid, channels (i, j, k).
+    options: the preparation options (CT window, ...).
+    """
+
+    prepared: Geometry
+    grid: Geometry
+    options: PrepareOptions
+
+
+def resized_grid(geometry: Geometry, shape: tuple[int, int, int]) -> Geometry:
+    """``geometry`` resized to ``shape`` voxels with the first and last voxel centres kept
+    (``align_corners=True``, as :func:`ddmr.augment.preprocess.resize_image`)."""
+    scale = [(n - 1) / max(m - 1, 1) for n, m in zip(geometry.shape, shape, strict=True)]
+    affine = geometry.affine.copy()
+    affine[:3, :3] = affine[:3, :3] @ np.diag(scale)
+    return Geometry(affine, shape)
+
+
+def model_space(fixed_geometry: Geometry, card: dict[str, Any],
+                fixed_labels: np.ndarray | None = None) -> ModelSpace:
+    """The :class:`ModelSpace` of a fixed image for the model described by ``card``.
+
+    When the model was trained on crops around labels (``crop_labels``) and the fixed
+    label map is given, the grid covers the same crop; otherwise the whole image.
+    """
+    options = preparation_options(card)
+    input_size = tuple(int(n) for n in card["input_size"])
+    box = image_box(fixed_geometry)
+    if options.crop_labels:
+        crop = None
+        if fixed_labels is not None:
+            crop = mask_box(np.isin(fixed_labels, options.crop_labels), fixed_geometry,
+                            options.crop_margin)
+        if crop is None:
+            logger.warning("the model was trained on crops around labels %s; without them in "
+                           "a fixed label map the whole fixed image is used",
+                           list(options.crop_labels))
+        else:
+            box = intersect(crop, box)
+    prepared = target_grid(box, options.size, options.spacing, options.resize)
+    return ModelSpace(prepared, resized_grid(prepared, input_size), options)
+
+
+def to_model_space(image: np.ndarray, geometry: Geometry, space: ModelSpace, name: str,
+                   point_map: np.ndarray | None = None) -> torch.Tensor:
+    """Resample an image (I, J, K) onto the network's grid as in training.
+
+    ``point_map`` (4, 4), RAS mm, maps a point of the fixed image's world to the point of
+    this image that it shows (an affine pre-alignment); ``None`` is the identity.
+    Returns a (1, 1, *input_size) float32 tensor in [0, 1]. Raises :class:`InputError`
+    (naming ``name``) when the image is constant over the model's field of view, e.g.
+    when it does not overlap the fixed image.
+    """
+    from ddmr.augment.preprocess import preprocess
+
+    options = space.options
+    if options.ct_window is not None:
+        image = np.clip(image, *options.ct_window)
+    target = space.prepared
+    if point_map is not None:
+        target = Geometry(point_map @ space.prepared.affine, space.prepared.shape)
+    low = float(image.min())
+    resampled = resample_to(image, geometry, target, order=3, cval=low, antialias=True)
+    lo, hi = (options.ct_window if options.ct_window is not None
+              else (float(resampled.min()), float(resampled.max())))
+    if not hi > lo:
+        raise InputError(f"{name}: image is constant inside the fixed image's field of view "
+                         "(do the two images overlap in world space?)")
+    normalised = np.clip((resampled - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+    tensor = torch.from_numpy(normalised)[None, None]
+    tensor, _, _ = preprocess(tensor, space.prepared.spacing, space.grid.shape)
+    return tensor

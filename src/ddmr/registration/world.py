@@ -1,0 +1,154 @@
+"""From the network's field to the fixed image's native grid, in world coordinates.
+
+For a native fixed voxel x with RAS world point ``p = A_f x``, its index on the network's
+grid is ``q = A_m^-1 p``; the network's pull-back displacement ``u`` (voxels of the
+network's grid) is interpolated there trilinearly (piecewise linear resampling, constant
+beyond the grid's border), and the point of the moving image it shows is
+
+    p' = P(A_m (q + u(q))) = P(p + A_m[:3, :3] u(q))
+
+where ``P`` (4, 4) is an optional affine pre-alignment (identity without one). The
+native displacement is ``p' - p`` in RAS mm; the moving image (on its own grid) is
+sampled at ``p'`` with linear interpolation, its labels label-exactly.
+
+Everything runs in slabs of fixed slices, so memory stays a few times the size of one
+volume. Points are float64 until they become voxel indices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ddmr.io import Geometry
+
+#: Fixed-grid voxels handled per slab.
+SLAB_VOXELS = 1 << 21
+
+
+def _slabs(shape: tuple[int, int, int]) -> Iterator[slice]:
+    step = max(1, SLAB_VOXELS // max(shape[1] * shape[2], 1))
+    for start in range(0, shape[0], step):
+        yield slice(start, min(start + step, shape[0]))
+
+
+def _slab_indices(sl: slice, shape: tuple[int, int, int]) -> np.ndarray:
+    """Voxel indices (n, 3) float64 of the slab ``sl`` (first axis) of a grid."""
+    i, j, k = np.meshgrid(np.arange(sl.start, sl.stop), np.arange(shape[1]),
+                          np.arange(shape[2]), indexing="ij")
+    return np.stack([i.ravel(), j.ravel(), k.ravel()], axis=1).astype(np.float64)
+
+
+def sample(volume: torch.Tensor, index: torch.Tensor, mode: str = "bilinear",
+           padding: str = "zeros") -> torch.Tensor:
+    """Sample ``volume`` (1, C, D, H, W) at voxel indices ``index`` (n, 3) (D, H, W
+    order) -> (C, n). ``mode``/``padding`` as :func:`torch.nn.functional.grid_sample`."""
+    shape = volume.shape[2:]
+    scale = torch.tensor([2.0 / max(n - 1, 1) for n in shape], dtype=index.dtype,
+                         device=index.device)
+    grid = (index * scale - 1.0).flip(-1).view(1, -1, 1, 1, 3).to(volume.dtype)
+    out = F.grid_sample(volume, grid, mode=mode, padding_mode=padding, align_corners=True)
+    return out.view(volume.shape[1], -1)
+
+
+def inside(index: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """(n,) bool: indices (n, 3) within half a voxel of the grid (as ITK decides what is
+    inside an image)."""
+    upper = torch.tensor(shape, dtype=index.dtype, device=index.device) - 0.5
+    return ((index >= -0.5) & (index <= upper)).all(dim=1)
+
+
+def sample_image(image: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Linear interpolation of ``image`` (1, 1, D, H, W) at indices (n, 3) -> (n,); edge
+    values are replicated up to half a voxel beyond the grid, 0 further out (ITK/ANTs'
+    linear interpolator with default value 0)."""
+    values = sample(image, index, "bilinear", "border")[0]
+    return torch.where(inside(index, tuple(image.shape[2:])), values, torch.zeros_like(values))
+
+
+def sample_labels(labels: torch.Tensor, index: torch.Tensor,
+                  values: list[int]) -> torch.Tensor:
+    """Label-exact interpolation of ``labels`` (1, 1, D, H, W) uint8 at indices (n, 3):
+    each label's indicator is interpolated linearly and the label of largest weight wins
+    (background 0 outside the grid). Returns (n,) uint8."""
+    best_score = torch.zeros(index.shape[0], dtype=torch.float32, device=index.device)
+    best = torch.zeros(index.shape[0], dtype=torch.uint8, device=index.device)
+    keep = inside(index, tuple(labels.shape[2:]))
+    for value in values:
+        indicator = (labels == value).float()
+        score = sample(indicator, index, "bilinear", "border")[0]
+        score = torch.where(keep, score, torch.zeros_like(score))
+        better = score > best_score
+        best_score = torch.where(better, score, best_score)
+        best = torch.where(better, torch.full_like(best, value), best)
+    return best
+
+
+@dataclass
+class NativeResult:
+    """Outputs on the fixed image's grid: ``displacement_mm`` (3, I, J, K) float32 RAS mm
+    (``p' - p``), ``warped`` (I, J, K) float32, ``warped_labels`` (I, J, K) uint8 or None."""
+
+    displacement_mm: np.ndarray
+    warped: np.ndarray
+    warped_labels: np.ndarray | None
+
+
+def to_native(displacement: torch.Tensor, model_grid: Geometry, fixed: Geometry,
+              moving: np.ndarray, moving_geometry: Geometry,
+              moving_labels: np.ndarray | None = None,
+              point_map: np.ndarray | None = None) -> NativeResult:
+    """Bring the network's field (1, 3, *model_grid.shape), voxels of ``model_grid``, to
+    the fixed grid and warp the moving image (and labels) there (see module docstring).
+    ``point_map`` (4, 4) RAS: the affine pre-alignment, fixed world -> moving world."""
+    u = displacement.detach().to("cpu", torch.float64)
+    to_model = np.linalg.inv(model_grid.affine) @ fixed.affine  # fixed index -> model index
+    model_matrix = model_grid.affine[:3, :3]
+    to_moving = np.linalg.inv(moving_geometry.affine)
+    if point_map is not None:
+        to_moving = to_moving @ point_map
+    image = torch.from_numpy(np.ascontiguousarray(moving, dtype=np.float32))[None, None]
+    labels = values = None
+    if moving_labels is not None:
+        labels = torch.from_numpy(np.ascontiguousarray(moving_labels))[None, None]
+        values = [int(v) for v in np.unique(moving_labels) if v != 0]
+    shape = fixed.shape
+    out_disp = np.empty((3, *shape), dtype=np.float32)
+    out_warped = np.empty(shape, dtype=np.float32)
+    out_labels = np.zeros(shape, dtype=np.uint8) if labels is not None else None
+    for sl in _slabs(shape):
+        index = _slab_indices(sl, shape)
+        world = index @ fixed.affine[:3, :3].T + fixed.affine[:3, 3]
+        q = index @ to_model[:3, :3].T + to_model[:3, 3]
+        uq = sample(u, torch.from_numpy(q), "bilinear", "border").numpy().T  # (n, 3) voxels
+        shown = world + uq @ model_matrix.T  # p + A_m u(q), fixed world
+        moving_index = torch.from_numpy(shown @ to_moving[:3, :3].T + to_moving[:3, 3])
+        slab_shape = (sl.stop - sl.start, shape[1], shape[2])
+        moved = shown if point_map is None else shown @ point_map[:3, :3].T + point_map[:3, 3]
+        out_disp[:, sl] = (moved - world).T.reshape(3, *slab_shape)
+        out_warped[sl] = sample_image(image, moving_index).numpy().reshape(slab_shape)
+        if labels is not None:
+            out_labels[sl] = sample_labels(labels, moving_index, values).numpy().reshape(
+                slab_shape)
+    return NativeResult(out_disp, out_warped, out_labels)
+
+
+def mm_to_voxels(displacement_mm: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """RAS mm displacement (3, I, J, K) -> voxels of ``geometry`` (3, I, J, K) float32."""
+    inverse = np.linalg.inv(geometry.affine[:3, :3])
+    return np.einsum("ab,bijk->aijk", inverse, displacement_mm).astype(np.float32)
+
+
+def jacobian_determinant(displacement_mm: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """Determinant (I, J, K) of the Jacobian of ``p -> p + d(p)`` in physical space, for a
+    RAS mm displacement (3, I, J, K) on ``geometry``. It equals the determinant of the
+    voxel-space Jacobian (``det(A^-1 J A) = det J``), computed by
+    :func:`ddmr.nn.fields.jacobian_determinant`."""
+    from ddmr.nn.fields import jacobian_determinant as voxel_jacobian
+
+    voxels = torch.from_numpy(mm_to_voxels(displacement_mm, geometry))[None]
+    return voxel_jacobian(voxels)[0, 0].numpy()

@@ -1,0 +1,171 @@
+"""ddmr.register in world space: the displacement file reproduces warped.nii.gz under
+ANTs and SimpleITK, a constant network output is the right translation in mm, labels."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from ddmr.io import LPS_FLIP, load_displacement, load_image, save_image, save_labels
+from register_helpers import (
+    oblique_fixed,
+    other_moving,
+    sample_scene,
+    save_tiny_model,
+)
+
+
+def correlation(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
+    if mask is not None:
+        a, b = a[mask], b[mask]
+    return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """Oblique anisotropic fixed, moving with another FOV/orientation, labels, models."""
+    folder = tmp_path_factory.mktemp("pair")
+    fixed_geometry, moving_geometry = oblique_fixed(), other_moving()
+    shift = (2.0, -3.0, 1.5)
+    save_image(folder / "fixed.nii.gz", sample_scene(fixed_geometry), fixed_geometry)
+    save_image(folder / "moving.nii.gz", sample_scene(moving_geometry, shift), moving_geometry)
+    save_labels(folder / "fixed_seg.nii.gz", sample_scene(fixed_geometry, labels=True),
+                fixed_geometry)
+    save_labels(folder / "moving_seg.nii.gz", sample_scene(moving_geometry, shift, labels=True),
+                moving_geometry)
+    save_tiny_model(folder / "random.safetensors")
+    save_tiny_model(folder / "shift.safetensors", bias=(1.5, -2.0, 1.0))
+    return folder
+
+
+def run_register(pair, model, out, **kwargs):
+    import ddmr
+
+    result = ddmr.register(pair / "fixed.nii.gz", pair / "moving.nii.gz",
+                           pair / "fixed_seg.nii.gz", pair / "moving_seg.nii.gz",
+                           model=pair / model, **kwargs)
+    result.save(out)
+    return result
+
+
+def apply_with_ants(out, pair) -> np.ndarray:
+    import ants
+
+    fixed = ants.image_read(str(pair / "fixed.nii.gz"))
+    moving = ants.image_read(str(pair / "moving.nii.gz"))
+    warped = ants.apply_transforms(fixed, moving, [str(out / "displacement.nii.gz")],
+                                   interpolator="linear")
+    return warped.numpy()
+
+
+def apply_with_sitk(out, pair) -> np.ndarray:
+    import SimpleITK as sitk  # noqa: N813
+
+    fixed = sitk.ReadImage(str(pair / "fixed.nii.gz"))
+    moving = sitk.ReadImage(str(pair / "moving.nii.gz"), sitk.sitkFloat32)
+    field = sitk.ReadImage(str(out / "displacement.nii.gz"))
+    transform = sitk.DisplacementFieldTransform(sitk.Cast(field, sitk.sitkVectorFloat64))
+    warped = sitk.Resample(moving, fixed, transform, sitk.sitkLinear, 0.0)
+    return sitk.GetArrayFromImage(warped).transpose(2, 1, 0)
+
+
+@pytest.mark.parametrize("model", ["random.safetensors", "shift.safetensors"])
+def test_displacement_file_reproduces_warped_under_ants_and_simpleitk(pair, tmp_path, model):
+    out = tmp_path / "out"
+    result = run_register(pair, model, out)
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(["warped.nii.gz", "warped_seg.nii.gz", "displacement.nii.gz",
+                            "jacobian.nii.gz", "overlay.png", "summary.json"])
+    warped, geometry = load_image(out / "warped.nii.gz")
+    assert geometry.isclose(oblique_fixed(), 1e-4)
+    np.testing.assert_allclose(warped, result.warped, atol=1e-4)
+    mask = warped != 0
+    assert mask.mean() > 0.8
+    for other in (apply_with_ants(out, pair), apply_with_sitk(out, pair)):
+        assert correlation(other, warped, mask) >= 0.99
+        assert np.abs(other - warped)[mask].mean() < 0.02 * np.abs(warped).max()
+
+
+def test_constant_output_is_the_expected_translation_in_mm(pair, tmp_path):
+    out = tmp_path / "out"
+    result = run_register(pair, "shift.safetensors", out)
+    summary = json.loads((out / "summary.json").read_text())
+    model_affine = np.asarray(summary["model_grid"]["affine"])
+    expected_ras = model_affine[:3, :3] @ np.array([1.5, -2.0, 1.0])
+    assert np.linalg.norm(expected_ras) > 2.0
+    # the file holds LPS mm vectors on the fixed grid: read them raw with nibabel
+    import nibabel as nib
+
+    raw = np.asarray(nib.load(str(out / "displacement.nii.gz")).dataobj)[:, :, :, 0, :]
+    np.testing.assert_allclose(raw, np.broadcast_to(LPS_FLIP @ expected_ras, raw.shape),
+                               atol=1e-3)
+    np.testing.assert_allclose(result.displacement_mm,
+                               np.broadcast_to(expected_ras[:, None, None, None],
+                                               result.displacement_mm.shape), atol=1e-3)
+    # and io reads it back as the voxel field of the fixed grid
+    voxels, geometry = load_displacement(out / "displacement.nii.gz")
+    np.testing.assert_allclose(voxels, result.displacement_voxels(), atol=1e-3)
+    # a translation: Jacobian 1, no folding; the warped image is the moving scene there
+    np.testing.assert_allclose(result.jacobian, 1.0, atol=1e-4)
+    assert summary["metrics"]["folding_percent"] == 0.0
+    shift = np.array([2.0, -3.0, 1.5])
+    index = np.stack(np.meshgrid(*[np.arange(n) for n in geometry.shape], indexing="ij"), -1)
+    from register_helpers import scene
+
+    truth = 100 * scene(geometry.index_to_world(index) + expected_ras - shift)
+    mask = result.warped != 0
+    assert correlation(result.warped, truth, mask) > 0.995
+
+
+def test_summary_has_model_runtimes_and_label_metrics(pair, tmp_path):
+    out = tmp_path / "out"
+    result = run_register(pair, "random.safetensors", out)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model"]["name"] == "random"
+    assert len(summary["model"]["sha256"]) == 64
+    assert set(summary["runtime_s"]) >= {"load", "preprocess", "predict", "write", "total"}
+    metrics = summary["metrics"]
+    for key in ("dsc", "hd95", "tre", "folding_percent"):
+        assert metrics[key] is not None
+    # the random net is near the identity: the warped labels are the moving labels
+    # resampled to the fixed grid, so DSC matches the 2-3 mm offset of the scene
+    assert 0.3 < metrics["dsc"] < 1.0
+    assert set(np.unique(result.warped_seg)) <= {0, 1, 2}
+    assert metrics["folding_percent"] < 1.0
+
+
+def test_array_inputs_give_the_same_result(pair):
+    import ddmr
+
+    fixed = load_image(pair / "fixed.nii.gz")
+    moving = load_image(pair / "moving.nii.gz")
+    by_array = ddmr.register(fixed, moving, model=pair / "shift.safetensors")
+    by_path = ddmr.register(pair / "fixed.nii.gz", pair / "moving.nii.gz",
+                            model=str(pair / "shift.safetensors"))
+    np.testing.assert_allclose(by_array.warped, by_path.warped, atol=1e-5)
+    assert by_array.warped_seg is None
+    assert by_array.summary["fixed"] == "<fixed array>"
+
+
+def test_affine_prealignment_recovers_a_rigid_motion(tmp_path):
+    """A zero network: the displacement file is the ANTs affine alone, and it maps each
+    fixed point onto the moving point showing the same anatomy."""
+    import ddmr
+    from register_helpers import grid, rotation
+
+    fixed_geometry = grid((40, 40, 40), (1.6, 1.6, 1.6), rotation((0, 0, 1), 10),
+                          (0.0, 0.0, 0.0))
+    moving_geometry = grid((44, 40, 42), (1.5, 1.5, 1.5), np.eye(3), (2.0, 1.0, 0.0))
+    shift = np.array([4.0, -3.0, 2.0])
+    fixed = sample_scene(fixed_geometry, sharp=True)
+    moving = sample_scene(moving_geometry, shift, sharp=True)
+    model = save_tiny_model(tmp_path / "zero.safetensors", zero=True)
+    result = ddmr.register((fixed, fixed_geometry), (moving, moving_geometry), model=model,
+                           affine=True)
+    assert result.summary["affine"] is not None
+    error = result.displacement_mm - shift[:, None, None, None]
+    inner = (slice(None), slice(8, -8), slice(8, -8), slice(8, -8))
+    assert np.linalg.norm(error[inner], axis=0).mean() < 1.0
+    assert correlation(result.warped, fixed, result.warped != 0) > 0.98
