@@ -283,7 +283,7 @@ def make_ct_phantom(
 
     # --- liver (right upper quadrant, lobed, with a left lobe across the midline) --------
     z_dome = zhi - rng.uniform(35, 55)  # liver dome below the top: lung bases above it
-    lrad = np.array([rng.uniform(70, 85), rng.uniform(65, 80), rng.uniform(70, 85)])
+    lrad = np.array([rng.uniform(66, 80), rng.uniform(62, 76), rng.uniform(66, 80)])
     lc = np.array([a * rng.uniform(0.32, 0.42), rng.uniform(-5, 15), z_dome - lrad[2] * 0.95])
     right_lobe = _lobed_ellipsoid(px, py, pz, lc, lrad, rng, n_lobes=7, amp=0.18)
     left_c = np.array([lc[0] - rng.uniform(80, 100), lc[1] + rng.uniform(15, 30),
@@ -294,7 +294,7 @@ def make_ct_phantom(
     h = np.clip(0.5 + 0.5 * (left_lobe - right_lobe) / k, 0, 1)
     liver_ls = left_lobe * (1 - h) + right_lobe * h - k * h * (1 - h)
     liver = (liver_ls < 0) & cavity
-    liver &= ~np.broadcast_to(np.hypot(px - spine_x, py - spine_y) < vr + 30, shape)
+    liver &= ~np.broadcast_to(np.hypot(px - spine_x, py - spine_y) < vr + 12, shape)
     liver &= ~ivc & ~aorta
     liver = _largest(liver)
 
@@ -345,7 +345,7 @@ def make_ct_phantom(
         idx = np.rint((p - np.array([ax[0] for ax in axes])) / np.array(spacing)).astype(int)
         return bool(np.all(idx >= 0) and np.all(idx < shape) and env[tuple(idx)])
 
-    vessel_hu = rng.uniform(190, 250)
+    vessel_hu = rng.uniform(200, 250)
     origin = np.array([ax[0] for ax in axes])
     pts = np.argwhere(env) * np.array(spacing) + origin
     centroid = pts.mean(0)
