@@ -149,7 +149,7 @@ SOURCES: list[Source] = [
         kind="template",
         split="train",
         skull_stripped=False,
-        licence="MIT (pydeface, Copyright (c) 2015 the pydeface authors)",
+        licence="MIT (pydeface, Copyright (c) 2015)",
         attribution="pydeface mean head template (Poldrack lab), data/mean_reg2mean.nii.gz.",
     ),
     Source(

@@ -14,6 +14,7 @@ The folder (``sample_cohort_dir()``) has the ``folder`` layout of ``ddmr prepare
 
 from __future__ import annotations
 
+import atexit
 import gzip
 import json
 import logging
@@ -85,7 +86,7 @@ def sample_cohort_dir() -> Path:
     """Filesystem folder with images/ and labels/ (the ``folder`` layout of ddmr prepare).
 
     For a normal (unzipped) installation this is the package folder itself; otherwise the
-    files are copied once into a temporary folder that lives as long as the process.
+    files are copied once into a temporary folder, removed when the process exits.
     """
     root = _root()
     if isinstance(root, Path):
@@ -96,6 +97,7 @@ def sample_cohort_dir() -> Path:
 @lru_cache(maxsize=1)
 def _extracted() -> Path:
     dest = Path(tempfile.mkdtemp(prefix="ddmr-sample-cohort-"))
+    atexit.register(shutil.rmtree, dest, ignore_errors=True)
     root = _root()
     for sub in ("images", "labels"):
         (dest / sub).mkdir()
