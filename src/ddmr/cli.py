@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "register": ("register", "register a moving image to a fixed image in world space"),
     "models": ("models", "list the shipped models and their cards"),
     "pairs": ("pairs", "make and store test pairs from held-out subjects"),
+    "evaluate": ("evaluate", "score models and ANTs baselines on stored test pairs"),
     "stats": ("stats", "Tukey HSD and Mann-Whitney U tests on ddmr evaluate's results"),
 }
 

@@ -1,0 +1,58 @@
+"""``ddmr evaluate``: score models and ANTs baselines on the same stored pairs."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pairs", required=True, type=Path, help="folder made by ddmr pairs")
+    parser.add_argument("--models", nargs="*", default=[], type=Path, help="model files")
+    parser.add_argument("--baselines", default="syn,syncc,none",
+                        help="comma-separated subset of syn,syncc,none ('' for none)")
+    parser.add_argument("-o", "--output", required=True, type=Path, help="results folder")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing folder")
+    parser.add_argument("--ants-iterations", metavar="AFFINE/SYN",
+                        help="ANTs iterations per level, e.g. 100x50/20x10 (default: "
+                        "2100x1200x1200x10 affine; SyN 40x20x0, SyNCC 100x70x50x20)")
+
+
+def _ants_settings(text: str | None, baselines: list[str]) -> dict:
+    from dataclasses import replace
+
+    from ddmr.baselines.ants import default_settings
+    from ddmr.errors import ConfigError
+
+    if not text:
+        return {}
+    try:
+        affine_text, syn_text = text.split("/")
+        affine = tuple(int(v) for v in affine_text.split("x"))
+        syn = tuple(int(v) for v in syn_text.split("x"))
+    except ValueError:
+        raise ConfigError(f"--ants-iterations {text!r}: expected e.g. 100x50/20x10") from None
+    if not affine or not syn or min(affine + syn) < 0:
+        raise ConfigError(f"--ants-iterations {text!r}: iterations must be >= 0")
+    shrink = tuple(2 ** k for k in reversed(range(len(affine))))
+    sigmas = tuple(float(k) for k in reversed(range(len(affine))))
+    return {b: replace(default_settings(b), affine_iterations=affine, syn_iterations=syn,
+                       affine_shrink_factors=shrink, affine_smoothing_sigmas=sigmas)
+            for b in baselines if b != "none"}
+
+
+def run(args: argparse.Namespace) -> int:
+    from ddmr.baselines.ants import parse_methods
+    from ddmr.errors import InputError
+    from ddmr.evaluate.runner import SUMMARY_MD, evaluate, write_results
+
+    baselines = parse_methods(args.baselines)
+    settings = _ants_settings(args.ants_iterations, baselines)
+    if args.output.exists() and not args.overwrite:
+        raise InputError(f"{args.output}: exists; choose another folder or pass --overwrite")
+    results = evaluate(args.pairs, args.models, baselines, settings)
+    write_results(results, args.output, overwrite=args.overwrite,
+                  title=f"Evaluation on {args.pairs} ({results['pair'].nunique()} pairs)")
+    print((args.output / SUMMARY_MD).read_text(), end="")
+    print(f"results -> {args.output}")
+    return 0

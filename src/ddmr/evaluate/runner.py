@@ -1,0 +1,190 @@
+"""Score every method on the same stored pairs: trained models and ANTs baselines.
+
+For each pair and method the field is predicted on the pair's grid, the moving image is
+warped (trilinear) and its labels (label-exact, :func:`ddmr.nn.warp_labels`) by DDMR's
+own spatial transformer, and every metric of :mod:`ddmr.evaluate.metrics` is computed.
+Times cover prediction (or registration) plus application of the field.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ddmr.errors import ConfigError, InputError
+
+logger = logging.getLogger(__name__)
+
+PER_PAIR = "per_pair.csv"
+SUMMARY_CSV = "summary.csv"
+SUMMARY_MD = "summary.md"
+
+
+def _minmax(x: torch.Tensor) -> torch.Tensor:
+    low, high = x.amin(), x.amax()
+    return (x - low) / (high - low) if high > low else torch.zeros_like(x)
+
+
+@dataclass
+class ModelMethod:
+    """A trained model as an evaluation method."""
+
+    name: str
+    network: torch.nn.Module
+    input_size: tuple[int, int, int]
+    path: Path
+
+    @torch.inference_mode()
+    def predict(self, fixed: np.ndarray, moving: np.ndarray) -> np.ndarray:
+        """Field (3, D, H, W) in voxels of the pair's grid for (D, H, W) images: resize to
+        the model's input size (trilinear), min-max normalise, run the network, bring the
+        field back with :func:`ddmr.nn.fields.resize_displacement`."""
+        import torch.nn.functional as F
+
+        from ddmr.nn.fields import resize_displacement
+
+        shape = fixed.shape
+        images = torch.from_numpy(np.stack([fixed, moving]).astype(np.float32))[:, None]
+        if tuple(shape) != self.input_size:
+            images = F.interpolate(images, size=self.input_size, mode="trilinear",
+                                   align_corners=True)
+        f, m = _minmax(images[0:1]), _minmax(images[1:2])
+        field = self.network(f, m)
+        if tuple(field.shape[2:]) != tuple(shape):
+            field = resize_displacement(field, shape)
+        return field[0].numpy()
+
+
+def load_methods(paths: Sequence[str | Path]) -> list[ModelMethod]:
+    """Load model files; a model's name is its design's name, or its file stem when two
+    models share a design (with a number if the stems collide too)."""
+    from ddmr.model_file import load_model
+
+    loaded = [load_model(p) for p in paths]
+    designs = [str((m.card.get("design") or {}).get("name") or Path(m.path).stem)
+               for m in loaded]
+    methods: list[ModelMethod] = []
+    used: set[str] = set()
+    for model, design in zip(loaded, designs, strict=True):
+        name = design if designs.count(design) == 1 else Path(model.path).stem
+        base, k = name, 2
+        while name in used:
+            name, k = f"{base}-{k}", k + 1
+        used.add(name)
+        size = model.card.get("input_size")
+        if not size or len(size) != 3:
+            raise InputError(f"{model.path}: the model card has no 3D input_size")
+        methods.append(ModelMethod(name, model.network, tuple(int(s) for s in size),
+                                   Path(model.path)))
+    return methods
+
+
+def _apply(pair, displacement: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    from ddmr.nn import warp_image, warp_labels
+
+    u = torch.from_numpy(np.ascontiguousarray(displacement, dtype=np.float32))[None]
+    warped = warp_image(torch.from_numpy(pair.moving)[None, None], u)[0, 0].numpy()
+    labels = None
+    if pair.moving_labels is not None:
+        labels = warp_labels(torch.from_numpy(pair.moving_labels)[None, None], u)[0, 0].numpy()
+    return warped, labels
+
+
+def score_pair(pair, method: str, displacement: np.ndarray, seconds: float) -> dict[str, Any]:
+    """One row of results: pair, subject, method, seconds and every metric."""
+    from ddmr.evaluate.metrics import pair_metrics
+
+    start = time.perf_counter()
+    warped, warped_labels = _apply(pair, displacement)
+    seconds += time.perf_counter() - start
+    values = pair_metrics(pair.fixed, warped, pair.spacing, displacement,
+                          pair.fixed_labels, warped_labels,
+                          true_displacement=pair.displacement)
+    return {"pair": pair.name, "subject": pair.subject, "method": method,
+            "seconds": seconds, **values}
+
+
+def evaluate(pairs_path: str | Path, models: Sequence[str | Path] = (),
+             baselines: Sequence[str] = ("syn", "syncc", "none"),
+             ants_settings: dict[str, Any] | None = None, progress: bool = True
+             ) -> pd.DataFrame:
+    """Score every model and baseline on every stored pair -> per-pair results (one row
+    per pair and method). ``ants_settings`` maps "syn"/"syncc" to
+    :class:`ddmr.baselines.ants.AntsSettings` (defaults otherwise)."""
+    from tqdm.auto import tqdm
+
+    from ddmr.baselines.ants import NAMES, run_baseline
+    from ddmr.evaluate.pairs import PairSet
+    from ddmr.io import Geometry
+
+    pairs = PairSet(pairs_path)
+    methods = load_methods(models)
+    names = [m.name for m in methods] + [NAMES[b] for b in baselines]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"method names collide: {names}")
+    if not names:
+        raise ConfigError("nothing to evaluate: give --models and/or --baselines")
+    ants_settings = ants_settings or {}
+    rows = []
+    bar = tqdm(total=len(pairs) * len(names), desc="evaluate", disable=not progress)
+    try:
+        for pair in pairs:
+            for model in methods:
+                start = time.perf_counter()
+                displacement = model.predict(pair.fixed, pair.moving)
+                rows.append(score_pair(pair, model.name, displacement,
+                                       time.perf_counter() - start))
+                bar.update()
+            geometry = Geometry(pair.affine, pair.fixed.shape)
+            for baseline in baselines:
+                result = run_baseline(baseline, pair.fixed, pair.moving, geometry,
+                                      ants_settings.get(baseline))
+                rows.append(score_pair(pair, NAMES[baseline], result.displacement,
+                                       result.seconds))
+                bar.update()
+    finally:
+        bar.close()
+    return pd.DataFrame(rows)
+
+
+def write_results(results: pd.DataFrame, output: str | Path, overwrite: bool = False,
+                  title: str | None = None) -> Path:
+    """Write per_pair.csv, summary.csv and summary.md into the folder ``output``
+    (built under a temporary name, then renamed; an existing folder only with
+    ``overwrite``)."""
+    from ddmr.evaluate.tables import summarise, summary_markdown
+
+    output = Path(output)
+    if output.exists() and not overwrite:
+        raise InputError(f"{output}: exists; choose another folder or pass --overwrite")
+    if not output.parent.is_dir():
+        raise InputError(f"{output}: folder {output.parent} does not exist")
+    temporary = output.with_name(f".{output.name}.{uuid.uuid4().hex[:8]}.tmp")
+    temporary.mkdir()
+    try:
+        results.to_csv(temporary / PER_PAIR, index=False)
+        summary = summarise(results)
+        summary.to_csv(temporary / SUMMARY_CSV, index=False)
+        (temporary / SUMMARY_MD).write_text(summary_markdown(summary, title=title))
+        if output.exists():
+            old = output.with_name(f".{output.name}.{uuid.uuid4().hex[:8]}.old")
+            os.replace(output, old)
+            os.replace(temporary, output)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(temporary, output)
+    finally:
+        if temporary.exists():
+            shutil.rmtree(temporary, ignore_errors=True)
+    return output
