@@ -29,3 +29,11 @@ def test_unknown_command_exits_2():
     result = subprocess.run([sys.executable, "-m", "ddmr", "nope"], capture_output=True,
                             text=True, check=False)
     assert result.returncode == 2
+
+
+def test_negative_window_values_are_accepted():
+    from ddmr.cli import _join_signed_values
+
+    assert _join_signed_values(["prepare", "x", "--ct-window", "-100,400", "-o", "y"]) == [
+        "prepare", "x", "--ct-window=-100,400", "-o", "y"]
+    assert _join_signed_values(["--ct-window", "0,400"]) == ["--ct-window", "0,400"]

@@ -42,10 +42,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# options whose value may start with a minus sign (argparse would take it for an option)
+SIGNED_LIST_OPTIONS = ("--ct-window",)
+
+
+def _join_signed_values(argv: Sequence[str]) -> list[str]:
+    """``--ct-window -100,400`` -> ``--ct-window=-100,400``."""
+    out: list[str] = []
+    items = list(argv)
+    i = 0
+    while i < len(items):
+        if items[i] in SIGNED_LIST_OPTIONS and i + 1 < len(items) \
+                and items[i + 1][:2].lstrip("-")[:1].isdigit():
+            out.append(f"{items[i]}={items[i + 1]}")
+            i += 2
+            continue
+        out.append(items[i])
+        i += 1
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ddmr`` console script; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_join_signed_values(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
