@@ -169,3 +169,15 @@ def test_affine_prealignment_recovers_a_rigid_motion(tmp_path):
     inner = (slice(None), slice(8, -8), slice(8, -8), slice(8, -8))
     assert np.linalg.norm(error[inner], axis=0).mean() < 1.0
     assert correlation(result.warped, fixed, result.warped != 0) > 0.98
+
+
+def test_import_ddmr_is_light_and_register_stays_callable():
+    import subprocess
+    import sys
+
+    code = ("import sys, ddmr; assert 'torch' not in sys.modules; "
+            "assert callable(ddmr.register); import ddmr.register; "
+            "assert callable(ddmr.register); print('ok')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=False)
+    assert done.stdout.strip() == "ok", done.stderr

@@ -1,0 +1,162 @@
+"""``ddmr register`` on the command line: outputs, batch mode, and every kind of bad input
+ending with one line, exit status 2 and no output folder."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from ddmr.cli import main
+from ddmr.io import save_image, save_labels
+from register_helpers import oblique_fixed, other_moving, sample_scene, save_tiny_model
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli")
+    fixed_geometry, moving_geometry = oblique_fixed(), other_moving()
+    save_image(folder / "fixed.nii.gz", sample_scene(fixed_geometry), fixed_geometry)
+    save_image(folder / "moving.nii.gz", sample_scene(moving_geometry, (1, 2, 0)),
+               moving_geometry)
+    save_labels(folder / "fixed_seg.nii.gz", sample_scene(fixed_geometry, labels=True),
+                fixed_geometry)
+    save_labels(folder / "moving_seg.nii.gz",
+                sample_scene(moving_geometry, (1, 2, 0), labels=True), moving_geometry)
+    save_tiny_model(folder / "tiny.safetensors")
+    # bad inputs
+    bad = sample_scene(fixed_geometry)
+    affine = fixed_geometry.affine
+    nib.save(nib.Nifti1Image(np.stack([bad, bad], -1), affine), str(folder / "4d.nii.gz"))
+    nan = bad.copy()
+    nan[3, 4, 5] = np.nan
+    nib.save(nib.Nifti1Image(nan, affine), str(folder / "nan.nii.gz"))
+    fractional = sample_scene(fixed_geometry, labels=True).astype(np.float32)
+    fractional[fractional == 1] = 1.5
+    nib.save(nib.Nifti1Image(fractional, affine), str(folder / "fractional_seg.nii.gz"))
+    _tampered_copy(folder / "tiny.safetensors", folder / "tampered.safetensors")
+    return folder
+
+
+def _tampered_copy(source, target) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(source), framework="pt") as handle:
+        metadata = handle.metadata()
+    state = load_file(str(source))
+    name = sorted(state)[0]
+    state[name] = state[name] + 0.01
+    save_file(state, str(target), metadata=metadata)
+
+
+def _args(files, out, *extra, fixed="fixed.nii.gz", moving="moving.nii.gz",
+          model="tiny.safetensors"):
+    args = ["register", "--fixed", str(files / fixed), "--moving", str(files / moving),
+            "-o", str(out), *extra]
+    if model is not None:  # a file of the fixture folder by its path, else as given
+        args += ["--model", str(files / model) if (files / model).is_file() else model]
+    return args
+
+
+def test_register_command_writes_outputs(files, tmp_path, capsys):
+    out = tmp_path / "out"
+    status = main(_args(files, out, "--fixed-seg", str(files / "fixed_seg.nii.gz"),
+                        "--moving-seg", str(files / "moving_seg.nii.gz")))
+    assert status == 0
+    assert "outputs in" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["metrics"]["dsc"] is not None
+    assert (out / "warped_seg.nii.gz").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    # an existing output folder is refused, then replaced with --overwrite
+    assert main(_args(files, out)) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(_args(files, out, "--overwrite")) == 0
+    assert not (out / "warped_seg.nii.gz").exists()
+
+
+BAD_INPUTS = {
+    "missing file": (dict(moving="absent.nii.gz"), "no such file"),
+    "not 3D": (dict(fixed="4d.nii.gz"), "expected a 3D volume"),
+    "NaN": (dict(moving="nan.nii.gz"), "NaN"),
+    "unknown model": (dict(model="no-such-model"), "unknown model 'no-such-model'"),
+    "bad checksum": (dict(model="tampered.safetensors"), "checksum mismatch"),
+    "missing model file": (dict(model="./absent.safetensors"), "model file not found"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_is_one_line_exit_2_and_no_output(files, tmp_path, capsys, case):
+    options, message = BAD_INPUTS[case]
+    out = tmp_path / "out"
+    assert main(_args(files, out, **options)) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err
+    assert len(err.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_non_integer_labels_are_refused(files, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(_args(files, out, "--fixed-seg", str(files / "fractional_seg.nii.gz"))) == 2
+    err = capsys.readouterr().err.strip()
+    assert "non-integer" in err and len(err.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_model_is_required_while_none_ships(files, tmp_path, capsys, monkeypatch):
+    import ddmr.models
+
+    monkeypatch.setattr(ddmr.models, "shipped_models", lambda: [])
+    out = tmp_path / "out"
+    assert main(_args(files, out, model=None)) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--model" in err and len(err.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def _write_pairs(path, rows) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_batch_mode_one_folder_per_pair(files, tmp_path, capsys):
+    pairs = tmp_path / "pairs.csv"
+    _write_pairs(pairs, [
+        {"fixed": str(files / "fixed.nii.gz"), "moving": str(files / "moving.nii.gz"),
+         "fixed_seg": str(files / "fixed_seg.nii.gz"),
+         "moving_seg": str(files / "moving_seg.nii.gz"), "id": "a"},
+        {"fixed": str(files / "moving.nii.gz"), "moving": str(files / "fixed.nii.gz"),
+         "fixed_seg": "", "moving_seg": "", "id": "b"},
+    ])
+    out = tmp_path / "batch"
+    status = main(["register", "--pairs", str(pairs), "--model",
+                   str(files / "tiny.safetensors"), "--no-progress", "-o", str(out)])
+    assert status == 0
+    assert (out / "a" / "warped_seg.nii.gz").is_file()
+    assert (out / "b" / "displacement.nii.gz").is_file()
+    assert not (out / "b" / "warped_seg.nii.gz").exists()
+    with open(out / "summary.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["id"] for r in rows] == ["a", "b"]
+    assert rows[0]["dsc"] and not rows[1]["dsc"]
+
+
+def test_batch_mode_with_a_bad_pair_leaves_nothing(files, tmp_path, capsys):
+    pairs = tmp_path / "pairs.csv"
+    _write_pairs(pairs, [
+        {"fixed": str(files / "fixed.nii.gz"), "moving": str(files / "moving.nii.gz")},
+        {"fixed": str(files / "fixed.nii.gz"), "moving": str(files / "nan.nii.gz")},
+    ])
+    out = tmp_path / "batch"
+    status = main(["register", "--pairs", str(pairs), "--model",
+                   str(files / "tiny.safetensors"), "--no-progress", "-o", str(out)])
+    assert status == 2
+    assert "NaN" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pairs.csv"]
