@@ -52,8 +52,8 @@ def _join_signed_values(argv: Sequence[str]) -> list[str]:
     items = list(argv)
     i = 0
     while i < len(items):
-        if items[i] in SIGNED_LIST_OPTIONS and i + 1 < len(items) \
-                and items[i + 1][:2].lstrip("-")[:1].isdigit():
+        value = items[i + 1] if i + 1 < len(items) else ""
+        if items[i] in SIGNED_LIST_OPTIONS and value.startswith("-") and value[1:2].isdigit():
             out.append(f"{items[i]}={items[i + 1]}")
             i += 2
             continue
