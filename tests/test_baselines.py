@@ -52,3 +52,5 @@ def test_none_and_method_names():
     assert parse_methods("") == []
     with pytest.raises(ConfigError):
         parse_methods("syn,elastix")
+    with pytest.raises(ConfigError):  # ANTs would silently treat seed 0 as unseeded
+        AntsSettings(seed=0)

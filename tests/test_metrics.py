@@ -127,3 +127,25 @@ def test_dice_and_hausdorff_are_symmetric_and_in_range(a, b, spacing):
             assert math.isnan(h_ab) and math.isnan(h_ba)
     if a.any() and b.any():
         assert metrics.hausdorff(a, b, spacing, 95) <= metrics.hausdorff(a, b, spacing) + 1e-9
+
+
+def test_masks_touching_the_array_border_match_monai():
+    from monai.metrics import compute_hausdorff_distance
+
+    a = np.zeros((12, 10, 9), np.uint8)
+    b = np.zeros_like(a)
+    a[:6, 2:8, :] = 1       # touches three faces of the array
+    b[1:9, 3:10, 2:9] = 1
+    y = [torch.from_numpy(np.stack([m == 0, m == 1])[None].astype(np.float32)) for m in (a, b)]
+    for percentile in (None, 95):
+        reference = compute_hausdorff_distance(y[1], y[0], percentile=percentile,
+                                               spacing=list(SPACING))[0, 0].item()
+        assert metrics.hausdorff(a == 1, b == 1, SPACING, percentile) == pytest.approx(
+            reference, abs=1e-5)
+
+
+def test_pair_metrics_without_labels_or_truth():
+    image = np.random.default_rng(2).random((12, 12, 12)).astype(np.float32)
+    out = metrics.pair_metrics(image, image, SPACING, np.zeros((3, 12, 12, 12)))
+    assert math.isnan(out["dsc"]) and math.isnan(out["tre"]) and math.isnan(out["dense_tre"])
+    assert out["ncc"] == pytest.approx(1.0)

@@ -36,7 +36,9 @@ NAMES = {"syn": "SyN", "syncc": "SyNCC", "none": "none"}
 class AntsSettings:
     """Iterations and scales of the two stages (coarse to fine). SyN levels use shrink
     factors ``2**k`` and smoothing ``k`` voxels (antspyx's rule); ``sampling`` is the
-    number of histogram bins for mutual information or the radius for CC."""
+    number of histogram bins for mutual information or the radius for CC. ``seed`` (> 0;
+    ANTs treats 0 as "no seed") makes runs repeatable: bit for bit with one ITK thread
+    (``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1``), to a few hundredths of a voxel with several."""
 
     affine_iterations: tuple[int, ...] = (2100, 1200, 1200, 10)
     affine_shrink_factors: tuple[int, ...] = (6, 4, 2, 1)
@@ -46,8 +48,12 @@ class AntsSettings:
     grad_step: float = 0.2
     flow_sigma: float = 3.0
     total_sigma: float = 0.0
-    seed: int | None = 0
+    seed: int | None = 123
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.seed is not None and self.seed <= 0:
+            raise ConfigError(f"ANTs seed must be a positive integer or None, got {self.seed}")
 
 
 def default_settings(method: str) -> AntsSettings:

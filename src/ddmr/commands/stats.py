@@ -46,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
             contrasts.append(stats.Contrast(better, worse))
     else:
         contrasts = stats.default_contrasts(methods)
-    higher = HIGHER_IS_BETTER.get(args.metric.split("_")[0], False)
+    higher = HIGHER_IS_BETTER.get(args.metric,
+                                  HIGHER_IS_BETTER.get(args.metric.split("_")[0], False))
     sections = [f"# Statistics on {args.metric} ({csv})", ""]
     try:
         tukey = stats.tukey_hsd(results, args.metric, args.alpha)
