@@ -59,3 +59,13 @@ def test_existing_output_is_refused_unless_overwrite(prepared, tmp_path):
     assert main(["pairs", "--data", str(tmp_path / "nothing"), "--n", "1",
                  "-o", str(tmp_path / "z")]) == 2
     assert not (tmp_path / "z").exists()
+
+
+def test_nonrigid_pairs_are_bit_identical(prepared, tmp_path):
+    for name in "ab":
+        assert main(["pairs", "--data", str(prepared), "--n", "1", "--seed", "5", "--tps-grid",
+                     "4", "--max-translation", "2", "-o", str(tmp_path / name)]) == 0
+    a, b = PairSet(tmp_path / "a")[0], PairSet(tmp_path / "b")[0]
+    assert a.parameters["tps_displacements"] is not None
+    for key in ("fixed", "moving", "displacement", "moving_labels"):
+        assert getattr(a, key).tobytes() == getattr(b, key).tobytes()
