@@ -75,6 +75,11 @@ def test_evaluate_end_to_end(workspace, capsys):
     # existing results are refused, stats run on them
     assert main(argv) == 2
     assert main(["stats", str(out)]) == 0
+    assert main(["evaluate", "--pairs", str(root / "nope"), "--baselines", "none",
+                 "-o", str(root / "r2")]) == 2
+    assert main(["evaluate", "--pairs", str(root / "pairs"), "--baselines", "",
+                 "-o", str(root / "r2")]) == 2
+    assert not (root / "r2").exists()
     assert "SyN" in capsys.readouterr().out
 
 

@@ -44,6 +44,7 @@ class ModelMethod:
     network: torch.nn.Module
     input_size: tuple[int, int, int]
     path: Path
+    device: str = "cpu"
 
     @torch.inference_mode()
     def predict(self, fixed: np.ndarray, moving: np.ndarray) -> np.ndarray:
@@ -56,6 +57,7 @@ class ModelMethod:
 
         shape = fixed.shape
         images = torch.from_numpy(np.stack([fixed, moving]).astype(np.float32))[:, None]
+        images = images.to(self.device)
         if tuple(shape) != self.input_size:
             images = F.interpolate(images, size=self.input_size, mode="trilinear",
                                    align_corners=True)
@@ -63,15 +65,15 @@ class ModelMethod:
         field = self.network(f, m)
         if tuple(field.shape[2:]) != tuple(shape):
             field = resize_displacement(field, shape)
-        return field[0].numpy()
+        return field[0].float().cpu().numpy()
 
 
-def load_methods(paths: Sequence[str | Path]) -> list[ModelMethod]:
+def load_methods(paths: Sequence[str | Path], device: str = "cpu") -> list[ModelMethod]:
     """Load model files; a model's name is its design's name, or its file stem when two
     models share a design (with a number if the stems collide too)."""
     from ddmr.model_file import load_model
 
-    loaded = [load_model(p) for p in paths]
+    loaded = [load_model(p, device) for p in paths]
     designs = [str((m.card.get("design") or {}).get("name") or Path(m.path).stem)
                for m in loaded]
     methods: list[ModelMethod] = []
@@ -86,7 +88,7 @@ def load_methods(paths: Sequence[str | Path]) -> list[ModelMethod]:
         if not size or len(size) != 3:
             raise InputError(f"{model.path}: the model card has no 3D input_size")
         methods.append(ModelMethod(name, model.network, tuple(int(s) for s in size),
-                                   Path(model.path)))
+                                   Path(model.path), device))
     return methods
 
 
@@ -117,11 +119,12 @@ def score_pair(pair, method: str, displacement: np.ndarray, seconds: float) -> d
 
 def evaluate(pairs_path: str | Path, models: Sequence[str | Path] = (),
              baselines: Sequence[str] = ("syn", "syncc", "none"),
-             ants_settings: dict[str, Any] | None = None, progress: bool = True
-             ) -> pd.DataFrame:
+             ants_settings: dict[str, Any] | None = None, progress: bool = True,
+             device: str = "cpu") -> pd.DataFrame:
     """Score every model and baseline on every stored pair -> per-pair results (one row
     per pair and method). ``ants_settings`` maps "syn"/"syncc" to
-    :class:`ddmr.baselines.ants.AntsSettings` (defaults otherwise)."""
+    :class:`ddmr.baselines.ants.AntsSettings` (defaults otherwise). Models run on
+    ``device``; metrics and baselines on the CPU."""
     from tqdm.auto import tqdm
 
     from ddmr.baselines.ants import NAMES, run_baseline
@@ -129,7 +132,7 @@ def evaluate(pairs_path: str | Path, models: Sequence[str | Path] = (),
     from ddmr.io import Geometry
 
     pairs = PairSet(pairs_path)
-    methods = load_methods(models)
+    methods = load_methods(models, device)
     names = [m.name for m in methods] + [NAMES[b] for b in baselines]
     if len(set(names)) != len(names):
         raise ConfigError(f"method names collide: {names}")
@@ -143,6 +146,8 @@ def evaluate(pairs_path: str | Path, models: Sequence[str | Path] = (),
             for model in methods:
                 start = time.perf_counter()
                 displacement = model.predict(pair.fixed, pair.moving)
+                if device.startswith("cuda"):
+                    torch.cuda.synchronize()
                 rows.append(score_pair(pair, model.name, displacement,
                                        time.perf_counter() - start))
                 bar.update()
