@@ -39,6 +39,10 @@ def test_pairs_are_stored_and_reproducible(prepared, tmp_path):
     assert pair.fixed.shape == (24, 24, 24) and pair.displacement.shape == (3, 24, 24, 24)
     assert pair.fixed_labels.dtype == np.uint8 and pair.spacing == (2.0, 2.0, 2.0)
     assert pair.affine.shape == (4, 4) and "rotation" in pair.parameters
+    import h5py
+
+    with h5py.File(tmp_path / "a" / "pairs.h5", "r") as h5:
+        assert tuple(h5[pair.name].attrs["native_shape"]) == (24, 24, 24)
     # the ground truth pulls the moving labels back onto the fixed ones
     warped = warp_labels(torch.from_numpy(pair.moving_labels)[None, None],
                          torch.from_numpy(pair.displacement)[None])[0, 0].numpy()

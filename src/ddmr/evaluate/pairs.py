@@ -12,7 +12,8 @@ Layout of a pairs folder::
                                                the grid, (D, H, W) channel order, pull-back:
                                                ``warp_image(moving, u) ~ fixed``
                        attrs: subject, spacing (3,) mm, affine (4, 4) RAS of the prepared
-                       grid, parameters (JSON of the drawn augmentation parameters)
+                       grid, native_affine and native_shape (the subject's original grid),
+                       parameters (JSON of the drawn augmentation parameters)
 
 The same dataset, split, count, seed and configuration give bit-identical arrays on CPU.
 """
@@ -93,7 +94,7 @@ def _write_pairs(folder: Path, data: str | Path, split: str, n: int, seed: int,
                 with torch.no_grad():
                     pair = layer(item["image"][None], None if labels is None else labels[None],
                                  spacing)
-                prepared, _ = subject_geometries(data, item["id"])
+                prepared, native = subject_geometries(data, item["id"])
                 name = f"{i:04d}"
                 group = h5.create_group(name)
                 group.create_dataset("fixed", data=pair.fixed[0, 0].numpy().astype(np.float32))
@@ -108,6 +109,8 @@ def _write_pairs(folder: Path, data: str | Path, split: str, n: int, seed: int,
                 group.attrs["subject"] = item["id"]
                 group.attrs["spacing"] = np.asarray(spacing)
                 group.attrs["affine"] = prepared.affine
+                group.attrs["native_affine"] = native.affine
+                group.attrs["native_shape"] = np.asarray(native.shape)
                 group.attrs["parameters"] = json.dumps(pair.parameters.to_dict())
                 index["pairs"].append({"name": name, "subject": item["id"],
                                        "shape": list(pair.fixed.shape[2:]),
