@@ -181,3 +181,54 @@ def test_import_ddmr_is_light_and_register_stays_callable():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=False)
     assert done.stdout.strip() == "ok", done.stderr
+
+
+def test_label_sampling_is_label_exact_and_matches_onehot_warping():
+    """On the moving grid itself (identity) and at half-voxel shifts, the labels agree with
+    ddmr.nn.warp_labels' one-hot method."""
+    import torch
+
+    from ddmr.nn import warp_labels
+    from ddmr.registration.world import sample_labels
+
+    rng = np.random.default_rng(0)
+    labels = torch.from_numpy(rng.integers(0, 4, size=(9, 10, 11)).astype(np.uint8))[None, None]
+    shift = torch.tensor([0.3, -0.4, 0.45])
+    index = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float32)
+                                         for n in (9, 10, 11)], indexing="ij"), -1)
+    points = (index + shift).reshape(-1, 3)
+    ours = sample_labels(labels, points, [0, 1, 2, 3]).reshape(9, 10, 11)
+    field = shift.view(1, 3, 1, 1, 1).expand(1, 3, 9, 10, 11)
+    theirs = warp_labels(labels, field, method="onehot")[0, 0]
+    inner = (slice(0, 8), slice(1, 9), slice(0, 10))  # away from the padded border
+    assert torch.equal(ours[inner], theirs[inner])
+    same = sample_labels(labels, index.reshape(-1, 3), [0, 1, 2, 3]).reshape(9, 10, 11)
+    assert torch.equal(same, labels[0, 0])
+
+
+def test_label_metrics_on_boxes_equal_the_metrics_module():
+    from ddmr.evaluate import metrics
+    from ddmr.register import field_metrics, label_metrics
+
+    rng = np.random.default_rng(1)
+    a = np.zeros((30, 32, 28), np.uint8)
+    b = np.zeros_like(a)
+    a[5:15, 6:20, 4:12] = 1
+    b[6:16, 5:19, 5:13] = 1
+    a[20:29, 0:8, 10:20] = 2  # touches the array border
+    b[21:30, 0:9, 11:20] = 2
+    spacing = (1.2, 0.9, 2.0)
+    ours = label_metrics(a, b, spacing)
+    hd95 = metrics.hausdorff_per_label(a, b, spacing, [1, 2], 95)
+    assert ours["hd95"] == pytest.approx(float(np.mean(hd95)))
+    assert ours["dsc"] == pytest.approx(float(np.mean(metrics.dice_per_label(a, b, [1, 2]))))
+    assert ours["tre"] == pytest.approx(metrics.centroid_tre(a, b, spacing, [1, 2]))
+    field = rng.normal(0, 0.6, size=(3, 12, 13, 14)).astype(np.float32)
+    import torch
+
+    from ddmr.nn.fields import jacobian_determinant
+
+    jacobian = jacobian_determinant(torch.from_numpy(field)[None])[0, 0].numpy()
+    ours = field_metrics(jacobian, field)
+    assert ours["folding_percent"] == pytest.approx(metrics.folding_percent(field))
+    assert ours["sdlogj"] == pytest.approx(metrics.sdlogj(field), rel=1e-5)

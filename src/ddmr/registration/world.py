@@ -12,7 +12,7 @@ native displacement is ``p' - p`` in RAS mm; the moving image (on its own grid) 
 sampled at ``p'`` with linear interpolation, its labels label-exactly.
 
 Everything runs in slabs of fixed slices, so memory stays a few times the size of one
-volume. Points are float64 until they become voxel indices.
+volume. The affine parts are combined in float64 and applied in float32.
 """
 
 from __future__ import annotations
@@ -73,19 +73,44 @@ def sample_image(image: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 def sample_labels(labels: torch.Tensor, index: torch.Tensor,
                   values: list[int]) -> torch.Tensor:
     """Label-exact interpolation of ``labels`` (1, 1, D, H, W) uint8 at indices (n, 3):
-    each label's indicator is interpolated linearly and the label of largest weight wins
-    (background 0 outside the grid). Returns (n,) uint8."""
-    best_score = torch.zeros(index.shape[0], dtype=torch.float32, device=index.device)
-    best = torch.zeros(index.shape[0], dtype=torch.uint8, device=index.device)
-    keep = inside(index, tuple(labels.shape[2:]))
-    for value in values:
-        indicator = (labels == value).float()
-        score = sample(indicator, index, "bilinear", "border")[0]
-        score = torch.where(keep, score, torch.zeros_like(score))
-        better = score > best_score
-        best_score = torch.where(better, score, best_score)
-        best = torch.where(better, torch.full_like(best, value), best)
-    return best
+    each label of ``values`` (include 0: background competes like any label) has its
+    indicator interpolated trilinearly and the label of largest weight wins (ties: the
+    first in ``values``; 0 outside the grid). Returns (n,) uint8.
+
+    The eight neighbours and their weights are found once; points whose neighbours all
+    carry one label take it directly, and only the others (near label boundaries) go
+    through the comparison per label.
+    """
+    volume = labels[0, 0]
+    flat = volume.reshape(-1)
+    size = volume.shape
+    top = torch.tensor(size, device=index.device, dtype=index.dtype) - 1
+    clamped = torch.minimum(torch.clamp(index, min=0.0), top)
+    low = torch.minimum(torch.floor(clamped), (top - 1).clamp(min=0)).long()
+    frac = (clamped - low.to(index.dtype)).to(torch.float32)
+    corners, weights = [], []
+    for corner in range(8):
+        step = [(corner >> 2) & 1, (corner >> 1) & 1, corner & 1]
+        at = [torch.clamp(low[:, a] + step[a], max=size[a] - 1) for a in range(3)]
+        corners.append(flat[(at[0] * size[1] + at[1]) * size[2] + at[2]])
+        weights.append(torch.ones_like(frac[:, 0]))
+        for a in range(3):
+            weights[-1] = weights[-1] * (frac[:, a] if step[a] else 1.0 - frac[:, a])
+    corner_labels = torch.stack(corners, dim=1)  # (n, 8)
+    best = corner_labels[:, 0].clone()
+    mixed = torch.nonzero((corner_labels != best[:, None]).any(dim=1)).squeeze(1)
+    if mixed.numel():
+        mixed_labels = corner_labels[mixed]
+        mixed_weights = torch.stack(weights, dim=1)[mixed]
+        best_score = torch.zeros(mixed.numel(), dtype=torch.float32, device=index.device)
+        winner = torch.zeros(mixed.numel(), dtype=labels.dtype, device=index.device)
+        for value in values:
+            score = (mixed_weights * (mixed_labels == value)).sum(dim=1)
+            better = score > best_score
+            best_score = torch.where(better, score, best_score)
+            winner = torch.where(better, torch.full_like(winner, value), winner)
+        best[mixed] = winner
+    return torch.where(inside(index, tuple(size)), best, torch.zeros_like(best))
 
 
 @dataclass
@@ -98,38 +123,55 @@ class NativeResult:
     warped_labels: np.ndarray | None
 
 
+def _affine_parts(matrix: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """(3, 3) linear part (transposed, for ``points @ M``) and (3,) offset, float32."""
+    matrix = np.asarray(matrix, dtype=np.float64)
+    return (torch.from_numpy(matrix[:3, :3].T.astype(np.float32)),
+            torch.from_numpy(matrix[:3, 3].astype(np.float32)))
+
+
 def to_native(displacement: torch.Tensor, model_grid: Geometry, fixed: Geometry,
               moving: np.ndarray, moving_geometry: Geometry,
               moving_labels: np.ndarray | None = None,
               point_map: np.ndarray | None = None) -> NativeResult:
     """Bring the network's field (1, 3, *model_grid.shape), voxels of ``model_grid``, to
     the fixed grid and warp the moving image (and labels) there (see module docstring).
-    ``point_map`` (4, 4) RAS: the affine pre-alignment, fixed world -> moving world."""
-    u = displacement.detach().to("cpu", torch.float64)
-    to_model = np.linalg.inv(model_grid.affine) @ fixed.affine  # fixed index -> model index
-    model_matrix = model_grid.affine[:3, :3]
-    to_moving = np.linalg.inv(moving_geometry.affine)
-    if point_map is not None:
-        to_moving = to_moving @ point_map
+    ``point_map`` (4, 4) RAS: the affine pre-alignment, fixed world -> moving world.
+
+    Every map is affine in the fixed index x except for the network's term ``d = A_m u``:
+    ``q = Q x``, ``p' - p = (P - I) A_f x + P_3 d``, moving index ``= M P A_f x + M_3 P_3 d``
+    (``M`` the moving grid's inverse affine); the (4, 4) products are formed in float64
+    and applied in float32 (indices below 10^4 keep errors below 10^-3 voxel).
+    """
+    u = displacement.detach().to("cpu", torch.float32)
+    point = np.eye(4) if point_map is None else np.asarray(point_map, dtype=np.float64)
+    to_model = _affine_parts(np.linalg.inv(model_grid.affine) @ fixed.affine)
+    net_to_world = torch.from_numpy((point[:3, :3] @ model_grid.affine[:3, :3]).T
+                                    .astype(np.float32))
+    offset_map = point @ fixed.affine
+    offset_map[:3, :] -= fixed.affine[:3, :]  # (P - I) A_f: displacement without the net
+    base_displacement = _affine_parts(offset_map)
+    to_moving_matrix = np.linalg.inv(moving_geometry.affine)
+    to_moving = _affine_parts(to_moving_matrix @ point @ fixed.affine)
+    net_to_moving = torch.from_numpy((to_moving_matrix[:3, :3] @ point[:3, :3]
+                                      @ model_grid.affine[:3, :3]).T.astype(np.float32))
     image = torch.from_numpy(np.ascontiguousarray(moving, dtype=np.float32))[None, None]
     labels = values = None
     if moving_labels is not None:
         labels = torch.from_numpy(np.ascontiguousarray(moving_labels))[None, None]
-        values = [int(v) for v in np.unique(moving_labels) if v != 0]
+        values = [int(v) for v in np.unique(moving_labels)]  # background competes too
     shape = fixed.shape
     out_disp = np.empty((3, *shape), dtype=np.float32)
     out_warped = np.empty(shape, dtype=np.float32)
     out_labels = np.zeros(shape, dtype=np.uint8) if labels is not None else None
     for sl in _slabs(shape):
-        index = _slab_indices(sl, shape)
-        world = index @ fixed.affine[:3, :3].T + fixed.affine[:3, 3]
-        q = index @ to_model[:3, :3].T + to_model[:3, 3]
-        uq = sample(u, torch.from_numpy(q), "bilinear", "border").numpy().T  # (n, 3) voxels
-        shown = world + uq @ model_matrix.T  # p + A_m u(q), fixed world
-        moving_index = torch.from_numpy(shown @ to_moving[:3, :3].T + to_moving[:3, 3])
+        index = torch.from_numpy(_slab_indices(sl, shape).astype(np.float32))
+        q = index @ to_model[0] + to_model[1]
+        uq = sample(u, q, "bilinear", "border").T  # (n, 3) voxels of the model grid
         slab_shape = (sl.stop - sl.start, shape[1], shape[2])
-        moved = shown if point_map is None else shown @ point_map[:3, :3].T + point_map[:3, 3]
-        out_disp[:, sl] = (moved - world).T.reshape(3, *slab_shape)
+        disp = index @ base_displacement[0] + base_displacement[1] + uq @ net_to_world
+        out_disp[:, sl] = disp.T.reshape(3, *slab_shape).numpy()
+        moving_index = index @ to_moving[0] + to_moving[1] + uq @ net_to_moving
         out_warped[sl] = sample_image(image, moving_index).numpy().reshape(slab_shape)
         if labels is not None:
             out_labels[sl] = sample_labels(labels, moving_index, values).numpy().reshape(
