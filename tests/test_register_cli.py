@@ -160,3 +160,21 @@ def test_batch_mode_with_a_bad_pair_leaves_nothing(files, tmp_path, capsys):
     assert status == 2
     assert "NaN" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pairs.csv"]
+
+
+def test_cuda_without_a_gpu_is_one_line(files, tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    assert main(_args(files, tmp_path / "out", "--device", "cuda")) == 2
+    assert "CUDA is not available" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_pairs_and_single_pair_options_exclude_each_other(files, tmp_path, capsys):
+    assert main(["register", "--pairs", "p.csv", "--fixed", "f.nii.gz", "-o",
+                 str(tmp_path / "o")]) == 2
+    assert main(["register", "--fixed", str(files / "fixed.nii.gz"), "-o",
+                 str(tmp_path / "o")]) == 2
+    assert "--moving" in capsys.readouterr().err

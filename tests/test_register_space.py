@@ -1,0 +1,84 @@
+"""The model's space: the fixed image reaches the network exactly as ``ddmr prepare`` and
+the training preprocessing would have put it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ddmr.augment.preprocess import preprocess
+from ddmr.data.adapters import Source
+from ddmr.data.prepare import PrepareOptions, prepare_subject
+from ddmr.errors import ConfigError, InputError
+from ddmr.io import load_image, save_image, save_labels
+from ddmr.registration.space import model_space, preparation_options, to_model_space
+from register_helpers import oblique_fixed, other_moving, sample_scene
+
+
+def _card(**options) -> dict:
+    base = {"size": [40, 40, 40], "spacing": 1.5, "resize": "fit"}
+    base.update(options)
+    return {"input_size": [24, 24, 24],
+            "preparation": json.dumps({"format": "ddmr-prepared", "options": base})}
+
+
+@pytest.mark.parametrize("options", [{}, {"resize": "scale"}, {"ct_window": [10.0, 60.0]}])
+def test_fixed_image_matches_prepare_then_preprocess(tmp_path, options):
+    save_image(tmp_path / "fixed.nii.gz", sample_scene(oblique_fixed()), oblique_fixed())
+    image, geometry = load_image(tmp_path / "fixed.nii.gz")  # float32 sform, as prepare
+    card = _card(**options)
+    prepared = prepare_subject(Source("a", "a", tmp_path / "fixed.nii.gz"),
+                               preparation_options(card))
+    expected, _, _ = preprocess(torch.from_numpy(prepared.image)[None, None],
+                                prepared.geometry.spacing, (24, 24, 24))
+    space = model_space(geometry, card)
+    assert space.prepared.isclose(prepared.geometry, 1e-9)
+    ours = to_model_space(image, geometry, space, "fixed")
+    torch.testing.assert_close(ours, expected, atol=1e-6, rtol=0)
+
+
+def test_model_grid_keeps_the_prepared_corners():
+    space = model_space(oblique_fixed(), _card())
+    first = space.grid.index_to_world(np.zeros(3))
+    last = space.grid.index_to_world(np.asarray(space.grid.shape) - 1.0)
+    np.testing.assert_allclose(first, space.prepared.index_to_world(np.zeros(3)))
+    np.testing.assert_allclose(last, space.prepared.index_to_world(
+        np.asarray(space.prepared.shape) - 1.0))
+    assert space.grid.shape == (24, 24, 24)
+
+
+def test_crop_labels_use_the_fixed_label_map(tmp_path):
+    save_image(tmp_path / "f.nii.gz", sample_scene(oblique_fixed()), oblique_fixed())
+    _, geometry = load_image(tmp_path / "f.nii.gz")
+    labels = sample_scene(geometry, labels=True)
+    card = _card(crop_labels=[2], crop_margin=2.0, spacing=0.5)
+    whole = model_space(geometry, card)
+    cropped = model_space(geometry, card, labels)
+    assert cropped.prepared.spacing[0] < whole.prepared.spacing[0]
+    save_labels(tmp_path / "l.nii.gz", labels, geometry)
+    prepared = prepare_subject(Source("a", "a", tmp_path / "f.nii.gz", tmp_path / "l.nii.gz"),
+                               preparation_options(card))
+    assert cropped.prepared.isclose(prepared.geometry, 1e-9)
+
+
+def test_cards_without_or_with_bad_preparation():
+    assert preparation_options({"input_size": [16, 16, 16]}) == PrepareOptions(size=(16, 16, 16))
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        preparation_options({"input_size": [16] * 3, "preparation": "{oops"})
+    with pytest.raises(ConfigError, match="input_size"):
+        preparation_options({})
+
+
+def test_moving_outside_the_fixed_field_of_view_is_refused():
+    fixed_geometry, moving_geometry = oblique_fixed(), other_moving()
+    far = moving_geometry.affine.copy()
+    far[:3, 3] += 500.0
+    from ddmr.io import Geometry
+
+    moved = Geometry(far, moving_geometry.shape)
+    space = model_space(fixed_geometry, _card())
+    with pytest.raises(InputError, match=r"moving\.nii\.gz: image is constant inside"):
+        to_model_space(sample_scene(moved), moved, space, "moving.nii.gz")
