@@ -178,3 +178,27 @@ def test_pairs_and_single_pair_options_exclude_each_other(files, tmp_path, capsy
     assert main(["register", "--fixed", str(files / "fixed.nii.gz"), "-o",
                  str(tmp_path / "o")]) == 2
     assert "--moving" in capsys.readouterr().err
+
+
+def test_read_pairs_resolves_relative_paths_and_checks_rows(tmp_path):
+    from ddmr.errors import InputError
+    from ddmr.register import read_pairs
+
+    (tmp_path / "data").mkdir()
+    for name in ("f.nii.gz", "m.nii.gz", "s.nii.gz"):
+        (tmp_path / "data" / name).write_bytes(b"")
+    pairs = tmp_path / "data" / "pairs.csv"
+    pairs.write_text("fixed,moving,moving_seg\nf.nii.gz,m.nii.gz,s.nii.gz\nm.nii.gz,f.nii.gz,\n")
+    read = read_pairs(pairs)
+    assert [p.id for p in read] == ["pair-001", "pair-002"]
+    assert read[0].moving_seg == tmp_path / "data" / "s.nii.gz"
+    assert read[1].moving_seg is None and read[1].fixed_seg is None
+    pairs.write_text("fixed,moving,id\nf.nii.gz,m.nii.gz,x\nm.nii.gz,f.nii.gz,x\n")
+    with pytest.raises(InputError, match="duplicate id 'x'"):
+        read_pairs(pairs)
+    pairs.write_text("fixed,mov\nf.nii.gz,m.nii.gz\n")
+    with pytest.raises(InputError, match="missing column"):
+        read_pairs(pairs)
+    pairs.write_text("fixed,moving\nf.nii.gz,absent.nii.gz\n")
+    with pytest.raises(InputError, match=r"absent\.nii\.gz: no such file"):
+        read_pairs(pairs)
