@@ -40,3 +40,33 @@ def test_parse_fractions():
     for bad in ("1,1", ".5,.5,.5", "a,b,c", "-.2,.6,.6"):
         with pytest.raises(ConfigError):
             parse_fractions(bad)
+
+
+def test_split_file_fixes_the_sets_and_refuses_bad_ids(tmp_path):
+    import json
+
+    import pytest
+
+    from ddmr.data.split import read_split_file
+    from ddmr.errors import InputError
+
+    path = tmp_path / "split.json"
+    path.write_text(json.dumps({"train": ["a", "b"], "val": ["c"], "test": ["d"]}))
+    assert read_split_file(path, ["a", "b", "c", "d"]) == {
+        "train": ["a", "b"], "val": ["c"], "test": ["d"]}
+    with pytest.raises(InputError, match="in no set: e"):
+        read_split_file(path, ["a", "b", "c", "d", "e"])
+    with pytest.raises(InputError, match="not in the dataset: d"):
+        read_split_file(path, ["a", "b", "c"])
+    path.write_text(json.dumps({"train": ["a"], "val": ["a"], "test": []}))
+    with pytest.raises(InputError, match="in two sets: a"):
+        read_split_file(path, ["a"])
+
+
+def test_bundled_cohort_split_file_matches_cohort_split():
+    import json
+
+    from ddmr.data.cohort import cohort_split, sample_cohort_dir
+
+    shipped = json.loads((sample_cohort_dir() / "split.json").read_text())
+    assert shipped == cohort_split()

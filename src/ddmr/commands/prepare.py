@@ -49,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the atlas' label map")
     parser.add_argument("--split", default=".7,.15,.15", metavar="TRAIN,VAL,TEST",
                         help="subject fractions (default .7,.15,.15)")
+    parser.add_argument("--split-file", default=None, metavar="JSON",
+                        help="fixed split {train: [ids], val: [...], test: [...]} instead of "
+                             "--split (the bundled cohort ships one: split.json)")
     parser.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16"],
                         help="storage type of prepared images (default float32)")
@@ -73,7 +76,8 @@ def options_from_args(args: argparse.Namespace):
         crop_margin=args.crop_margin,
         ct_window=_numbers(args.ct_window, 2, float, "--ct-window") if args.ct_window else None,
         merge_labels=args.merge_labels, atlas=args.atlas, atlas_labels=args.atlas_labels,
-        labels_dir=args.labels, split=parse_fractions(args.split), seed=args.seed,
+        labels_dir=args.labels, split=parse_fractions(args.split), split_file=args.split_file,
+        seed=args.seed,
         dtype=args.dtype,
     )
 

@@ -45,7 +45,7 @@ import numpy as np
 from ddmr.data.adapters import LAYOUTS, Source, discover
 from ddmr.data.grid import RESIZE_MODES, image_box, intersect, mask_box, target_grid
 from ddmr.data.label_map import apply_label_map, read_label_map
-from ddmr.data.split import check_fractions, split_subjects
+from ddmr.data.split import check_fractions, read_split_file, split_subjects
 from ddmr.errors import ConfigError, InputError
 from ddmr.io import Geometry, check_same_geometry, load_image, load_labels, resample_to
 
@@ -76,6 +76,7 @@ class PrepareOptions:
     atlas_labels: str | None = None
     labels_dir: str | None = None
     split: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    split_file: str | None = None
     seed: int = 0
     dtype: str = "float32"
     atlas_syn_iterations: tuple[int, ...] = (40, 20, 0)
@@ -284,10 +285,15 @@ def prepare_dataset(input_path: str | Path, outdir: str | Path, options: Prepare
         if unlabelled and len(unlabelled) < len(records):
             logger.warning("%d of %d images have no labels: %s", len(unlabelled), len(records),
                            ", ".join(unlabelled[:5]) + (" ..." if len(unlabelled) > 5 else ""))
-        split = split_subjects({r["id"]: r["subject"] for r in records}, options.split,
-                               options.seed)
-        _write_json(temporary / "split.json",
-                    {**split, "seed": options.seed, "fractions": list(options.split)})
+        if options.split_file is not None:
+            split = read_split_file(options.split_file, [r["id"] for r in records])
+            _write_json(temporary / "split.json",
+                        {**split, "split_file": str(Path(options.split_file).resolve())})
+        else:
+            split = split_subjects({r["id"]: r["subject"] for r in records}, options.split,
+                                   options.seed)
+            _write_json(temporary / "split.json",
+                        {**split, "seed": options.seed, "fractions": list(options.split)})
         from ddmr import __version__
 
         summary = {"format": FORMAT, "version": FORMAT_VERSION, "ddmr": __version__,

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 
-from ddmr.errors import ConfigError
+from ddmr.errors import ConfigError, InputError
 
 SPLITS = ("train", "val", "test")
 
@@ -64,3 +65,30 @@ def split_subjects(subject_of: Mapping[str, str], fractions: Sequence[float] = (
         start += size
     return {name: sorted(i for i, s in subject_of.items() if assignment[s] == name)
             for name in SPLITS}
+
+
+def read_split_file(path: str | Path, ids: Sequence[str]) -> dict[str, list[str]]:
+    """A fixed split from a JSON file ``{"train": [...], "val": [...], "test": [...]}``.
+
+    Every id of the dataset must be in exactly one set; ids the file names but the
+    dataset lacks are an error too (a typo would silently shrink a set).
+    """
+    import json
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise InputError(f"{path}: cannot read the split file ({error})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: the split file must map train/val/test to lists of ids")
+    split = {name: sorted(str(i) for i in data.get(name, [])) for name in SPLITS}
+    named = [i for name in SPLITS for i in split[name]]
+    duplicated = sorted({i for i in named if named.count(i) > 1})
+    unknown = sorted(set(named) - set(ids))
+    missing = sorted(set(ids) - set(named))
+    for problem, found in (("in two sets", duplicated), ("not in the dataset", unknown),
+                           ("in no set", missing)):
+        if found:
+            raise InputError(f"{path}: ids {problem}: {', '.join(found[:5])}")
+    return split
