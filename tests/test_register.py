@@ -232,3 +232,20 @@ def test_label_metrics_on_boxes_equal_the_metrics_module():
     ours = field_metrics(jacobian, field)
     assert ours["folding_percent"] == pytest.approx(metrics.folding_percent(field))
     assert ours["sdlogj"] == pytest.approx(metrics.sdlogj(field), rel=1e-5)
+
+
+def test_jacobian_in_slabs_equals_the_whole_volume(monkeypatch):
+    import torch
+
+    import ddmr.registration.world as world
+    from ddmr.nn.fields import jacobian_determinant
+    from register_helpers import grid, rotation
+
+    geometry = grid((17, 9, 8), (1.5, 1.0, 2.0), rotation((1, 2, 3), 30), (0, 0, 0))
+    rng = np.random.default_rng(3)
+    field_mm = rng.normal(0, 1.0, size=(3, *geometry.shape)).astype(np.float32)
+    voxels = world.mm_to_voxels(field_mm, geometry)
+    whole = jacobian_determinant(torch.from_numpy(voxels)[None])[0, 0].numpy()
+    monkeypatch.setattr(world, "SLAB_VOXELS", 9 * 8 * 4)  # 4 slices per slab, last 1
+    np.testing.assert_allclose(world.jacobian_determinant(field_mm, geometry), whole,
+                               rtol=1e-5, atol=1e-5)

@@ -189,8 +189,19 @@ def jacobian_determinant(displacement_mm: np.ndarray, geometry: Geometry) -> np.
     """Determinant (I, J, K) of the Jacobian of ``p -> p + d(p)`` in physical space, for a
     RAS mm displacement (3, I, J, K) on ``geometry``. It equals the determinant of the
     voxel-space Jacobian (``det(A^-1 J A) = det J``), computed by
-    :func:`ddmr.nn.fields.jacobian_determinant`."""
+    :func:`ddmr.nn.fields.jacobian_determinant` in slabs of slices (each with one slice of
+    overlap on either side, so the finite differences are those of the whole volume)."""
     from ddmr.nn.fields import jacobian_determinant as voxel_jacobian
 
-    voxels = torch.from_numpy(mm_to_voxels(displacement_mm, geometry))[None]
-    return voxel_jacobian(voxels)[0, 0].numpy()
+    voxels = mm_to_voxels(displacement_mm, geometry)
+    depth = voxels.shape[1]
+    out = np.empty(voxels.shape[1:], dtype=np.float32)
+    step = max(1, SLAB_VOXELS // max(voxels.shape[2] * voxels.shape[3], 1))
+    for start in range(0, depth, step):
+        stop = min(start + step, depth)
+        low, high = max(start - 1, 0), min(stop + 1, depth)
+        if high - low < 2:  # a single slice: no neighbours to differentiate along i
+            low, high = max(low - 1, 0), min(high + 1, depth)
+        block = torch.from_numpy(np.ascontiguousarray(voxels[:, low:high]))[None]
+        out[start:stop] = voxel_jacobian(block)[0, 0, start - low:stop - low].numpy()
+    return out
