@@ -3,6 +3,7 @@ fixed seeded validation pairs, plateau scheduling and logging of every term and 
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import lightning as L
@@ -47,6 +48,17 @@ class RegistrationModule(L.LightningModule):
         self._plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
         self._plateau_state: dict[str, Any] | None = None
         self._val_outputs: list[dict[str, float]] = []
+        self._elapsed_before = 0.0  # training seconds of earlier (resumed) segments
+        self._segment_start: float | None = None
+
+    def elapsed_seconds(self) -> float:
+        """Wall-clock training time over all segments of the run (resumes included)."""
+        if self._segment_start is None:
+            return self._elapsed_before
+        return self._elapsed_before + time.monotonic() - self._segment_start
+
+    def on_train_start(self) -> None:
+        self._segment_start = time.monotonic()
 
     # -- pairs and losses ----------------------------------------------------------------
     def _train_generator(self) -> torch.Generator:
@@ -83,6 +95,7 @@ class RegistrationModule(L.LightningModule):
         total, terms, _ = self.pair_loss(pair)
         size = pair.fixed.shape[0]
         self.log("train/loss", total, prog_bar=True, batch_size=size)
+        self.log("time/elapsed_h", self.elapsed_seconds() / 3600, batch_size=size)
         self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, batch_size=size)
         self.log_dict({f"weight/{k}": w for k, w in self.loss.weights().items()},
                       batch_size=size)
@@ -116,6 +129,7 @@ class RegistrationModule(L.LightningModule):
         # even while uncertainty weights move) drives the plateau schedule and the best model
         self.log("val_loss", metrics["val/loss"], prog_bar=True, sync_dist=True)
         self.log_dict(metrics, sync_dist=True)
+        self.log("time/val_elapsed_h", self.elapsed_seconds() / 3600, sync_dist=True)
         if self._plateau is not None and not self.trainer.sanity_checking:
             self._plateau.step(metrics["val/loss"])
             self.log("lr", self.optimizers().param_groups[0]["lr"])
@@ -132,12 +146,14 @@ class RegistrationModule(L.LightningModule):
         return optimizer
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["ddmr_elapsed_s"] = self.elapsed_seconds()
         if self._generator is not None:
             checkpoint["ddmr_generator"] = self._generator.get_state()
         if self._plateau is not None:
             checkpoint["ddmr_plateau"] = self._plateau.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._elapsed_before = float(checkpoint.get("ddmr_elapsed_s", 0.0))
         self._generator_state = checkpoint.get("ddmr_generator")
         self._generator = None
         self._plateau_state = checkpoint.get("ddmr_plateau")

@@ -204,6 +204,7 @@ def fit(design: Design, profile: TrainingProfile, data: str | Path, options: Run
                        if best.best_model_score is not None else None, "last": metrics},
         "training": {"steps": int(trainer.global_step),
                      "seconds_this_segment": round(time.time() - started, 1),
+                     "training_hours_total": round(module.elapsed_seconds() / 3600, 4),
                      "best_checkpoint": Path(best_path).name},
         "command": options.command or shlex.join(sys.argv),
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
