@@ -136,7 +136,13 @@ class RegistrationResult:
         moving image at world ``p + displacement_mm`` (the full transform, including an
         affine pre-alignment). Written in LPS (ITK convention) by :meth:`save`.
     jacobian: (I, J, K) float32, determinant of the transform's Jacobian (physical space).
-    summary: model, runtimes (s), metrics; what ``summary.json`` holds.
+    summary: what ``summary.json`` holds: inputs, model (name, file SHA-256, weights
+        checksum), affine pre-alignment, grids, ``runtime_s`` (``load``: read images and
+        model; ``preprocess``: affine pre-alignment and mapping into the model's space;
+        ``predict``: network plus the field's trip to the native grid, warping and
+        Jacobian, of which ``network`` is the forward pass; ``metrics``; ``write``, set by
+        :meth:`write`; ``total``) and ``metrics`` (folding %, SDlogJ, Jacobian range,
+        largest displacement in mm; DSC, HD95 mm, centroid TRE mm with both label maps).
     """
 
     geometry: Geometry
@@ -174,7 +180,7 @@ class RegistrationResult:
         runtime = self.summary["runtime_s"]
         runtime["write"] = round(time.perf_counter() - started, 3)
         runtime["total"] = round(sum(runtime[k] for k in
-                                     ("load", "preprocess", "predict", "write")), 3)
+                                     ("load", "preprocess", "predict", "metrics", "write")), 3)
         (folder / "summary.json").write_text(json.dumps(_json_safe(self.summary), indent=2)
                                              + "\n")
 
@@ -344,11 +350,14 @@ def register(fixed: ImageInput, moving: ImageInput, fixed_seg: ImageInput | None
     native = to_native(displacement, space.grid, fixed_geometry, moving_array, moving_geometry,
                        moving_labels, point_map)
     jacobian = jacobian_determinant(native.displacement_mm, fixed_geometry)
+    resample_seconds = time.perf_counter() - started
+
+    started = time.perf_counter()
     metrics: dict[str, Any] = field_metrics(jacobian, native.displacement_mm)
     if fixed_labels is not None and native.warped_labels is not None:
         metrics.update(label_metrics(fixed_labels, native.warped_labels,
                                      fixed_geometry.spacing))
-    resample_seconds = time.perf_counter() - started
+    metrics_seconds = time.perf_counter() - started
 
     from ddmr import __version__
 
@@ -375,7 +384,10 @@ def register(fixed: ImageInput, moving: ImageInput, fixed_seg: ImageInput | None
         "runtime_s": {"load": round(load_seconds, 3),
                       "preprocess": round(preprocess_seconds, 3),
                       "predict": round(predict_seconds + resample_seconds, 3),
-                      "network": round(predict_seconds, 3)},
+                      "network": round(predict_seconds, 3),
+                      "metrics": round(metrics_seconds, 3),
+                      "total": round(load_seconds + preprocess_seconds + predict_seconds
+                                     + resample_seconds + metrics_seconds, 3)},
         "metrics": metrics,
     }
     return RegistrationResult(fixed_geometry, native.warped, native.warped_labels,
