@@ -169,6 +169,12 @@ def test_affine_prealignment_recovers_a_rigid_motion(tmp_path):
     inner = (slice(None), slice(8, -8), slice(8, -8), slice(8, -8))
     assert np.linalg.norm(error[inner], axis=0).mean() < 1.0
     assert correlation(result.warped, fixed, result.warped != 0) > 0.98
+    # the displacement file holds the full transform: ANTs reproduces warped.nii.gz
+    result.save(tmp_path / "out")
+    save_image(tmp_path / "fixed.nii.gz", fixed, fixed_geometry)
+    save_image(tmp_path / "moving.nii.gz", moving, moving_geometry)
+    by_ants = apply_with_ants(tmp_path / "out", tmp_path)
+    assert correlation(by_ants, result.warped, result.warped != 0) >= 0.99
 
 
 def test_import_ddmr_is_light_and_register_stays_callable():
