@@ -50,21 +50,21 @@ def run_register(pair, model, out, **kwargs):
     return result
 
 
-def apply_with_ants(out, pair) -> np.ndarray:
+def apply_with_ants(out, pair, fixed_name="fixed", moving_name="moving") -> np.ndarray:
     import ants
 
-    fixed = ants.image_read(str(pair / "fixed.nii.gz"))
-    moving = ants.image_read(str(pair / "moving.nii.gz"))
+    fixed = ants.image_read(str(pair / f"{fixed_name}.nii.gz"))
+    moving = ants.image_read(str(pair / f"{moving_name}.nii.gz"))
     warped = ants.apply_transforms(fixed, moving, [str(out / "displacement.nii.gz")],
                                    interpolator="linear")
     return warped.numpy()
 
 
-def apply_with_sitk(out, pair) -> np.ndarray:
+def apply_with_sitk(out, pair, fixed_name="fixed", moving_name="moving") -> np.ndarray:
     import SimpleITK as sitk  # noqa: N813
 
-    fixed = sitk.ReadImage(str(pair / "fixed.nii.gz"))
-    moving = sitk.ReadImage(str(pair / "moving.nii.gz"), sitk.sitkFloat32)
+    fixed = sitk.ReadImage(str(pair / f"{fixed_name}.nii.gz"))
+    moving = sitk.ReadImage(str(pair / f"{moving_name}.nii.gz"), sitk.sitkFloat32)
     field = sitk.ReadImage(str(out / "displacement.nii.gz"))
     transform = sitk.DisplacementFieldTransform(sitk.Cast(field, sitk.sitkVectorFloat64))
     warped = sitk.Resample(moving, fixed, transform, sitk.sitkLinear, 0.0)
@@ -86,6 +86,22 @@ def test_displacement_file_reproduces_warped_under_ants_and_simpleitk(pair, tmp_
     for other in (apply_with_ants(out, pair), apply_with_sitk(out, pair)):
         assert correlation(other, warped, mask) >= 0.99
         assert np.abs(other - warped)[mask].mean() < 0.02 * np.abs(warped).max()
+
+
+def test_roles_swapped_lpi_fixed_and_oblique_moving(pair, tmp_path):
+    """The same check with the LPI-like, rotated grid as the fixed image."""
+    import ddmr
+
+    out = tmp_path / "out"
+    ddmr.register(pair / "moving.nii.gz", pair / "fixed.nii.gz",
+                  model=pair / "shift.safetensors").save(out)
+    warped, geometry = load_image(out / "warped.nii.gz")
+    assert geometry.isclose(other_moving(), 1e-4)
+    mask = warped != 0
+    assert mask.mean() > 0.3
+    for other in (apply_with_ants(out, pair, "moving", "fixed"),
+                  apply_with_sitk(out, pair, "moving", "fixed")):
+        assert correlation(other, warped, mask) >= 0.99
 
 
 def test_constant_output_is_the_expected_translation_in_mm(pair, tmp_path):
