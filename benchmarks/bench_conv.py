@@ -21,7 +21,7 @@ from ddmr.nn.conv import Conv3d
 from ddmr.train.module import RegistrationModule
 from ddmr.train.profiles import get_profile
 
-LAYERS = [(2, 16, 64), (16, 32, 32), (32, 32, 16), (48, 16, 64), (2, 32, 128)]
+LAYERS = [(2, 16, 64), (16, 32, 32), (32, 32, 16), (16, 16, 64), (48, 16, 64), (2, 32, 128)]
 
 
 def interleaved_medians(fns: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:

@@ -5,15 +5,16 @@ import torch
 import torch.nn.functional as F
 
 from ddmr.nn import UNet, UNetConfig
-from ddmr.nn.conv import Conv3d
+from ddmr.nn.conv import Conv3d, takes_slow_path
 
 
 @pytest.mark.parametrize("shape,cout", [((1, 2, 16, 18, 20), 8), ((2, 5, 17, 16, 16), 3),
-                                        ((1, 16, 24, 24, 24), 16)])
+                                        ((1, 16, 24, 24, 24), 16), ((1, 2, 64, 64, 64), 4)])
 def test_fast_conv_matches_reference_forward_and_backward(shape, cout):
     torch.manual_seed(0)
     conv = Conv3d(shape[1], cout)
     x = torch.randn(*shape, requires_grad=True)
+    assert takes_slow_path(x) == (shape[0] * shape[1] * shape[2] * shape[3] <= 20480)
     y = conv(x)
     reference = F.conv3d(x, conv.weight, conv.bias, padding=1)
     assert torch.allclose(y, reference, atol=1e-5)

@@ -7,7 +7,9 @@ convolution directly and computes both gradients as oneDNN convolutions too:
 the input gradient as a convolution of the output gradient with the flipped, transposed
 kernel, the weight gradient as a convolution of the padded input (channels as batch)
 with the output gradient as kernel. Same parameters and results as ``nn.Conv3d``
-(to float rounding); other devices, dtypes and small volumes use ``F.conv3d``.
+(to float rounding). Only inputs that PyTorch would send to its slow path take it (on
+shapes PyTorch already sends to oneDNN, its own backward is as fast or faster at large
+sizes); other devices, dtypes and small volumes use ``F.conv3d``.
 See benchmarks/bench_conv.py for the speed-up.
 """
 
@@ -21,6 +23,14 @@ from torch.autograd.function import once_differentiable
 _ONES = [1, 1, 1]
 _ZEROS = [0, 0, 0]
 MIN_VOXELS = 16**3  # below this, the weight-gradient convolution is not worth it
+# PyTorch's own CPU rule: oneDNN only when N * C_in * D * H exceeds this (else im2col)
+DISPATCH_THRESHOLD = 20480
+
+
+def takes_slow_path(x: torch.Tensor) -> bool:
+    """Whether PyTorch would send this (N, C, D, H, W) input to its slow CPU path."""
+    n, c, d, h = x.shape[:4]
+    return n * c * d * h <= DISPATCH_THRESHOLD
 
 
 def _onednn_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -69,6 +79,7 @@ class Conv3d(nn.Conv3d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (self.fast and x.device.type == "cpu" and x.dtype == torch.float32
-                and torch.backends.mkldnn.is_available() and x[0, 0].numel() >= MIN_VOXELS):
+                and torch.backends.mkldnn.is_available() and x[0, 0].numel() >= MIN_VOXELS
+                and takes_slow_path(x)):
             return _OneDNNConv3d.apply(x, self.weight, self.bias)
         return F.conv3d(x, self.weight, self.bias, padding=1)
