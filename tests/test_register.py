@@ -180,7 +180,7 @@ def test_affine_prealignment_recovers_a_rigid_motion(tmp_path):
     model = save_tiny_model(tmp_path / "zero.safetensors", zero=True)
     result = ddmr.register((fixed, fixed_geometry), (moving, moving_geometry), model=model,
                            affine=True)
-    assert result.summary["affine"] is not None
+    assert result.summary["affine_prealignment"]["matrix_ras"] is not None
     error = result.displacement_mm - shift[:, None, None, None]
     inner = (slice(None), slice(8, -8), slice(8, -8), slice(8, -8))
     assert np.linalg.norm(error[inner], axis=0).mean() < 1.0

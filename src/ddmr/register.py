@@ -89,7 +89,7 @@ def read_input(value: ImageInput, name: str, labels: bool = False
         array, geometry = _from_array(value, name, labels)
         return array, geometry, f"<{name} array>"
     array, geometry = (load_labels if labels else load_image)(value)
-    return array, geometry, str(value)
+    return array, geometry, str(Path(value).resolve())
 
 
 # -- model ------------------------------------------------------------------------------
@@ -367,14 +367,17 @@ def register(fixed: ImageInput, moving: ImageInput, fixed_seg: ImageInput | None
         "fixed_seg": fixed_seg_name, "moving_seg": moving_seg_name,
         "model": {
             "name": loaded.path.name.removesuffix(".safetensors"),
-            "path": str(loaded.path),
+            "path": str(Path(loaded.path).resolve()),
             "sha256": file_sha256(loaded.path),
             "weights_sha256": card.get("sha256"),
             "design": (card.get("design") or {}).get("name"),
             "input_size": list(space.grid.shape),
         },
         "device": str(device),
-        "affine": point_map.tolist() if point_map is not None else None,
+        "affine_prealignment": (
+            None if point_map is None else
+            {"matrix_ras": point_map.tolist(),
+             "meaning": "4x4, RAS mm: fixed world point -> moving world point (ANTs Affine)"}),
         "fixed_grid": {"shape": list(fixed_geometry.shape),
                        "spacing_mm": list(fixed_geometry.spacing)},
         "model_grid": {"shape": list(space.grid.shape), "spacing_mm": list(space.grid.spacing),
