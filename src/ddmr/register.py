@@ -315,6 +315,8 @@ def register(fixed: ImageInput, moving: ImageInput, fixed_seg: ImageInput | None
 
     _check_device(device)
     started = time.perf_counter()
+    loaded = load(model, device)  # first: a wrong --model fails before images are read
+    card = loaded.card
     fixed_array, fixed_geometry, fixed_name = read_input(fixed, "fixed")
     moving_array, moving_geometry, moving_name = read_input(moving, "moving")
     fixed_labels = moving_labels = None
@@ -325,8 +327,6 @@ def register(fixed: ImageInput, moving: ImageInput, fixed_seg: ImageInput | None
     if moving_seg is not None:
         moving_labels, geometry, moving_seg_name = read_input(moving_seg, "moving_seg", True)
         check_same_geometry(moving_geometry, geometry, [moving_name, moving_seg_name])
-    loaded = load(model, device)
-    card = loaded.card
     load_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
