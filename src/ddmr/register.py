@@ -25,11 +25,9 @@ import json
 import logging
 import math
 import os
-import shutil
 import sys
 import time
 import types
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -39,7 +37,14 @@ from typing import Any
 import numpy as np
 
 from ddmr.errors import InputError
-from ddmr.io import Geometry, check_geometry, check_same_geometry, load_image, load_labels
+from ddmr.io import (
+    Geometry,
+    atomic_directory,
+    check_geometry,
+    check_same_geometry,
+    load_image,
+    load_labels,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -221,21 +226,8 @@ def output_folder(outdir: PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside ``outdir``; on success it replaces ``outdir``, on
     failure it is removed and ``outdir`` is left as it was."""
     outdir = check_output(outdir, overwrite)
-    outdir.parent.mkdir(parents=True, exist_ok=True)
-    temporary = outdir.with_name(f".{outdir.name}.tmp-{uuid.uuid4().hex[:8]}")
-    temporary.mkdir()
-    try:
+    with atomic_directory(outdir) as temporary:
         yield temporary
-        old = None
-        if outdir.exists():
-            old = outdir.with_name(f".{outdir.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(outdir, old)
-        os.replace(temporary, outdir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if temporary.exists():
-            shutil.rmtree(temporary, ignore_errors=True)
 
 
 # -- metrics ----------------------------------------------------------------------------

@@ -32,9 +32,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -47,7 +44,14 @@ from ddmr.data.grid import RESIZE_MODES, image_box, intersect, mask_box, target_
 from ddmr.data.label_map import apply_label_map, read_label_map
 from ddmr.data.split import check_fractions, read_split_file, split_subjects
 from ddmr.errors import ConfigError, InputError
-from ddmr.io import Geometry, check_same_geometry, load_image, load_labels, resample_to
+from ddmr.io import (
+    Geometry,
+    atomic_directory,
+    check_same_geometry,
+    load_image,
+    load_labels,
+    resample_to,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -220,22 +224,6 @@ def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 
-def _replace_folder(temporary: Path, outdir: Path) -> None:
-    """Move ``temporary`` to ``outdir``, replacing an old ``outdir`` as late as possible."""
-    old = None
-    if outdir.exists():
-        old = outdir.with_name(f".{outdir.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(outdir, old)
-    try:
-        os.replace(temporary, outdir)
-    except BaseException:
-        if old is not None:
-            os.replace(old, outdir)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def prepare_dataset(input_path: str | Path, outdir: str | Path, options: PrepareOptions,
                     overwrite: bool = False, progress: bool = True,
                     sources: Sequence[Source] | None = None) -> dict[str, Any]:
@@ -261,10 +249,7 @@ def prepare_dataset(input_path: str | Path, outdir: str | Path, options: Prepare
     if label_map is not None and atlas is not None:
         atlas.labels = apply_label_map(atlas.labels, label_map)
 
-    outdir.parent.mkdir(parents=True, exist_ok=True)
-    temporary = outdir.with_name(f".{outdir.name}.tmp-{uuid.uuid4().hex[:8]}")
-    temporary.mkdir()
-    try:
+    with atomic_directory(outdir) as temporary:
         records = []
         with h5py.File(temporary / "dataset.h5", "w") as h5:
             h5.attrs["format"] = FORMAT
@@ -300,8 +285,4 @@ def prepare_dataset(input_path: str | Path, outdir: str | Path, options: Prepare
                    "input": str(Path(input_path).resolve()), "options": options.to_dict(),
                    "subjects": records}
         _write_json(temporary / "prepare.json", summary)
-        _replace_folder(temporary, outdir)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
     return summary

@@ -22,9 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from ddmr.errors import ConfigError, InputError
+from ddmr.io import atomic_directory
 
 logger = logging.getLogger(__name__)
 
@@ -143,20 +141,8 @@ def make_pairs(data: str | Path, output: str | Path, n: int, seed: int, split: s
     if not output.parent.is_dir():
         raise InputError(f"{output}: folder {output.parent} does not exist")
     config = config or AugmentationConfig()
-    temporary = output.with_name(f".{output.name}.{uuid.uuid4().hex[:8]}.tmp")
-    temporary.mkdir()
-    try:
+    with atomic_directory(output) as temporary:
         index = _write_pairs(temporary, data, split, n, seed, config, progress)
-        if output.exists():
-            old = output.with_name(f".{output.name}.{uuid.uuid4().hex[:8]}.old")
-            os.replace(output, old)
-            os.replace(temporary, output)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(temporary, output)
-    finally:
-        if temporary.exists():
-            shutil.rmtree(temporary, ignore_errors=True)
     logger.info("wrote %d pairs to %s", n, output)
     return index
 

@@ -9,10 +9,7 @@ Times cover prediction (or registration) plus application of the field.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +20,7 @@ import pandas as pd
 import torch
 
 from ddmr.errors import ConfigError, InputError
+from ddmr.io import atomic_directory
 
 logger = logging.getLogger(__name__)
 
@@ -175,21 +173,9 @@ def write_results(results: pd.DataFrame, output: str | Path, overwrite: bool = F
         raise InputError(f"{output}: exists; choose another folder or pass --overwrite")
     if not output.parent.is_dir():
         raise InputError(f"{output}: folder {output.parent} does not exist")
-    temporary = output.with_name(f".{output.name}.{uuid.uuid4().hex[:8]}.tmp")
-    temporary.mkdir()
-    try:
+    with atomic_directory(output) as temporary:
         results.to_csv(temporary / PER_PAIR, index=False)
         summary = summarise(results)
         summary.to_csv(temporary / SUMMARY_CSV, index=False)
         (temporary / SUMMARY_MD).write_text(summary_markdown(summary, title=title))
-        if output.exists():
-            old = output.with_name(f".{output.name}.{uuid.uuid4().hex[:8]}.old")
-            os.replace(output, old)
-            os.replace(temporary, output)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(temporary, output)
-    finally:
-        if temporary.exists():
-            shutil.rmtree(temporary, ignore_errors=True)
     return output
