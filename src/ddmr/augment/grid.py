@@ -62,10 +62,11 @@ def _check(shape: Sequence[int], spacing: Sequence[float]) -> None:
 
 
 def regular_grid(shape: Sequence[int], spacing: Sequence[float], nodes: Sequence[int],
-                 margin_mm: float = 0.0, extra: int = 0) -> NodeGrid:
+                 margin_mm: float = 0.0, extra: int = 0, max_margin: int | None = None
+                 ) -> NodeGrid:
     """``nodes`` per axis over the field of view of an image (``shape`` voxels of
-    ``spacing`` mm), with ``ceil(margin_mm / step) + extra`` padding nodes when
-    ``margin_mm > 0`` or ``extra > 0``."""
+    ``spacing`` mm), with ``ceil(margin_mm / step) + extra`` padding nodes (at most
+    ``max_margin``) when ``margin_mm > 0`` or ``extra > 0``."""
     _check(shape, spacing)
     steps, margins = [], []
     for n, s, k in zip(shape, spacing, nodes, strict=True):
@@ -73,5 +74,6 @@ def regular_grid(shape: Sequence[int], spacing: Sequence[float], nodes: Sequence
             raise ValueError("a node grid needs at least 2 nodes per axis")
         step = (int(n) - 1) * float(s) / (k - 1)
         steps.append(step)
-        margins.append(math.ceil(margin_mm / step) + extra if (margin_mm > 0 or extra) else 0)
+        margin = math.ceil(margin_mm / step) + extra if (margin_mm > 0 or extra) else 0
+        margins.append(margin if max_margin is None else min(margin, max_margin))
     return NodeGrid(tuple(int(k) for k in nodes), tuple(steps), tuple(margins))

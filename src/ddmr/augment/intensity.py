@@ -26,8 +26,10 @@ def minmax_normalise(image: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     shape = (-1,) + (1,) * (image.ndim - 1)
     low, high = low.view(shape), high.view(shape)
     span = high - low
-    scale = torch.where(span > eps, 1.0 / span.clamp_min(eps), torch.zeros_like(span))
-    return (image - low) * scale
+    varies = span > eps
+    # a division (not a multiplication by 1 / span) maps the maximum to exactly 1
+    out = (image - low) / torch.where(varies, span, torch.ones_like(span))
+    return out * varies.to(out.dtype)
 
 
 def draw_gamma(batch: int, gamma_range: Sequence[float], generator: torch.Generator

@@ -93,8 +93,11 @@ class TransformPlan:
             per_axis = (config.tps_grid - 1) * config.tps_samples_per_cell + 1
             # margin: pre-images of points up to max_tps + 1 voxel outside the field of
             # view, plus 2 nodes so that every B-spline evaluated there has full support
+            # (capped at a quarter of the grid, for bounds that are large for the volume:
+            # then only the pre-images of points near the edges are approximate)
             self.tps_grid = regular_grid(self.shape, self.spacing, (per_axis,) * 3,
-                                         config.max_tps + max(self.spacing), extra=2)
+                                         config.max_tps + max(self.spacing), extra=2,
+                                         max_margin=per_axis // 4 + 2)
             inverse_nodes = [min(n, (config.tps_grid - 1) * config.inverse_samples_per_cell + 1)
                              for n in self.shape]
             self.inverse_grid = regular_grid(self.shape, self.spacing, inverse_nodes)
