@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pairs": ("pairs", "make and store test pairs from held-out subjects"),
     "evaluate": ("evaluate", "score models and ANTs baselines on stored test pairs"),
     "stats": ("stats", "Tukey HSD and Mann-Whitney U tests on ddmr evaluate's results"),
+    "report": ("report", "HTML + Markdown report of evaluation results and training runs"),
+    "demo": ("demo", "the whole pipeline on the bundled data, ending in a report"),
 }
 
 

@@ -1,0 +1,52 @@
+"""``ddmr report RESULTS... -o report.html``: a self-contained HTML report (and a Markdown
+file beside it) from ``ddmr evaluate`` results, ``ddmr stats`` tables and training runs."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("results", nargs="*", type=Path,
+                        help="results folders written by ddmr evaluate (one section each)")
+    parser.add_argument("-o", "--output", required=True, type=Path,
+                        help="report file (.html); report.md and report_files/ go beside it")
+    parser.add_argument("--pairs", nargs="*", type=Path, default=[],
+                        help="the pairs folder of each results folder, in order (default: "
+                        "the one named in its summary.md)")
+    parser.add_argument("--models", nargs="*", type=Path, default=[],
+                        help="model files that were evaluated (to draw their overlays)")
+    parser.add_argument("--runs", nargs="*", type=Path, default=[],
+                        help="training run folders (training and weight curves)")
+    parser.add_argument("--overlay-pairs", type=int, default=1,
+                        help="example pairs drawn per results folder (0: none; default 1)")
+    parser.add_argument("--ants-iterations", metavar="AFFINE/SYN",
+                        help="ANTs iterations when SyN/SyNCC are re-run for the overlays, "
+                        "e.g. 100x50/20x10 (default: as ddmr evaluate)")
+    parser.add_argument("--title", default="DDMR report", help="report title")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ddmr.baselines.ants import METHODS
+    from ddmr.commands.evaluate import _ants_settings
+    from ddmr.errors import ConfigError
+    from ddmr.evaluate.runner import load_methods
+    from ddmr.report import ReportOptions, ResultsSection, build_report
+
+    if len(args.pairs) > len(args.results):
+        raise ConfigError("--pairs: give at most one pairs folder per results folder")
+    if args.overlay_pairs < 0:
+        raise ConfigError("--overlay-pairs must be >= 0")
+    models = {m.name: m.path for m in load_methods(args.models)} if args.models else {}
+    sections = [ResultsSection(folder, title=f"Evaluation: {folder.name}",
+                               pairs=args.pairs[k] if k < len(args.pairs) else None,
+                               models=models)
+                for k, folder in enumerate(args.results)]
+    options = ReportOptions(overlay_pairs=args.overlay_pairs, title=args.title,
+                            ants_settings=_ants_settings(args.ants_iterations,
+                                                         [m for m in METHODS if m != "none"]))
+    html, markdown = build_report(args.output, sections, args.runs, options)
+    print(f"report -> {html}")
+    print(f"markdown -> {markdown}")
+    return 0

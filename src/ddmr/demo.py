@@ -1,0 +1,401 @@
+"""``ddmr demo``: the whole pipeline on bundled data, ending in a report.
+
+``brain`` (default): prepare the bundled brain cohort, train designs with the CPU
+profile, store test pairs from the held-out heads, evaluate the models against no
+registration, SyN and SyNCC, run the statistics and write the report.
+
+``transfer``: the paper's transfer-learning study on synthetic CT phantoms (CT window
+-100..400 HU, cropped around the liver): a model trained from scratch against the brain
+model fine-tuned whole or in two steps (encoder frozen first), on held-out phantom pairs.
+The brain model comes from the same demo folder when it holds one, else a quick one is
+trained first.
+
+The folder (default ``./ddmr-demo``) is resumable: ``demo.json`` records each
+experiment's settings, every step writes its output atomically and a later run reuses the
+steps already done (so ``--experiment transfer`` after the brain demo reuses its model).
+A folder that is not a demo folder is refused; ``overwrite`` starts from scratch; the same
+experiment with other settings (``--quick`` vs full) is refused unless ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ddmr.errors import ConfigError, InputError
+
+logger = logging.getLogger(__name__)
+
+EXPERIMENTS = ("brain", "transfer")
+MARKER = "demo.json"
+ALL_DESIGNS = ("BL-N", "BL-NS", "SG-ND", "SG-NSD", "UW-NSD", "UW-NSDH")
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """Every knob of the demo.
+
+    designs, steps: designs trained on the brain cohort and their optimiser steps.
+    size, spacing: prepared grid (size^3 voxels of ``spacing`` mm) = the network input.
+    unet: overrides of the cpu profile's U-Net (e.g. ``{"encoder": [8, 8]}``).
+    n_pairs, pair_seed: stored test pairs. baselines: of syn, syncc, none.
+    ants_affine, ants_syn: ANTs iterations per level (None: ANTs defaults of ddmr).
+    transfer_design, transfer_steps, phantoms, phantom_shape, phantom_spacing,
+    ct_spacing: the transfer study. overlay_pairs: pairs drawn per section.
+    """
+
+    designs: tuple[str, ...] = ALL_DESIGNS
+    steps: int = 150
+    size: int = 64
+    spacing: float = 3.0
+    unet: dict[str, Any] = field(default_factory=dict)
+    n_pairs: int = 8
+    pair_seed: int = 7
+    baselines: tuple[str, ...] = ("syn", "syncc", "none")
+    ants_affine: tuple[int, ...] | None = (200, 100, 50)
+    ants_syn: tuple[int, ...] | None = (40, 20, 0)
+    transfer_design: str = "UW-NSD"
+    transfer_steps: int = 100
+    phantoms: int = 10
+    phantom_shape: tuple[int, int, int] = (96, 96, 96)
+    phantom_spacing: tuple[float, float, float] = (4.0, 4.0, 3.0)
+    ct_spacing: float = 3.0
+    overlay_pairs: int = 2
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def replace(self, **changes: Any) -> DemoSettings:
+        return dataclasses.replace(self, **changes)
+
+
+#: ``ddmr demo``: all six designs, steps chosen to stay well under an hour on 2 cores.
+FULL = DemoSettings()
+#: ``ddmr demo --quick``: a few minutes on 2 cores.
+QUICK = DemoSettings(designs=("BL-N", "UW-NSD"), steps=30, n_pairs=4,
+                     ants_affine=(100, 50), ants_syn=(20, 10, 0), transfer_steps=20,
+                     phantoms=8, overlay_pairs=1)
+
+
+Progress = Callable[[str], None]
+
+
+def _ants_settings(settings: DemoSettings) -> dict[str, Any]:
+    from ddmr.baselines.ants import default_settings
+
+    out = {}
+    for method in ("syn", "syncc"):
+        base = default_settings(method)
+        if settings.ants_affine is not None:
+            levels = len(settings.ants_affine)
+            base = dataclasses.replace(
+                base, affine_iterations=tuple(settings.ants_affine),
+                affine_shrink_factors=tuple(2 ** k for k in reversed(range(levels))),
+                affine_smoothing_sigmas=tuple(float(k) for k in reversed(range(levels))))
+        if settings.ants_syn is not None:
+            base = dataclasses.replace(base, syn_iterations=tuple(settings.ants_syn))
+        out[method] = base
+    return out
+
+
+def _profile(settings: DemoSettings, steps: int):
+    from ddmr.train.profiles import get_profile
+
+    every = max(1, steps // 4)
+    return get_profile("cpu", overrides={
+        "input_size": [settings.size] * 3, "max_steps": steps, "val_every": every,
+        "checkpoint_every": every, "seed": settings.seed, "unet": dict(settings.unet) or None,
+    })
+
+
+class Demo:
+    """One demo folder; :meth:`run` does an experiment, reusing finished steps."""
+
+    def __init__(self, folder: str | Path, settings: DemoSettings,
+                 progress: Progress | None = None, overwrite: bool = False) -> None:
+        self.folder = Path(folder)
+        self.settings = settings
+        self._progress = progress or (lambda text: logger.info("%s", text))
+        self._start = time.perf_counter()
+        self._open(overwrite)
+
+    # -- folder and bookkeeping ---------------------------------------------------------
+    def _open(self, overwrite: bool) -> None:
+        marker = self.folder / MARKER
+        if self.folder.exists() and not self.folder.is_dir():
+            raise InputError(f"{self.folder}: exists and is not a folder")
+        if self.folder.is_dir() and any(self.folder.iterdir()):
+            if overwrite:
+                shutil.rmtree(self.folder)
+            elif not marker.is_file():
+                raise InputError(f"{self.folder}: exists, is not empty and is not a demo "
+                                 "folder; choose another -o or pass --overwrite")
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def _record(self) -> dict[str, Any]:
+        marker = self.folder / MARKER
+        return json.loads(marker.read_text()) if marker.is_file() else {"experiments": {}}
+
+    def _claim(self, experiment: str) -> None:
+        from ddmr import __version__
+        from ddmr.io import atomic_path
+
+        record = self._record()
+        mine = self.settings.to_dict()
+        previous = record["experiments"].get(experiment)
+        if previous is not None and previous != mine:
+            raise ConfigError(f"{self.folder}: the {experiment} demo there was made with other "
+                              "settings (--quick or not); pass --overwrite or choose another -o")
+        record["experiments"][experiment] = mine
+        record["ddmr"] = __version__
+        with atomic_path(self.folder / MARKER) as temporary:
+            temporary.write_text(json.dumps(record, indent=2) + "\n")
+
+    def say(self, text: str) -> None:
+        self._progress(f"[{time.perf_counter() - self._start:6.0f} s] {text}")
+
+    # -- steps ----------------------------------------------------------------------------
+    def prepare(self, source: Path, outdir: Path, **options: Any) -> Path:
+        from ddmr.data.prepare import PrepareOptions, prepare_dataset
+
+        if (outdir / "prepare.json").is_file():
+            self.say(f"prepared data: reused {outdir}")
+            return outdir
+        self.say(f"preparing {source} -> {outdir}")
+        prepare_dataset(source, outdir, PrepareOptions(**options), overwrite=True,
+                        progress=False)
+        return outdir
+
+    def train(self, design: str, data: Path, rundir: Path, steps: int,
+              source_model: Path | None = None, mode: str | None = None) -> Path:
+        from ddmr.config import get_design
+        from ddmr.train.run import RunOptions, finetune, fit
+
+        model = rundir / "model.safetensors"
+        if model.is_file():
+            self.say(f"{rundir.name}: reused {model}")
+            return model
+        resume = (rundir / "checkpoints" / "last.ckpt").is_file()
+        options = RunOptions(rundir, resume=resume, overwrite=not resume, progress_bar=False,
+                             command=f"ddmr demo ({rundir.name})")
+        what = f"fine-tuning ({mode})" if source_model else "training"
+        self.say(f"{rundir.name}: {what} {design} for {steps} steps"
+                 + (" (resumed)" if resume else ""))
+        started = time.perf_counter()
+        if source_model is None:
+            fit(get_design(design), _profile(self.settings, steps), data, options)
+        else:
+            frozen = max(1, steps // 2) if mode == "two-step" else None
+            finetune(source_model, data, options, mode=mode or "full", design_name=design,
+                     frozen_steps=frozen, overrides={"max_steps": steps,
+                                                     "val_every": max(1, steps // 4),
+                                                     "checkpoint_every": max(1, steps // 4)})
+        self.say(f"{rundir.name}: done in {time.perf_counter() - started:.0f} s")
+        return model
+
+    def pairs(self, data: Path, outdir: Path) -> Path:
+        from ddmr.evaluate.pairs import make_pairs
+
+        if (outdir / "pairs.json").is_file():
+            self.say(f"test pairs: reused {outdir}")
+            return outdir
+        self.say(f"storing {self.settings.n_pairs} test pairs from held-out subjects")
+        make_pairs(data, outdir, self.settings.n_pairs, self.settings.pair_seed, "test",
+                   overwrite=True, progress=False)
+        return outdir
+
+    def evaluate(self, pairs: Path, models: dict[str, Path], outdir: Path) -> Path:
+        import pandas as pd
+
+        from ddmr.evaluate.runner import evaluate, write_results
+
+        if (outdir / "per_pair.csv").is_file():
+            self.say(f"evaluation: reused {outdir}")
+            return outdir
+        names = list(models) + [b for b in self.settings.baselines]
+        self.say(f"evaluating {', '.join(names)} on {self.settings.n_pairs} pairs")
+        ants = _ants_settings(self.settings)
+        frames = []
+        for name, path in models.items():
+            frame = evaluate(pairs, [path], (), progress=False)
+            frames.append(frame.assign(method=name))
+        if self.settings.baselines:
+            frames.append(evaluate(pairs, [], self.settings.baselines, ants, progress=False))
+        results = pd.concat(frames, ignore_index=True)
+        n = results["pair"].nunique()
+        write_results(results, outdir, overwrite=True,
+                      title=f"Evaluation on {pairs.resolve()} ({n} pairs)")
+        write_statistics(outdir)
+        return outdir
+
+    # -- experiments ----------------------------------------------------------------------
+    def brain(self) -> None:
+        from ddmr.data.cohort import sample_cohort_dir
+
+        self._claim("brain")
+        s, root = self.settings, self.folder / "brain"
+        cohort = sample_cohort_dir()
+        data = self.prepare(cohort, root / "prepared", size=(s.size,) * 3, spacing=s.spacing,
+                            split_file=str(cohort / "split.json"), seed=s.seed)
+        models = {d: self.train(d, data, root / "runs" / d, s.steps) for d in s.designs}
+        pairs = self.pairs(data, root / "pairs")
+        self.evaluate(pairs, models, root / "results")
+
+    def brain_model(self) -> Path:
+        """The brain model the transfer study starts from (reused or trained quickly)."""
+        s = self.settings
+        model = self.folder / "brain" / "runs" / s.transfer_design / "model.safetensors"
+        if model.is_file():
+            self.say(f"source model: reused the brain demo's {model}")
+            return model
+        from ddmr.data.cohort import sample_cohort_dir
+
+        cohort = sample_cohort_dir()
+        root = self.folder / "transfer" / "brain-source"
+        data = self.prepare(cohort, root / "prepared", size=(s.size,) * 3, spacing=s.spacing,
+                            split_file=str(cohort / "split.json"), seed=s.seed)
+        return self.train(s.transfer_design, data, root / "run", s.transfer_steps)
+
+    def transfer(self) -> None:
+        from ddmr.data.phantoms import write_phantom_cohort
+        from ddmr.io import atomic_directory
+
+        self._claim("transfer")
+        s, root = self.settings, self.folder / "transfer"
+        source = self.brain_model()
+        phantoms = root / "phantoms"
+        if not (phantoms / "README.txt").is_file():
+            self.say(f"writing {s.phantoms} synthetic CT phantoms")
+            with atomic_directory(phantoms) as temporary:
+                write_phantom_cohort(temporary, s.phantoms, seed=s.seed,
+                                     shape=s.phantom_shape, spacing=s.phantom_spacing)
+        data = self.prepare(phantoms, root / "prepared", size=(s.size,) * 3,
+                            spacing=s.ct_spacing, ct_window=(-100.0, 400.0), crop_labels=(1,),
+                            seed=s.seed)
+        design, steps, runs = s.transfer_design, s.transfer_steps, root / "runs"
+        models = {
+            "from scratch": self.train(design, data, runs / "scratch", steps),
+            "fine-tuned (full)": self.train(design, data, runs / "full", steps, source, "full"),
+            "fine-tuned (two-step)": self.train(design, data, runs / "two-step", steps, source,
+                                                "two-step"),
+        }
+        pairs = self.pairs(data, root / "pairs")
+        self.evaluate(pairs, models, root / "results")
+
+    def run(self, experiment: str = "brain") -> Path:
+        """Run ``experiment`` (reusing finished steps), then write the report of everything
+        the folder holds; returns the report's path."""
+        if experiment not in EXPERIMENTS:
+            raise ConfigError(f"--experiment {experiment}: choose brain or transfer")
+        getattr(self, experiment)()
+        return self.report()
+
+    def report(self) -> Path:
+        from ddmr.report import ReportOptions, ResultsSection, build_report
+
+        record = self._record()["experiments"]
+        sections, runs = [], []
+        brain, transfer = self.folder / "brain", self.folder / "transfer"
+        if (brain / "results" / "per_pair.csv").is_file():
+            designs = record.get("brain", {}).get("designs", [])
+            sections.append(ResultsSection(
+                brain / "results", "Brain MRI: designs against ANTs (bundled cohort)",
+                pairs=brain / "pairs",
+                models={d: brain / "runs" / d / "model.safetensors" for d in designs},
+                notes=[_brain_note(record.get("brain", {}))]))
+            runs += [brain / "runs" / d for d in designs]
+        if (transfer / "results" / "per_pair.csv").is_file():
+            t = transfer / "runs"
+            sections.append(ResultsSection(
+                transfer / "results", "Transfer learning: brain MRI to abdominal CT phantoms",
+                pairs=transfer / "pairs",
+                models={"from scratch": t / "scratch" / "model.safetensors",
+                        "fine-tuned (full)": t / "full" / "model.safetensors",
+                        "fine-tuned (two-step)": t / "two-step" / "model.safetensors"},
+                notes=[_transfer_note(record.get("transfer", {}))]))
+            runs += [t / "scratch", t / "full", t / "two-step"]
+        self.say("writing the report")
+        overlay = max(r.get("overlay_pairs", 1) for r in record.values()) if record else 1
+        options = ReportOptions(
+            overlay_pairs=overlay, ants_settings=_ants_settings(self.settings),
+            title="DDMR demo report",
+            introduction=[
+                "Made by `ddmr demo` on a CPU with the small `cpu` training profile and few "
+                "training steps. These models are demonstrations of the pipeline, not "
+                "trained registration models: expect them to do little better (or worse) "
+                "than no registration, and ANTs to win. Every method is scored by the same "
+                "code on the same stored pairs."])
+        html, _ = build_report(self.folder / "report.html", sections,
+                               [r for r in runs if r.is_dir()], options)
+        return html
+
+
+def _brain_note(settings: dict[str, Any]) -> str:
+    return (f"Bundled brain cohort prepared to {settings.get('size')}^3 voxels of "
+            f"{settings.get('spacing')} mm; designs {', '.join(settings.get('designs', []))} "
+            f"trained for {settings.get('steps')} steps each with the cpu profile; "
+            f"{settings.get('n_pairs')} stored pairs made by the augmentation layer from the "
+            "held-out heads; ANTs with reduced iterations "
+            f"(affine {settings.get('ants_affine')}, SyN {settings.get('ants_syn')}).")
+
+
+def _transfer_note(settings: dict[str, Any]) -> str:
+    return (f"{settings.get('phantoms')} SYNTHETIC CT phantoms (not patient data), CT window "
+            "-100..400 HU, cropped around the liver (label 1), resized to "
+            f"{settings.get('size')}^3. Design {settings.get('transfer_design')}, "
+            f"{settings.get('transfer_steps')} steps each: from scratch; the brain model "
+            "fine-tuned whole (full); and in two steps (input and encoder frozen for the "
+            "first half, then everything).")
+
+
+def write_statistics(results: Path, metric: str = "tre", alpha: float = 0.05) -> Path | None:
+    """``stats_<metric>.md`` (Tukey HSD, one-sided Mann-Whitney U with Benjamini-Hochberg)
+    in the results folder, as ``ddmr stats`` writes it; None when the metric is absent."""
+    import pandas as pd
+
+    from ddmr import stats
+    from ddmr.evaluate.metrics import HIGHER_IS_BETTER
+    from ddmr.io import atomic_path
+
+    frame = pd.read_csv(results / "per_pair.csv")
+    if metric not in frame or not frame[metric].notna().any():
+        return None
+    methods = list(dict.fromkeys(frame["method"]))
+    higher = HIGHER_IS_BETTER.get(metric, False)
+    lines = [f"# Statistics on {metric}", ""]
+    try:
+        tukey = stats.tukey_hsd(frame, metric, alpha)
+        lines += [f"## Tukey HSD across methods (alpha {alpha})", "",
+                  stats.tukey_markdown(tukey), ""]
+    except ValueError as error:
+        lines += ["## Tukey HSD", "", f"not computed: {error}", ""]
+    contrasts = _contrasts(methods)
+    tests = stats.contrast_tests(frame, contrasts, metric, higher, alpha)
+    lines += [f"## One-sided Mann-Whitney U, Benjamini-Hochberg corrected "
+              f"({'higher' if higher else 'lower'} is better)", "",
+              stats.contrasts_markdown(tests) if len(tests) else "no contrasts", ""]
+    path = results / f"stats_{metric}.md"
+    with atomic_path(path) as temporary:
+        temporary.write_text("\n".join(lines))
+    return path
+
+
+def _contrasts(methods: Sequence[str]) -> list:
+    """The default contrasts; for the transfer study, fine-tuning against from scratch."""
+    from ddmr import stats
+
+    contrasts = list(stats.default_contrasts(methods))
+    if "from scratch" in methods:
+        contrasts += [stats.Contrast(m, "from scratch") for m in methods
+                      if m.startswith("fine-tuned")]
+        if "fine-tuned (full)" in methods and "fine-tuned (two-step)" in methods:
+            contrasts.append(stats.Contrast("fine-tuned (two-step)", "fine-tuned (full)"))
+    return contrasts

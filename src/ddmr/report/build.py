@@ -1,0 +1,218 @@
+"""Assemble a report from evaluation results folders (``ddmr evaluate``, ``ddmr stats``)
+and training run folders: ``report.html`` (self-contained) and ``report.md`` beside it,
+with the PNG figures in ``<stem>_files/``."""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ddmr.errors import InputError
+from ddmr.report.document import (
+    Document,
+    Figure,
+    Heading,
+    Paragraph,
+    Table,
+    parse_markdown,
+    to_html,
+    to_markdown,
+)
+
+logger = logging.getLogger(__name__)
+
+_TITLE = re.compile(r"^Evaluation on (.+) \(\d+ pairs\)\s*$")
+
+
+@dataclass
+class ResultsSection:
+    """One evaluation to report.
+
+    results: folder with per_pair.csv (and summary.md, stats_*.md when present).
+    title: section heading. pairs: the stored pairs that were evaluated (for overlays;
+    default: the path named in summary.md's title, when it exists). models: method name
+    -> model file, to recompute model fields for the overlays. notes: paragraphs shown
+    under the heading.
+    """
+
+    results: Path
+    title: str = "Evaluation"
+    pairs: Path | None = None
+    models: Mapping[str, Path] = field(default_factory=dict)
+    notes: Sequence[str] = ()
+
+
+@dataclass
+class ReportOptions:
+    """overlay_pairs: pairs shown per section (0: no overlays). ants_settings: settings
+    of the ANTs baselines when their fields are recomputed for the overlays."""
+
+    overlay_pairs: int = 1
+    ants_settings: Mapping[str, Any] | None = None
+    title: str = "DDMR report"
+    introduction: Sequence[str] = ()
+
+
+def read_results(folder: Path) -> pd.DataFrame:
+    csv = folder / "per_pair.csv"
+    if not csv.is_file():
+        raise InputError(f"{folder}: no per_pair.csv (run ddmr evaluate first)")
+    try:
+        results = pd.read_csv(csv)
+    except (OSError, ValueError) as error:
+        raise InputError(f"{csv}: cannot read: {error}") from None
+    if "method" not in results or results.empty:
+        raise InputError(f"{csv}: no results (needs a 'method' column and rows)")
+    return results
+
+
+def pairs_from_summary(folder: Path) -> Path | None:
+    """The pairs folder named in summary.md's title by ``ddmr evaluate``, if it exists."""
+    summary = folder / "summary.md"
+    if not summary.is_file():
+        return None
+    first = summary.read_text().splitlines()[:1]
+    match = _TITLE.match(first[0]) if first else None
+    if not match:
+        return None
+    path = Path(match.group(1))
+    if not path.is_absolute():
+        path = Path.cwd() / path
+    return path if (path / "pairs.json").is_file() else None
+
+
+def _summary_table(results: pd.DataFrame) -> str:
+    from ddmr.evaluate.tables import summarise, summary_markdown
+
+    return summary_markdown(summarise(results)).strip()
+
+
+def _results_blocks(section: ResultsSection, files: Path, stem: str,
+                    options: ReportOptions) -> list:
+    from ddmr.report.figures import CONVENTION, boxplot_metrics
+
+    results = read_results(section.results)
+    methods = list(dict.fromkeys(results["method"]))
+    n_pairs = results["pair"].nunique() if "pair" in results else len(results)
+    blocks: list = [Heading(section.title, 2)]
+    blocks += [Paragraph(note) for note in section.notes]
+    blocks.append(Paragraph(f"Methods: {', '.join(methods)}; {n_pairs} stored test pairs; "
+                            f"results from `{section.results}`."))
+    blocks += [Heading("Summary (mean ± standard deviation over pairs)", 3),
+               Paragraph("Units in the headers; ↑ higher is better, ↓ lower is better; the "
+                         "best mean of each column in bold. TRE is the mean distance between "
+                         "label centroids; time covers prediction (or registration) and "
+                         "applying the field."),
+               Table(_summary_table(results))]
+    box = boxplot_metrics(results, files / f"{stem}_boxplots.png")
+    if box is not None:
+        blocks += [Heading("Distributions over pairs", 3),
+                   Figure(box, "Per-pair metrics by method (boxes: quartiles and median; "
+                          "points: pairs). Units on the axes.")]
+    pairs = section.pairs or pairs_from_summary(section.results)
+    if options.overlay_pairs > 0:
+        blocks.append(Heading("Example registrations", 3))
+        if pairs is None or not (Path(pairs) / "pairs.json").is_file():
+            blocks.append(Paragraph("No overlays: the stored pairs were not found (give "
+                                    "--pairs)."))
+        else:
+            from ddmr.report.overlays import overlay_figures
+
+            figures, missing = overlay_figures(pairs, methods, section.models, files, stem,
+                                               options.overlay_pairs, options.ants_settings)
+            blocks.append(Paragraph(CONVENTION + " Intensities are the pair's normalised "
+                                    "values; the difference and the Jacobian determinant use "
+                                    "diverging colour maps centred on 0 and 1. "
+                                    "Black: outside the image."))
+            if missing:
+                blocks.append(Paragraph(f"Not shown (no model file given): "
+                                        f"{', '.join(missing)}."))
+            blocks += [Figure(path, caption) for path, caption in figures]
+    for stats_file in sorted(section.results.glob("stats_*.md")):
+        parsed = parse_markdown(stats_file.read_text(), shift=2)
+        if parsed and isinstance(parsed[0], Heading):
+            parsed[0] = Heading(parsed[0].text.split(" (")[0], 3)
+        else:
+            parsed.insert(0, Heading(f"Statistics ({stats_file.stem})", 3))
+        blocks += parsed
+    return blocks
+
+
+def _run_name(rundir: Path) -> str:
+    import json
+
+    card = rundir / "model.json"
+    if card.is_file():
+        try:
+            design = json.loads(card.read_text()).get("design", {}).get("name")
+        except (OSError, ValueError):
+            design = None
+        if design:
+            return f"{rundir.name} ({design})" if design != rundir.name else design
+    return rundir.name
+
+
+def _run_blocks(runs: Sequence[Path], files: Path) -> list:
+    from ddmr.train.plots import plot_training
+
+    blocks: list = [Heading("Training", 2),
+                    Paragraph("Curves from each run's CSV logs (ddmr.train.plots): training "
+                              "loss, unweighted loss terms, validation on fixed pairs and, for "
+                              "the uncertainty-weighted designs, the learned loss weights.")]
+    names = ("training_loss", "loss_terms", "validation", "weights")
+    for k, rundir in enumerate(runs):
+        rundir = Path(rundir)
+        if not rundir.is_dir():
+            raise InputError(f"{rundir}: run directory not found")
+        plots = {p.stem: p for p in (rundir / "plots").glob("*.png")}
+        if not plots:
+            plots = {p.stem: p for p in plot_training(rundir)}
+        blocks.append(Heading(f"Run {_run_name(rundir)}", 3))
+        if not plots:
+            blocks.append(Paragraph(f"`{rundir}`: no training logs."))
+            continue
+        for name in [n for n in names if n in plots] + sorted(set(plots) - set(names)):
+            copy = files / f"run{k:02d}_{name}.png"
+            shutil.copyfile(plots[name], copy)
+            blocks.append(Figure(copy, f"{_run_name(rundir)}: {name.replace('_', ' ')}"))
+    return blocks
+
+
+def build_report(output: str | Path, sections: Sequence[ResultsSection],
+                 runs: Sequence[str | Path] = (), options: ReportOptions | None = None,
+                 ) -> tuple[Path, Path]:
+    """Write ``output`` (.html, self-contained), the Markdown beside it (.md) and the
+    figures (``<stem>_files/``); returns (html, markdown)."""
+    from ddmr.io import atomic_path
+
+    options = options or ReportOptions()
+    output = Path(output)
+    if output.suffix.lower() not in (".html", ".htm"):
+        raise InputError(f"{output}: the report must end in .html")
+    if not output.parent.is_dir():
+        raise InputError(f"{output}: folder {output.parent} does not exist")
+    if not sections and not runs:
+        raise InputError("nothing to report: give a results folder or run folders")
+    files = output.with_name(output.stem + "_files")
+    if files.exists():
+        shutil.rmtree(files)
+    files.mkdir()
+    document = Document(options.title)
+    document.add(*[Paragraph(text) for text in options.introduction])
+    for k, section in enumerate(sections):
+        document.add(*_results_blocks(section, files, f"s{k}", options))
+    if runs:
+        document.add(*_run_blocks([Path(r) for r in runs], files))
+    markdown = output.with_suffix(".md")
+    with atomic_path(markdown) as temporary:
+        temporary.write_text(to_markdown(document, output.parent))
+    with atomic_path(output) as temporary:
+        temporary.write_text(to_html(document))
+    return output, markdown
