@@ -122,14 +122,19 @@ def sample(coefficients: torch.Tensor, points: torch.Tensor, derivatives: bool =
             + index[2][:, None, None, :]).reshape(-1)
     gathered = coefficients.reshape(channels, -1).index_select(1, flat)
     gathered = gathered.reshape(channels, n, 64)
-    w, d = _weights(t).to(dtype), None  # (P, 3, 4)
-    kinds = [(w[:, 0], w[:, 1], w[:, 2])]
+    w = _weights(t).to(dtype)  # (P, 3, 4)
+    kinds = 4 if derivatives else 1
+    weights = torch.empty(kinds, n, 4, 16, dtype=dtype, device=points.device)
+    inner = (w[:, 1, :, None] * w[:, 2, None, :]).reshape(n, 1, 16)  # axes 1, 2
+    torch.mul(w[:, 0, :, None], inner, out=weights[0])
     if derivatives:
         d = _derivative_weights(t).to(dtype)
-        kinds += [(d[:, 0], w[:, 1], w[:, 2]), (w[:, 0], d[:, 1], w[:, 2]),
-                  (w[:, 0], w[:, 1], d[:, 2])]
-    weights = torch.stack([(a.view(n, 4, 1, 1) * b.view(n, 1, 4, 1) * c.view(n, 1, 1, 4))
-                           .reshape(n, 64) for a, b, c in kinds])  # (K, P, 64)
+        torch.mul(d[:, 0, :, None], inner, out=weights[1])
+        torch.mul(w[:, 0, :, None], (d[:, 1, :, None] * w[:, 2, None, :]).reshape(n, 1, 16),
+                  out=weights[2])
+        torch.mul(w[:, 0, :, None], (w[:, 1, :, None] * d[:, 2, None, :]).reshape(n, 1, 16),
+                  out=weights[3])
+    weights = weights.view(kinds, n, 64)
     out = torch.einsum("cpj,kpj->kpc", gathered, weights)  # (K, P, C)
     if not derivatives:
         return out[0], None

@@ -52,7 +52,9 @@ from ddmr.augment.tps import ThinPlateSpline, border_mask, control_grid
 
 logger = logging.getLogger(__name__)
 
-NEWTON_TOLERANCE_MM = 1e-4
+# Newton stops after the step taken from a residual below this; with its quadratic
+# convergence the residual left is far smaller (about 1e-5 mm at the paper's bounds)
+NEWTON_TOLERANCE_MM = 1e-2
 
 
 def _solve3(matrix: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
@@ -121,6 +123,8 @@ class TransformPlan:
             self.inverse_grid = regular_grid(self.shape, self.spacing, (2, 2, 2))
             self.u_grid = self.inverse_grid
         self._dense_cache: dict[tuple, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+        # the nodes of the last limited draw, so that applying it does not evaluate again
+        self._last_nodes: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # ----- the non-rigid part -------------------------------------------------------
     def tps_nodes(self, values: torch.Tensor) -> torch.Tensor:
@@ -128,6 +132,9 @@ class TransformPlan:
         nodes of the padded TPS grid: (3, *padded shape) mm float64."""
         if self.tps_grid is None:
             raise ValueError("the configuration has the non-rigid part switched off")
+        values = torch.as_tensor(values, dtype=torch.float64)
+        if self._last_nodes is not None and torch.equal(values, self._last_nodes[0]):
+            return self._last_nodes[1]
         return self._tps.evaluate(values).T.reshape(3, *self.tps_grid.padded_shape)
 
     def tps_coefficients(self, values: torch.Tensor) -> torch.Tensor:
@@ -137,7 +144,7 @@ class TransformPlan:
     def _peak(self, coefficients: torch.Tensor) -> float:
         """Largest norm of the Bezier control net over the field of view: an upper bound
         of ``|w|`` everywhere in it (convex hull property), reached at the nodes."""
-        return float(separable(coefficients, self._bezier).norm(dim=0).max())
+        return float(separable(coefficients, self._bezier).square().sum(0).max().sqrt())
 
     def tps_gradient(self, coefficients: torch.Tensor) -> torch.Tensor:
         """Gradient (3 components, 3 axes, *inner tps grid) of ``w`` at the inner nodes (mm/mm)."""
@@ -153,7 +160,8 @@ class TransformPlan:
         everywhere and ``det(I + grad w) >= tps_min_jacobian`` at the nodes. The spline is
         linear in the values, so it still passes through the returned values."""
         values = torch.as_tensor(values, dtype=torch.float64)
-        coefficients = self.tps_coefficients(values)
+        nodes = self.tps_nodes(values)
+        coefficients = separable(nodes, self._prefilter)
         peak = self._peak(coefficients)
         scale = 1.0 if peak <= self.config.max_tps else self.config.max_tps / peak
         threshold = self.config.tps_min_jacobian
@@ -174,12 +182,14 @@ class TransformPlan:
                     mid = (low + high) / 2
                     low, high = (mid, high) if ok(mid) else (low, mid)
                 scale = low
-        return values * scale
+        limited = values * scale
+        self._last_nodes = (limited, nodes * scale)
+        return limited
 
     def _preimages(self, coefficients: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Solve ``p + w(p) = r`` for each target ``r`` (P, 3) mm by Newton's method (float32,
-        in node-index units) until the largest residual is below ``NEWTON_TOLERANCE_MM``
-        (then one more step); returns ``p`` (P, 3) mm float64."""
+        in node-index units) until the step taken from a largest residual below
+        ``NEWTON_TOLERANCE_MM``; returns ``p`` (P, 3) mm float64."""
         grid = self.tps_grid
         step = grid.step_tensor()
         coef_index = (coefficients / step.view(3, 1, 1, 1)).float()  # w in node-index units
@@ -191,7 +201,7 @@ class TransformPlan:
         for _ in range(self.config.inversion_iterations):
             w, jac = sample(coef_index, p, derivatives=True)
             residual = p + w - goal
-            worst = float((residual * step32).norm(dim=1).max()) if len(p) else 0.0
+            worst = float((residual * step32).square().sum(1).max().sqrt()) if len(p) else 0.0
             p = p - _solve3(eye + jac, residual)
             if worst < NEWTON_TOLERANCE_MM:
                 break
