@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "stats": ("stats", "Tukey HSD and Mann-Whitney U tests on ddmr evaluate's results"),
     "report": ("report", "HTML + Markdown report of evaluation results and training runs"),
     "demo": ("demo", "the whole pipeline on the bundled data, ending in a report"),
+    "augment": ("augment", "make one synthetic pair with its ground-truth field from an image"),
 }
 
 
