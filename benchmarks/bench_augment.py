@@ -111,6 +111,15 @@ def main() -> None:
     # interleave once more so that a load change hits both sides
     plain += timed(lambda: layer(image, None, spacing), args.repeats)
 
+    # CPU seconds of one pair on one thread: robust to other jobs sharing the machine
+    torch.set_num_threads(1)
+    cpu_one = []
+    for _ in range(args.repeats):
+        start = time.process_time()
+        layer(image, None, spacing)
+        cpu_one.append(time.process_time() - start)
+    torch.set_num_threads(args.threads)
+
     aug, train = statistics.median(plain), statistics.median(steps)
     load = (Path("/proc/loadavg").read_text().split()[:3]
             if Path("/proc/loadavg").exists() else ["?"])
@@ -123,6 +132,7 @@ def main() -> None:
     print(f"| first pair (builds the plan) | {first:.3f} |")
     print(f"| pair, all parts on, median of {len(plain)} | {aug:.3f} (min {min(plain):.3f}) |")
     print(f"| pair with a 5-label map, median | {statistics.median(with_labels):.3f} |")
+    print(f"| pair, CPU time on 1 thread, median | {statistics.median(cpu_one):.3f} |")
     for key, value in parts.items():
         print(f"| - stage: {key} | {value:.3f} |")
     print(f"| U-Net (16,32,32,32 / 16) training step, median of {len(steps)} | {train:.3f} |")
