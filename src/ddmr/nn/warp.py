@@ -32,7 +32,7 @@ def sampling_grid(displacement: torch.Tensor) -> torch.Tensor:
         [2.0 / max(n - 1, 1) for n in shape], device=displacement.device, dtype=displacement.dtype
     ).view(1, 3, 1, 1, 1)
     normalised = coords * scale - 1.0
-    return normalised.permute(0, 2, 3, 4, 1).flip(-1)
+    return normalised.permute(0, 2, 3, 4, 1).flip(-1).contiguous()
 
 
 def _check_pair(image: torch.Tensor, displacement: torch.Tensor) -> None:
