@@ -52,7 +52,7 @@ class DemoSettings:
     """
 
     designs: tuple[str, ...] = ALL_DESIGNS
-    steps: int = 150
+    steps: int = 100
     size: int = 64
     spacing: float = 3.0
     unet: dict[str, Any] = field(default_factory=dict)
@@ -62,7 +62,7 @@ class DemoSettings:
     ants_affine: tuple[int, ...] | None = (200, 100, 50)
     ants_syn: tuple[int, ...] | None = (40, 20, 0)
     transfer_design: str = "UW-NSD"
-    transfer_steps: int = 100
+    transfer_steps: int = 60
     phantoms: int = 10
     phantom_shape: tuple[int, int, int] = (96, 96, 96)
     phantom_spacing: tuple[float, float, float] = (4.0, 4.0, 3.0)
@@ -310,7 +310,8 @@ class Demo:
                 brain / "results", "Brain MRI: designs against ANTs (bundled cohort)",
                 pairs=brain / "pairs",
                 models={d: brain / "runs" / d / "model.safetensors" for d in designs},
-                notes=[_brain_note(record.get("brain", {}))]))
+                notes=[_brain_note(record.get("brain", {}))],
+                ants_settings=_recorded_ants(record.get("brain"))))
             runs += [brain / "runs" / d for d in designs]
         if (transfer / "results" / "per_pair.csv").is_file():
             t = transfer / "runs"
@@ -320,7 +321,8 @@ class Demo:
                 models={"from scratch": t / "scratch" / "model.safetensors",
                         "fine-tuned (full)": t / "full" / "model.safetensors",
                         "fine-tuned (two-step)": t / "two-step" / "model.safetensors"},
-                notes=[_transfer_note(record.get("transfer", {}))]))
+                notes=[_transfer_note(record.get("transfer", {}))],
+                ants_settings=_recorded_ants(record.get("transfer"))))
             runs += [t / "scratch", t / "full", t / "two-step"]
         self.say("writing the report")
         overlay = max(r.get("overlay_pairs", 1) for r in record.values()) if record else 1
@@ -336,6 +338,15 @@ class Demo:
         html, _ = build_report(self.folder / "report.html", sections,
                                [r for r in runs if r.is_dir()], options)
         return html
+
+
+def _recorded_ants(recorded: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The ANTs settings an experiment of this folder was evaluated with."""
+    if not recorded:
+        return None
+    return _ants_settings(DemoSettings(
+        ants_affine=tuple(recorded["ants_affine"]) if recorded.get("ants_affine") else None,
+        ants_syn=tuple(recorded["ants_syn"]) if recorded.get("ants_syn") else None))
 
 
 def _brain_note(settings: dict[str, Any]) -> str:

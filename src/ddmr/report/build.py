@@ -39,7 +39,8 @@ class ResultsSection:
     title: section heading. pairs: the stored pairs that were evaluated (for overlays;
     default: the path named in summary.md's title, when it exists). models: method name
     -> model file, to recompute model fields for the overlays. notes: paragraphs shown
-    under the heading.
+    under the heading. ants_settings: the ANTs settings of this evaluation (default: the
+    report's), used when SyN/SyNCC are re-run for the overlays.
     """
 
     results: Path
@@ -47,6 +48,7 @@ class ResultsSection:
     pairs: Path | None = None
     models: Mapping[str, Path] = field(default_factory=dict)
     notes: Sequence[str] = ()
+    ants_settings: Mapping[str, Any] | None = None
 
 
 @dataclass
@@ -126,7 +128,8 @@ def _results_blocks(section: ResultsSection, files: Path, stem: str,
             from ddmr.report.overlays import overlay_figures
 
             figures, missing = overlay_figures(pairs, methods, section.models, files, stem,
-                                               options.overlay_pairs, options.ants_settings)
+                                               options.overlay_pairs,
+                                               section.ants_settings or options.ants_settings)
             blocks.append(Paragraph(CONVENTION + " Intensities are the pair's normalised "
                                     "values; the difference and the Jacobian determinant use "
                                     "diverging colour maps centred on 0 and 1. "

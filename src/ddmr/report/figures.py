@@ -40,7 +40,7 @@ def _pyplot():
 def _save(figure, path: Path, dpi: int = 90) -> Path:
     plt = _pyplot()
     with atomic_path(path) as temporary:
-        figure.savefig(temporary, dpi=dpi, format="png")
+        figure.savefig(temporary, dpi=dpi, format="png", bbox_inches="tight", pad_inches=0.1)
     plt.close(figure)
     return path
 
