@@ -219,6 +219,8 @@ class Demo:
 
         if (outdir / "per_pair.csv").is_file():
             self.say(f"evaluation: reused {outdir}")
+            if not (outdir / "stats_tre.md").is_file():
+                write_statistics(outdir)
             return outdir
         names = list(models) + [b for b in self.settings.baselines]
         self.say(f"evaluating {', '.join(names)} on {self.settings.n_pairs} pairs")

@@ -135,7 +135,7 @@ def _results_blocks(section: ResultsSection, files: Path, stem: str,
                                     "diverging colour maps centred on 0 and 1. "
                                     "Black: outside the image."))
             if missing:
-                blocks.append(Paragraph(f"Not shown (no model file given): "
+                blocks.append(Paragraph(f"Not shown (no model file given or found): "
                                         f"{', '.join(missing)}."))
             blocks += [Figure(path, caption) for path, caption in figures]
     for stats_file in sorted(section.results.glob("stats_*.md")):

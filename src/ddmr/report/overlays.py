@@ -32,17 +32,15 @@ def _warp(moving: np.ndarray, displacement: np.ndarray) -> np.ndarray:
     return warp_image(torch.from_numpy(moving)[None, None], u)[0, 0].numpy()
 
 
-def pair_overlay_rows(pair: Any, methods: Sequence[str], models: Mapping[str, Path],
+def pair_overlay_rows(pair: Any, methods: Sequence[str], models: Mapping[str, Any],
                       ants_settings: Mapping[str, Any] | None = None,
                       ) -> tuple[list[OverlayRow], list[str]]:
     """Rows for the methods that can be recomputed, and the names of those that cannot
-    (a model method without a model file)."""
+    (a model method without a loaded model in ``models``: name -> ModelMethod)."""
     from ddmr.baselines.ants import NAMES, run_baseline
-    from ddmr.evaluate.runner import load_methods
-    from ddmr.io import Geometry
 
     baselines = {name: key for key, name in NAMES.items()}
-    geometry = Geometry(pair.affine, pair.fixed.shape)
+    geometry = _geometry(pair)
     rows, missing = [], []
     for method in methods:
         if method in baselines:
@@ -51,8 +49,7 @@ def pair_overlay_rows(pair: Any, methods: Sequence[str], models: Mapping[str, Pa
             displacement = run_baseline(key, pair.fixed, pair.moving, geometry,
                                         settings).displacement
         elif method in models:
-            model = load_methods([models[method]])[0]
-            displacement = model.predict(pair.fixed, pair.moving)
+            displacement = models[method].predict(pair.fixed, pair.moving)
         else:
             missing.append(method)
             continue
@@ -66,19 +63,22 @@ def overlay_figures(pairs_path: str | Path, methods: Sequence[str],
                     ants_settings: Mapping[str, Any] | None = None,
                     ) -> tuple[list[tuple[Path, str]], list[str]]:
     """Overlay PNGs for the first ``n_pairs`` stored pairs -> [(path, caption)] and the
-    methods left out (no model file given)."""
+    methods left out (no model file given, or the file is missing)."""
     from ddmr.evaluate.pairs import PairSet
+    from ddmr.evaluate.runner import load_methods
 
     pairs = PairSet(pairs_path)
+    loaded = {name: load_methods([path])[0] for name, path in models.items()
+              if name in methods and Path(path).is_file()}
     out: list[tuple[Path, str]] = []
-    missing: list[str] = []
+    missing = [m for m in methods if m in models and m not in loaded]
     for i in range(min(n_pairs, len(pairs))):
         pair = pairs[i]
-        rows, missing = pair_overlay_rows(pair, methods, models, ants_settings)
+        rows, missing = pair_overlay_rows(pair, methods, loaded, ants_settings)
         if not rows:
             break
-        title = f"pair {pair.name} (subject {pair.subject}), spacing " + \
-            " x ".join(f"{s:g}" for s in pair.spacing) + " mm"
+        spacing = " x ".join(f"{s:.3g}" for s in pair.spacing)
+        title = f"pair {pair.name} (subject {pair.subject}), voxels {spacing} mm"
         path = overlay_figure(folder / f"{stem}_overlay_{pair.name}.png", pair.fixed,
                               _geometry(pair), rows, title)
         caption = (f"Pair {pair.name} (held-out subject {pair.subject}): each method's "
