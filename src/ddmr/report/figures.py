@@ -155,6 +155,10 @@ def overlay_figure(path: str | Path, fixed: np.ndarray, geometry: Geometry,
     for j, label in enumerate(bars):
         bar = figure.colorbar(shown[j], ax=axes[:, j], location="bottom", shrink=0.9,
                               aspect=15)
+        if j == 3:  # evenly spaced on the two-slope bar: no crowded labels
+            low_tick, high_tick = norm.vmin, norm.vmax
+            bar.set_ticks([low_tick, (low_tick + 1) / 2, 1.0, (1 + high_tick) / 2, high_tick])
+            bar.ax.xaxis.set_major_formatter("{x:.2f}")
         bar.set_label(label, fontsize=7)
         bar.ax.tick_params(labelsize=7)
     figure.suptitle(title, fontsize=10)
