@@ -16,6 +16,8 @@ from ddmr.errors import ConfigError, InputError
 
 TINY = QUICK.replace(designs=("BL-N", "UW-NSD"), steps=2, size=24, spacing=8.0,
                      unet={"encoder": [4, 8, 8], "head": [4]}, n_pairs=2,
+                     profile={"val_pairs": 1, "val_every": 2, "checkpoint_every": 2,
+                              "augmentation": {"nonrigid": False}},
                      baselines=("syn", "none"), ants_affine=(5,), ants_syn=(2,),
                      transfer_steps=2, phantoms=5, phantom_shape=(40, 40, 40),
                      phantom_spacing=(9.0, 9.0, 7.5), ct_spacing=6.0, overlay_pairs=1)

@@ -45,6 +45,7 @@ class DemoSettings:
     designs, steps: designs trained on the brain cohort and their optimiser steps.
     size, spacing: prepared grid (size^3 voxels of ``spacing`` mm) = the network input.
     unet: overrides of the cpu profile's U-Net (e.g. ``{"encoder": [8, 8]}``).
+    profile: further cpu-profile overrides (e.g. ``{"val_pairs": 1}``), applied last.
     n_pairs, pair_seed: stored test pairs. baselines: of syn, syncc, none.
     ants_affine, ants_syn: ANTs iterations per level (None: ANTs defaults of ddmr).
     transfer_design, transfer_steps, phantoms, phantom_shape, phantom_spacing,
@@ -56,6 +57,7 @@ class DemoSettings:
     size: int = 64
     spacing: float = 3.0
     unet: dict[str, Any] = field(default_factory=dict)
+    profile: dict[str, Any] = field(default_factory=dict)
     n_pairs: int = 8
     pair_seed: int = 7
     baselines: tuple[str, ...] = ("syn", "syncc", "none")
@@ -113,6 +115,7 @@ def _profile(settings: DemoSettings, steps: int):
     return get_profile("cpu", overrides={
         "input_size": [settings.size] * 3, "max_steps": steps, "val_every": every,
         "checkpoint_every": every, "seed": settings.seed, "unet": dict(settings.unet) or None,
+        **settings.profile,
     })
 
 
@@ -194,10 +197,12 @@ class Demo:
             fit(get_design(design), _profile(self.settings, steps), data, options)
         else:
             frozen = max(1, steps // 2) if mode == "two-step" else None
+            every = max(1, steps // 4)
+            overrides = {"max_steps": steps, "val_every": every, "checkpoint_every": every,
+                         **{k: v for k, v in self.settings.profile.items()
+                            if k not in ("unet", "augmentation", "input_size")}}
             finetune(source_model, data, options, mode=mode or "full", design_name=design,
-                     frozen_steps=frozen, overrides={"max_steps": steps,
-                                                     "val_every": max(1, steps // 4),
-                                                     "checkpoint_every": max(1, steps // 4)})
+                     frozen_steps=frozen, overrides=overrides)
         self.say(f"{rundir.name}: done in {time.perf_counter() - started:.0f} s")
         return model
 
