@@ -111,7 +111,7 @@ def _ants_settings(settings: DemoSettings) -> dict[str, Any]:
 def _profile(settings: DemoSettings, steps: int):
     from ddmr.train.profiles import get_profile
 
-    every = max(1, steps // 4)
+    every = max(1, steps // 2)  # two validations: each re-makes its pairs
     return get_profile("cpu", overrides={
         "input_size": [settings.size] * 3, "max_steps": steps, "val_every": every,
         "checkpoint_every": every, "seed": settings.seed, "unet": dict(settings.unet) or None,
@@ -197,7 +197,7 @@ class Demo:
             fit(get_design(design), _profile(self.settings, steps), data, options)
         else:
             frozen = max(1, steps // 2) if mode == "two-step" else None
-            every = max(1, steps // 4)
+            every = max(1, steps // 2)  # two validations: each re-makes its pairs
             overrides = {"max_steps": steps, "val_every": every, "checkpoint_every": every,
                          **{k: v for k, v in self.settings.profile.items()
                             if k not in ("unet", "augmentation", "input_size")}}
