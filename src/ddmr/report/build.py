@@ -98,7 +98,7 @@ def _summary_table(results: pd.DataFrame) -> str:
 
 def _results_blocks(section: ResultsSection, files: Path, stem: str,
                     options: ReportOptions) -> list:
-    from ddmr.report.figures import CONVENTION, boxplot_metrics
+    from ddmr.report.figures import CONVENTION, boxplot_metrics, metric_label
 
     results = read_results(section.results)
     methods = list(dict.fromkeys(results["method"]))
@@ -144,6 +144,10 @@ def _results_blocks(section: ResultsSection, files: Path, stem: str,
             parsed[0] = Heading(parsed[0].text.split(" (")[0], 3)
         else:
             parsed.insert(0, Heading(f"Statistics ({stats_file.stem})", 3))
+        metric = stats_file.stem.removeprefix("stats_")
+        parsed.insert(1, Paragraph(f"Metric: {metric_label(metric)}. Mean differences and "
+                                   "confidence intervals are in the metric's unit; "
+                                   "p-values in bold are significant."))
         blocks += parsed
     return blocks
 
