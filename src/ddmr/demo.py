@@ -53,7 +53,7 @@ class DemoSettings:
     """
 
     designs: tuple[str, ...] = ALL_DESIGNS
-    steps: int = 60
+    steps: int = 50
     size: int = 64
     spacing: float = 3.0
     unet: dict[str, Any] = field(default_factory=dict)
@@ -64,7 +64,7 @@ class DemoSettings:
     ants_affine: tuple[int, ...] | None = (200, 100, 50)
     ants_syn: tuple[int, ...] | None = (40, 20, 0)
     transfer_design: str = "UW-NSD"
-    transfer_steps: int = 40
+    transfer_steps: int = 30
     phantoms: int = 10
     phantom_shape: tuple[int, int, int] = (96, 96, 96)
     phantom_spacing: tuple[float, float, float] = (4.0, 4.0, 3.0)
@@ -82,8 +82,8 @@ class DemoSettings:
 #: ``ddmr demo``: all six designs, steps chosen to stay well under an hour on 2 cores.
 FULL = DemoSettings()
 #: ``ddmr demo --quick``: a few minutes on 2 cores.
-QUICK = DemoSettings(designs=("BL-N", "UW-NSD"), steps=20, n_pairs=4,
-                     ants_affine=(100, 50), ants_syn=(20, 10, 0), transfer_steps=20,
+QUICK = DemoSettings(designs=("BL-N", "UW-NSD"), steps=15, n_pairs=4,
+                     ants_affine=(50, 25), ants_syn=(10, 5, 0), transfer_steps=15,
                      phantoms=8, overlay_pairs=1)
 
 
