@@ -117,3 +117,12 @@ def test_two_step_finetuning_freezes_then_trains_the_encoder(labelled, tmp_path)
     assert card["finetune"] == {"mode": "two-step", "frozen_steps": 3,
                                 "frozen_groups": ["input", "encoder"]}
     assert card["profile"]["learning_rate"] == pytest.approx(1e-4)
+
+
+def test_same_seed_repeats_the_run_on_cpu(labelled, tmp_path):
+    cards = []
+    for name in ("a", "b"):
+        model = fit(get_design("UW-NSD"), tiny_profile(max_steps=2, seed=3), labelled,
+                    RunOptions(tmp_path / name, progress_bar=False))
+        cards.append(load_model(model).card)
+    assert cards[0]["sha256"] == cards[1]["sha256"]
