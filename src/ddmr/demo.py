@@ -53,7 +53,7 @@ class DemoSettings:
     """
 
     designs: tuple[str, ...] = ALL_DESIGNS
-    steps: int = 50
+    steps: int = 40
     size: int = 64
     spacing: float = 3.0
     unet: dict[str, Any] = field(default_factory=dict)
