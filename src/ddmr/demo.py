@@ -380,30 +380,13 @@ def write_statistics(results: Path, metric: str = "tre", alpha: float = 0.05) ->
     import pandas as pd
 
     from ddmr import stats
-    from ddmr.evaluate.metrics import HIGHER_IS_BETTER
-    from ddmr.io import atomic_path
 
     frame = pd.read_csv(results / "per_pair.csv")
     if metric not in frame or not frame[metric].notna().any():
         return None
-    methods = list(dict.fromkeys(frame["method"]))
-    higher = HIGHER_IS_BETTER.get(metric, False)
-    lines = [f"# Statistics on {metric}", ""]
-    try:
-        tukey = stats.tukey_hsd(frame, metric, alpha)
-        lines += [f"## Tukey HSD across methods (alpha {alpha})", "",
-                  stats.tukey_markdown(tukey), ""]
-    except ValueError as error:
-        lines += ["## Tukey HSD", "", f"not computed: {error}", ""]
-    contrasts = _contrasts(methods)
-    tests = stats.contrast_tests(frame, contrasts, metric, higher, alpha)
-    lines += [f"## One-sided Mann-Whitney U, Benjamini-Hochberg corrected "
-              f"({'higher' if higher else 'lower'} is better)", "",
-              stats.contrasts_markdown(tests) if len(tests) else "no contrasts", ""]
-    path = results / f"stats_{metric}.md"
-    with atomic_path(path) as temporary:
-        temporary.write_text("\n".join(lines))
-    return path
+    stats.write_statistics(frame, results, metric, alpha,
+                           _contrasts(list(dict.fromkeys(frame["method"]))))
+    return results / f"stats_{metric}.md"
 
 
 def _contrasts(methods: Sequence[str]) -> list:

@@ -12,6 +12,7 @@ import itertools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -169,3 +170,46 @@ def contrasts_markdown(table: pd.DataFrame) -> str:
         rows.append([r.contrast, f"{r.n_better}/{r.n_worse}", format_p(r.p),
                      f"**{p_bh}**" if r.significant else p_bh])
     return markdown_table(["contrast (one-sided)", "n", "p", "p (BH)"], rows)
+
+
+def write_statistics(results: pd.DataFrame, folder: Path, metric: str = "tre",
+                     alpha: float = 0.05, contrasts: Sequence[Contrast] | None = None,
+                     source: str | None = None) -> str:
+    """Write ``stats_<metric>.md`` (Tukey HSD across methods, one-sided Mann-Whitney U for
+    ``contrasts`` with Benjamini-Hochberg correction), ``stats_<metric>_contrasts.csv`` and
+    ``stats_<metric>_tukey.csv`` into ``folder`` (atomically); returns the Markdown.
+
+    ``results`` holds one row per pair and method (``ddmr evaluate``'s per_pair.csv);
+    ``contrasts`` default to :func:`default_contrasts` of the methods present.
+    """
+    from ddmr.evaluate.metrics import HIGHER_IS_BETTER
+    from ddmr.io import atomic_path
+
+    methods = list(dict.fromkeys(results["method"]))
+    if contrasts is None:
+        contrasts = default_contrasts(methods)
+    higher = HIGHER_IS_BETTER.get(metric, HIGHER_IS_BETTER.get(metric.split("_")[0], False))
+    title = f"# Statistics on {metric}" + (f" ({source})" if source else "")
+    sections = [title, ""]
+    try:
+        tukey = tukey_hsd(results, metric, alpha)
+    except ValueError as error:
+        tukey = None
+        sections += ["## Tukey HSD", "", f"not computed: {error}", ""]
+    else:
+        sections += [f"## Tukey HSD across methods (alpha {alpha})", "",
+                     tukey_markdown(tukey), ""]
+    tests = contrast_tests(results, contrasts, metric, higher, alpha)
+    sections += [f"## One-sided Mann-Whitney U, Benjamini-Hochberg corrected "
+                 f"({'higher' if higher else 'lower'} is better)", "",
+                 contrasts_markdown(tests) if len(tests) else "no contrasts", ""]
+    text = "\n".join(sections)
+    stem = f"stats_{metric}"
+    outputs = [(folder / f"{stem}.md", text),
+               (folder / f"{stem}_contrasts.csv", tests.to_csv(index=False))]
+    if tukey is not None:
+        outputs.append((folder / f"{stem}_tukey.csv", tukey.to_csv(index=False)))
+    for path, content in outputs:
+        with atomic_path(path) as temporary:
+            temporary.write_text(content)
+    return text

@@ -22,8 +22,6 @@ def run(args: argparse.Namespace) -> int:
 
     from ddmr import stats
     from ddmr.errors import ConfigError, InputError
-    from ddmr.evaluate.metrics import HIGHER_IS_BETTER
-    from ddmr.io import atomic_path
 
     csv = args.results / "per_pair.csv" if args.results.is_dir() else args.results
     if not csv.is_file():
@@ -46,30 +44,7 @@ def run(args: argparse.Namespace) -> int:
             contrasts.append(stats.Contrast(better, worse))
     else:
         contrasts = stats.default_contrasts(methods)
-    higher = HIGHER_IS_BETTER.get(args.metric,
-                                  HIGHER_IS_BETTER.get(args.metric.split("_")[0], False))
-    sections = [f"# Statistics on {args.metric} ({csv})", ""]
-    try:
-        tukey = stats.tukey_hsd(results, args.metric, args.alpha)
-    except ValueError as error:
-        tukey = None
-        sections += ["## Tukey HSD", "", f"not computed: {error}", ""]
-    else:
-        sections += [f"## Tukey HSD across methods (alpha {args.alpha})", "",
-                     stats.tukey_markdown(tukey), ""]
-    tests = stats.contrast_tests(results, contrasts, args.metric, higher, args.alpha)
-    sections += [f"## One-sided Mann-Whitney U, Benjamini-Hochberg corrected "
-                 f"({'higher' if higher else 'lower'} is better)", "",
-                 stats.contrasts_markdown(tests) if len(tests) else "no contrasts", ""]
-    text = "\n".join(sections)
-    folder = csv.parent
-    stem = f"stats_{args.metric}"
-    outputs = [(folder / f"{stem}.md", text)]
-    outputs.append((folder / f"{stem}_contrasts.csv", tests.to_csv(index=False)))
-    if tukey is not None:
-        outputs.append((folder / f"{stem}_tukey.csv", tukey.to_csv(index=False)))
-    for path, content in outputs:
-        with atomic_path(path) as temporary:
-            temporary.write_text(content)
+    text = stats.write_statistics(results, csv.parent, args.metric, args.alpha, contrasts,
+                                  source=str(csv))
     print(text)
     return 0
