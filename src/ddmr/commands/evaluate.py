@@ -19,7 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "2100x1200x1200x10 affine; SyN 40x20x0, SyNCC 100x70x50x20)")
 
 
-def _ants_settings(text: str | None, baselines: list[str]) -> dict:
+def ants_settings_from_option(text: str | None, baselines: list[str]) -> dict:
+    """ANTs settings per baseline from an `--ants-iterations AFFINE/SYN` value (shared by
+    `ddmr evaluate` and `ddmr report`); {} when the option is absent."""
     from dataclasses import replace
 
     from ddmr.baselines.ants import default_settings
@@ -48,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from ddmr.evaluate.runner import SUMMARY_MD, evaluate, write_results
 
     baselines = parse_methods(args.baselines)
-    settings = _ants_settings(args.ants_iterations, baselines)
+    settings = ants_settings_from_option(args.ants_iterations, baselines)
     if args.output.exists() and not args.overwrite:
         raise InputError(f"{args.output}: exists; choose another folder or pass --overwrite")
     results = evaluate(args.pairs, args.models, baselines, settings, device=args.device)

@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ddmr.baselines.ants import METHODS
-    from ddmr.commands.evaluate import _ants_settings
+    from ddmr.commands.evaluate import ants_settings_from_option
     from ddmr.errors import ConfigError
     from ddmr.evaluate.runner import load_methods
     from ddmr.report import ReportOptions, ResultsSection, build_report
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
                                models=models)
                 for k, folder in enumerate(args.results)]
     options = ReportOptions(overlay_pairs=args.overlay_pairs, title=args.title,
-                            ants_settings=_ants_settings(args.ants_iterations,
+                            ants_settings=ants_settings_from_option(args.ants_iterations,
                                                          [m for m in METHODS if m != "none"]))
     html, markdown = build_report(args.output, sections, args.runs, options)
     print(f"report -> {html}")

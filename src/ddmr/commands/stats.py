@@ -18,19 +18,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import pandas as pd
-
     from ddmr import stats
     from ddmr.errors import ConfigError, InputError
+    from ddmr.evaluate.tables import read_per_pair
 
-    csv = args.results / "per_pair.csv" if args.results.is_dir() else args.results
-    if not csv.is_file():
-        raise InputError(f"{csv}: not found (run ddmr evaluate first)")
-    try:
-        results = pd.read_csv(csv)
-    except (OSError, ValueError) as error:
-        raise InputError(f"{csv}: cannot read: {error}") from None
-    if "method" not in results or args.metric not in results:
+    results, csv = read_per_pair(args.results)
+    if args.metric not in results:
         raise InputError(f"{csv}: needs the columns 'method' and {args.metric!r}")
     if not 0 < args.alpha < 1:
         raise ConfigError(f"--alpha must be in (0, 1), got {args.alpha}")

@@ -24,7 +24,6 @@ from ddmr.io import atomic_directory
 
 logger = logging.getLogger(__name__)
 
-PER_PAIR = "per_pair.csv"
 SUMMARY_CSV = "summary.csv"
 SUMMARY_MD = "summary.md"
 
@@ -166,7 +165,7 @@ def write_results(results: pd.DataFrame, output: str | Path, overwrite: bool = F
     """Write per_pair.csv, summary.csv and summary.md into the folder ``output``
     (built under a temporary name, then renamed; an existing folder only with
     ``overwrite``)."""
-    from ddmr.evaluate.tables import summarise, summary_markdown
+    from ddmr.evaluate.tables import PER_PAIR, summarise, summary_markdown
 
     output = Path(output)
     if output.exists() and not overwrite:

@@ -5,11 +5,30 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from ddmr.errors import InputError
 from ddmr.evaluate.metrics import HIGHER_IS_BETTER, UNITS
+
+PER_PAIR = "per_pair.csv"
+
+
+def read_per_pair(path: Path) -> tuple[pd.DataFrame, Path]:
+    """The per-pair results of ``ddmr evaluate`` (a results folder or its CSV) and the CSV
+    path; one-line errors for a missing, unreadable or empty file."""
+    csv = path / PER_PAIR if path.is_dir() else path
+    if not csv.is_file():
+        raise InputError(f"{csv}: not found (run ddmr evaluate first)")
+    try:
+        results = pd.read_csv(csv, dtype={"pair": str})
+    except (OSError, ValueError) as error:
+        raise InputError(f"{csv}: cannot read: {error}") from None
+    if "method" not in results or results.empty:
+        raise InputError(f"{csv}: no results (needs a 'method' column and rows)")
+    return results, csv
 
 #: Columns of the Markdown table, in order, with their header labels.
 COLUMNS: dict[str, str] = {

@@ -63,16 +63,9 @@ class ReportOptions:
 
 
 def read_results(folder: Path) -> pd.DataFrame:
-    csv = folder / "per_pair.csv"
-    if not csv.is_file():
-        raise InputError(f"{folder}: no per_pair.csv (run ddmr evaluate first)")
-    try:
-        results = pd.read_csv(csv)
-    except (OSError, ValueError) as error:
-        raise InputError(f"{csv}: cannot read: {error}") from None
-    if "method" not in results or results.empty:
-        raise InputError(f"{csv}: no results (needs a 'method' column and rows)")
-    return results
+    from ddmr.evaluate.tables import read_per_pair
+
+    return read_per_pair(folder)[0]
 
 
 def pairs_from_summary(folder: Path) -> Path | None:
