@@ -45,6 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "UW-NSDH")
     parser.add_argument("--profile", default="cpu", choices=["cpu", "paper"],
                         help="network and schedule preset (default cpu)")
+    parser.add_argument("--supervised-weight", type=float,
+                        help="add the known field of the synthetic pairs as a loss term with "
+                        "this weight (per mm^2 of mean squared end-point error; default 0)")
     add_run_arguments(parser)
 
 
@@ -54,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
     from ddmr.train.run import fit
 
     design = get_design(args.design)
+    if args.supervised_weight is not None:
+        design = design.replace(supervised_weight=args.supervised_weight)
     profile = get_profile(args.profile, args.config, profile_overrides(args))
     model = fit(design, profile, args.data, run_options(args))
     if model is not None:

@@ -3,7 +3,9 @@ fixed seeded validation pairs, plateau scheduling and logging of every term and 
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
@@ -14,9 +16,19 @@ from ddmr.config import Design
 from ddmr.errors import ConfigError
 from ddmr.losses import DesignLoss, dice_score, one_hot
 from ddmr.nn import UNet, warp_image, warp_labels
+from ddmr.registration.align import align_affine
 from ddmr.train.profiles import TrainingProfile
 
 VAL_SEED_OFFSET = 1_000_003
+
+
+def field_error_mm2(prediction: torch.Tensor, truth: torch.Tensor, spacing: Sequence[float],
+                    squared: bool = True) -> torch.Tensor:
+    """Mean squared end-point error (mm^2) of voxel fields (B, 3, D, H, W) on a grid of
+    ``spacing`` mm; with ``squared=False`` the mean end-point error in mm."""
+    scale = torch.as_tensor(spacing, dtype=prediction.dtype, device=prediction.device)
+    error = ((prediction - truth) * scale.view(1, 3, 1, 1, 1)).square().sum(dim=1)
+    return error.mean() if squared else error.sqrt().mean()
 
 
 class RegistrationModule(L.LightningModule):
@@ -68,13 +80,32 @@ class RegistrationModule(L.LightningModule):
                 self._generator.set_state(self._generator_state)
         return self._generator
 
-    def make_pair(self, batch: dict[str, Any], generator: torch.Generator) -> AugmentedPair:
+    def augment_pair(self, batch: dict[str, Any], generator: torch.Generator) -> AugmentedPair:
+        """A synthetic pair from the augmentation layer (before any pre-alignment)."""
         labels = batch.get("labels")
         if self.design.needs_segmentations and labels is None:
             raise ConfigError(f"design {self.design.name} is segmentation-guided but the data "
                               "has no label maps")
         spacing = batch["spacing"][0].tolist()
         return self.augmentation(batch["image"], labels, spacing, generator=generator)
+
+    def prealign(self, pair: AugmentedPair) -> AugmentedPair:
+        """With ``profile.prealign``: the pair with its moving image (and labels) aligned
+        affinely to the fixed one and ``displacement`` the residual ground truth."""
+        if not self.profile.prealign:
+            return pair
+        alignment = align_affine(pair.fixed, pair.moving, pair.spacing)
+        field = alignment.displacement(pair.fixed.shape[2:])
+        labels = pair.moving_labels
+        return dataclasses.replace(
+            pair, moving=warp_image(pair.moving, field),
+            moving_labels=None if labels is None else warp_labels(
+                labels, field, self.profile.augmentation.label_method),
+            displacement=alignment.residual(pair.displacement))
+
+    def make_pair(self, batch: dict[str, Any], generator: torch.Generator) -> AugmentedPair:
+        """The training pair: augmented, then pre-aligned when the profile says so."""
+        return self.prealign(self.augment_pair(batch, generator))
 
     def pair_loss(self, pair: AugmentedPair) -> tuple[torch.Tensor, dict[str, torch.Tensor],
                                                        torch.Tensor]:
@@ -87,6 +118,9 @@ class RegistrationModule(L.LightningModule):
             warped_oh = warp_image(one_hot(pair.moving_labels, self.label_values), displacement)
         total, terms = self.loss(pair.fixed, warped, displacement, fixed_oh, warped_oh,
                                  spacing=pair.spacing)
+        if self.design.supervised_weight > 0:
+            terms["field"] = field_error_mm2(displacement, pair.displacement, pair.spacing)
+            total = total + self.design.supervised_weight * terms["field"]
         return total, terms, displacement
 
     # -- Lightning hooks -------------------------------------------------------------------
@@ -104,7 +138,8 @@ class RegistrationModule(L.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         for k in range(self.profile.val_pairs):
             seed = self.seed + VAL_SEED_OFFSET * (1 + batch_idx) + k
-            pair = self.make_pair(batch, torch.Generator().manual_seed(seed))
+            raw = self.augment_pair(batch, torch.Generator().manual_seed(seed))
+            pair = self.prealign(raw)
             _, terms, displacement = self.pair_loss(pair)
             image_terms = [v for name, v in terms.items() if name != "regulariser"]
             record = {"loss": float(sum(image_terms)), "regulariser": float(terms["regulariser"])}
@@ -114,8 +149,14 @@ class RegistrationModule(L.LightningModule):
                 record["dice"] = float(dice_score(one_hot(warped, foreground),
                                                   one_hot(pair.fixed_labels, foreground)).mean())
                 record["dice_before"] = float(dice_score(
-                    one_hot(pair.moving_labels, foreground),
-                    one_hot(pair.fixed_labels, foreground)).mean())
+                    one_hot(raw.moving_labels, foreground),
+                    one_hot(raw.fixed_labels, foreground)).mean())
+                if self.profile.prealign:
+                    record["dice_affine"] = float(dice_score(
+                        one_hot(pair.moving_labels, foreground),
+                        one_hot(pair.fixed_labels, foreground)).mean())
+            record["field_error_mm"] = float(field_error_mm2(
+                displacement, pair.displacement, pair.spacing, squared=False))
             self._val_outputs.append(record)
 
     def on_validation_epoch_end(self) -> None:

@@ -26,6 +26,8 @@ class TrainingProfile:
     plateau_patience: validations without improvement before the learning rate / 10.
     early_stopping: validations without improvement before stopping (None: never).
     checkpoint_every: optimiser steps between 'last' checkpoints (for --resume).
+    prealign: align each pair affinely first (:func:`ddmr.registration.align.align_affine`)
+        so that the network learns only the residual; registration then does the same.
     """
 
     name: str
@@ -45,6 +47,7 @@ class TrainingProfile:
     precision: str = "32-true"
     num_workers: int = 0
     seed: int = 0
+    prealign: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -73,6 +76,7 @@ PROFILES: dict[str, TrainingProfile] = {
         accumulate=1,
         val_every=50,
         max_steps=2000,
+        prealign=True,
     ),
 }
 
