@@ -65,6 +65,12 @@ def _join_signed_values(argv: Sequence[str]) -> list[str]:
     return out
 
 
+def one_line(error: BaseException) -> str:
+    """The error's message on one line: a message that quotes a multi-line text (a YAML
+    parser's, say) keeps its words, with the line breaks collapsed."""
+    return " ".join(part.strip() for part in str(error).splitlines() if part.strip())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ddmr`` console script; returns the exit status."""
     parser = build_parser()
@@ -78,7 +84,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DDMRError as error:
         if args.debug:
             raise
-        print(f"ddmr {args.command}: error: {error}", file=sys.stderr)
+        print(f"ddmr {args.command}: error: {one_line(error)}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        if args.debug:
+            raise
+        print(f"ddmr {args.command}: error: out of memory; use smaller images (crop or "
+              "downsample them) or a smaller --size, or run on a machine with more memory "
+              "(--debug shows where)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"ddmr {args.command}: interrupted", file=sys.stderr)

@@ -354,6 +354,61 @@ def from_ants(image) -> tuple[np.ndarray, Geometry]:
 # --------------------------------------------------------------------------------------
 
 
+#: Environment variable: the most memory (MB) that one input image may take as float32.
+MEMORY_BUDGET_ENV = "DDMR_MAX_IMAGE_MB"
+
+#: Without :data:`MEMORY_BUDGET_ENV`, one image may take this fraction of physical memory.
+MEMORY_BUDGET_FRACTION = 1 / 8
+
+#: Without :data:`MEMORY_BUDGET_ENV` and where physical memory cannot be read: 2 GiB.
+MEMORY_BUDGET_FALLBACK = 2 << 30
+
+
+def memory_budget() -> int:
+    """The most bytes one input image may take in memory as float32.
+
+    ``DDMR_MAX_IMAGE_MB`` sets it (in MB); otherwise it is 1/8 of the machine's physical
+    memory: registration and preparation hold several float copies of an image (and a
+    3-channel field on its grid), so an image above this would exhaust memory mid-way.
+    """
+    from ddmr.errors import ConfigError
+
+    text = os.environ.get(MEMORY_BUDGET_ENV, "").strip()
+    if text:
+        try:
+            megabytes = float(text)
+        except ValueError:
+            megabytes = float("nan")
+        if not np.isfinite(megabytes) or megabytes <= 0:
+            raise ConfigError(f"{MEMORY_BUDGET_ENV}={text!r}: expected a positive number of MB")
+        return int(megabytes * 1e6)
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return MEMORY_BUDGET_FALLBACK
+    return int(physical * MEMORY_BUDGET_FRACTION) if physical > 0 else MEMORY_BUDGET_FALLBACK
+
+
+def _shape_text(shape: Sequence[int]) -> str:
+    return "x".join(str(int(n)) for n in shape)
+
+
+def check_memory_budget(path: PathLike, shape: Sequence[int]) -> None:
+    """Raise :class:`InputError` if an image of ``shape`` voxels would take more than
+    :func:`memory_budget` bytes as float32; the message says what to do."""
+    needed = 4 * int(np.prod([int(n) for n in shape], dtype=np.float64))
+    budget = memory_budget()
+    if needed > budget:
+        source = (f"{MEMORY_BUDGET_ENV}={os.environ[MEMORY_BUDGET_ENV].strip()}"
+                  if os.environ.get(MEMORY_BUDGET_ENV, "").strip()
+                  else "1/8 of this machine's memory")
+        raise InputError(
+            f"{path}: image of {_shape_text(shape)} voxels needs {needed / 1e6:.1f} MB as "
+            f"float32, over the memory budget of {budget / 1e6:.1f} MB ({source}); crop or "
+            f"downsample it first, or set {MEMORY_BUDGET_ENV} to a larger number of MB"
+        )
+
+
 def _check_nifti_zooms(path: Path, image: Any) -> None:
     """nibabel silently replaces zero voxel sizes by 1 mm when it loads a header; when no
     sform gives the geometry, look at the stored voxel sizes themselves."""
@@ -373,51 +428,83 @@ def _check_nifti_zooms(path: Path, image: Any) -> None:
         )
 
 
+@contextmanager
+def _quiet_nibabel() -> Iterator[None]:
+    """Silence nibabel's own console logger while a header is read: it prints header fixes
+    ("pixdim[1,2,3] should be non-zero; setting 0 dims to 1") on a line of its own, and
+    ddmr reports the problems it cares about itself, as one line."""
+    import logging
+
+    logger = logging.getLogger("nibabel.global")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _check_dimensions(path: Path, shape: Sequence[int]) -> None:
+    """3D, or 3D followed by axes of length 1 (checked from the header, before reading)."""
+    shape = tuple(int(n) for n in shape)
+    if len(shape) < 3 or any(n != 1 for n in shape[3:]):
+        raise InputError(f"{path}: image has shape {shape}, expected a 3D volume")
+
+
 def _read_raw(path: Path) -> tuple[np.ndarray, Geometry]:
-    """Array (any dims, file voxel order) and geometry, without content checks."""
+    """Array (3D, file voxel order) and geometry, without content checks. The header is
+    read first: the dimensions and the memory budget (:func:`check_memory_budget`) are
+    checked before the voxels are."""
     extension = file_extension(path)
+    shape: tuple[int, ...] = ()
     try:
         if extension in NIFTI_EXTENSIONS:
             import nibabel as nib
 
-            image = nib.load(str(path))
-            if not hasattr(image, "dataobj") or not hasattr(image, "affine"):
-                raise ValueError("not a NIfTI image")
-            _check_nifti_zooms(path, image)
-            array = np.asanyarray(image.dataobj)
-            affine = np.asarray(image.affine, dtype=np.float64)
-            shape = array.shape
+            with _quiet_nibabel():
+                image = nib.load(str(path))
+                if not hasattr(image, "dataobj") or not hasattr(image, "affine"):
+                    raise ValueError("not a NIfTI image")
+                _check_nifti_zooms(path, image)
+                shape = tuple(image.shape)
+                _check_dimensions(path, shape)
+                check_memory_budget(path, shape)
+                array = np.asanyarray(image.dataobj)
+                affine = np.asarray(image.affine, dtype=np.float64)
         else:
             import SimpleITK as sitk  # noqa: N813
 
-            image = sitk.ReadImage(str(path))
-            if image.GetNumberOfComponentsPerPixel() != 1:
-                raise InputError(
-                    f"{path}: has {image.GetNumberOfComponentsPerPixel()} components per "
-                    "voxel, expected a scalar 3D image"
-                )
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(path))
+            reader.ReadImageInformation()
+            components = reader.GetNumberOfComponents()
+            if components != 1:
+                raise InputError(f"{path}: has {components} components per voxel, expected a "
+                                 "scalar 3D image")
+            shape = tuple(reader.GetSize())
+            _check_dimensions(path, shape)
+            check_memory_budget(path, shape)
+            image = reader.Execute()
             array = sitk.GetArrayFromImage(image)
             array = array.transpose(tuple(range(array.ndim))[::-1])
-            shape = array.shape
-            if image.GetDimension() < 3:
-                raise InputError(f"{path}: image is {image.GetDimension()}D, expected 3D")
+            dimension = image.GetDimension()
             origin = image.GetOrigin()[:3]
             spacing = image.GetSpacing()[:3]
-            direction = np.asarray(image.GetDirection()).reshape(
-                image.GetDimension(), image.GetDimension())[:3, :3]
+            direction = np.asarray(image.GetDirection()).reshape(dimension, dimension)[:3, :3]
             geometry = Geometry.from_itk(origin, spacing, direction.ravel(), (1, 1, 1))
             affine = geometry.affine
     except InputError:
         raise
     except MemoryError:
-        raise
+        raise InputError(
+            f"{path}: not enough memory to read this image of {_shape_text(shape)} voxels; "
+            f"crop or downsample it first, or free memory") from None
     except Exception as error:  # nibabel/SimpleITK/zlib raise many kinds
         detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise InputError(f"{path}: cannot read image (truncated or corrupt?): {detail}") from None
-    if array.ndim > 3 and all(n == 1 for n in array.shape[3:]):
+    if array.ndim > 3:
         array = array.reshape(array.shape[:3])
-    if array.ndim != 3:
-        raise InputError(f"{path}: image has shape {tuple(shape)}, expected a 3D volume")
+    _check_dimensions(path, array.shape)
     return array, Geometry(affine, array.shape)
 
 
@@ -572,8 +659,9 @@ def load_displacement(path: PathLike) -> tuple[np.ndarray, Geometry]:
         if extension in NIFTI_EXTENSIONS:
             import nibabel as nib
 
-            image = nib.load(str(path))
-            data = np.asanyarray(image.dataobj)
+            with _quiet_nibabel():
+                image = nib.load(str(path))
+                data = np.asanyarray(image.dataobj)
             geometry = Geometry(np.asarray(image.affine, dtype=np.float64), data.shape[:3])
         else:
             import SimpleITK as sitk  # noqa: N813

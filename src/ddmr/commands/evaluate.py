@@ -14,6 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", required=True, type=Path, help="results folder")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing folder")
     parser.add_argument("--device", default="cpu", help="device for the models (cpu, cuda)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--ants-iterations", metavar="AFFINE/SYN",
                         help="ANTs iterations per level, e.g. 100x50/20x10 (default: "
                         "2100x1200x1200x10 affine; SyN 40x20x0, SyNCC 100x70x50x20)")
@@ -53,7 +54,11 @@ def run(args: argparse.Namespace) -> int:
     settings = ants_settings_from_option(args.ants_iterations, baselines)
     if args.output.exists() and not args.overwrite:
         raise InputError(f"{args.output}: exists; choose another folder or pass --overwrite")
-    results = evaluate(args.pairs, args.models, baselines, settings, device=args.device)
+    for model in args.models:
+        if model.is_dir():
+            raise InputError(f"{model}: is a directory, expected a model file (.safetensors)")
+    results = evaluate(args.pairs, args.models, baselines, settings,
+                       progress=not args.no_progress, device=args.device)
     write_results(results, args.output, overwrite=args.overwrite,
                   title=f"Evaluation on {args.pairs} ({results['pair'].nunique()} pairs)")
     print((args.output / SUMMARY_MD).read_text(), end="")

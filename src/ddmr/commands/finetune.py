@@ -8,7 +8,9 @@ from ddmr.commands.train import add_run_arguments, profile_overrides, run_option
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--from", dest="source", required=True, help="model file to start from")
+    parser.add_argument("--from", dest="source", required=True,
+                        help="model to start from: a model file, a run folder holding "
+                        "model.safetensors, or a shipped model's name")
     parser.add_argument("--mode", default="two-step", choices=["full", "two-step"],
                         help="full: everything at once; two-step: encoder frozen first")
     parser.add_argument("--design", help="loss design (default: the source model's)")
@@ -18,9 +20,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ddmr.models import resolve_model
     from ddmr.train.run import finetune
 
-    model = finetune(args.source, args.data, run_options(args), mode=args.mode,
+    _, source = resolve_model(args.source)  # a model file, a run folder or a shipped name
+    model = finetune(source, args.data, run_options(args), mode=args.mode,
                      design_name=args.design, frozen_steps=args.frozen_steps,
                      overrides=profile_overrides(args))
     if model is not None:

@@ -73,6 +73,8 @@ def _check_unique(sources: list[Source], where: Path) -> list[Source]:
 
 
 def _existing(path: Path, what: str) -> Path:
+    if path.is_dir():
+        raise InputError(f"{path}: {what} listed in the dataset is a directory, expected a file")
     if not path.is_file():
         raise InputError(f"{path}: {what} listed in the dataset does not exist")
     return path

@@ -18,21 +18,89 @@ from ddmr.io import Geometry, resample_to
 
 
 def _dataset_file(path: str | Path) -> Path:
+    """The ``dataset.h5`` of a prepared dataset (its folder, or the file itself), checked
+    to be a readable HDF5 file that ``ddmr prepare`` wrote."""
     path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such prepared dataset (run ddmr prepare)")
     h5 = path / "dataset.h5" if path.is_dir() else path
     if not h5.is_file():
         raise InputError(f"{path}: not a prepared dataset (no dataset.h5; run ddmr prepare)")
+    if h5.suffix.lower() not in (".h5", ".hdf5"):
+        raise InputError(f"{path}: not a prepared dataset; give the folder that ddmr prepare "
+                         "wrote (or its dataset.h5)")
+    check_prepared_file(h5)
     return h5
 
 
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def check_prepared_file(h5_path: Path) -> None:
+    """Raise :class:`InputError` unless ``h5_path`` opens as HDF5 and carries the format
+    attribute that ``ddmr prepare`` writes."""
+    import h5py
+
+    from ddmr.data.prepare import FORMAT
+
+    try:
+        with h5py.File(h5_path, "r") as h5:
+            found = h5.attrs.get("format")
+    except Exception as error:  # h5py raises OSError, and others for damaged metadata
+        raise InputError(f"{h5_path}: cannot read the prepared dataset (truncated or corrupt?): "
+                         f"{_first_line(error)}") from None
+    if isinstance(found, bytes):
+        found = found.decode(errors="replace")
+    if found != FORMAT:
+        raise InputError(f"{h5_path}: not a prepared dataset written by ddmr prepare (no "
+                         f"format attribute {FORMAT!r}; run ddmr prepare)")
+
+
+#: what every subject group of a prepared dataset holds (checked by :func:`read_split`)
+SUBJECT_ATTRIBUTES = ("affine", "spacing", "native_affine", "native_shape")
+
+
 def read_split(path: str | Path) -> dict[str, list[str]]:
-    """The ``split.json`` beside a prepared ``dataset.h5``: split name -> ids."""
-    split_file = _dataset_file(path).parent / "split.json"
+    """The ``split.json`` beside a prepared ``dataset.h5``: split name -> ids, checked
+    against the subjects the HDF5 file holds."""
+    import h5py
+
+    h5_path = _dataset_file(path)
+    split_file = h5_path.parent / "split.json"
+    if not split_file.is_file():
+        raise InputError(f"{split_file}: no such file (a prepared dataset needs its split; "
+                         "run ddmr prepare)")
     try:
         data = json.loads(split_file.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise InputError(f"{split_file}: cannot read split: {error}") from None
-    return {name: list(data.get(name, [])) for name in SPLITS}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"{split_file}: cannot read split: {_first_line(error)}") from None
+    if not isinstance(data, dict) or any(not isinstance(data.get(name, []), list)
+                                         for name in SPLITS):
+        raise InputError(f"{split_file}: expected {{\"train\": [ids], \"val\": [ids], "
+                         "\"test\": [ids]}")
+    split = {name: [str(i) for i in data.get(name, [])] for name in SPLITS}
+    try:
+        with h5py.File(h5_path, "r") as h5:
+            ids = [i for name in SPLITS for i in split[name]]
+            unknown = [i for i in ids if i not in h5]
+            if unknown:
+                raise InputError(f"{split_file}: names subjects that are not in the dataset "
+                                 f"{h5_path.name}: {', '.join(unknown[:3])}")
+            for ident in ids:
+                group = h5[ident]
+                missing = [k for k in SUBJECT_ATTRIBUTES if k not in group.attrs]
+                if "image" not in group or group["image"].ndim != 3 or missing:
+                    raise InputError(f"{h5_path}: subject {ident!r} is incomplete (needs a 3D "
+                                     f"image and {', '.join(SUBJECT_ATTRIBUTES)}); prepare "
+                                     "the dataset again")
+    except InputError:
+        raise
+    except Exception as error:
+        raise InputError(f"{h5_path}: cannot read the prepared dataset (truncated or corrupt?): "
+                         f"{_first_line(error)}") from None
+    return split
 
 
 def subject_geometries(path: str | Path, ident: str) -> tuple[Geometry, Geometry]:
@@ -103,14 +171,20 @@ class PreparedDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         ident = self.ids[index]
-        group = self._handle()[ident]
+        try:
+            group = self._handle()[ident]
+            image = group["image"][()]
+            labels = group["labels"][()] if self.has_labels[ident] else None
+        except (OSError, KeyError, ValueError) as error:  # a damaged chunk, say
+            raise InputError(f"{self.file}: cannot read subject {ident!r} (truncated or "
+                             f"corrupt?): {_first_line(error)}") from None
         item: dict[str, Any] = {
-            "image": torch.from_numpy(group["image"][()].astype(np.float32, copy=False))[None],
+            "image": torch.from_numpy(image.astype(np.float32, copy=False))[None],
             "spacing": self.spacing[ident].clone(),
             "id": ident,
         }
-        if self.has_labels[ident]:
-            item["labels"] = torch.from_numpy(group["labels"][()])[None]
+        if labels is not None:
+            item["labels"] = torch.from_numpy(labels)[None]
         return item
 
     def close(self) -> None:

@@ -151,15 +151,23 @@ def read_index(path: str | Path) -> dict[str, Any]:
     """The ``pairs.json`` index of a pairs folder (validated)."""
     folder = Path(path)
     index_file = folder / INDEX
+    if not folder.exists():
+        raise InputError(f"{folder}: no such folder (make stored pairs with ddmr pairs)")
+    if not folder.is_dir():
+        raise InputError(f"{folder}: not a folder; expected a pairs folder made by ddmr pairs")
     if not index_file.is_file() or not (folder / ARRAYS).is_file():
         raise InputError(f"{folder}: not a pairs folder (needs {INDEX} and {ARRAYS}; "
                          "run ddmr pairs)")
     try:
         index = json.loads(index_file.read_text())
-    except (OSError, json.JSONDecodeError) as error:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise InputError(f"{index_file}: cannot read: {error}") from None
-    if index.get("format") != FORMAT:
+    if not isinstance(index, dict) or index.get("format") != FORMAT:
         raise InputError(f"{index_file}: not a DDMR pairs index")
+    pairs = index.get("pairs")
+    if (not isinstance(pairs, list)
+            or not all(isinstance(p, dict) and isinstance(p.get("name"), str) for p in pairs)):
+        raise InputError(f"{index_file}: the index has no list of named pairs")
     return index
 
 
@@ -167,9 +175,22 @@ class PairSet:
     """The stored pairs of a folder: ``len(pairs)``, ``pairs[i] -> StoredPair``, iteration."""
 
     def __init__(self, path: str | Path) -> None:
+        import h5py
+
         self.path = Path(path)
         self.index = read_index(self.path)
         self.names = [p["name"] for p in self.index["pairs"]]
+        arrays = self.path / ARRAYS
+        try:
+            with h5py.File(arrays, "r") as h5:
+                missing = [name for name in self.names if name not in h5]
+        except Exception as error:  # h5py raises OSError, and others for damaged metadata
+            detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise InputError(f"{arrays}: cannot read (truncated or corrupt?): "
+                             f"{detail or type(error).__name__}") from None
+        if missing:
+            raise InputError(f"{arrays}: pairs listed in {INDEX} are missing: "
+                             f"{', '.join(missing[:3])}")
 
     def __len__(self) -> int:
         return len(self.names)
