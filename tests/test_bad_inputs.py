@@ -130,3 +130,65 @@ def cases_existing(cases: dict, path: Path) -> bool:
     """True for the output folder of a case that starts from an existing folder."""
     return any(data["existing_output"] and data["argv"][data["argv"].index("-o") + 1]
                == str(path) for data in cases.values())
+
+
+# ------------------------------------------------------- an existing OUT is kept
+
+#: commands that write an OUT -> (command line without -o, whether OUT is a file); the
+#: inputs are good, so only the existing OUT stops them
+WRITERS = {
+    "prepare": (lambda r: ["prepare", str(r / "dataset" / "raw"), "--size", "8", "--spacing",
+                           "4", "--no-progress"], False),
+    "augment": (lambda r: ["augment", str(r / "files" / "good.nii.gz"), "--no-nonrigid"],
+                False),
+    "register": (lambda r: ["register", "--fixed", str(r / "files" / "good.nii.gz"),
+                            "--moving", str(r / "files" / "good.nii.gz"), "--model",
+                            str(r / "tiny.safetensors")], False),
+    "pairs": (lambda r: ["pairs", "--data", str(r / "prep"), "--n", "1", "--no-tps"], False),
+    "evaluate": (lambda r: ["evaluate", "--pairs", str(r / "pairs"), "--models",
+                            str(r / "evaluate.safetensors"), "--baselines", "none",
+                            "--no-progress"], False),
+    "report": (lambda r: ["report", str(evaluated(r)), "--overlay-pairs", "0"], True),
+    "train": (lambda r: ["train", "--design", "BL-N", "--data", str(r / "prep"), "--config",
+                         str(r / "tiny.yaml"), "--max-steps", "1", "--no-progress"], False),
+    "finetune": (lambda r: ["finetune", "--from", str(r / "finetune.safetensors"), "--data",
+                            str(r / "prep"), "--mode", "full", "--max-steps", "1",
+                            "--no-progress"], False),
+    "demo": (lambda r: ["demo", "--quick"], False),
+}
+
+#: writers cheap enough to run again with --overwrite here
+CHEAP = ("prepare", "augment", "register", "pairs", "evaluate", "report")
+
+
+def evaluated(root: Path) -> Path:
+    """A results folder of ddmr evaluate (made once per workspace)."""
+    results = root / "results"
+    if not results.exists():
+        assert main(["evaluate", "--pairs", str(root / "pairs"), "--models",
+                     str(root / "evaluate.safetensors"), "--baselines", "none",
+                     "--no-progress", "-o", str(results)]) == 0
+    return results
+
+
+@pytest.mark.parametrize("command", list(WRITERS))
+def test_existing_output_is_kept_without_overwrite(workspace, tmp_path, capsys, command):
+    make, is_file = WRITERS[command]
+    argv = make(workspace)
+    capsys.readouterr()
+    out = tmp_path / ("out.html" if is_file else "out")
+    if is_file:
+        out.write_text("an older report\n")
+    else:
+        out.mkdir()
+        (out / "keep.txt").write_text("an older result\n")
+    before = tree(tmp_path)
+    assert main([*argv, "-o", str(out)]) == 2
+    captured = capsys.readouterr()
+    check_message(captured.err, command, str(out), "exists|not empty|--overwrite")
+    assert tree(tmp_path) == before
+    if command in CHEAP:
+        assert main([*argv, "-o", str(out), "--overwrite"]) == 0
+        assert not (out / "keep.txt").exists() if not is_file else \
+            "an older report" not in out.read_text()
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

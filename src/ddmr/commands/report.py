@@ -25,15 +25,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ANTs iterations when SyN/SyNCC are re-run for the overlays, "
                         "e.g. 100x50/20x10 (default: as ddmr evaluate)")
     parser.add_argument("--title", default="DDMR report", help="report title")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing report (and its .md and _files/)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ddmr.baselines.ants import METHODS
     from ddmr.commands.evaluate import ants_settings_from_option
-    from ddmr.errors import ConfigError
+    from ddmr.errors import ConfigError, InputError
     from ddmr.evaluate.runner import load_methods
     from ddmr.report import ReportOptions, ResultsSection, build_report
 
+    output = args.output
+    existing = [p for p in (output, output.with_suffix(".md"),
+                            output.with_name(output.stem + "_files")) if p.exists()]
+    if existing and not args.overwrite:
+        raise InputError(f"{existing[0]}: exists; choose another -o or pass --overwrite")
     if len(args.pairs) > len(args.results):
         raise ConfigError("--pairs: give at most one pairs folder per results folder")
     if args.overlay_pairs < 0:
@@ -45,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
                 for k, folder in enumerate(args.results)]
     options = ReportOptions(overlay_pairs=args.overlay_pairs, title=args.title,
                             ants_settings=ants_settings_from_option(args.ants_iterations,
-                                                         [m for m in METHODS if m != "none"]))
+                                                         ["syn", "syncc"]))
     html, markdown = build_report(args.output, sections, args.runs, options)
     print(f"report -> {html}")
     print(f"markdown -> {markdown}")
