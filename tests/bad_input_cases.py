@@ -291,7 +291,7 @@ def _finetune_model(path: Path) -> Path:
     return save_model(path, UNet(profile.unet), card)
 
 
-def _evaluate_model(path: Path) -> Path:
+def small_model(path: Path) -> Path:
     """A 16^3 BL-N model file (what ddmr evaluate scores)."""
     import torch
 
@@ -357,7 +357,7 @@ def make_workspace(root: Path) -> Path:
     # models
     save_tiny_model(root / "tiny.safetensors")
     _finetune_model(root / "finetune.safetensors")
-    _evaluate_model(root / "evaluate.safetensors")
+    small_model(root / "evaluate.safetensors")
     (root / "model_folder").mkdir()
     whole = (root / "tiny.safetensors").read_bytes()
     (root / "truncated.safetensors").write_bytes(whole[: len(whole) // 2])
