@@ -192,3 +192,42 @@ def test_existing_output_is_kept_without_overwrite(workspace, tmp_path, capsys, 
         assert not (out / "keep.txt").exists() if not is_file else \
             "an older report" not in out.read_text()
         assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+# ------------------------------------------------------------------- untrusted files
+
+
+def test_the_package_never_unpickles_or_starts_a_shell():
+    """A scan of the source: every ``torch.load`` (and Lightning ``fit`` from a checkpoint)
+    passes ``weights_only=True``; nothing imports pickle or subprocess, calls os.system,
+    eval or exec. (Model files are safetensors; their checksum is tested elsewhere.)"""
+    import ast
+
+    import ddmr
+
+    problems = []
+    for path in sorted(Path(ddmr.__file__).parent.rglob("*.py")):
+        tree_ = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree_):
+            where = f"{path.name}:{getattr(node, 'lineno', '?')}"
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
+                if any(n.split(".")[0] in ("pickle", "subprocess", "dill", "shelve")
+                       for n in names):
+                    problems.append(f"{where}: imports {names}")
+            if not isinstance(node, ast.Call):
+                continue
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            owner = getattr(func.value, "id", "") if isinstance(func, ast.Attribute) else ""
+            keywords = {k.arg: k.value for k in node.keywords}
+            needs_weights_only = ((owner == "torch" and name == "load")
+                                  or (name == "fit" and "ckpt_path" in keywords))
+            if needs_weights_only:
+                flag = keywords.get("weights_only")
+                if not (isinstance(flag, ast.Constant) and flag.value is True):
+                    problems.append(f"{where}: {owner or '?'}.{name} without weights_only=True")
+            bare = isinstance(func, ast.Name)
+            if (owner, name) == ("os", "system") or (bare and name in ("eval", "exec")):
+                problems.append(f"{where}: calls {name}")
+    assert problems == []
