@@ -41,11 +41,7 @@ def check_message(err: str, command: str, names: str, problem: str) -> None:
 
 
 #: cases that fail today because of code outside this test's reach, with the reason
-KNOWN_FAILURES = {
-    ("train", "--resume from a corrupt checkpoint"):
-        "ddmr.train.run.fit hands last.ckpt to Lightning unchecked: torch.load's RuntimeError "
-        "escapes as a traceback (and Lightning writes logs/ before it fails)",
-}
+KNOWN_FAILURES: dict[tuple[str, str], str] = {}
 
 
 def _cases():

@@ -5,7 +5,8 @@ Steps (all geometry in world coordinates, see :mod:`ddmr.registration.world`):
 1. the fixed image goes onto the model's grid the way the training data were prepared
    (:mod:`ddmr.registration.space`, options from the model card);
 2. the moving image is resampled onto the same grid through world coordinates (after an
-   optional affine pre-alignment, :mod:`ddmr.registration.affine`);
+   optional ANTs affine pre-alignment, :mod:`ddmr.registration.affine`, and the model's
+   own affine stage when it was trained with one, :mod:`ddmr.registration.align`);
 3. the network predicts a pull-back displacement on that grid (inference mode);
 4. the field is brought back to the fixed image's native grid as a world displacement in
    mm, composed with the pre-alignment: the full transform;
@@ -302,6 +303,7 @@ def register(fixed: ImageInput, moving: ImageInput, fixed_seg: ImageInput | None
     """
     import torch
 
+    from ddmr.registration.align import grid_point_map, model_prealigns
     from ddmr.registration.space import model_space, to_model_space
     from ddmr.registration.world import jacobian_determinant, to_native
 
@@ -330,6 +332,12 @@ def register(fixed: ImageInput, moving: ImageInput, fixed_seg: ImageInput | None
     space = model_space(fixed_geometry, card, fixed_labels)
     fixed_input = to_model_space(fixed_array, fixed_geometry, space, fixed_name)
     moving_input = to_model_space(moving_array, moving_geometry, space, moving_name, point_map)
+    ants_point_map = point_map
+    if model_prealigns(card):  # the model learnt the residual of its own affine stage
+        network_map = grid_point_map(fixed_input, moving_input, space.grid)
+        point_map = network_map if point_map is None else point_map @ network_map
+        moving_input = to_model_space(moving_array, moving_geometry, space, moving_name,
+                                      point_map)
     preprocess_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -369,7 +377,11 @@ def register(fixed: ImageInput, moving: ImageInput, fixed_seg: ImageInput | None
         "affine_prealignment": (
             None if point_map is None else
             {"matrix_ras": point_map.tolist(),
-             "meaning": "4x4, RAS mm: fixed world point -> moving world point (ANTs Affine)"}),
+             "stages": [name for name, used in (("ANTs Affine (--affine)", ants_point_map),
+                                                ("model's own affine stage",
+                                                 model_prealigns(card) or None))
+                        if used is not None],
+             "meaning": "4x4, RAS mm: fixed world point -> moving world point"}),
         "fixed_grid": {"shape": list(fixed_geometry.shape),
                        "spacing_mm": list(fixed_geometry.spacing)},
         "model_grid": {"shape": list(space.grid.shape), "spacing_mm": list(space.grid.spacing),

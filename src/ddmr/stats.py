@@ -19,7 +19,7 @@ import pandas as pd
 
 ALPHA = 0.05
 #: Methods that are not learned models (names written by ``ddmr evaluate``).
-BASELINES = ("SyN", "SyNCC", "none")
+BASELINES = ("SyN", "SyNCC", "none", "affine")
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
-"""ANTs SyN (mutual information) and SyNCC (cross-correlation) through antspyx, and
-"none" (no registration), returning DDMR's displacement convention.
+"""ANTs SyN (mutual information) and SyNCC (cross-correlation) through antspyx, "none"
+(no registration) and "affine" (DDMR's own affine stage alone,
+:mod:`ddmr.registration.align`), returning DDMR's displacement convention.
 
 Each registration runs in two stages, an ``Affine`` registration and then ``SyNOnly``
 started from its result: in antspyx 0.6.3 the one-call ``type_of_transform="SyN"``
@@ -27,9 +28,9 @@ from ddmr.io import Geometry
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("syn", "syncc", "none")
+METHODS = ("syn", "syncc", "none", "affine")
 #: Display names of the methods (the ``method`` column of evaluation results).
-NAMES = {"syn": "SyN", "syncc": "SyNCC", "none": "none"}
+NAMES = {"syn": "SyN", "syncc": "SyNCC", "none": "none", "affine": "affine"}
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,21 @@ def identity(fixed: np.ndarray, moving: np.ndarray, geometry: Geometry) -> Basel
     return BaselineResult(np.zeros((3, *fixed.shape), np.float32), None, 0.0)
 
 
+def affine_only(fixed: np.ndarray, moving: np.ndarray, geometry: Geometry) -> BaselineResult:
+    """DDMR's affine stage alone (the pre-alignment of models trained with one), on the
+    pair's own grid, images min-max normalised."""
+    import torch
+
+    from ddmr.registration.align import align_affine
+
+    _check_grid(fixed, moving, geometry)
+    start = time.perf_counter()
+    images = [torch.from_numpy(np.asarray(a, np.float32))[None, None] for a in (fixed, moving)]
+    f, m = [(x - x.min()) / (x.max() - x.min()).clamp_min(1e-12) for x in images]
+    field = align_affine(f, m, geometry.spacing).displacement(fixed.shape)
+    return BaselineResult(field[0].numpy(), None, time.perf_counter() - start)
+
+
 def _registration(ants, fixed, moving, method: str, settings: AntsSettings, folder: Path):
     metric = "mattes" if method == "syn" else "CC"
     affine = ants.registration(
@@ -150,6 +166,8 @@ def run_baseline(method: str, fixed: np.ndarray, moving: np.ndarray, geometry: G
     """Dispatch on ``method`` in :data:`METHODS`."""
     if method == "none":
         return identity(fixed, moving, geometry)
+    if method == "affine":
+        return affine_only(fixed, moving, geometry)
     return register_ants(fixed, moving, geometry, method, settings)
 
 

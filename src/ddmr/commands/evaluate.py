@@ -10,7 +10,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pairs", required=True, type=Path, help="folder made by ddmr pairs")
     parser.add_argument("--models", nargs="*", default=[], type=Path, help="model files")
     parser.add_argument("--baselines", default="syn,syncc,none",
-                        help="comma-separated subset of syn,syncc,none ('' for none)")
+                        help="comma-separated subset of syn,syncc,none,affine ('' for none)")
     parser.add_argument("-o", "--output", required=True, type=Path, help="results folder")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing folder")
     parser.add_argument("--device", default="cpu", help="device for the models (cpu, cuda)")
@@ -42,7 +42,7 @@ def ants_settings_from_option(text: str | None, baselines: list[str]) -> dict:
     sigmas = tuple(float(k) for k in reversed(range(len(affine))))
     return {b: replace(default_settings(b), affine_iterations=affine, syn_iterations=syn,
                        affine_shrink_factors=shrink, affine_smoothing_sigmas=sigmas)
-            for b in baselines if b != "none"}
+            for b in baselines if b in ("syn", "syncc")}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
     settings = ants_settings_from_option(args.ants_iterations, baselines)
     if args.output.exists() and not args.overwrite:
         raise InputError(f"{args.output}: exists; choose another folder or pass --overwrite")
+    if not args.output.absolute().parent.is_dir():  # checked before hours of registrations
+        raise InputError(f"{args.output}: folder {args.output.parent} does not exist")
     for model in args.models:
         if model.is_dir():
             raise InputError(f"{model}: is a directory, expected a model file (.safetensors)")

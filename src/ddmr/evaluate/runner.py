@@ -42,15 +42,20 @@ class ModelMethod:
     input_size: tuple[int, int, int]
     path: Path
     device: str = "cpu"
+    prealign: bool = False
 
     @torch.inference_mode()
-    def predict(self, fixed: np.ndarray, moving: np.ndarray) -> np.ndarray:
-        """Field (3, D, H, W) in voxels of the pair's grid for (D, H, W) images: resize to
-        the model's input size (trilinear), min-max normalise, run the network, bring the
-        field back with :func:`ddmr.nn.fields.resize_displacement`."""
+    def predict(self, fixed: np.ndarray, moving: np.ndarray,
+                spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> np.ndarray:
+        """Field (3, D, H, W) in voxels of the pair's grid for (D, H, W) images with voxels
+        of ``spacing`` mm: resize to the model's input size (trilinear), min-max normalise,
+        align affinely first if the model was trained so, run the network, bring the field
+        back with :func:`ddmr.nn.fields.resize_displacement`."""
         import torch.nn.functional as F
 
+        from ddmr.nn import warp_image
         from ddmr.nn.fields import resize_displacement
+        from ddmr.registration.align import align_affine
 
         shape = fixed.shape
         images = torch.from_numpy(np.stack([fixed, moving]).astype(np.float32))[:, None]
@@ -59,7 +64,14 @@ class ModelMethod:
             images = F.interpolate(images, size=self.input_size, mode="trilinear",
                                    align_corners=True)
         f, m = _minmax(images[0:1]), _minmax(images[1:2])
-        field = self.network(f, m)
+        if self.prealign:
+            grid_spacing = [s * (n - 1) / max(k - 1, 1)
+                            for s, n, k in zip(spacing, shape, self.input_size, strict=True)]
+            alignment = align_affine(f, m, grid_spacing)
+            aligned = warp_image(m, alignment.displacement(self.input_size))
+            field = alignment.compose_after(self.network(f, aligned).float())
+        else:
+            field = self.network(f, m)
         if tuple(field.shape[2:]) != tuple(shape):
             field = resize_displacement(field, shape)
         return field[0].float().cpu().numpy()
@@ -69,6 +81,7 @@ def load_methods(paths: Sequence[str | Path], device: str = "cpu") -> list[Model
     """Load model files; a model's name is its design's name, or its file stem when two
     models share a design (with a number if the stems collide too)."""
     from ddmr.model_file import load_model
+    from ddmr.registration.align import model_prealigns
 
     loaded = [load_model(p, device) for p in paths]
     designs = [str((m.card.get("design") or {}).get("name") or Path(m.path).stem)
@@ -85,7 +98,7 @@ def load_methods(paths: Sequence[str | Path], device: str = "cpu") -> list[Model
         if not size or len(size) != 3:
             raise InputError(f"{model.path}: the model card has no 3D input_size")
         methods.append(ModelMethod(name, model.network, tuple(int(s) for s in size),
-                                   Path(model.path), device))
+                                   Path(model.path), device, model_prealigns(model.card)))
     return methods
 
 
@@ -142,7 +155,7 @@ def evaluate(pairs_path: str | Path, models: Sequence[str | Path] = (),
         for pair in pairs:
             for model in methods:
                 start = time.perf_counter()
-                displacement = model.predict(pair.fixed, pair.moving)
+                displacement = model.predict(pair.fixed, pair.moving, pair.spacing)
                 if device.startswith("cuda"):
                     torch.cuda.synchronize()
                 rows.append(score_pair(pair, model.name, displacement,

@@ -33,6 +33,10 @@ class UNetConfig:
     diffeomorphic: treat the output as a stationary velocity and integrate it.
     pad_input: pad sizes the depth cannot pool evenly and crop back (else refuse).
     fast_cpu_conv: keep CPU convolutions on oneDNN (see :mod:`ddmr.nn.conv`); same results.
+    input_features: ``"images"`` (the two images, as in the paper) or ``"demons"`` (also
+        the optical-flow force ``(fixed - moving) * grad`` per axis and ``|grad|^2`` of the
+        mean image, each scaled to unit RMS): the products a concatenating network must
+        otherwise learn to form, which makes small networks learn much sooner.
     """
 
     in_channels: int = 2
@@ -46,6 +50,18 @@ class UNetConfig:
     integration_steps: int = 7
     pad_input: bool = True
     fast_cpu_conv: bool = True
+    input_features: Literal["images", "demons"] = "images"
+
+    def __post_init__(self) -> None:
+        if self.input_features not in ("images", "demons"):
+            raise ConfigError(f"input_features must be 'images' or 'demons', got "
+                              f"{self.input_features!r}")
+        if self.in_channels != 2:
+            raise ConfigError(f"in_channels is the pair of images (2), got {self.in_channels}")
+
+    def network_channels(self) -> int:
+        """Channels the first convolution sees."""
+        return 2 if self.input_features == "images" else 6
 
     def decoder_filters(self) -> tuple[int, ...]:
         return tuple(self.decoder) if self.decoder is not None else tuple(reversed(self.encoder))
@@ -60,6 +76,24 @@ class UNetConfig:
             if data.get(key) is not None:
                 data[key] = tuple(data[key])
         return cls(**data)
+
+
+def demons_features(fixed: torch.Tensor, moving: torch.Tensor) -> list[torch.Tensor]:
+    """Four (B, 1, D, H, W) channels: ``(fixed - moving) * d(mean)/dx_k`` for the three
+    axes and ``|grad(mean)|^2`` (central differences of the mean image), each divided by
+    its root mean square over the volume."""
+    mean = (fixed + moving) / 2
+    padded = F.pad(mean, (1, 1, 1, 1, 1, 1), mode="replicate")
+    gradients = [
+        (padded[:, :, 2:, 1:-1, 1:-1] - padded[:, :, :-2, 1:-1, 1:-1]) / 2,
+        (padded[:, :, 1:-1, 2:, 1:-1] - padded[:, :, 1:-1, :-2, 1:-1]) / 2,
+        (padded[:, :, 1:-1, 1:-1, 2:] - padded[:, :, 1:-1, 1:-1, :-2]) / 2,
+    ]
+    difference = fixed - moving
+    features = [difference * g for g in gradients]
+    features.append(sum(g * g for g in gradients))
+    return [f / f.square().mean(dim=(1, 2, 3, 4), keepdim=True).sqrt().clamp_min(1e-6)
+            for f in features]
 
 
 def _conv(in_ch: int, out_ch: int, slope: float, fast: bool) -> nn.Sequential:
@@ -85,7 +119,7 @@ class UNet(nn.Module):
             raise ConfigError("the encoder needs at least one level")
         slope = config.negative_slope
         self.encoder = nn.ModuleList()
-        channels = config.in_channels
+        channels = config.network_channels()
         for filters in config.encoder:
             self.encoder.append(_conv(channels, filters, slope, config.fast_cpu_conv))
             channels = filters
@@ -136,7 +170,10 @@ class UNet(nn.Module):
     def forward(self, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
         if fixed.shape != moving.shape:
             raise ValueError(f"fixed {tuple(fixed.shape)} and moving {tuple(moving.shape)} differ")
-        x, shape = self._pad(torch.cat([fixed, moving], dim=1))
+        inputs = [fixed, moving]
+        if self.config.input_features == "demons":
+            inputs += demons_features(fixed, moving)
+        x, shape = self._pad(torch.cat(inputs, dim=1))
         skips = []
         for block in self.encoder:
             x = block(x)

@@ -15,13 +15,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ddmr.losses.ncc import global_ncc
 from ddmr.nn.fields import identity_grid
 from ddmr.nn.warp import warp_image
+
+if TYPE_CHECKING:
+    from ddmr.io import Geometry
 
 
 @dataclass(frozen=True)
@@ -166,3 +171,17 @@ def _optimise(fixed: torch.Tensor, moving: torch.Tensor, spacing: Sequence[float
             loss.backward()
             optimiser.step()
     return AffineAlignment((eye + linear).detach(), translation.detach(), centre, spacing_t)
+
+
+def model_prealigns(card: dict[str, Any]) -> bool:
+    """Whether a model (its card) was trained on pre-aligned pairs (``profile.prealign``)."""
+    return bool((card.get("profile") or {}).get("prealign"))
+
+
+def grid_point_map(fixed: torch.Tensor, moving: torch.Tensor, grid: Geometry,
+                   settings: AlignSettings | None = None) -> np.ndarray:
+    """Align two images (1, 1, D, H, W) on the grid ``grid`` and return the point map as a
+    (4, 4) RAS mm matrix from fixed world points to moving world points."""
+    alignment = align_affine(fixed, moving, grid.spacing, settings)
+    voxel_map = alignment.voxel_map()[0].double().cpu().numpy()
+    return grid.affine @ voxel_map @ np.linalg.inv(grid.affine)

@@ -49,7 +49,7 @@ def pair_overlay_rows(pair: Any, methods: Sequence[str], models: Mapping[str, An
             displacement = run_baseline(key, pair.fixed, pair.moving, geometry,
                                         settings).displacement
         elif method in models:
-            displacement = models[method].predict(pair.fixed, pair.moving)
+            displacement = models[method].predict(pair.fixed, pair.moving, pair.spacing)
         else:
             missing.append(method)
             continue

@@ -86,6 +86,7 @@ def _check_rundir(options: RunOptions) -> Path | None:
     if options.resume:
         if not last.is_file():
             raise InputError(f"{rundir}: nothing to resume (no checkpoints/last.ckpt)")
+        _check_checkpoint(last)
         return last
     if rundir.exists() and any(rundir.iterdir()) and not options.overwrite:
         raise InputError(f"{rundir}: run directory exists and is not empty; use --resume to "
@@ -95,6 +96,20 @@ def _check_rundir(options: RunOptions) -> Path | None:
 
         shutil.rmtree(rundir)
     return None
+
+
+def _check_checkpoint(path: Path) -> None:
+    """Refuse a checkpoint that does not load as plain data (truncated, corrupt, foreign)
+    before anything is written into the run directory."""
+    import torch
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises RuntimeError, pickle errors, EOFError, ...
+        raise InputError(f"{path}: cannot read the checkpoint ({type(error).__name__}); "
+                         "start again with --overwrite") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise InputError(f"{path}: not a ddmr training checkpoint")
 
 
 def _segment_name(rundir: Path) -> str:
@@ -110,6 +125,8 @@ def _quiet_lightning() -> None:
         for name in ("lightning.pytorch", "lightning.fabric"):
             logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    # --resume continues in the same checkpoint folder on purpose
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
 
 def fit(design: Design, profile: TrainingProfile, data: str | Path, options: RunOptions,
