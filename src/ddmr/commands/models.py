@@ -34,8 +34,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"  design      {summary['design']}")
         print(f"  input size  {summary['input_size']}  ({_number(summary['parameters'])} "
               "parameters)")
-        print(f"  validation  best loss {_number(summary['best_val_loss'])}"
-              + (f"; {validation}" if validation else ""))
-        print(f"  training    {_number(summary['steps'])} steps; {summary['command'] or '-'}")
+        if summary["best_val_loss"] is not None or validation:
+            print(f"  validation  best loss {_number(summary['best_val_loss'])}"
+                  + (f"; {validation}" if validation else ""))
+        for method, scores in summary["evaluation"].items():
+            print(f"  held-out    {method:<8} DSC {_number(scores.get('dsc'))}, centroid TRE "
+                  f"{_number(scores.get('tre'))} mm, folding {_number(scores.get('folding'))} %")
+        print(f"  training    {_number(summary['steps'])} steps, {_number(summary['hours'])} h; "
+              f"{summary['command'] or '-'}")
         print(f"  file        {model.path}")
     return 0

@@ -102,6 +102,8 @@ def card_summary(card: dict[str, Any]) -> dict[str, Any]:
         "best_val_loss": validation.get("best_val_loss"),
         "validation": validation.get("last", {}),
         "steps": training.get("steps"),
+        "hours": training.get("training_hours_total"),
+        "evaluation": (card.get("evaluation") or {}).get("methods", {}),
         "command": card.get("command"),
         "created": card.get("created"),
     }
