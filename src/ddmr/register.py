@@ -8,6 +8,9 @@ Steps (all geometry in world coordinates, see :mod:`ddmr.registration.world`):
    optional ANTs affine pre-alignment, :mod:`ddmr.registration.affine`, and the model's
    own affine stage when it was trained with one, :mod:`ddmr.registration.align`);
 3. the network predicts a pull-back displacement on that grid (inference mode);
+3b. optionally (``refine=N``) the field is resized to a finer grid over the same extent
+   (default: the prepared grid of the model card's preparation options) and optimised
+   there on the pair itself for N iterations (:mod:`ddmr.registration.refine`);
 4. the field is brought back to the fixed image's native grid as a world displacement in
    mm, composed with the pre-alignment: the full transform;
 5. the native moving image (and labels) are warped with it onto the fixed grid.
@@ -146,9 +149,13 @@ class RegistrationResult:
         checksum), affine pre-alignment, grids, ``runtime_s`` (``load``: read images and
         model; ``preprocess``: affine pre-alignment and mapping into the model's space;
         ``predict``: network plus the field's trip to the native grid, warping and
-        Jacobian, of which ``network`` is the forward pass; ``metrics``; ``write``, set by
-        :meth:`write`; ``total``) and ``metrics`` (folding %, SDlogJ, Jacobian range,
-        largest displacement in mm; DSC, HD95 mm, centroid TRE mm with both label maps).
+        Jacobian, of which ``network`` is the forward pass; ``refine``: the per-pair
+        refinement, with its resampling onto the refinement grid, 0 without one;
+        ``metrics``; ``write``, set by :meth:`write`; ``total``), ``refinement`` (None, or
+        iterations, similarity, grid spacing, objective before/after, seconds, folding:
+        see :meth:`ddmr.registration.refine.RefineResult.summary`) and ``metrics``
+        (folding %, SDlogJ, Jacobian range, largest displacement in mm; DSC, HD95 mm,
+        centroid TRE mm with both label maps).
     """
 
     geometry: Geometry
@@ -185,8 +192,9 @@ class RegistrationResult:
                      title=f"ddmr register, model {self.summary['model']['name']}")
         runtime = self.summary["runtime_s"]
         runtime["write"] = round(time.perf_counter() - started, 3)
-        runtime["total"] = round(sum(runtime[k] for k in
-                                     ("load", "preprocess", "predict", "metrics", "write")), 3)
+        runtime["total"] = round(sum(runtime.get(k, 0.0) for k in
+                                     ("load", "preprocess", "predict", "refine", "metrics",
+                                      "write")), 3)
         (folder / "summary.json").write_text(json.dumps(_json_safe(self.summary), indent=2)
                                              + "\n")
 
@@ -291,15 +299,28 @@ def field_metrics(jacobian: np.ndarray, displacement_mm: np.ndarray) -> dict[str
 
 def register(fixed: ImageInput, moving: ImageInput, fixed_seg: ImageInput | None = None,
              moving_seg: ImageInput | None = None, model: Any = None, device: str = "cpu",
-             affine: bool = False) -> RegistrationResult:
+             affine: bool = False, refine: Any = 0, refine_similarity: str | None = None,
+             refine_spacing: float | None = None, refine_labels: bool = False
+             ) -> RegistrationResult:
     """Register ``moving`` to ``fixed`` with a trained model, in world space.
 
     Images are paths (NIfTI, NRRD, MHA) or ``(array (I, J, K), Geometry)`` tuples, in any
     orientation, spacing and field of view. ``fixed_seg``/``moving_seg`` are label maps
     on their image's grid (for ``warped_seg`` and DSC/HD95/TRE). ``model`` is a shipped
     model's name, a model file path, a loaded model, or ``None`` for the default shipped
-    model. ``affine`` adds an ANTs affine pre-alignment. Raises :class:`DDMRError`
-    subclasses with one-line messages for bad input. See the module docstring.
+    model. ``affine`` adds an ANTs affine pre-alignment.
+
+    ``refine`` (iterations, or a :class:`ddmr.registration.refine.RefineSettings`)
+    optimises the network's field on the pair itself before it is applied: on a grid of
+    ``refine_spacing`` mm over the model's field of view (default: the prepared grid of
+    the model card, e.g. 3 mm where the network sees 4 mm), with the similarity of the
+    model's design (NCC) or ``refine_similarity`` (``ncc``, ``lncc``, ``gncc``, ``mi``),
+    plus the design's regulariser; ``refine_labels`` adds a Dice term on both label maps
+    (then DSC/TRE in ``metrics`` are no longer independent of the optimisation). ``0``
+    (the default) leaves the network's result exactly as it is.
+
+    Raises :class:`DDMRError` subclasses with one-line messages for bad input. See the
+    module docstring.
     """
     import torch
 
@@ -311,6 +332,12 @@ def register(fixed: ImageInput, moving: ImageInput, fixed_seg: ImageInput | None
     started = time.perf_counter()
     loaded = load(model, device)  # first: a wrong --model fails before images are read
     card = loaded.card
+    refine_settings = refinement_settings(card, refine, refine_similarity, refine_labels)
+    if refine_settings is not None and refine_settings.dice_weight > 0 \
+            and (fixed_seg is None or moving_seg is None):
+        raise InputError("--refine-labels needs both label maps (--fixed-seg and --moving-seg)")
+    if refine_spacing is not None and not (refine_spacing > 0 and math.isfinite(refine_spacing)):
+        raise InputError(f"--refine-spacing {refine_spacing}: expected a positive size in mm")
     fixed_array, fixed_geometry, fixed_name = read_input(fixed, "fixed")
     moving_array, moving_geometry, moving_name = read_input(moving, "moving")
     fixed_labels = moving_labels = None
@@ -346,8 +373,24 @@ def register(fixed: ImageInput, moving: ImageInput, fixed_seg: ImageInput | None
     displacement = displacement.float().cpu()
     predict_seconds = time.perf_counter() - started
 
+    refinement, refine_seconds = None, 0.0
+    field_grid = space.grid
+    if refine_settings is not None:
+        started = time.perf_counter()
+        refine_grid = refinement_grid(space, refine_spacing)
+        result = _refine(fixed_array, fixed_geometry, fixed_name, fixed_labels, moving_array,
+                         moving_geometry, moving_name, moving_labels, displacement, space,
+                         refine_grid, point_map, refine_settings, device)
+        displacement, field_grid = result.displacement.float().cpu(), refine_grid
+        refine_seconds = time.perf_counter() - started
+        refinement = {**result.summary(refine_settings),
+                      "labels_used": refine_settings.dice_weight > 0,
+                      "grid": {"shape": list(refine_grid.shape),
+                               "spacing_mm": list(refine_grid.spacing)},
+                      "seconds_with_resampling": round(refine_seconds, 3)}
+
     started = time.perf_counter()
-    native = to_native(displacement, space.grid, fixed_geometry, moving_array, moving_geometry,
+    native = to_native(displacement, field_grid, fixed_geometry, moving_array, moving_geometry,
                        moving_labels, point_map)
     jacobian = jacobian_determinant(native.displacement_mm, fixed_geometry)
     resample_seconds = time.perf_counter() - started
@@ -392,14 +435,84 @@ def register(fixed: ImageInput, moving: ImageInput, fixed_seg: ImageInput | None
                       "preprocess": round(preprocess_seconds, 3),
                       "predict": round(predict_seconds + resample_seconds, 3),
                       "network": round(predict_seconds, 3),
+                      "refine": round(refine_seconds, 3),
                       "metrics": round(metrics_seconds, 3),
                       "total": round(load_seconds + preprocess_seconds + predict_seconds
-                                     + resample_seconds + metrics_seconds, 3)},
+                                     + resample_seconds + refine_seconds + metrics_seconds,
+                                     3)},
+        "refinement": refinement,
         "metrics": metrics,
     }
     return RegistrationResult(fixed_geometry, native.warped, native.warped_labels,
                               native.displacement_mm, jacobian.astype(np.float32), summary,
                               fixed_array, moving_array, moving_geometry)
+
+
+# -- refinement ---------------------------------------------------------------------------
+
+
+def refinement_settings(card: dict[str, Any], refine: Any, similarity: str | None = None,
+                        labels: bool = False):
+    """The :class:`ddmr.registration.refine.RefineSettings` of ``register(refine=...)``
+    (None for no refinement): an iteration count follows the model's design."""
+    from ddmr.registration.refine import RefineSettings, settings_for
+
+    if refine is None or refine is False:
+        return None
+    if isinstance(refine, RefineSettings):
+        return refine if refine.iterations > 0 else None
+    if isinstance(refine, bool) or not isinstance(refine, int | np.integer):
+        raise InputError(f"refine: expected a number of iterations, got {refine!r}")
+    if refine < 0:
+        raise InputError(f"--refine {refine}: the number of iterations must be >= 0")
+    if refine == 0:
+        return None
+    return settings_for(card.get("design"), int(refine), similarity, labels=labels)
+
+
+def refinement_grid(space: Any, spacing: float | None = None) -> Geometry:
+    """The grid refinement runs on: the prepared grid (``spacing`` None), or the same
+    extent (first and last voxel centres kept) with voxels of about ``spacing`` mm."""
+    from ddmr.registration.space import resized_grid
+
+    prepared = space.prepared
+    if spacing is None:
+        return prepared
+    shape = tuple(max(2, round((n - 1) * s / spacing) + 1)
+                  for n, s in zip(prepared.shape, prepared.spacing, strict=True))
+    if int(np.prod(shape, dtype=np.int64)) > 512 ** 3:
+        raise InputError(f"--refine-spacing {spacing}: a grid of {shape} voxels is too large")
+    return resized_grid(prepared, shape)
+
+
+def _refine(fixed_array, fixed_geometry, fixed_name, fixed_labels, moving_array,
+            moving_geometry, moving_name, moving_labels, displacement, space, grid,
+            point_map, settings, device):
+    """Resample the pair (and labels) onto ``grid`` as the model's space does, resize the
+    network's field there and refine it."""
+    import torch
+
+    from ddmr.io import resample_to
+    from ddmr.nn.fields import resize_displacement
+    from ddmr.registration.refine import refine
+    from ddmr.registration.space import ModelSpace, to_model_space
+
+    target = ModelSpace(grid, grid, space.options)
+    fixed_t = to_model_space(fixed_array, fixed_geometry, target, fixed_name)
+    moving_t = to_model_space(moving_array, moving_geometry, target, moving_name, point_map)
+    labels = [None, None]
+    if settings.dice_weight > 0 and fixed_labels is not None and moving_labels is not None:
+        moving_target = grid if point_map is None else Geometry(point_map @ grid.affine,
+                                                                 grid.shape)
+        labels = [torch.from_numpy(resample_to(array, geometry, where, order=0))[None, None]
+                  .to(device)
+                  for array, geometry, where in ((fixed_labels, fixed_geometry, grid),
+                                                 (moving_labels, moving_geometry, moving_target))]
+    start = displacement.to(device)
+    if tuple(start.shape[2:]) != tuple(grid.shape):
+        start = resize_displacement(start, grid.shape)
+    return refine(fixed_t.to(device), moving_t.to(device), start, grid.spacing, settings,
+                  *labels)
 
 
 # -- batch ------------------------------------------------------------------------------
@@ -464,11 +577,12 @@ def read_pairs(path: PathLike) -> list[Pair]:
 
 def register_pairs(pairs_csv: PathLike, outdir: PathLike, model: Any = None,
                    device: str = "cpu", affine: bool = False, overwrite: bool = False,
-                   progress: bool = True) -> list[dict[str, Any]]:
+                   progress: bool = True, **refine_options: Any) -> list[dict[str, Any]]:
     """Register every pair of a pairs CSV into ``outdir/<id>/`` (the model is loaded
     once); also writes ``outdir/summary.csv`` with one row per pair. The whole folder is
-    built in a temporary place and renamed; any bad pair leaves nothing behind. Returns
-    the per-pair rows."""
+    built in a temporary place and renamed; any bad pair leaves nothing behind.
+    ``refine_options`` (``refine``, ``refine_similarity``, ``refine_spacing``,
+    ``refine_labels``) go to :func:`register`. Returns the per-pair rows."""
     from tqdm.auto import tqdm
 
     check_output(outdir, overwrite)
@@ -479,7 +593,7 @@ def register_pairs(pairs_csv: PathLike, outdir: PathLike, model: Any = None,
     with output_folder(outdir, overwrite) as folder:
         for pair in tqdm(pairs, desc="ddmr register", unit="pair", disable=not progress):
             result = register(pair.fixed, pair.moving, pair.fixed_seg, pair.moving_seg,
-                              loaded, device, affine)
+                              loaded, device, affine, **refine_options)
             (folder / pair.id).mkdir()
             result.write(folder / pair.id)
             metrics = result.summary["metrics"]

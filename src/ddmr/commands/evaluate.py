@@ -15,6 +15,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing folder")
     parser.add_argument("--device", default="cpu", help="device for the models (cpu, cuda)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--refine", metavar="N[,N...]",
+                        help="also score every model after per-pair refinement of its field "
+                        "for N iterations, e.g. 0,50,200 (0 = the model alone, always "
+                        "scored); methods are named <model>+refine<N>")
+    parser.add_argument("--refine-similarity", choices=("ncc", "lncc", "gncc", "mi"),
+                        help="similarity of the refinement (default: the model design's NCC)")
+    parser.add_argument("--refine-labels", action="store_true",
+                        help="add a Dice term on the pair's label maps to the refinement "
+                        "(DSC/TRE then no longer score it independently)")
     parser.add_argument("--ants-iterations", metavar="AFFINE/SYN",
                         help="ANTs iterations per level, e.g. 100x50/20x10 (default: "
                         "2100x1200x1200x10 affine; SyN 40x20x0, SyNCC 100x70x50x20)")
@@ -47,10 +56,15 @@ def ants_settings_from_option(text: str | None, baselines: list[str]) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from ddmr.baselines.ants import parse_methods
-    from ddmr.errors import InputError
-    from ddmr.evaluate.runner import SUMMARY_MD, evaluate, write_results
+    from ddmr.errors import ConfigError, InputError
+    from ddmr.evaluate.runner import SUMMARY_MD, evaluate, parse_refine, write_results
 
     baselines = parse_methods(args.baselines)
+    refine = parse_refine(args.refine)
+    if (args.refine_similarity or args.refine_labels) and not refine:
+        raise ConfigError("--refine-similarity/--refine-labels need --refine N (N > 0)")
+    if refine and not args.models:
+        raise ConfigError("--refine refines models' fields: give --models")
     settings = ants_settings_from_option(args.ants_iterations, baselines)
     if args.output.exists() and not args.overwrite:
         raise InputError(f"{args.output}: exists; choose another folder or pass --overwrite")
@@ -60,7 +74,9 @@ def run(args: argparse.Namespace) -> int:
         if model.is_dir():
             raise InputError(f"{model}: is a directory, expected a model file (.safetensors)")
     results = evaluate(args.pairs, args.models, baselines, settings,
-                       progress=not args.no_progress, device=args.device)
+                       progress=not args.no_progress, device=args.device, refine=refine,
+                       refine_options={"similarity": args.refine_similarity,
+                                       "labels": args.refine_labels})
     write_results(results, args.output, overwrite=args.overwrite,
                   title=f"Evaluation on {args.pairs} ({results['pair'].nunique()} pairs)")
     print((args.output / SUMMARY_MD).read_text(), end="")
