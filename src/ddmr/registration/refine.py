@@ -501,6 +501,7 @@ def _run(fixed: torch.Tensor, moving: torch.Tensor, initial: torch.Tensor,
                             device=initial.device).view(1, 3, 1, 1, 1)
     results = []
     for stop in stops:
+        assembling = time.perf_counter()
         value, iteration, terms, best, seconds, trace = snapshots[stop]
         if iteration == 0 or best is None:
             displacement, value, terms = initial.clone(), before_value, before_terms
@@ -512,6 +513,7 @@ def _run(fixed: torch.Tensor, moving: torch.Tensor, initial: torch.Tensor,
                 change = (delta * scale).pow(2).sum(dim=1).sqrt()
         with torch.no_grad():
             folding = float((jacobian_determinant(displacement) <= 0).float().mean())
+        seconds += time.perf_counter() - assembling
         results.append(RefineResult(
             displacement.detach(), before_value, value, stop, seconds, folding,
             iteration, before_terms, terms, float(change.mean()), float(change.max()), trace))
