@@ -120,6 +120,27 @@ def _initial_translation(fixed: torch.Tensor, moving: torch.Tensor,
     return _centre_of_mass(moving, spacing) - _centre_of_mass(fixed, spacing)
 
 
+class _Adam:
+    """Adam (beta 0.9/0.999) on a few tensors. ``torch.optim.Adam`` would do the same but
+    its first use imports torch._dynamo, seconds of start-up for a one-off registration."""
+
+    def __init__(self, parameters: list[torch.Tensor], rates: list[float]) -> None:
+        self.parameters, self.rates, self.count = parameters, rates, 0
+        self.first = [torch.zeros_like(p) for p in parameters]
+        self.second = [torch.zeros_like(p) for p in parameters]
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.count += 1
+        for p, rate, m, v in zip(self.parameters, self.rates, self.first, self.second,
+                                 strict=True):
+            m.mul_(0.9).add_(p.grad, alpha=0.1)
+            v.mul_(0.999).addcmul_(p.grad, p.grad, value=0.001)
+            m_hat = m / (1 - 0.9 ** self.count)
+            v_hat = v / (1 - 0.999 ** self.count)
+            p.sub_(rate * m_hat / (v_hat.sqrt() + 1e-8))
+
+
 def align_affine(fixed: torch.Tensor, moving: torch.Tensor, spacing: Sequence[float],
                  settings: AlignSettings | None = None) -> AffineAlignment:
     """Affine point map from the fixed grid to the moving image, per batch item.
@@ -150,10 +171,10 @@ def _optimise(fixed: torch.Tensor, moving: torch.Tensor, spacing: Sequence[float
     translation = _initial_translation(fixed, moving, spacing_t).requires_grad_(True)
     linear = torch.zeros(batch, 3, 3, device=device, requires_grad=True)
     eye = torch.eye(3, device=device)
-    groups = [{"params": [translation], "lr": settings.learning_rate}]
+    rates = [settings.learning_rate]
     if settings.affine:
-        groups.append({"params": [linear], "lr": settings.learning_rate * settings.linear_rate})
-    optimiser = torch.optim.Adam(groups)
+        rates.append(settings.learning_rate * settings.linear_rate)
+    optimiser = _Adam([translation, linear][: len(rates)], rates)
     for factor, iterations in zip(settings.levels, settings.iterations, strict=True):
         fixed_level = _pyramid_level(fixed, factor)
         moving_level = _pyramid_level(moving, factor)
@@ -162,7 +183,7 @@ def _optimise(fixed: torch.Tensor, moving: torch.Tensor, spacing: Sequence[float
         # the grid's mm frame: voxel centres of the coarse grid, same physical extent
         offset = (level_spacing - spacing_t) / 2
         for _ in range(iterations):
-            optimiser.zero_grad(set_to_none=True)
+            translation.grad = linear.grad = None
             displacement = _affine_displacement(
                 eye + linear, translation, centre - offset, level_spacing,
                 fixed_level.shape[2:])
