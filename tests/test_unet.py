@@ -53,3 +53,17 @@ def test_config_round_trip():
 def test_mismatched_decoder_refused():
     with pytest.raises(ConfigError):
         UNet(UNetConfig(encoder=(4, 8), decoder=(8,)))
+
+
+def test_histogram_matching_undoes_monotone_contrast_changes():
+    from ddmr.nn.unet import match_histogram
+
+    torch.manual_seed(0)
+    fixed = torch.rand(1, 1, 8, 8, 8)
+    moving = torch.rand(1, 1, 8, 8, 8)
+    changed = 0.1 + 0.8 * moving**2.0  # gamma and brightness: monotone
+    assert torch.equal(match_histogram(changed, fixed), match_histogram(moving, fixed))
+    assert torch.equal(match_histogram(fixed**0.5, fixed), fixed)
+    network = UNet(UNetConfig(encoder=(4, 8), head=(4,), match_histograms=True,
+                              input_features="demons", output_init_std=0.1))
+    assert torch.equal(network(fixed, changed), network(fixed, moving))

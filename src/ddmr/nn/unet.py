@@ -37,6 +37,10 @@ class UNetConfig:
         the optical-flow force ``(fixed - moving) * grad`` per axis and ``|grad|^2`` of the
         mean image, each scaled to unit RMS): the products a concatenating network must
         otherwise learn to form, which makes small networks learn much sooner.
+    match_histograms: show the network the moving image with its intensities mapped onto
+        the fixed image's (quantile matching, :func:`match_histogram`), which undoes
+        monotone contrast changes such as the augmentation's gamma and brightness; the
+        displacement still warps the original moving image.
     """
 
     in_channels: int = 2
@@ -51,6 +55,7 @@ class UNetConfig:
     pad_input: bool = True
     fast_cpu_conv: bool = True
     input_features: Literal["images", "demons"] = "images"
+    match_histograms: bool = False
 
     def __post_init__(self) -> None:
         if self.input_features not in ("images", "demons"):
@@ -76,6 +81,16 @@ class UNetConfig:
             if data.get(key) is not None:
                 data[key] = tuple(data[key])
         return cls(**data)
+
+
+def match_histogram(source: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """``source`` (B, 1, D, H, W) with its values replaced, rank for rank, by the sorted
+    values of ``reference`` (same shape): exact quantile matching, ties broken by order."""
+    flat = source.flatten(1)
+    order = torch.argsort(flat, dim=1)
+    matched = torch.empty_like(flat)
+    matched.scatter_(1, order, torch.sort(reference.flatten(1), dim=1).values)
+    return matched.view_as(source)
 
 
 def demons_features(fixed: torch.Tensor, moving: torch.Tensor) -> list[torch.Tensor]:
@@ -170,6 +185,8 @@ class UNet(nn.Module):
     def forward(self, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
         if fixed.shape != moving.shape:
             raise ValueError(f"fixed {tuple(fixed.shape)} and moving {tuple(moving.shape)} differ")
+        if self.config.match_histograms:
+            moving = match_histogram(moving, fixed)
         inputs = [fixed, moving]
         if self.config.input_features == "demons":
             inputs += demons_features(fixed, moving)
