@@ -156,9 +156,16 @@ def align_affine(fixed: torch.Tensor, moving: torch.Tensor, spacing: Sequence[fl
         raise ValueError("one iteration count per pyramid level is needed")
     # works inside inference_mode / no_grad too (validation, registration): the images are
     # cloned into normal tensors and only the 12 parameters get gradients
-    with torch.inference_mode(False), torch.enable_grad():
-        return _optimise(fixed.detach().float().clone(), moving.detach().float().clone(),
-                         spacing, settings)
+    # small tensors (the pyramid's coarse levels): one thread is 2-3x faster than two on
+    # a CPU, where the threads mostly wait on each other
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.inference_mode(False), torch.enable_grad():
+            return _optimise(fixed.detach().float().clone(), moving.detach().float().clone(),
+                             spacing, settings)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _optimise(fixed: torch.Tensor, moving: torch.Tensor, spacing: Sequence[float],
