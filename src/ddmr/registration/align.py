@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from ddmr.losses.ncc import global_ncc
 from ddmr.nn.fields import identity_grid
 from ddmr.nn.warp import warp_image
+from ddmr.optim import Adam
 
 if TYPE_CHECKING:
     from ddmr.io import Geometry
@@ -120,27 +121,6 @@ def _initial_translation(fixed: torch.Tensor, moving: torch.Tensor,
     return _centre_of_mass(moving, spacing) - _centre_of_mass(fixed, spacing)
 
 
-class _Adam:
-    """Adam (beta 0.9/0.999) on a few tensors. ``torch.optim.Adam`` would do the same but
-    its first use imports torch._dynamo, seconds of start-up for a one-off registration."""
-
-    def __init__(self, parameters: list[torch.Tensor], rates: list[float]) -> None:
-        self.parameters, self.rates, self.count = parameters, rates, 0
-        self.first = [torch.zeros_like(p) for p in parameters]
-        self.second = [torch.zeros_like(p) for p in parameters]
-
-    @torch.no_grad()
-    def step(self) -> None:
-        self.count += 1
-        for p, rate, m, v in zip(self.parameters, self.rates, self.first, self.second,
-                                 strict=True):
-            m.mul_(0.9).add_(p.grad, alpha=0.1)
-            v.mul_(0.999).addcmul_(p.grad, p.grad, value=0.001)
-            m_hat = m / (1 - 0.9 ** self.count)
-            v_hat = v / (1 - 0.999 ** self.count)
-            p.sub_(rate * m_hat / (v_hat.sqrt() + 1e-8))
-
-
 def align_affine(fixed: torch.Tensor, moving: torch.Tensor, spacing: Sequence[float],
                  settings: AlignSettings | None = None) -> AffineAlignment:
     """Affine point map from the fixed grid to the moving image, per batch item.
@@ -181,7 +161,7 @@ def _optimise(fixed: torch.Tensor, moving: torch.Tensor, spacing: Sequence[float
     rates = [settings.learning_rate]
     if settings.affine:
         rates.append(settings.learning_rate * settings.linear_rate)
-    optimiser = _Adam([translation, linear][: len(rates)], rates)
+    optimiser = Adam([translation, linear][: len(rates)], rates)
     for factor, iterations in zip(settings.levels, settings.iterations, strict=True):
         fixed_level = _pyramid_level(fixed, factor)
         moving_level = _pyramid_level(moving, factor)

@@ -396,32 +396,6 @@ class _Correction:
 # -- the optimisation -----------------------------------------------------------------------
 
 
-class _Adam:
-    """Adam (Kingma & Ba; the update of ``torch.optim.Adam`` with its defaults) on one
-    tensor. Written out because the first ``torch.optim`` optimiser of a process costs
-    about 2 s of imports, as much as a whole refinement of a small pair."""
-
-    def __init__(self, parameter: torch.Tensor, learning_rate: float, betas=(0.9, 0.999),
-                 eps: float = 1e-8) -> None:
-        self.parameter, self.learning_rate, self.betas, self.eps = (
-            parameter, learning_rate, betas, eps)
-        self.first = torch.zeros_like(parameter)
-        self.second = torch.zeros_like(parameter)
-        self.steps = 0
-
-    @torch.no_grad()
-    def step(self, gradient: torch.Tensor) -> None:
-        beta1, beta2 = self.betas
-        self.steps += 1
-        self.first.mul_(beta1).add_(gradient, alpha=1 - beta1)
-        self.second.mul_(beta2).addcmul_(gradient, gradient, value=1 - beta2)
-        correction1 = 1 - beta1 ** self.steps
-        correction2 = 1 - beta2 ** self.steps
-        denominator = (self.second / correction2).sqrt_().add_(self.eps)
-        self.parameter.addcdiv_(self.first, denominator,
-                                value=-self.learning_rate / correction1)
-
-
 def refine(fixed: torch.Tensor, moving: torch.Tensor, initial: torch.Tensor,
            spacing: Sequence[float] = (1.0, 1.0, 1.0), settings: RefineSettings | None = None,
            fixed_labels: torch.Tensor | None = None,
@@ -468,12 +442,13 @@ def _run(fixed: torch.Tensor, moving: torch.Tensor, initial: torch.Tensor,
          fixed_labels: torch.Tensor | None, moving_labels: torch.Tensor | None
          ) -> list[RefineResult]:
     from ddmr.nn.fields import jacobian_determinant
+    from ddmr.optim import Adam
 
     started = time.perf_counter()
     objective = RefineObjective(fixed, moving, settings, fixed_labels, moving_labels)
     correction = _Correction(initial.shape[2:], settings, initial.dtype, initial.device)
     control = correction.zeros(initial.dtype, initial.device).requires_grad_(True)
-    optimiser = _Adam(control, settings.learning_rate)
+    optimiser = Adam([control], [settings.learning_rate])
     last = max(stops)
     best_value, best_control, best_iteration = math.inf, None, 0
     before_value, before_terms = math.nan, {}
@@ -496,7 +471,7 @@ def _run(fixed: torch.Tensor, moving: torch.Tensor, initial: torch.Tensor,
                                     time.perf_counter() - started, list(history))
         if step:
             (gradient,) = torch.autograd.grad(total, control)
-            optimiser.step(gradient)
+            optimiser.step([gradient])
     scale = torch.as_tensor([float(s) for s in spacing], dtype=initial.dtype,
                             device=initial.device).view(1, 3, 1, 1, 1)
     results = []
