@@ -305,18 +305,6 @@ def small_model(path: Path) -> Path:
     return save_model(path, UNet(UNetConfig(encoder=(4, 8), head=(4,))), card)
 
 
-def _tampered_copy(source: Path, target: Path) -> None:
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
-
-    with safe_open(str(source), framework="pt") as handle:
-        metadata = handle.metadata()
-    state = load_file(str(source))
-    name = sorted(state)[0]
-    state[name] = state[name] + 0.01
-    save_file(state, str(target), metadata=metadata)
-
-
 def _copy_truncated(source: Path, target_folder: Path, name: str) -> None:
     shutil.copytree(source, target_folder)
     data = (source / name).read_bytes()
@@ -342,7 +330,7 @@ def make_workspace(root: Path) -> Path:
     import yaml
 
     from ddmr.evaluate.pairs import make_pairs
-    from register_helpers import save_tiny_model
+    from register_helpers import save_tiny_model, tampered_copy
     from train_helpers import make_dataset
 
     make_files(root / "files")
@@ -364,7 +352,7 @@ def make_workspace(root: Path) -> Path:
     import pickle
 
     (root / "model.pt").write_bytes(pickle.dumps({"weights": [1, 2, 3]}))
-    _tampered_copy(root / "tiny.safetensors", root / "tampered.safetensors")
+    tampered_copy(root / "tiny.safetensors", root / "tampered.safetensors")
     # prepared datasets
     prep = make_dataset(root / "dataset", n=5, size=16)
     shutil.copytree(prep, root / "prep")

@@ -109,3 +109,16 @@ def save_tiny_model(path: Path, bias: tuple[float, float, float] | None = None,
             "validation": {"best_val_loss": 0.5, "last": {"val_dsc": 0.7}},
             "training": {"steps": 3}, "command": "ddmr train --design BL-N (test)"}
     return save_model(path, network, card)
+
+
+def tampered_copy(source, target) -> None:
+    """Copy a model file with one weight changed and its card (and checksum) kept."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(source), framework="pt") as handle:
+        metadata = handle.metadata()
+    state = load_file(str(source))
+    name = sorted(state)[0]
+    state[name] = state[name] + 0.01
+    save_file(state, str(target), metadata=metadata)

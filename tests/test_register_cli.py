@@ -12,7 +12,13 @@ import pytest
 
 from ddmr.cli import main
 from ddmr.io import save_image, save_labels
-from register_helpers import oblique_fixed, other_moving, sample_scene, save_tiny_model
+from register_helpers import (
+    oblique_fixed,
+    other_moving,
+    sample_scene,
+    save_tiny_model,
+    tampered_copy,
+)
 
 
 @pytest.fixture(scope="module")
@@ -37,20 +43,8 @@ def files(tmp_path_factory):
     fractional = sample_scene(fixed_geometry, labels=True).astype(np.float32)
     fractional[fractional == 1] = 1.5
     nib.save(nib.Nifti1Image(fractional, affine), str(folder / "fractional_seg.nii.gz"))
-    _tampered_copy(folder / "tiny.safetensors", folder / "tampered.safetensors")
+    tampered_copy(folder / "tiny.safetensors", folder / "tampered.safetensors")
     return folder
-
-
-def _tampered_copy(source, target) -> None:
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
-
-    with safe_open(str(source), framework="pt") as handle:
-        metadata = handle.metadata()
-    state = load_file(str(source))
-    name = sorted(state)[0]
-    state[name] = state[name] + 0.01
-    save_file(state, str(target), metadata=metadata)
 
 
 def _args(files, out, *extra, fixed="fixed.nii.gz", moving="moving.nii.gz",
