@@ -246,16 +246,25 @@ def test_failed_write_leaves_old_file_and_no_temporary(tmp_path, monkeypatch):
     path = tmp_path / "out.nii.gz"
     save_image(path, np.ones((4, 5, 6)) * 2 + np.arange(6), geometry)
     old = path.read_bytes()
+    save_image(tmp_path / "out.nii", np.ones((4, 5, 6)), geometry)
+    old_nii = (tmp_path / "out.nii").read_bytes()
 
-    def crash(image, filename):
+    def crash(image, file_map):  # dies after writing part of the file (.nii.gz)
+        file_map["image"].fileobj.write(b"partial")
+        raise KeyboardInterrupt
+
+    def crash_save(image, filename):  # the same for .nii
         Path(filename).write_bytes(b"partial")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(nib, "save", crash)
-    with pytest.raises(KeyboardInterrupt):
-        save_image(path, np.zeros((4, 5, 6)), geometry)
+    monkeypatch.setattr(nib.Nifti1Image, "to_file_map", crash)
+    monkeypatch.setattr(nib, "save", crash_save)
+    for target in (path, tmp_path / "out.nii"):
+        with pytest.raises(KeyboardInterrupt):
+            save_image(target, np.zeros((4, 5, 6)), geometry)
     assert path.read_bytes() == old
-    assert listing(tmp_path) == ["out.nii.gz"]
+    assert (tmp_path / "out.nii").read_bytes() == old_nii
+    assert listing(tmp_path) == ["out.nii", "out.nii.gz"]
 
 
 def test_write_rejects_bad_targets(tmp_path):

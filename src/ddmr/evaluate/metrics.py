@@ -82,11 +82,24 @@ def _spacing(spacing: Sequence[float]) -> np.ndarray:
     return spacing
 
 
+def _label_counts(labels: np.ndarray) -> np.ndarray | None:
+    """Voxel count per label value (``np.bincount``) of an integer map with values in
+    0..65535, else None (then callers take the per-label path)."""
+    if labels.dtype.kind not in "biu" or labels.size == 0:
+        return None
+    if int(labels.min()) < 0 or int(labels.max()) > 65535:
+        return None
+    return np.bincount(labels.ravel())
+
+
 def foreground_labels(*label_maps: Any) -> list[int]:
     """Sorted non-zero values present in any of the maps."""
     values: set[int] = set()
     for labels in label_maps:
-        values.update(int(v) for v in np.unique(_numpy(labels)))
+        labels = _numpy(labels)
+        counts = _label_counts(labels)
+        present = np.nonzero(counts)[0] if counts is not None else np.unique(labels)
+        values.update(int(v) for v in present)
     values.discard(0)
     return sorted(values)
 
@@ -117,19 +130,25 @@ def ssim(fixed: Any, warped: Any, data_range: float = 1.0) -> float:
 
 def dice_per_label(fixed_labels: Any, warped_labels: Any,
                    labels: Sequence[int] | None = None) -> np.ndarray:
-    """Dice (K,) per label value (background excluded); NaN for a label absent from both."""
-    from ddmr.losses.dice import one_hot
-
-    a = torch.as_tensor(_volume(fixed_labels, "fixed labels").astype(np.int64))[None, None]
-    b = torch.as_tensor(_volume(warped_labels, "warped labels").astype(np.int64))[None, None]
+    """Dice (K,) per label value (background excluded); NaN for a label absent from both.
+    One pass of ``np.bincount`` over the voxels (all labels at once)."""
+    a = _volume(fixed_labels, "fixed labels")
+    b = _volume(warped_labels, "warped labels")
+    if a.shape != b.shape:
+        raise ValueError(f"label maps differ in shape: {a.shape} vs {b.shape}")
     values = [v for v in (labels if labels is not None else foreground_labels(a, b)) if v != 0]
     if not values:
         return np.zeros(0)
-    ha, hb = one_hot(a, values).double(), one_hot(b, values).double()
-    inter = (ha * hb).sum(dim=(2, 3, 4))[0].numpy()
-    total = (ha.sum(dim=(2, 3, 4)) + hb.sum(dim=(2, 3, 4)))[0].numpy()
+    a = np.rint(a).astype(np.int64) if a.dtype.kind == "f" else a.astype(np.int64)
+    b = np.rint(b).astype(np.int64) if b.dtype.kind == "f" else b.astype(np.int64)
+    low = min(int(a.min()), int(b.min()), min(values))
+    size = max(int(a.max()), int(b.max()), max(values)) - low + 1
+    a, b = (a - low).ravel(), (b - low).ravel()
+    index = np.asarray(values, dtype=np.int64) - low
+    inter = np.bincount(a[a == b], minlength=size)[index].astype(np.float64)
+    total = (np.bincount(a, minlength=size) + np.bincount(b, minlength=size))[index]
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(total > 0, 2 * inter / np.maximum(total, 1e-300), np.nan)
+        return np.where(total > 0, 2 * inter / np.maximum(total, 1), np.nan)
 
 
 # -- surface distances ---------------------------------------------------------------------
@@ -196,16 +215,27 @@ def hausdorff_per_label(fixed_labels: Any, warped_labels: Any, spacing: Sequence
 
 def centroids(labels: Any, values: Sequence[int], spacing: Sequence[float]) -> np.ndarray:
     """Centroids (K, 3) in mm (voxel index times spacing) per label value; NaN rows for
-    absent labels."""
-    from scipy import ndimage
-
+    absent labels. Per-slice label histograms along each axis (``np.bincount``), one
+    pass per axis for all labels."""
     labels = _volume(labels, "labels")
     spacing = _spacing(spacing)
     out = np.full((len(values), 3), np.nan)
-    for k, value in enumerate(values):
-        mask = labels == value
-        if mask.any():
-            out[k] = np.asarray(ndimage.center_of_mass(mask)) * spacing
+    if not len(values):
+        return out
+    flat = np.rint(labels).astype(np.int64) if labels.dtype.kind == "f" \
+        else labels.astype(np.int64)
+    low = min(int(flat.min()), min(values))
+    size = max(int(flat.max()), max(values)) - low + 1
+    flat = flat - low
+    index = np.asarray(values, dtype=np.int64) - low
+    counts = np.bincount(flat.ravel(), minlength=size)[index].astype(np.float64)
+    present = counts > 0
+    for axis, n in enumerate(flat.shape):
+        moved = np.moveaxis(flat, axis, 0).reshape(n, -1)
+        # histogram[l, i]: voxels of label l in slice i along this axis
+        histogram = np.stack([np.bincount(row, minlength=size) for row in moved], axis=1)
+        sums = histogram[index] @ np.arange(n, dtype=np.float64)
+        out[present, axis] = sums[present] / counts[present] * spacing[axis]
     return out
 
 

@@ -29,7 +29,7 @@ import torch
 from ddmr.data.grid import image_box, intersect, mask_box, target_grid
 from ddmr.data.prepare import PrepareOptions
 from ddmr.errors import ConfigError, InputError
-from ddmr.io import Geometry, resample_to
+from ddmr.io import Geometry, SplineSource, antialias_sigma, resample_spline, spline_source
 
 logger = logging.getLogger(__name__)
 
@@ -119,9 +119,20 @@ def model_space(fixed_geometry: Geometry, card: dict[str, Any],
     return ModelSpace(prepared, resized_grid(prepared, input_size), options)
 
 
-def to_model_space(image: np.ndarray, geometry: Geometry, space: ModelSpace, name: str,
-                   point_map: np.ndarray | None = None) -> torch.Tensor:
-    """Resample an image (I, J, K) onto the network's grid as in training.
+def model_source(image: np.ndarray, geometry: Geometry, space: ModelSpace) -> SplineSource:
+    """An image (I, J, K) prepared once for :func:`to_model_space`: CT-windowed when the
+    model's preparation was, smoothed against aliasing for the prepared grid's spacing,
+    and turned into cubic B-spline coefficients."""
+    options = space.options
+    if options.ct_window is not None:
+        image = np.clip(image, *options.ct_window)
+    return spline_source(image, geometry, 3, antialias_sigma(geometry, space.prepared))
+
+
+def to_model_space(image: np.ndarray | SplineSource, geometry: Geometry, space: ModelSpace,
+                   name: str, point_map: np.ndarray | None = None) -> torch.Tensor:
+    """Resample an image (I, J, K), or its :func:`model_source` (when it is resampled
+    more than once), onto the network's grid as in training.
 
     ``point_map`` (4, 4), RAS mm, maps a point of the fixed image's world to the point of
     this image that it shows (an affine pre-alignment); ``None`` is the identity.
@@ -132,13 +143,11 @@ def to_model_space(image: np.ndarray, geometry: Geometry, space: ModelSpace, nam
     from ddmr.augment.preprocess import preprocess
 
     options = space.options
-    if options.ct_window is not None:
-        image = np.clip(image, *options.ct_window)
+    source = image if isinstance(image, SplineSource) else model_source(image, geometry, space)
     target = space.prepared
     if point_map is not None:
         target = Geometry(point_map @ space.prepared.affine, space.prepared.shape)
-    low = float(image.min())
-    resampled = resample_to(image, geometry, target, order=3, cval=low, antialias=True)
+    resampled = resample_spline(source, target, cval=source.low)
     lo, hi = (options.ct_window if options.ct_window is not None
               else (float(resampled.min()), float(resampled.max())))
     if not hi > lo:

@@ -36,81 +36,157 @@ def _slabs(shape: tuple[int, int, int]) -> Iterator[slice]:
         yield slice(start, min(start + step, shape[0]))
 
 
-def _slab_indices(sl: slice, shape: tuple[int, int, int]) -> np.ndarray:
-    """Voxel indices (n, 3) float64 of the slab ``sl`` (first axis) of a grid."""
-    i, j, k = np.meshgrid(np.arange(sl.start, sl.stop), np.arange(shape[1]),
-                          np.arange(shape[2]), indexing="ij")
-    return np.stack([i.ravel(), j.ravel(), k.ravel()], axis=1).astype(np.float64)
+def _affine_volume(matrix: np.ndarray, rows: slice, shape: tuple[int, int, int]
+                   ) -> torch.Tensor:
+    """(3, rows, J, K) float32: ``matrix`` (3, 4) applied to the voxel indices of the
+    ``rows`` slab of a grid of ``shape`` (built by broadcasting, no index arrays)."""
+    axes = [torch.arange(rows.start, rows.stop, dtype=torch.float32),
+            torch.arange(shape[1], dtype=torch.float32),
+            torch.arange(shape[2], dtype=torch.float32)]
+    m = torch.from_numpy(np.asarray(matrix, dtype=np.float32))
+    return (m[:, 0, None, None, None] * axes[0][None, :, None, None]
+            + m[:, 1, None, None, None] * axes[1][None, None, :, None]
+            + m[:, 2, None, None, None] * axes[2][None, None, None, :]
+            + m[:, 3, None, None, None])
 
 
-def sample(volume: torch.Tensor, index: torch.Tensor, mode: str = "bilinear",
-           padding: str = "zeros") -> torch.Tensor:
-    """Sample ``volume`` (1, C, D, H, W) at voxel indices ``index`` (n, 3) (D, H, W
-    order) -> (C, n). ``mode``/``padding`` as :func:`torch.nn.functional.grid_sample`."""
-    shape = volume.shape[2:]
-    scale = torch.tensor([2.0 / max(n - 1, 1) for n in shape], dtype=index.dtype,
-                         device=index.device)
-    grid = (index * scale - 1.0).flip(-1).view(1, -1, 1, 1, 3).to(volume.dtype)
-    out = F.grid_sample(volume, grid, mode=mode, padding_mode=padding, align_corners=True)
-    return out.view(volume.shape[1], -1)
+def _normalised_grid(index: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Voxel indices (3, *S) of a grid of ``shape`` -> a ``grid_sample`` grid (1, *S, 3)
+    (``align_corners=True``, last axis first)."""
+    scale = [2.0 / max(n - 1, 1) for n in shape]
+    return torch.stack([index[2] * scale[2] - 1.0, index[1] * scale[1] - 1.0,
+                        index[0] * scale[0] - 1.0], dim=-1)[None]
 
 
 def inside(index: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    """(n,) bool: indices (n, 3) within half a voxel of the grid (as ITK decides what is
-    inside an image)."""
-    upper = torch.tensor(shape, dtype=index.dtype, device=index.device) - 0.5
-    return ((index >= -0.5) & (index <= upper)).all(dim=1)
+    """(*S) bool: indices (3, *S) within half a voxel of the grid (as ITK decides what
+    is inside an image)."""
+    result = torch.ones(index.shape[1:], dtype=torch.bool, device=index.device)
+    for axis, n in enumerate(shape):
+        result &= (index[axis] >= -0.5) & (index[axis] <= n - 0.5)
+    return result
 
 
 def sample_image(image: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Linear interpolation of ``image`` (1, 1, D, H, W) at indices (n, 3) -> (n,); edge
-    values are replicated up to half a voxel beyond the grid, 0 further out (ITK/ANTs'
-    linear interpolator with default value 0)."""
-    values = sample(image, index, "bilinear", "border")[0]
-    return torch.where(inside(index, tuple(image.shape[2:])), values, torch.zeros_like(values))
+    """Linear interpolation of ``image`` (1, 1, D, H, W) at voxel indices (3, *S) ->
+    (*S); edge values are replicated up to half a voxel beyond the grid, 0 further out
+    (ITK/ANTs' linear interpolator with default value 0)."""
+    shape = tuple(image.shape[2:])
+    grid = _normalised_grid(index.reshape(3, 1, 1, -1), shape).to(image.dtype)
+    values = F.grid_sample(image, grid, mode="bilinear", padding_mode="border",
+                           align_corners=True).reshape(index.shape[1:])
+    return torch.where(inside(index, shape), values, torch.zeros_like(values))
 
 
-def sample_labels(labels: torch.Tensor, index: torch.Tensor,
-                  values: list[int]) -> torch.Tensor:
+def _interpolation_matrix(position: np.ndarray, size: int) -> torch.Tensor:
+    """(m, size) float32 weights of linear interpolation at ``position`` (m,) (indices,
+    clamped to the grid: the border value beyond it)."""
+    position = np.clip(np.asarray(position, dtype=np.float64), 0.0, size - 1)
+    low = np.minimum(np.floor(position), max(size - 2, 0)).astype(np.int64)
+    frac = position - low
+    weights = np.zeros((position.size, size), dtype=np.float64)
+    rows = np.arange(position.size)
+    weights[rows, low] = 1.0 - frac
+    weights[rows, np.minimum(low + 1, size - 1)] += frac
+    return torch.from_numpy(weights.astype(np.float32))
+
+
+def _field_on_slab(u: torch.Tensor, to_model: np.ndarray, rows: slice,
+                   shape: tuple[int, int, int]) -> torch.Tensor:
+    """The network's field ``u`` (1, 3, *model shape) interpolated trilinearly (border
+    values beyond the grid) at the model-grid indices ``to_model @ x`` of the fixed voxels
+    x of a slab: (3, rows, J, K). When ``to_model`` maps axis to axis (the model grid
+    and the fixed grid share their axes, the usual case) it is three small matrix
+    products, otherwise ``grid_sample``."""
+    linear = to_model[:3, :3]
+    model_shape = tuple(u.shape[2:])
+    if np.allclose(linear, np.diag(np.diag(linear)), atol=1e-9 * np.abs(linear).max()):
+        along = [np.arange(rows.start, rows.stop), np.arange(shape[1]), np.arange(shape[2])]
+        w = [_interpolation_matrix(linear[a, a] * along[a] + to_model[a, 3], model_shape[a])
+             for a in range(3)]
+        field = torch.einsum("id,cdhw->cihw", w[0], u[0])
+        field = torch.einsum("jh,cihw->cijw", w[1], field)
+        return torch.einsum("kw,cijw->cijk", w[2], field)
+    q = _affine_volume(to_model[:3], rows, shape)
+    grid = _normalised_grid(q, model_shape)
+    return F.grid_sample(u, grid, mode="bilinear", padding_mode="border",
+                         align_corners=True)[0]
+
+
+def label_cells(labels: torch.Tensor) -> torch.Tensor:
+    """For each voxel of ``labels`` (1, 1, D, H, W), the label of the interpolation cell
+    whose first corner it is (corners ``+0/+1`` along each axis, the grid's last slice
+    repeated beyond it) when all eight corners carry that label, else -1: (D*H*W,) int16."""
+    volume = labels[0, 0].cpu().numpy()
+    shape = volume.shape
+    padded = np.pad(volume, [(0, 1)] * 3, mode="edge")
+    first = padded[: shape[0], : shape[1], : shape[2]]
+    uniform = np.ones(shape, dtype=bool)
+    for corner in range(1, 8):
+        a, b, c = (corner >> 2) & 1, (corner >> 1) & 1, corner & 1
+        uniform &= padded[a: a + shape[0], b: b + shape[1], c: c + shape[2]] == first
+    cells = np.where(uniform, first.astype(np.int16), np.int16(-1))
+    return torch.from_numpy(cells.reshape(-1)).to(labels.device)
+
+
+def sample_labels(labels: torch.Tensor, index: torch.Tensor, values: list[int],
+                  cells: torch.Tensor | None = None) -> torch.Tensor:
     """Label-exact interpolation of ``labels`` (1, 1, D, H, W) uint8 at indices (n, 3):
     each label of ``values`` (include 0: background competes like any label) has its
     indicator interpolated trilinearly and the label of largest weight wins (ties: the
     first in ``values``; 0 outside the grid). Returns (n,) uint8.
 
-    The eight neighbours and their weights are found once; points whose neighbours all
-    carry one label take it directly, and only the others (near label boundaries) go
-    through the comparison per label.
+    Points whose interpolation cell carries one label take it from ``cells``
+    (:func:`label_cells`, computed here when not given); only the others (near label
+    boundaries) have their eight neighbours weighed per label.
     """
     volume = labels[0, 0]
     flat = volume.reshape(-1)
     size = volume.shape
+    if cells is None:
+        cells = label_cells(labels)
     top = torch.tensor(size, device=index.device, dtype=index.dtype) - 1
     clamped = torch.minimum(torch.clamp(index, min=0.0), top)
     low = torch.minimum(torch.floor(clamped), (top - 1).clamp(min=0)).long()
-    frac = (clamped - low.to(index.dtype)).to(torch.float32)
-    corners, weights = [], []
-    for corner in range(8):
-        step = [(corner >> 2) & 1, (corner >> 1) & 1, corner & 1]
-        at = [torch.clamp(low[:, a] + step[a], max=size[a] - 1) for a in range(3)]
-        corners.append(flat[(at[0] * size[1] + at[1]) * size[2] + at[2]])
-        weights.append(torch.ones_like(frac[:, 0]))
-        for a in range(3):
-            weights[-1] = weights[-1] * (frac[:, a] if step[a] else 1.0 - frac[:, a])
-    corner_labels = torch.stack(corners, dim=1)  # (n, 8)
-    best = corner_labels[:, 0].clone()
-    mixed = torch.nonzero((corner_labels != best[:, None]).any(dim=1)).squeeze(1)
+    direct = cells[(low[:, 0] * size[1] + low[:, 1]) * size[2] + low[:, 2]]
+    best = direct.clamp(min=0).to(labels.dtype)
+    mixed = torch.nonzero(direct < 0).squeeze(1)
     if mixed.numel():
-        mixed_labels = corner_labels[mixed]
-        mixed_weights = torch.stack(weights, dim=1)[mixed]
-        best_score = torch.zeros(mixed.numel(), dtype=torch.float32, device=index.device)
-        winner = torch.zeros(mixed.numel(), dtype=labels.dtype, device=index.device)
-        for value in values:
-            score = (mixed_weights * (mixed_labels == value)).sum(dim=1)
-            better = score > best_score
-            best_score = torch.where(better, score, best_score)
-            winner = torch.where(better, torch.full_like(winner, value), winner)
+        low, clamped = low[mixed], clamped[mixed]
+        frac = (clamped - low.to(index.dtype)).to(torch.float32)
+        corners, weights = [], []
+        for corner in range(8):
+            step = [(corner >> 2) & 1, (corner >> 1) & 1, corner & 1]
+            at = [torch.clamp(low[:, a] + step[a], max=size[a] - 1) for a in range(3)]
+            corners.append(flat[(at[0] * size[1] + at[1]) * size[2] + at[2]])
+            weight = torch.ones_like(frac[:, 0])
+            for a in range(3):
+                weight = weight * (frac[:, a] if step[a] else 1.0 - frac[:, a])
+            weights.append(weight)
+        mixed_labels = torch.stack(corners, dim=1)  # (m, 8)
+        mixed_weights = torch.stack(weights, dim=1)
+        # score of each corner's label: the weights of all corners carrying it
+        score = torch.zeros_like(mixed_weights)
+        for other in range(8):
+            score += mixed_weights[:, other:other + 1] * (
+                mixed_labels == mixed_labels[:, other:other + 1])
+        count = len(values)
+        rank = torch.full((max(int(labels.max()), *values) + 1,), count, dtype=torch.int64,
+                          device=index.device)
+        rank[torch.tensor(values, dtype=torch.int64, device=index.device)] = torch.arange(
+            count, device=index.device)
+        corner_rank = rank[mixed_labels.long()]
+        score = torch.where(corner_rank < count, score, torch.zeros_like(score))
+        # the largest positive score wins; ties go to the label listed first in values;
+        # no label of values among the corners: 0
+        top_score = score.max(dim=1, keepdim=True).values
+        order = torch.where((score == top_score) & (score > 0), corner_rank, count)
+        first = order.argmin(dim=1, keepdim=True)
+        winner = torch.where(order.gather(1, first)[:, 0] < count,
+                             mixed_labels.gather(1, first)[:, 0],
+                             torch.zeros_like(mixed_labels[:, 0]))
         best[mixed] = winner
-    return torch.where(inside(index, tuple(size)), best, torch.zeros_like(best))
+    return torch.where(inside(index.T, tuple(size)), best, torch.zeros_like(best))
 
 
 @dataclass
@@ -121,13 +197,6 @@ class NativeResult:
     displacement_mm: np.ndarray
     warped: np.ndarray
     warped_labels: np.ndarray | None
-
-
-def _affine_parts(matrix: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """(3, 3) linear part (transposed, for ``points @ M``) and (3,) offset, float32."""
-    matrix = np.asarray(matrix, dtype=np.float64)
-    return (torch.from_numpy(matrix[:3, :3].T.astype(np.float32)),
-            torch.from_numpy(matrix[:3, 3].astype(np.float32)))
 
 
 def to_native(displacement: torch.Tensor, model_grid: Geometry, fixed: Geometry,
@@ -145,37 +214,37 @@ def to_native(displacement: torch.Tensor, model_grid: Geometry, fixed: Geometry,
     """
     u = displacement.detach().to("cpu", torch.float32)
     point = np.eye(4) if point_map is None else np.asarray(point_map, dtype=np.float64)
-    to_model = _affine_parts(np.linalg.inv(model_grid.affine) @ fixed.affine)
-    net_to_world = torch.from_numpy((point[:3, :3] @ model_grid.affine[:3, :3]).T
+    to_model = np.linalg.inv(model_grid.affine) @ fixed.affine
+    net_to_world = torch.from_numpy((point[:3, :3] @ model_grid.affine[:3, :3])
                                     .astype(np.float32))
     offset_map = point @ fixed.affine
     offset_map[:3, :] -= fixed.affine[:3, :]  # (P - I) A_f: displacement without the net
-    base_displacement = _affine_parts(offset_map)
     to_moving_matrix = np.linalg.inv(moving_geometry.affine)
-    to_moving = _affine_parts(to_moving_matrix @ point @ fixed.affine)
+    to_moving = to_moving_matrix @ point @ fixed.affine
     net_to_moving = torch.from_numpy((to_moving_matrix[:3, :3] @ point[:3, :3]
-                                      @ model_grid.affine[:3, :3]).T.astype(np.float32))
+                                      @ model_grid.affine[:3, :3]).astype(np.float32))
     image = torch.from_numpy(np.ascontiguousarray(moving, dtype=np.float32))[None, None]
-    labels = values = None
+    labels = values = cells = None
     if moving_labels is not None:
         labels = torch.from_numpy(np.ascontiguousarray(moving_labels))[None, None]
-        values = [int(v) for v in np.unique(moving_labels)]  # background competes too
+        values = [int(v) for v in np.nonzero(np.bincount(moving_labels.ravel()))[0]]
+        cells = label_cells(labels)  # background competes too, as any label
     shape = fixed.shape
     out_disp = np.empty((3, *shape), dtype=np.float32)
     out_warped = np.empty(shape, dtype=np.float32)
     out_labels = np.zeros(shape, dtype=np.uint8) if labels is not None else None
     for sl in _slabs(shape):
-        index = torch.from_numpy(_slab_indices(sl, shape).astype(np.float32))
-        q = index @ to_model[0] + to_model[1]
-        uq = sample(u, q, "bilinear", "border").T  # (n, 3) voxels of the model grid
-        slab_shape = (sl.stop - sl.start, shape[1], shape[2])
-        disp = index @ base_displacement[0] + base_displacement[1] + uq @ net_to_world
-        out_disp[:, sl] = disp.T.reshape(3, *slab_shape).numpy()
-        moving_index = index @ to_moving[0] + to_moving[1] + uq @ net_to_moving
-        out_warped[sl] = sample_image(image, moving_index).numpy().reshape(slab_shape)
+        uq = _field_on_slab(u, to_model, sl, shape)  # (3, s, J, K) model-grid voxels
+        disp = _affine_volume(offset_map[:3], sl, shape) + torch.einsum(
+            "ab,bijk->aijk", net_to_world, uq)
+        out_disp[:, sl] = disp.numpy()
+        moving_index = _affine_volume(to_moving[:3], sl, shape) + torch.einsum(
+            "ab,bijk->aijk", net_to_moving, uq)
+        out_warped[sl] = sample_image(image, moving_index).numpy()
         if labels is not None:
-            out_labels[sl] = sample_labels(labels, moving_index, values).numpy().reshape(
-                slab_shape)
+            points = moving_index.reshape(3, -1).T
+            out_labels[sl] = sample_labels(labels, points, values, cells).numpy().reshape(
+                moving_index.shape[1:])
     return NativeResult(out_disp, out_warped, out_labels)
 
 
