@@ -10,6 +10,8 @@ translation 30 mm, TPS 6 mm), with label maps. Measured in one run:
   the ``runtime_s`` of ``summary.json`` without the metrics), median over repeats;
 - the whole ``ddmr register`` process (Python start-up, imports, writing every output)
   and its peak resident memory (``/usr/bin/time``), median over repeats;
+- the same per pair when ``--batch`` pairs go through one ``ddmr register --pairs``
+  process, and the floor any PyTorch command pays (``python -c "import torch"``);
 - ANTs SyN with antspyx defaults (``type_of_transform="SyN"``) plus applying it to the
   image and the labels, in-process; and the same through a fresh Python process;
 - DSC, HD95 and centroid TRE of both against the fixed labels.
@@ -103,6 +105,8 @@ def main() -> int:
     parser.add_argument("--model", help="model name or path (default: the shipped model)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--syn-repeats", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=4,
+                        help="pairs in one `ddmr register --pairs` process (per-pair time)")
     args = parser.parse_args()
     threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory(prefix="ddmr-bench-") as tmp:
@@ -129,6 +133,17 @@ def main() -> int:
             cli.append(timed_process(command))
         cli_seconds = statistics.median(s for s, _, _ in cli)
         cli_peak = max(m for _, m, _ in cli)
+        floor = statistics.median(timed_process([sys.executable, "-c", "import torch"])[0]
+                                  for _ in range(args.repeats))
+        table = folder / "pairs.csv"
+        table.write_text("fixed,moving,moving_seg,id\n" + "".join(
+            f"{paths['fixed']},{paths['moving']},{paths['moving_seg']},pair{k}\n"
+            for k in range(args.batch)))
+        batch_command = [sys.executable, "-m", "ddmr.cli", "register", "--pairs", str(table),
+                         "-o", str(folder / "batch"), "--no-progress"]
+        if args.model:
+            batch_command += ["--model", args.model]
+        batch_seconds = timed_process(batch_command)[0] / args.batch
 
         syn = []
         for k in range(args.syn_repeats):
@@ -157,6 +172,10 @@ def main() -> int:
           f"in its process) | {api_seconds:.2f} | {syn_inner:.1f} | {ratio:.1f}x |")
     print(f"| whole process, s (start-up and writing included) | {cli_seconds:.2f} | "
           f"{syn_process:.1f} | {syn_process / cli_seconds:.1f}x |")
+    print(f"| whole process per pair, {args.batch} pairs in one `--pairs` process, s | "
+          f"{batch_seconds:.2f} | {syn_process:.1f} | {syn_process / batch_seconds:.1f}x |")
+    print(f"| floor: `python -c 'import torch'` alone, s | {floor:.2f} | | "
+          f"{syn_process / floor:.1f}x |")
     print(f"| peak resident memory, MB | {cli_peak:.0f} | {syn_peak:.0f} | |")
     print(f"| DSC (before: {before['dsc']:.3f}) | {metrics['dsc']:.3f} | "
           f"{syn_metrics['dsc']:.3f} | |")

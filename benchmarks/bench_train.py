@@ -5,11 +5,17 @@ the design's loss, backward, Adam step) on a synthetic 96^3 subject, median over
 after a warm-up; the augmentation's own share is printed beside it.
 
     python benchmarks/bench_train.py [--profile cpu] [--design UW-NSD] [--steps 10]
+        [--config configs/brain-t1-cpu-hm.yaml] [--supervised-weight 0.1] [--size 64]
+
+``--size`` is the side of the synthetic subject (the prepared cohort's 64^3 by default);
+the pre-alignment (affine stage, profiles with ``prealign``) is timed apart from the
+augmentation layer.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 
@@ -36,38 +42,48 @@ def main() -> None:
     parser.add_argument("--design", default="UW-NSD")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--config", help="YAML overriding profile fields (as ddmr train)")
+    parser.add_argument("--supervised-weight", type=float, default=None)
+    parser.add_argument("--size", type=int, default=64)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    profile = get_profile(args.profile)
+    profile = get_profile(args.profile, args.config)
     design = get_design(args.design)
+    if args.supervised_weight is not None:
+        design = dataclasses.replace(design, supervised_weight=args.supervised_weight)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     module = RegistrationModule(design.to_dict(), profile.to_dict(), [0, 1, 2]).to(device)
     optimiser = torch.optim.Adam(module.parameters(), lr=1e-3)
-    batch = {k: v.to(device) for k, v in synthetic_batch().items()}
+    batch = {k: v.to(device) for k, v in synthetic_batch(args.size).items()}
     generator = torch.Generator().manual_seed(0)
-    step_times, augment_times = [], []
+    step_times, augment_times, align_times = [], [], []
     for step in range(args.steps + 2):
         t0 = time.perf_counter()
-        pair = module.make_pair(batch, generator)
+        pair = module.augment_pair(batch, generator)
         if device == "cuda":
             torch.cuda.synchronize()
         t1 = time.perf_counter()
+        pair = module.prealign(pair)
+        t2 = time.perf_counter()
         optimiser.zero_grad()
         total, _, _ = module.pair_loss(pair)
         total.backward()
         optimiser.step()
         if device == "cuda":
             torch.cuda.synchronize()
-        t2 = time.perf_counter()
+        t3 = time.perf_counter()
         if step >= 2:
-            step_times.append(t2 - t0)
+            step_times.append(t3 - t0)
             augment_times.append(t1 - t0)
+            align_times.append(t2 - t1)
     step = statistics.median(step_times)
     aug = statistics.median(augment_times)
+    align = statistics.median(align_times)
     print(f"profile {profile.name}, design {design.name}, input {profile.input_size}, "
           f"device {device}, {args.threads} threads")
     print(f"step: {step:.3f} s median ({1 / step:.2f} steps/s); augmentation {aug:.3f} s "
-          f"= {100 * aug / step:.1f} % of a step")
+          f"= {100 * aug / step:.1f} % of a step; affine pre-alignment {align:.3f} s "
+          f"= {100 * align / step:.1f} %")
 
 
 if __name__ == "__main__":

@@ -131,3 +131,28 @@ def test_float_fields_written_without_compression_read_back(tmp_path):
     np.testing.assert_array_equal(back, values)
     itk = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "a.nii.gz"))).transpose(2, 1, 0)
     np.testing.assert_array_equal(itk, values)
+
+
+@pytest.mark.parametrize("flow", ["full", "half"])
+def test_unet_levers_keep_the_eager_output(flow):
+    """oneDNN path, inference_mode and channels_last_3d (the levers of
+    benchmarks/bench_paper_net.py) give the plain eager field within 1e-5 voxel."""
+    from ddmr.nn import UNet, UNetConfig
+
+    torch.manual_seed(0)
+    plain = UNet(UNetConfig(encoder=(8, 16, 16), head=(8,), fast_cpu_conv=False,
+                            flow_resolution=flow)).eval()
+    torch.nn.init.normal_(plain.output.weight, std=1e-2)
+    fast = UNet(UNetConfig(encoder=(8, 16, 16), head=(8,), fast_cpu_conv=True,
+                           flow_resolution=flow)).eval()
+    fast.load_state_dict(plain.state_dict())
+    fast = fast.to(memory_format=torch.channels_last_3d)
+    g = torch.Generator().manual_seed(1)
+    fixed, moving = torch.rand(2, 1, 1, 24, 24, 24, generator=g)
+    with torch.no_grad():
+        expected = plain(fixed, moving)
+    with torch.inference_mode():
+        ours = fast(fixed.contiguous(memory_format=torch.channels_last_3d),
+                    moving.contiguous(memory_format=torch.channels_last_3d))
+    assert expected.abs().max() > 1e-3
+    torch.testing.assert_close(ours.contiguous(), expected, atol=1e-5, rtol=1e-4)

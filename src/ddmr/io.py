@@ -720,8 +720,9 @@ class SplineSource:
     """An image prepared once for repeated spline resampling in world space (e.g. the
     moving image, resampled before and after an affine pre-alignment).
 
-    coefficients: B-spline coefficients (float64) of the image (after anti-aliasing),
-        edge-padded by :data:`SPLINE_PAD` voxels on every side.
+    coefficients: B-spline coefficients of the image (after anti-aliasing), edge-padded
+        by :data:`SPLINE_PAD` voxels on every side; float32 (relative error ~1e-7 against
+        scipy's float64, at 60 % of the time).
     geometry: the image's grid; ``low``/``high``: its value range (results are clipped
         to it, no spline overshoot); ``order``: spline order (2-5).
     """
@@ -792,8 +793,9 @@ def _filter_axes(array: np.ndarray, dtype: type, apply: Callable[[np.ndarray, in
 def spline_source(array: np.ndarray, geometry: Geometry, order: int = 3,
                   sigma: np.ndarray | None = None) -> SplineSource:
     """Smooth ``array`` (I, J, K) by ``sigma`` (source voxels; skipped when all <= 0.1)
-    and compute its B-spline coefficients: a :class:`SplineSource`. The same numbers as
-    ``scipy.ndimage.gaussian_filter`` / ``spline_filter`` (axis by axis), on threads."""
+    and compute its B-spline coefficients: a :class:`SplineSource`. The numbers of
+    ``scipy.ndimage.gaussian_filter`` / ``spline_filter`` (axis by axis; coefficients in
+    float32), on threads."""
     from scipy import ndimage
 
     if tuple(array.shape) != geometry.shape:
@@ -809,8 +811,8 @@ def spline_source(array: np.ndarray, geometry: Geometry, order: int = 3,
             [axis for axis in range(3) if sigma[axis] > 1e-15])
     padded = np.pad(source, SPLINE_PAD, mode="edge")
     coefficients = _filter_axes(
-        padded, np.float64, lambda volume, axis: ndimage.spline_filter1d(
-            volume, order, axis=axis, output=np.float64, mode="nearest"), range(3))
+        padded, np.float32, lambda volume, axis: ndimage.spline_filter1d(
+            volume, order, axis=axis, output=np.float32, mode="nearest"), range(3))
     return SplineSource(coefficients, geometry, float(array.min()), float(array.max()), order)
 
 
