@@ -102,6 +102,36 @@ def test_model_file_and_checkpoint_round_trip(labelled, tmp_path):
         assert (rundir / "plots" / plot).stat().st_size > 1000
 
 
+def test_export_writes_the_model_fit_writes_from_any_checkpoint(labelled, tmp_path):
+    from ddmr.cli import main as cli
+
+    rundir = tmp_path / "run"
+    model = fit(get_design("BL-N"), tiny_profile(), labelled,
+                RunOptions(rundir, progress_bar=False, command="ddmr train test"))
+    record = json.loads((rundir / "run.json").read_text())
+    assert record["command"] == "ddmr train test"
+    assert cli(["export", str(rundir), "-o", str(tmp_path / "best.safetensors")]) == 0
+    assert cli(["export", str(rundir), "--checkpoint", "last",
+                "-o", str(tmp_path / "last.safetensors")]) == 0
+    fitted, best = load_model(model), load_model(tmp_path / "best.safetensors")
+    for key in ("design", "profile", "input_size", "preparation", "label_values", "command"):
+        assert best.card[key] == fitted.card[key]
+    assert best.card["sha256"] == fitted.card["sha256"]  # the same weights
+    last = torch.load(rundir / "checkpoints" / "last.ckpt", weights_only=True)
+    exported_last = load_model(tmp_path / "last.safetensors")
+    assert exported_last.card["training"]["steps"] == last["global_step"]
+    for name, value in exported_last.network.state_dict().items():
+        assert torch.equal(value, last["state_dict"][f"network.{name}"])
+    # refusals: existing output, a folder that is not a run, a run without its record
+    assert cli(["export", str(rundir), "-o", str(tmp_path / "best.safetensors")]) == 2
+    assert cli(["export", str(tmp_path)]) == 2
+    (rundir / "run.json").unlink()
+    assert cli(["export", str(rundir), "-o", str(tmp_path / "x.safetensors")]) == 2
+    assert not (tmp_path / "x.safetensors").exists()
+    assert cli(["export", str(rundir), "--data", str(labelled),
+                "-o", str(tmp_path / "x.safetensors")]) == 0
+
+
 def test_resume_continues_the_step_count(labelled, tmp_path):
     rundir = tmp_path / "run"
     fit(get_design("BL-N"), tiny_profile(max_steps=3), labelled,

@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("prepare", "resample, crop, resize and normalise a dataset into HDF5"),
     "train": ("train", "train a design on prepared data"),
     "finetune": ("finetune", "fine-tune a trained model on new data (full or two-step)"),
+    "export": ("export", "write a model file from a training run's best or last checkpoint"),
     "register": ("register", "register a moving image to a fixed image in world space"),
     "models": ("models", "list the shipped models and their cards"),
     "pairs": ("pairs", "make and store test pairs from held-out subjects"),

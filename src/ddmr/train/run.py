@@ -1,8 +1,9 @@
 """Training and fine-tuning runs: data, module, trainer, checkpoints, exported model file.
 
-A run directory holds ``checkpoints/`` (``best.ckpt`` by validation loss, ``last.ckpt``
-for ``--resume``), ``logs/`` (CSV), ``tensorboard/``, ``plots/`` and, at the end,
-``model.safetensors`` with its card ``model.json``.
+A run directory holds ``run.json`` (the data and command), ``checkpoints/`` (``best.ckpt``
+by validation loss, ``last.ckpt`` for ``--resume``), ``logs/`` (CSV), ``tensorboard/``,
+``plots/`` and, at the end (or from ``ddmr export`` at any time), ``model.safetensors``
+with its card ``model.json``.
 """
 
 from __future__ import annotations
@@ -158,6 +159,8 @@ def fit(design: Design, profile: TrainingProfile, data: str | Path, options: Run
     resume_from = _check_rundir(options)
     rundir = options.rundir
     rundir.mkdir(parents=True, exist_ok=True)
+    if resume_from is None or not (rundir / RUN_FILE).exists():
+        _write_run_file(rundir, data, options.command or shlex.join(sys.argv), card_extra)
     started = time.time()
     L.seed_everything(profile.seed, workers=True, verbose=False)
     module = RegistrationModule(design.to_dict(), profile.to_dict(),
@@ -204,12 +207,54 @@ def fit(design: Design, profile: TrainingProfile, data: str | Path, options: Run
         return None
     best_path = best.best_model_path or str(ckpt_dir / "last.ckpt")
     state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
-    network_state = {k.removeprefix("network."): v for k, v in state.items()
-                     if k.startswith("network.")}
-    module.network.load_state_dict(network_state)
+    module.network.load_state_dict(_network_state(state))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
                if k.startswith("val")}
-    card = {
+    validation = {"best_val_loss": float(best.best_model_score)
+                  if best.best_model_score is not None else None, "last": metrics}
+    training = {"steps": int(trainer.global_step),
+                "seconds_this_segment": round(time.time() - started, 1),
+                "training_hours_total": round(module.elapsed_seconds() / 3600, 4),
+                "best_checkpoint": Path(best_path).name}
+    card = model_card(design, profile, summary, validation, training,
+                      options.command or shlex.join(sys.argv), card_extra)
+    from ddmr.model_file import save_model
+
+    model_path = save_model(rundir / "model.safetensors", module.network.cpu(), card)
+    plot_training(rundir)
+    return model_path
+
+
+#: A run directory's record of what it trains on (for ``ddmr export``).
+RUN_FILE = "run.json"
+
+
+def _write_run_file(rundir: Path, data: str | Path, command: str,
+                    card_extra: dict[str, Any] | None) -> None:
+    import json
+
+    from ddmr.io import atomic_path
+
+    record = {"data": str(Path(data).resolve()), "command": command,
+              "card_extra": card_extra or {}}
+    with atomic_path(rundir / RUN_FILE) as temporary:
+        temporary.write_text(json.dumps(record, indent=2) + "\n")
+
+
+def _network_state(state: dict[str, Any]) -> dict[str, Any]:
+    """The network's weights from a Lightning ``state_dict`` (prefix ``network.``)."""
+    return {k.removeprefix("network."): v for k, v in state.items()
+            if k.startswith("network.")}
+
+
+def model_card(design: Design, profile: TrainingProfile, summary: dict[str, Any],
+               validation: dict[str, Any], training: dict[str, Any], command: str,
+               card_extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The card stored with an exported model: design, profile, data and preparation,
+    validation and training figures, the command, creation time and DDMR version."""
+    from ddmr import __version__
+
+    return {
         "design": design.to_dict(),
         "profile": profile.to_dict(),
         "input_size": list(profile.input_size),
@@ -217,21 +262,72 @@ def fit(design: Design, profile: TrainingProfile, data: str | Path, options: Run
         "data": {k: v for k, v in summary.items() if k != "preparation"},
         "preparation": summary["preparation"],
         "label_values": summary["label_values"],
-        "validation": {"best_val_loss": float(best.best_model_score)
-                       if best.best_model_score is not None else None, "last": metrics},
-        "training": {"steps": int(trainer.global_step),
-                     "seconds_this_segment": round(time.time() - started, 1),
-                     "training_hours_total": round(module.elapsed_seconds() / 3600, 4),
-                     "best_checkpoint": Path(best_path).name},
-        "command": options.command or shlex.join(sys.argv),
+        "validation": validation,
+        "training": training,
+        "command": command,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         **(card_extra or {}),
+        "ddmr_version": __version__,
     }
-    from ddmr import __version__
-    from ddmr.model_file import save_model
 
-    card["ddmr_version"] = __version__
-    model_path = save_model(rundir / "model.safetensors", module.network.cpu(), card)
+
+def export_run(rundir: str | Path, checkpoint: str = "best", data: str | Path | None = None,
+               output: str | Path | None = None, overwrite: bool = False) -> Path:
+    """Write ``model.safetensors`` (or ``output``) from a run's ``best``/``last``
+    checkpoint, with the card :func:`fit` writes at the end: for a run that is still
+    going, was stopped, or ran out of time. ``data`` defaults to the run's record
+    (``run.json``); the card's command is the run's."""
+    import json
+
+    import torch
+
+    from ddmr.model_file import save_model
+    from ddmr.train.module import RegistrationModule
+    from ddmr.train.plots import plot_training
+
+    rundir = Path(rundir)
+    if checkpoint not in ("best", "last"):
+        raise InputError(f"--checkpoint {checkpoint}: choose best or last")
+    path = rundir / "checkpoints" / f"{checkpoint}.ckpt"
+    if not path.is_file():
+        raise InputError(f"{path}: no such checkpoint (is {rundir} a ddmr train run folder?)")
+    output = Path(output) if output is not None else rundir / "model.safetensors"
+    if output.exists() and not overwrite:
+        raise InputError(f"{output}: already exists (pass --overwrite to replace)")
+    record: dict[str, Any] = {}
+    if (rundir / RUN_FILE).is_file():
+        record = json.loads((rundir / RUN_FILE).read_text())
+    data = data if data is not None else record.get("data")
+    if data is None:
+        raise InputError(f"{rundir}: no {RUN_FILE} (a run from before it existed): pass --data")
+    summary = data_summary(data)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises RuntimeError, pickle errors, EOFError, ...
+        raise InputError(f"{path}: cannot read the checkpoint ({type(error).__name__})") \
+            from None
+    try:
+        hyper = state["hyper_parameters"]
+        design, profile = Design.from_dict(hyper["design"]), TrainingProfile.from_dict(
+            hyper["profile"])
+        module = RegistrationModule(hyper["design"], hyper["profile"], hyper["label_values"],
+                                    seed=hyper.get("seed", 0))
+        module.network.load_state_dict(_network_state(state["state_dict"]))
+    except (KeyError, RuntimeError, TypeError, AttributeError) as error:
+        raise InputError(f"{path}: not a ddmr training checkpoint "
+                         f"({type(error).__name__}: {error})") from None
+    best_score = next((c.get("best_model_score") for c in state.get("callbacks", {}).values()
+                       if isinstance(c, dict) and "best_model_score" in c), None)
+    validation = {"best_val_loss": float(best_score) if best_score is not None else None,
+                  "last": {}}
+    training = {"steps": int(state.get("global_step", 0)),
+                "training_hours_total": round(float(state.get("ddmr_elapsed_s", 0.0)) / 3600,
+                                              4),
+                "best_checkpoint": path.name, "exported_with": "ddmr export"}
+    card = model_card(design, profile, summary, validation, training,
+                      record.get("command", f"(unknown: {RUN_FILE} missing)"),
+                      record.get("card_extra"))
+    model_path = save_model(output, module.network.cpu(), card)
     plot_training(rundir)
     return model_path
 
