@@ -89,3 +89,8 @@ def test_summary_bolds_the_best():
     table = summary_markdown(summarise(frame))
     assert "**1.50 ± 0.71**" in table and "**0.85 ± 0.07**" in table
     assert "| y | 3.50 ± 0.71 |" not in table  # columns are in the paper's order: DSC first
+    with_reference = pd.concat([frame, pd.DataFrame({"method": ["none"] * 2, "tre": [0.0, 0.0],
+                                                     "dsc": [1.0, 1.0]})])
+    table = summary_markdown(summarise(with_reference))
+    assert "**1.50 ± 0.71**" in table and "**0.85 ± 0.07**" in table
+    assert "| none | 1.00 ± 0.00 | 0.00 ± 0.00 |" in table  # the reference is never bold

@@ -71,7 +71,8 @@ def _format(mean: float, std: float, digits: int) -> str:
 
 def summary_markdown(summary: pd.DataFrame, digits: int = 2, title: str | None = None) -> str:
     """Markdown table: one row per method, columns of :data:`COLUMNS` that have values,
-    header with units and arrows (↑ higher is better, ↓ lower), best mean in bold."""
+    header with units and arrows (↑ higher is better, ↓ lower), best mean in bold (among
+    the registration methods: the ``none`` reference is never bold)."""
     columns = [m for m in COLUMNS if f"{m}_mean" in summary
                and np.isfinite(summary[f"{m}_mean"].to_numpy(dtype=np.float64)).any()]
     headers = ["Method"]
@@ -79,9 +80,14 @@ def summary_markdown(summary: pd.DataFrame, digits: int = 2, title: str | None =
         unit = f" ({_UNITS[m]})" if _UNITS.get(m) else ""
         headers.append(f"{COLUMNS[m]}{unit} {'↑' if _HIGHER.get(m, False) else '↓'}")
     best = {}
+    # "none" (no registration) is the reference, not a competitor: it is never bold
+    competing = (summary["method"] != "none").to_numpy()
     for m in columns:
         means = summary[f"{m}_mean"].to_numpy(dtype=np.float64)
-        rounded = np.round(means, digits)
+        rounded = np.where(competing, np.round(means, digits), np.nan)
+        if not np.isfinite(rounded).any():
+            best[m] = np.zeros(len(rounded), dtype=bool)
+            continue
         target = np.nanmax(rounded) if _HIGHER.get(m, False) else np.nanmin(rounded)
         best[m] = np.isclose(rounded, target)
     lines = [] if title is None else [title, ""]
