@@ -126,3 +126,20 @@ def test_markdown_round_trip():
     assert [type(b).__name__ for b in blocks] == ["Heading", "Paragraph", "Table"]
     html = table_html(blocks[2].markdown)
     assert "<strong>1</strong>" in html and 'text-align:right">2' in html
+
+
+def test_overlays_recompute_refined_methods(evaluated):
+    from ddmr.evaluate.pairs import PairSet
+    from ddmr.evaluate.runner import load_methods, split_refine_name
+    from ddmr.report.overlays import pair_overlay_rows
+
+    assert split_refine_name("BL-N+refine50") == ("BL-N", 50)
+    assert split_refine_name("a+refinex") == ("a+refinex", 0)
+    root, _, model = evaluated
+    pair = PairSet(root / "pairs")[0]
+    loaded = {"BL-N": load_methods([model])[0]}
+    rows, missing = pair_overlay_rows(pair, ["BL-N", "BL-N+refine5", "other+refine5", "none"],
+                                      loaded)
+    assert [r.method for r in rows] == ["BL-N", "BL-N+refine5", "none"]
+    assert missing == ["other+refine5"]
+    assert not np.allclose(rows[0].warped, rows[1].warped)  # the refinement moved the field

@@ -140,6 +140,14 @@ def refine_method_name(model: str, iterations: int) -> str:
     return f"{model}+refine{int(iterations)}"
 
 
+def split_refine_name(method: str) -> tuple[str, int]:
+    """``"UW-NSD+refine50"`` -> ``("UW-NSD", 50)``; a name without the suffix -> (name, 0)."""
+    base, marker, count = method.rpartition("+refine")
+    if marker and base and count.isdigit():
+        return base, int(count)
+    return method, 0
+
+
 def parse_refine(text: str | int | Sequence[int] | None) -> list[int]:
     """``"0,50,200"`` (or ints) -> sorted distinct positive iteration counts ([50, 200]):
     0 stands for the model alone, which is always scored."""
@@ -160,11 +168,14 @@ def parse_refine(text: str | int | Sequence[int] | None) -> list[int]:
     return sorted({v for v in values if v > 0})
 
 
-def _refined_rows(pair, model: ModelMethod, displacement: np.ndarray, seconds: float,
-                  stops: list[int], options: dict[str, Any]) -> list[dict[str, Any]]:
-    """Rows of ``model+refineN`` for each N of ``stops`` (one refinement run)."""
+def refined_fields(pair, model: ModelMethod, displacement: np.ndarray, stops: list[int],
+                   options: dict[str, Any] | None = None) -> list[Any]:
+    """Refine ``model``'s field (3, D, H, W) on ``pair`` for each iteration count of
+    ``stops`` in one run: :class:`ddmr.registration.refine.RefineResult` per stop.
+    ``options``: ``similarity`` and ``labels`` as :func:`evaluate`'s ``refine_options``."""
     from ddmr.registration.refine import refine_stops, settings_for
 
+    options = options or {}
     settings = settings_for(model.design, max(stops), options.get("similarity"),
                             labels=bool(options.get("labels")))
     images = [_minmax(torch.from_numpy(np.asarray(a, np.float32))[None, None]).to(model.device)
@@ -175,10 +186,15 @@ def _refined_rows(pair, model: ModelMethod, displacement: np.ndarray, seconds: f
         labels = [torch.from_numpy(np.asarray(a))[None, None].to(model.device)
                   for a in (pair.fixed_labels, pair.moving_labels)]
     start = torch.from_numpy(np.ascontiguousarray(displacement, np.float32))[None]
-    results = refine_stops(*images, start.to(model.device), pair.spacing, settings, stops,
-                           *labels)
+    return refine_stops(*images, start.to(model.device), pair.spacing, settings, stops,
+                        *labels)
+
+
+def _refined_rows(pair, model: ModelMethod, displacement: np.ndarray, seconds: float,
+                  stops: list[int], options: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows of ``model+refineN`` for each N of ``stops`` (one refinement run)."""
     rows = []
-    for result in results:
+    for result in refined_fields(pair, model, displacement, stops, options):
         row = score_pair(pair, refine_method_name(model.name, result.iterations),
                          result.displacement[0].float().cpu().numpy(),
                          seconds + result.seconds)

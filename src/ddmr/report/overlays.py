@@ -36,20 +36,28 @@ def pair_overlay_rows(pair: Any, methods: Sequence[str], models: Mapping[str, An
                       ants_settings: Mapping[str, Any] | None = None,
                       ) -> tuple[list[OverlayRow], list[str]]:
     """Rows for the methods that can be recomputed, and the names of those that cannot
-    (a model method without a loaded model in ``models``: name -> ModelMethod)."""
+    (a model method without a loaded model in ``models``: name -> ModelMethod).
+    ``<model>+refine<N>`` methods are the model's field refined for N iterations with the
+    design's similarity (``ddmr evaluate --refine``'s default)."""
     from ddmr.baselines.ants import NAMES, run_baseline
+    from ddmr.evaluate.runner import refined_fields, split_refine_name
 
     baselines = {name: key for key, name in NAMES.items()}
     geometry = _geometry(pair)
     rows, missing = [], []
     for method in methods:
+        model_name, iterations = split_refine_name(method)
         if method in baselines:
             key = baselines[method]
             settings = (ants_settings or {}).get(key)
             displacement = run_baseline(key, pair.fixed, pair.moving, geometry,
                                         settings).displacement
-        elif method in models:
-            displacement = models[method].predict(pair.fixed, pair.moving, pair.spacing)
+        elif model_name in models:
+            model = models[model_name]
+            displacement = model.predict(pair.fixed, pair.moving, pair.spacing)
+            if iterations:  # refined with the design's similarity, as evaluate's default
+                result = refined_fields(pair, model, displacement, [iterations])[-1]
+                displacement = result.displacement[0].float().cpu().numpy()
         else:
             missing.append(method)
             continue
@@ -68,10 +76,14 @@ def overlay_figures(pairs_path: str | Path, methods: Sequence[str],
     from ddmr.evaluate.runner import load_methods
 
     pairs = PairSet(pairs_path)
+    from ddmr.evaluate.runner import split_refine_name
+
+    wanted = {split_refine_name(m)[0] for m in methods}
     loaded = {name: load_methods([path])[0] for name, path in models.items()
-              if name in methods and Path(path).is_file()}
+              if name in wanted and Path(path).is_file()}
     out: list[tuple[Path, str]] = []
-    missing = [m for m in methods if m in models and m not in loaded]
+    missing = [m for m in methods if split_refine_name(m)[0] in models
+               and split_refine_name(m)[0] not in loaded]
     for i in range(min(n_pairs, len(pairs))):
         pair = pairs[i]
         rows, missing = pair_overlay_rows(pair, methods, loaded, ants_settings)
