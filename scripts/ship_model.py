@@ -1,7 +1,8 @@
 """Ship a trained model inside the package: score it on stored held-out pairs, add the
 scores and the learning curve to its card, and write it to ``src/ddmr/models/NAME``.
 
-    python scripts/ship_model.py RUN_DIR --name brain-t1-cpu --pairs PAIRS_DIR
+    python scripts/ship_model.py RUN_DIR --name brain-t1-cpu --pairs PAIRS_DIR \
+        [--curve benchmarks/curves/NAME]
 
 RUN_DIR is a ``ddmr train`` run directory (its ``model.safetensors`` and CSV logs);
 PAIRS_DIR a ``ddmr pairs`` folder of held-out subjects. The model is compared on those
@@ -44,12 +45,47 @@ def learning_curve(run: Path) -> list[dict[str, float]]:
     return rows
 
 
+def write_curve(curve: list[dict[str, float]], evaluation: dict[str, dict[str, float]],
+                stem: Path) -> None:
+    """The learning curve as ``stem.csv`` and ``stem.png``: validation DSC (with the affine
+    stage's and no registration's) and residual field error against training hours; the
+    held-out test DSC of the shipped model as a marker at the end."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    frame = pd.DataFrame(curve)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(stem.with_suffix(".csv"), index=False)
+    x = frame["hours"] if frame["hours"].notna().all() else frame["step"]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    left.plot(x, frame["dice"], label="network (validation)")
+    left.plot(x, frame["dice_affine"], "--", label="affine stage alone (validation)")
+    left.plot(x, frame["dice_before"], ":", label="no registration (validation)")
+    shipped = [v for k, v in evaluation.items() if k not in ("none", "affine")]
+    if shipped and "dsc" in shipped[0]:
+        left.plot([x.iloc[-1]], [shipped[0]["dsc"]], "k*", markersize=10,
+                  label="shipped model, held-out test pairs")
+    left.set_xlabel("training hours" if x is frame["hours"] else "step")
+    left.set_ylabel("mean label DSC")
+    left.legend(fontsize=7)
+    right.plot(x, frame["field_error_mm"])
+    right.set_xlabel(left.get_xlabel())
+    right.set_ylabel("residual field error (mm, validation)")
+    figure.tight_layout()
+    figure.savefig(stem.with_suffix(".png"), dpi=110)
+    plt.close(figure)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="ddmr train run directory")
     parser.add_argument("--name", required=True, help="shipped model name")
     parser.add_argument("--pairs", required=True, type=Path, help="ddmr pairs folder")
     parser.add_argument("--command", help="the training command, for the card")
+    parser.add_argument("--curve", type=Path,
+                        help="also write the learning curve as CURVE.csv and CURVE.png")
     args = parser.parse_args()
 
     source = args.run / "model.safetensors"
@@ -72,6 +108,8 @@ def main() -> int:
     if args.command:
         card["command"] = args.command
     target = save_model(MODELS / f"{args.name}.safetensors", loaded.network, card)
+    if args.curve is not None:
+        write_curve(card["learning_curve"], evaluation, args.curve)
     print(pd.DataFrame(evaluation).T.to_string())
     print(f"shipped -> {target}")
     return 0

@@ -156,3 +156,39 @@ def test_unet_levers_keep_the_eager_output(flow):
                     moving.contiguous(memory_format=torch.channels_last_3d))
     assert expected.abs().max() > 1e-3
     torch.testing.assert_close(ours.contiguous(), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_nifti_files_are_byte_identical_across_writes(tmp_path):
+    geometry = Geometry(np.diag([1.5, 1.5, 2.0, 1.0]), (6, 7, 8))
+    values = np.random.default_rng(0).normal(size=geometry.shape).astype(np.float32)
+    for level in (0, 1):
+        save_image(tmp_path / "a.nii.gz", values, geometry, gzip_level=level)
+        save_image(tmp_path / "b.nii.gz", values, geometry, gzip_level=level)
+        assert (tmp_path / "a.nii.gz").read_bytes() == (tmp_path / "b.nii.gz").read_bytes()
+
+
+def test_moving_source_is_rebuilt_when_the_prealignment_changes_its_smoothing():
+    from ddmr.data.prepare import PrepareOptions
+    from ddmr.registration.space import ModelSpace, model_source, source_fits
+
+    prepared = Geometry(np.diag([2.0, 1.0, 1.0, 1.0]), (10, 20, 20))
+    space = ModelSpace(prepared, prepared, PrepareOptions(size=(10, 20, 20)))
+    image = np.random.default_rng(0).random((20, 20, 20)).astype(np.float32)
+    source = model_source(image, Geometry(np.eye(4), image.shape), space)
+    assert source.sigma == pytest.approx((0.5, 0.0, 0.0))
+    assert source_fits(source, space, np.eye(4))
+    small = np.eye(4)
+    small[:3, :3] = Rotation.from_rotvec([0.0, 0.0, 0.02]).as_matrix()
+    assert source_fits(source, space, small)
+    quarter = np.eye(4)
+    quarter[:3, :3] = Rotation.from_rotvec([0.0, 0.0, np.pi / 2]).as_matrix()
+    assert not source_fits(source, space, quarter)  # the coarse axis now lies along y
+
+
+def test_bincount_metrics_take_sparse_label_values():
+    a = np.zeros((6, 6, 6), np.int64)
+    a[:3] = 10**9
+    b = np.roll(a, 1, axis=0)
+    assert metrics.dice_per_label(a, b, [10**9])[0] == pytest.approx(2 * 2 / 6)
+    centre = metrics.centroids(a, [10**9], (1.0, 1.0, 1.0))[0]
+    np.testing.assert_allclose(centre, [1.0, 2.5, 2.5])

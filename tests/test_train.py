@@ -120,6 +120,7 @@ def test_export_writes_the_model_fit_writes_from_any_checkpoint(labelled, tmp_pa
     last = torch.load(rundir / "checkpoints" / "last.ckpt", weights_only=True)
     exported_last = load_model(tmp_path / "last.safetensors")
     assert exported_last.card["training"]["steps"] == last["global_step"]
+    assert exported_last.card["validation"]["best_val_loss"] is None  # not the best's score
     for name, value in exported_last.network.state_dict().items():
         assert torch.equal(value, last["state_dict"][f"network.{name}"])
     # refusals: existing output, a folder that is not a run, a run without its record

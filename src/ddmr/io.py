@@ -581,7 +581,9 @@ def _write_nifti(path: Path, array: np.ndarray, geometry: Geometry,
     if not str(path).lower().endswith(".gz"):
         nib.save(image, str(path))
         return
-    with gzip.GzipFile(str(path), "wb", compresslevel=gzip_level, mtime=0) as handle:
+    # no file name and no time in the gzip header: the same data give the same bytes
+    with open(path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw,
+                                                compresslevel=gzip_level, mtime=0) as handle:
         image.to_file_map({"image": FileHolder(fileobj=handle)})
 
 
@@ -723,6 +725,7 @@ class SplineSource:
     coefficients: B-spline coefficients of the image (after anti-aliasing), edge-padded
         by :data:`SPLINE_PAD` voxels on every side; float32 (relative error ~1e-7 against
         scipy's float64, at 60 % of the time).
+    sigma: the anti-aliasing Gaussian applied first (source voxels, per axis).
     geometry: the image's grid; ``low``/``high``: its value range (results are clipped
         to it, no spline overshoot); ``order``: spline order (2-5).
     """
@@ -732,6 +735,7 @@ class SplineSource:
     low: float
     high: float
     order: int
+    sigma: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
 
 def _index_map(geometry_from: Geometry, geometry_to: Geometry) -> tuple[np.ndarray, np.ndarray]:
@@ -803,8 +807,10 @@ def spline_source(array: np.ndarray, geometry: Geometry, order: int = 3,
     if not 2 <= order <= 5:
         raise ValueError(f"spline order must be 2..5, got {order}")
     source = np.asarray(array, dtype=np.float32)
+    applied = (0.0, 0.0, 0.0)
     if sigma is not None and np.any(np.asarray(sigma) > 0.1):
         sigma = np.broadcast_to(np.asarray(sigma, dtype=np.float64), (3,))
+        applied = tuple(float(v) for v in sigma)
         source = _filter_axes(
             source, np.float32, lambda volume, axis: ndimage.gaussian_filter1d(
                 volume, float(sigma[axis]), axis=axis, mode="nearest"),
@@ -813,7 +819,8 @@ def spline_source(array: np.ndarray, geometry: Geometry, order: int = 3,
     coefficients = _filter_axes(
         padded, np.float32, lambda volume, axis: ndimage.spline_filter1d(
             volume, order, axis=axis, output=np.float32, mode="nearest"), range(3))
-    return SplineSource(coefficients, geometry, float(array.min()), float(array.max()), order)
+    return SplineSource(coefficients, geometry, float(array.min()), float(array.max()), order,
+                        applied)
 
 
 def _inside(geometry_from: Geometry, geometry_to: Geometry) -> np.ndarray:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,13 +60,17 @@ def save_model(path: str | Path, network: UNet, card: dict[str, Any]) -> Path:
         "parameters": network.parameter_count(),
     })
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(state, str(tmp), metadata={"ddmr_card": json.dumps(full_card)})
-    tmp.replace(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     card_path = path.with_suffix(".json")
-    tmp_card = card_path.with_name(f".{card_path.name}.tmp")
-    tmp_card.write_text(json.dumps(full_card, indent=2) + "\n")
-    tmp_card.replace(card_path)
+    tmp_card = card_path.with_name(f".{card_path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        save_file(state, str(tmp), metadata={"ddmr_card": json.dumps(full_card)})
+        tmp.replace(path)
+        tmp_card.write_text(json.dumps(full_card, indent=2) + "\n")
+        tmp_card.replace(card_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        tmp_card.unlink(missing_ok=True)
     return path
 
 

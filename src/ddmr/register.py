@@ -334,7 +334,12 @@ def register(fixed: ImageInput, moving: ImageInput, fixed_seg: ImageInput | None
     import torch
 
     from ddmr.registration.align import grid_point_map, model_prealigns
-    from ddmr.registration.space import model_source, model_space, to_model_space
+    from ddmr.registration.space import (
+        model_source,
+        model_space,
+        source_fits,
+        to_model_space,
+    )
     from ddmr.registration.world import jacobian_determinant, to_native
 
     _check_device(device)
@@ -367,12 +372,14 @@ def register(fixed: ImageInput, moving: ImageInput, fixed_seg: ImageInput | None
         point_map = affine_prealign(fixed_array, fixed_geometry, moving_array, moving_geometry)
     space = model_space(fixed_geometry, card, fixed_labels)
     fixed_input = to_model_space(fixed_array, fixed_geometry, space, fixed_name)
-    moving_source = model_source(moving_array, moving_geometry, space)
+    moving_source = model_source(moving_array, moving_geometry, space, point_map)
     moving_input = to_model_space(moving_source, moving_geometry, space, moving_name, point_map)
     ants_point_map = point_map
     if model_prealigns(card):  # the model learnt the residual of its own affine stage
         network_map = grid_point_map(fixed_input, moving_input, space.grid)
         point_map = network_map if point_map is None else point_map @ network_map
+        if not source_fits(moving_source, space, point_map):  # e.g. anisotropic, rotated
+            moving_source = model_source(moving_array, moving_geometry, space, point_map)
         moving_input = to_model_space(moving_source, moving_geometry, space, moving_name,
                                       point_map)
     preprocess_seconds = time.perf_counter() - started

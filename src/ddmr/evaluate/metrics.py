@@ -92,6 +92,23 @@ def _label_counts(labels: np.ndarray) -> np.ndarray | None:
     return np.bincount(labels.ravel())
 
 
+def _dense_codes(maps: Sequence[np.ndarray], values: Sequence[int]
+                 ) -> tuple[list[np.ndarray], np.ndarray, int]:
+    """Label maps as flat int64 codes 0..size-1 for ``np.bincount``, the codes of
+    ``values`` and ``size``: the values shifted by the smallest one when their range is
+    small (<= 65536), else ranks among the distinct values (``np.unique``). Float maps
+    are truncated to integers, as elsewhere in this module."""
+    maps = [np.asarray(m).astype(np.int64).ravel() for m in maps]
+    wanted = np.asarray(values, dtype=np.int64)
+    low = min(int(wanted.min()), *(int(m.min()) for m in maps if m.size))
+    high = max(int(wanted.max()), *(int(m.max()) for m in maps if m.size))
+    if high - low < 65536:
+        return [m - low for m in maps], wanted - low, high - low + 1
+    distinct, codes = np.unique(np.concatenate([*maps, wanted]), return_inverse=True)
+    pieces = np.split(codes, np.cumsum([m.size for m in maps]))
+    return pieces[:-1], pieces[-1], distinct.size
+
+
 def foreground_labels(*label_maps: Any) -> list[int]:
     """Sorted non-zero values present in any of the maps."""
     values: set[int] = set()
@@ -139,12 +156,7 @@ def dice_per_label(fixed_labels: Any, warped_labels: Any,
     values = [v for v in (labels if labels is not None else foreground_labels(a, b)) if v != 0]
     if not values:
         return np.zeros(0)
-    a = np.rint(a).astype(np.int64) if a.dtype.kind == "f" else a.astype(np.int64)
-    b = np.rint(b).astype(np.int64) if b.dtype.kind == "f" else b.astype(np.int64)
-    low = min(int(a.min()), int(b.min()), min(values))
-    size = max(int(a.max()), int(b.max()), max(values)) - low + 1
-    a, b = (a - low).ravel(), (b - low).ravel()
-    index = np.asarray(values, dtype=np.int64) - low
+    (a, b), index, size = _dense_codes([a, b], values)
     inter = np.bincount(a[a == b], minlength=size)[index].astype(np.float64)
     total = (np.bincount(a, minlength=size) + np.bincount(b, minlength=size))[index]
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -222,12 +234,8 @@ def centroids(labels: Any, values: Sequence[int], spacing: Sequence[float]) -> n
     out = np.full((len(values), 3), np.nan)
     if not len(values):
         return out
-    flat = np.rint(labels).astype(np.int64) if labels.dtype.kind == "f" \
-        else labels.astype(np.int64)
-    low = min(int(flat.min()), min(values))
-    size = max(int(flat.max()), max(values)) - low + 1
-    flat = flat - low
-    index = np.asarray(values, dtype=np.int64) - low
+    (flat,), index, size = _dense_codes([labels], values)
+    flat = flat.reshape(labels.shape)
     counts = np.bincount(flat.ravel(), minlength=size)[index].astype(np.float64)
     present = counts > 0
     for axis, n in enumerate(flat.shape):

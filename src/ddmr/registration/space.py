@@ -119,14 +119,37 @@ def model_space(fixed_geometry: Geometry, card: dict[str, Any],
     return ModelSpace(prepared, resized_grid(prepared, input_size), options)
 
 
-def model_source(image: np.ndarray, geometry: Geometry, space: ModelSpace) -> SplineSource:
+#: Largest difference (source voxels) between the anti-aliasing a :class:`SplineSource`
+#: had and the one a pre-aligned target grid asks for, before the source is rebuilt.
+SIGMA_TOLERANCE = 0.05
+
+
+def model_source(image: np.ndarray, geometry: Geometry, space: ModelSpace,
+                 point_map: np.ndarray | None = None) -> SplineSource:
     """An image (I, J, K) prepared once for :func:`to_model_space`: CT-windowed when the
-    model's preparation was, smoothed against aliasing for the prepared grid's spacing,
-    and turned into cubic B-spline coefficients."""
+    model's preparation was, smoothed against aliasing for the prepared grid (mapped by
+    ``point_map`` when given), and turned into cubic B-spline coefficients."""
     options = space.options
     if options.ct_window is not None:
         image = np.clip(image, *options.ct_window)
-    return spline_source(image, geometry, 3, antialias_sigma(geometry, space.prepared))
+    return spline_source(image, geometry, 3,
+                         antialias_sigma(geometry, _target(space, point_map)))
+
+
+def source_fits(source: SplineSource, space: ModelSpace,
+                point_map: np.ndarray | None = None) -> bool:
+    """Whether ``source``'s anti-aliasing is the one the prepared grid mapped by
+    ``point_map`` asks for (within :data:`SIGMA_TOLERANCE`), so it can be reused there."""
+    wanted = antialias_sigma(source.geometry, _target(space, point_map))
+    if not np.any(wanted > 0.1):  # spline_source smooths only past 0.1 voxel
+        wanted = np.zeros(3)
+    return bool(np.abs(np.asarray(source.sigma) - wanted).max() <= SIGMA_TOLERANCE)
+
+
+def _target(space: ModelSpace, point_map: np.ndarray | None) -> Geometry:
+    if point_map is None:
+        return space.prepared
+    return Geometry(point_map @ space.prepared.affine, space.prepared.shape)
 
 
 def to_model_space(image: np.ndarray | SplineSource, geometry: Geometry, space: ModelSpace,
@@ -143,11 +166,9 @@ def to_model_space(image: np.ndarray | SplineSource, geometry: Geometry, space: 
     from ddmr.augment.preprocess import preprocess
 
     options = space.options
-    source = image if isinstance(image, SplineSource) else model_source(image, geometry, space)
-    target = space.prepared
-    if point_map is not None:
-        target = Geometry(point_map @ space.prepared.affine, space.prepared.shape)
-    resampled = resample_spline(source, target, cval=source.low)
+    source = image if isinstance(image, SplineSource) \
+        else model_source(image, geometry, space, point_map)
+    resampled = resample_spline(source, _target(space, point_map), cval=source.low)
     lo, hi = (options.ct_window if options.ct_window is not None
               else (float(resampled.min()), float(resampled.max())))
     if not hi > lo:

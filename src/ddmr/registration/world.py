@@ -116,7 +116,7 @@ def _field_on_slab(u: torch.Tensor, to_model: np.ndarray, rows: slice,
 def label_cells(labels: torch.Tensor) -> torch.Tensor:
     """For each voxel of ``labels`` (1, 1, D, H, W), the label of the interpolation cell
     whose first corner it is (corners ``+0/+1`` along each axis, the grid's last slice
-    repeated beyond it) when all eight corners carry that label, else -1: (D*H*W,) int16."""
+    repeated beyond it) when all eight corners carry that label, else -1: (D*H*W,) int32."""
     volume = labels[0, 0].cpu().numpy()
     shape = volume.shape
     padded = np.pad(volume, [(0, 1)] * 3, mode="edge")
@@ -125,7 +125,7 @@ def label_cells(labels: torch.Tensor) -> torch.Tensor:
     for corner in range(1, 8):
         a, b, c = (corner >> 2) & 1, (corner >> 1) & 1, corner & 1
         uniform &= padded[a: a + shape[0], b: b + shape[1], c: c + shape[2]] == first
-    cells = np.where(uniform, first.astype(np.int16), np.int16(-1))
+    cells = np.where(uniform, first.astype(np.int32), np.int32(-1))
     return torch.from_numpy(cells.reshape(-1)).to(labels.device)
 
 

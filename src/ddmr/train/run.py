@@ -159,7 +159,7 @@ def fit(design: Design, profile: TrainingProfile, data: str | Path, options: Run
     resume_from = _check_rundir(options)
     rundir = options.rundir
     rundir.mkdir(parents=True, exist_ok=True)
-    if resume_from is None or not (rundir / RUN_FILE).exists():
+    if not _is_secondary_process():
         _write_run_file(rundir, data, options.command or shlex.join(sys.argv), card_extra)
     started = time.time()
     L.seed_everything(profile.seed, workers=True, verbose=False)
@@ -231,12 +231,20 @@ RUN_FILE = "run.json"
 
 def _write_run_file(rundir: Path, data: str | Path, command: str,
                     card_extra: dict[str, Any] | None) -> None:
+    """Record the run's data and command; a resumed run updates the data (it may have
+    moved) and keeps the command that started the run (the recipe)."""
     import json
 
     from ddmr.io import atomic_path
 
     record = {"data": str(Path(data).resolve()), "command": command,
               "card_extra": card_extra or {}}
+    if (rundir / RUN_FILE).is_file():
+        try:
+            old = json.loads((rundir / RUN_FILE).read_text())
+            record["command"] = old.get("command", command)
+        except (json.JSONDecodeError, OSError, AttributeError):
+            pass  # an unreadable record is replaced
     with atomic_path(rundir / RUN_FILE) as temporary:
         temporary.write_text(json.dumps(record, indent=2) + "\n")
 
@@ -318,8 +326,8 @@ def export_run(rundir: str | Path, checkpoint: str = "best", data: str | Path | 
                          f"({type(error).__name__}: {error})") from None
     best_score = next((c.get("best_model_score") for c in state.get("callbacks", {}).values()
                        if isinstance(c, dict) and "best_model_score" in c), None)
-    validation = {"best_val_loss": float(best_score) if best_score is not None else None,
-                  "last": {}}
+    validation = {"best_val_loss": float(best_score) if best_score is not None
+                  and checkpoint == "best" else None, "last": {}}
     training = {"steps": int(state.get("global_step", 0)),
                 "training_hours_total": round(float(state.get("ddmr_elapsed_s", 0.0)) / 3600,
                                               4),
