@@ -339,9 +339,10 @@ class Demo:
             introduction=[
                 "Made by `ddmr demo` on a CPU with the small `cpu` training profile and few "
                 "training steps. These models are demonstrations of the pipeline, not "
-                "trained registration models: expect them to do little better (or worse) "
-                "than no registration, and ANTs to win. Every method is scored by the same "
-                "code on the same stored pairs."])
+                "trained registration models: the cpu profile's affine stage does most of "
+                "their work and their networks have barely started to learn, so expect "
+                "ANTs to win (`ddmr models` shows the shipped model, trained for longer). "
+                "Every method is scored by the same code on the same stored pairs."])
         html, _ = build_report(self.folder / "report.html", sections,
                                [r for r in runs if r.is_dir()], options)
         return html
