@@ -11,7 +11,7 @@ import torch
 
 from ddmr.config import DESIGNS, get_design
 from ddmr.data.datamodule import PreparedDataModule
-from ddmr.errors import InputError
+from ddmr.errors import ConfigError, InputError
 from ddmr.model_file import load_model
 from ddmr.train.module import RegistrationModule
 from ddmr.train.run import RunOptions, data_summary, finetune, fit
@@ -149,6 +149,25 @@ def test_resume_continues_the_step_count(labelled, tmp_path):
 
     steps = pd.read_csv(rundir / "logs" / "run01" / "metrics.csv")["step"].dropna()
     assert steps.min() >= 3
+
+
+def test_learning_rate_drops_once_at_its_step_and_not_again_on_resume(labelled, tmp_path):
+    rundir = tmp_path / "run"
+    profile = tiny_profile(max_steps=2, lr_drop_steps=[2], plateau_patience=100,
+                           learning_rate=1e-3)
+    fit(get_design("BL-N"), profile, labelled, RunOptions(rundir, progress_bar=False))
+
+    def rate() -> float:
+        last = torch.load(rundir / "checkpoints" / "last.ckpt", weights_only=True)
+        return last["optimizer_states"][0]["param_groups"][0]["lr"]
+
+    assert rate() == pytest.approx(1e-3)  # steps 1-2 at 1e-3
+    for steps in (3, 5):  # resumed at the drop, then past it: one drop in all
+        fit(get_design("BL-N"), profile.replace(max_steps=steps), labelled,
+            RunOptions(rundir, resume=True, progress_bar=False))
+        assert rate() == pytest.approx(1e-4)
+    with pytest.raises(ConfigError, match="lr_drop_steps"):
+        tiny_profile(lr_drop_steps=[0])
 
 
 class _EncoderSnapshots(L.Callback):

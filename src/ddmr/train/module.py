@@ -186,6 +186,15 @@ class RegistrationModule(L.LightningModule):
             self._plateau.load_state_dict(self._plateau_state)
         return optimizer
 
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any,
+                       optimizer_closure: Any = None) -> None:
+        # profile.lr_drop_steps: after that many optimiser steps, the rate drops once; the
+        # rate lives in the optimiser's state, so a resumed run does not drop it again
+        if self.trainer.global_step in self.profile.lr_drop_steps:
+            for group in optimizer.param_groups:
+                group["lr"] *= self.profile.plateau_factor
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["ddmr_elapsed_s"] = self.elapsed_seconds()
         if self._generator is not None:

@@ -28,6 +28,9 @@ class TrainingProfile:
     checkpoint_every: optimiser steps between 'last' checkpoints (for --resume).
     prealign: align each pair affinely first (:func:`ddmr.registration.align.align_affine`)
         so that the network learns only the residual; registration then does the same.
+    lr_drop_steps: optimiser steps after which the learning rate is multiplied by
+        ``plateau_factor`` once each (a fast start, then a finer rate in the same run), on
+        top of the plateau schedule.
     """
 
     name: str
@@ -48,6 +51,13 @@ class TrainingProfile:
     num_workers: int = 0
     seed: int = 0
     prealign: bool = False
+    lr_drop_steps: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        steps = tuple(self.lr_drop_steps)
+        if any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in steps):
+            raise ConfigError(f"lr_drop_steps must be positive step counts, got {steps}")
+        object.__setattr__(self, "lr_drop_steps", tuple(sorted(steps)))
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -61,6 +71,7 @@ class TrainingProfile:
         data["unet"] = UNetConfig.from_dict(data["unet"])
         data["augmentation"] = AugmentationConfig.from_dict(data["augmentation"])
         data["input_size"] = tuple(data["input_size"])
+        data["lr_drop_steps"] = tuple(data.get("lr_drop_steps") or ())
         return cls(**data)
 
     def replace(self, **changes: Any) -> TrainingProfile:
@@ -111,5 +122,5 @@ def get_profile(name: str, config_file: str | Path | None = None,
             data[key] = value
     try:
         return TrainingProfile.from_dict(data)
-    except TypeError as error:
+    except (TypeError, ValueError) as error:
         raise ConfigError(f"invalid profile: {error}") from None
