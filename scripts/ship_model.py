@@ -58,7 +58,8 @@ def write_curve(curve: list[dict[str, float]], evaluation: dict[str, dict[str, f
     frame = pd.DataFrame(curve)
     stem.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(stem.with_suffix(".csv"), index=False)
-    x = frame["hours"] if frame["hours"].notna().all() else frame["step"]
+    by_hours = bool(frame["hours"].notna().all())
+    x = frame["hours"] if by_hours else frame["step"]
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
     left.plot(x, frame["dice"], label="network (validation)")
     left.plot(x, frame["dice_affine"], "--", label="affine stage alone (validation)")
@@ -66,8 +67,8 @@ def write_curve(curve: list[dict[str, float]], evaluation: dict[str, dict[str, f
     shipped = [v for k, v in evaluation.items() if k not in ("none", "affine")]
     if shipped and "dsc" in shipped[0]:
         left.plot([x.iloc[-1]], [shipped[0]["dsc"]], "k*", markersize=10,
-                  label="shipped model, held-out test pairs")
-    left.set_xlabel("training hours" if x is frame["hours"] else "step")
+                  label="selected checkpoint on the held-out test pairs")
+    left.set_xlabel("training hours" if by_hours else "step")
     left.set_ylabel("mean label DSC")
     left.legend(fontsize=7)
     right.plot(x, frame["field_error_mm"])
