@@ -794,6 +794,24 @@ def _filter_axes(array: np.ndarray, dtype: type, apply: Callable[[np.ndarray, in
     return result
 
 
+def _smoothed(array: np.ndarray, sigma: np.ndarray | None
+              ) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """``array`` as float32, smoothed by the Gaussian ``sigma`` (source voxels, per axis;
+    skipped when no axis exceeds 0.1) on threads, and the sigma applied (zeros if none).
+    The numbers of ``scipy.ndimage.gaussian_filter(..., mode="nearest")``."""
+    from scipy import ndimage
+
+    source = np.asarray(array, dtype=np.float32)
+    if sigma is None or not np.any(np.asarray(sigma) > 0.1):
+        return source, (0.0, 0.0, 0.0)
+    sigma = np.broadcast_to(np.asarray(sigma, dtype=np.float64), (3,))
+    source = _filter_axes(
+        source, np.float32, lambda volume, axis: ndimage.gaussian_filter1d(
+            volume, float(sigma[axis]), axis=axis, mode="nearest"),
+        [axis for axis in range(3) if sigma[axis] > 1e-15])
+    return source, (float(sigma[0]), float(sigma[1]), float(sigma[2]))
+
+
 def spline_source(array: np.ndarray, geometry: Geometry, order: int = 3,
                   sigma: np.ndarray | None = None) -> SplineSource:
     """Smooth ``array`` (I, J, K) by ``sigma`` (source voxels; skipped when all <= 0.1)
@@ -806,15 +824,7 @@ def spline_source(array: np.ndarray, geometry: Geometry, order: int = 3,
         raise ValueError(f"array shape {array.shape} differs from grid {geometry.shape}")
     if not 2 <= order <= 5:
         raise ValueError(f"spline order must be 2..5, got {order}")
-    source = np.asarray(array, dtype=np.float32)
-    applied = (0.0, 0.0, 0.0)
-    if sigma is not None and np.any(np.asarray(sigma) > 0.1):
-        sigma = np.broadcast_to(np.asarray(sigma, dtype=np.float64), (3,))
-        applied = tuple(float(v) for v in sigma)
-        source = _filter_axes(
-            source, np.float32, lambda volume, axis: ndimage.gaussian_filter1d(
-                volume, float(sigma[axis]), axis=axis, mode="nearest"),
-            [axis for axis in range(3) if sigma[axis] > 1e-15])
+    source, applied = _smoothed(array, sigma)
     padded = np.pad(source, SPLINE_PAD, mode="edge")
     coefficients = _filter_axes(
         padded, np.float32, lambda volume, axis: ndimage.spline_filter1d(
@@ -880,11 +890,10 @@ def resample_to(array: np.ndarray, geometry_from: Geometry, geometry_to: Geometr
         return resample_spline(spline_source(array, geometry_from, order, sigma),
                                geometry_to, cval)
     matrix, offset = _index_map(geometry_from, geometry_to)
-    source = array if order == 0 else np.asarray(array, dtype=np.float32)
-    if order == 1 and antialias:
-        sigma = antialias_sigma(geometry_from, geometry_to)
-        if np.any(sigma > 0.1):
-            source = ndimage.gaussian_filter(source, sigma=sigma, mode="nearest")
+    source = array
+    if order == 1:
+        source, _ = _smoothed(array, antialias_sigma(geometry_from, geometry_to)
+                              if antialias else None)
     output = ndimage.affine_transform(source, matrix, offset, output_shape=geometry_to.shape,
                                       order=order, mode="nearest")
     output[~_inside(geometry_from, geometry_to)] = cval
