@@ -192,3 +192,18 @@ def test_bincount_metrics_take_sparse_label_values():
     assert metrics.dice_per_label(a, b, [10**9])[0] == pytest.approx(2 * 2 / 6)
     centre = metrics.centroids(a, [10**9], (1.0, 1.0, 1.0))[0]
     np.testing.assert_allclose(centre, [1.0, 2.5, 2.5])
+
+
+def test_native_jacobian_matches_the_reference_on_thin_and_odd_grids():
+    from ddmr.nn.fields import jacobian_determinant
+
+    rng = np.random.default_rng(11)
+    affine = np.eye(4)
+    affine[:3, :3] = [[1.2, 0.1, 0.0], [0.0, 0.9, 0.2], [0.1, 0.0, 2.0]]
+    for shape in [(2, 5, 3), (6, 2, 7), (5, 4, 3)]:
+        geometry = Geometry(affine, shape)
+        field_mm = rng.normal(0, 0.8, size=(3, *shape)).astype(np.float32)
+        voxels = torch.from_numpy(world.mm_to_voxels(field_mm, geometry))[None]
+        expected = jacobian_determinant(voxels)[0, 0].numpy()
+        np.testing.assert_allclose(world.jacobian_determinant(field_mm, geometry), expected,
+                                   rtol=1e-5, atol=1e-5)

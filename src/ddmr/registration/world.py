@@ -254,23 +254,57 @@ def mm_to_voxels(displacement_mm: np.ndarray, geometry: Geometry) -> np.ndarray:
     return np.einsum("ab,bijk->aijk", inverse, displacement_mm).astype(np.float32)
 
 
+def _differences(u: torch.Tensor, axis: int, out: torch.Tensor) -> None:
+    """Derivative of ``u`` along ``axis`` into ``out`` (same shape): central differences
+    inside, one-sided at the two ends (``torch.gradient``'s first-order edges)."""
+    n = u.shape[axis]
+    if n < 2:
+        out.zero_()
+        return
+    if n > 2:
+        torch.sub(u.narrow(axis, 2, n - 2), u.narrow(axis, 0, n - 2),
+                  out=out.narrow(axis, 1, n - 2))
+        out.narrow(axis, 1, n - 2).mul_(0.5)
+    torch.sub(u.narrow(axis, 1, 1), u.narrow(axis, 0, 1), out=out.narrow(axis, 0, 1))
+    torch.sub(u.narrow(axis, n - 1, 1), u.narrow(axis, n - 2, 1), out=out.narrow(axis, n - 1, 1))
+
+
+def _voxel_determinant(u: torch.Tensor) -> torch.Tensor:
+    """Determinant (D, H, W) of the Jacobian of ``x -> x + u(x)`` for a voxel field
+    ``u`` (3, D, H, W) float32; the same finite differences as
+    :func:`ddmr.nn.fields.jacobian_determinant`, in place (no autograd, a third of its
+    memory traffic)."""
+    g = torch.empty((3, *u.shape), dtype=u.dtype)  # g[j][i] = d u_i / d x_j
+    for axis in range(3):
+        _differences(u, axis + 1, g[axis])
+    for axis in range(3):
+        g[axis, axis] += 1.0
+    j = [[g[col, row] for col in range(3)] for row in range(3)]  # j[i][k] = J_ik
+    minor = torch.mul(j[1][1], j[2][2]).addcmul_(j[1][2], j[2][1], value=-1.0)
+    det = torch.mul(j[0][0], minor)
+    torch.mul(j[1][0], j[2][2], out=minor).addcmul_(j[1][2], j[2][0], value=-1.0)
+    det.addcmul_(j[0][1], minor, value=-1.0)
+    torch.mul(j[1][0], j[2][1], out=minor).addcmul_(j[1][1], j[2][0], value=-1.0)
+    return det.addcmul_(j[0][2], minor)
+
+
 def jacobian_determinant(displacement_mm: np.ndarray, geometry: Geometry) -> np.ndarray:
     """Determinant (I, J, K) of the Jacobian of ``p -> p + d(p)`` in physical space, for a
     RAS mm displacement (3, I, J, K) on ``geometry``. It equals the determinant of the
-    voxel-space Jacobian (``det(A^-1 J A) = det J``), computed by
-    :func:`ddmr.nn.fields.jacobian_determinant` in slabs of slices (each with one slice of
-    overlap on either side, so the finite differences are those of the whole volume)."""
-    from ddmr.nn.fields import jacobian_determinant as voxel_jacobian
-
-    voxels = mm_to_voxels(displacement_mm, geometry)
-    depth = voxels.shape[1]
-    out = np.empty(voxels.shape[1:], dtype=np.float32)
-    step = max(1, SLAB_VOXELS // max(voxels.shape[2] * voxels.shape[3], 1))
+    voxel-space Jacobian (``det(A^-1 J A) = det J``), with the central differences of
+    :func:`ddmr.nn.fields.jacobian_determinant`, in slabs of slices (each with one slice
+    of overlap on either side, so the differences are those of the whole volume)."""
+    inverse = torch.from_numpy(np.linalg.inv(geometry.affine[:3, :3]).astype(np.float32))
+    mm = torch.from_numpy(np.ascontiguousarray(displacement_mm, dtype=np.float32))
+    depth = mm.shape[1]
+    out = np.empty(mm.shape[1:], dtype=np.float32)
+    step = max(1, SLAB_VOXELS // max(mm.shape[2] * mm.shape[3], 1))
     for start in range(0, depth, step):
         stop = min(start + step, depth)
         low, high = max(start - 1, 0), min(stop + 1, depth)
         if high - low < 2:  # a single slice: no neighbours to differentiate along i
             low, high = max(low - 1, 0), min(high + 1, depth)
-        block = torch.from_numpy(np.ascontiguousarray(voxels[:, low:high]))[None]
-        out[start:stop] = voxel_jacobian(block)[0, 0, start - low:stop - low].numpy()
+        block = mm[:, low:high]
+        voxels = torch.mm(inverse, block.reshape(3, -1)).reshape(block.shape)
+        out[start:stop] = _voxel_determinant(voxels)[start - low:stop - low].numpy()
     return out
