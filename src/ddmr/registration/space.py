@@ -29,7 +29,14 @@ import torch
 from ddmr.data.grid import image_box, intersect, mask_box, target_grid
 from ddmr.data.prepare import PrepareOptions
 from ddmr.errors import ConfigError, InputError
-from ddmr.io import Geometry, SplineSource, antialias_sigma, resample_spline, spline_source
+from ddmr.io import (
+    Geometry,
+    SplineSource,
+    antialias_sigma,
+    resample_axis_aligned,
+    resample_spline,
+    spline_source,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -166,9 +173,18 @@ def to_model_space(image: np.ndarray | SplineSource, geometry: Geometry, space: 
     from ddmr.augment.preprocess import preprocess
 
     options = space.options
-    source = image if isinstance(image, SplineSource) \
-        else model_source(image, geometry, space, point_map)
-    resampled = resample_spline(source, _target(space, point_map), cval=source.low)
+    target = _target(space, point_map)
+    resampled = None
+    if not isinstance(image, SplineSource):  # resampled once: axis by axis when it can be
+        if options.ct_window is not None:
+            image = np.clip(image, *options.ct_window)
+        resampled = resample_axis_aligned(image, geometry, target, 3,
+                                          antialias_sigma(geometry, target),
+                                          cval=float(image.min()))
+    if resampled is None:
+        source = image if isinstance(image, SplineSource) \
+            else model_source(image, geometry, space, point_map)
+        resampled = resample_spline(source, target, cval=source.low)
     lo, hi = (options.ct_window if options.ct_window is not None
               else (float(resampled.min()), float(resampled.max())))
     if not hi > lo:
