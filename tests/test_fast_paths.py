@@ -42,7 +42,7 @@ def test_label_sampling_equals_the_per_label_definition(shape):
         * np.array(shape)
     values = [int(v) for v in np.unique(labels)]
     ours = world.sample_labels(torch.from_numpy(labels)[None, None],
-                               torch.from_numpy(points.astype(np.float32)), values).numpy()
+                               torch.from_numpy(points.T.astype(np.float32)), values).numpy()
     expected = reference_labels(labels, points.astype(np.float32).astype(np.float64), values)
     np.testing.assert_array_equal(ours, expected)
 

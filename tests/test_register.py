@@ -219,12 +219,12 @@ def test_label_sampling_is_label_exact_and_matches_onehot_warping():
     index = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float32)
                                          for n in (9, 10, 11)], indexing="ij"), -1)
     points = (index + shift).reshape(-1, 3)
-    ours = sample_labels(labels, points, [0, 1, 2, 3]).reshape(9, 10, 11)
+    ours = sample_labels(labels, points.T, [0, 1, 2, 3]).reshape(9, 10, 11)
     field = shift.view(1, 3, 1, 1, 1).expand(1, 3, 9, 10, 11)
     theirs = warp_labels(labels, field, method="onehot")[0, 0]
     inner = (slice(0, 8), slice(1, 9), slice(0, 10))  # away from the padded border
     assert torch.equal(ours[inner], theirs[inner])
-    same = sample_labels(labels, index.reshape(-1, 3), [0, 1, 2, 3]).reshape(9, 10, 11)
+    same = sample_labels(labels, index.reshape(-1, 3).T, [0, 1, 2, 3]).reshape(9, 10, 11)
     assert torch.equal(same, labels[0, 0])
 
 

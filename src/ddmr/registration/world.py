@@ -131,7 +131,7 @@ def label_cells(labels: torch.Tensor) -> torch.Tensor:
 
 def sample_labels(labels: torch.Tensor, index: torch.Tensor, values: list[int],
                   cells: torch.Tensor | None = None) -> torch.Tensor:
-    """Label-exact interpolation of ``labels`` (1, 1, D, H, W) uint8 at indices (n, 3):
+    """Label-exact interpolation of ``labels`` (1, 1, D, H, W) uint8 at indices (3, n):
     each label of ``values`` (include 0: background competes like any label) has its
     indicator interpolated trilinearly and the label of largest weight wins (ties: the
     first in ``values``; 0 outside the grid). Returns (n,) uint8.
@@ -145,23 +145,24 @@ def sample_labels(labels: torch.Tensor, index: torch.Tensor, values: list[int],
     size = volume.shape
     if cells is None:
         cells = label_cells(labels)
-    top = torch.tensor(size, device=index.device, dtype=index.dtype) - 1
-    clamped = torch.minimum(torch.clamp(index, min=0.0), top)
-    low = torch.minimum(torch.floor(clamped), (top - 1).clamp(min=0)).long()
-    direct = cells[(low[:, 0] * size[1] + low[:, 1]) * size[2] + low[:, 2]]
+    # per axis, contiguous (n,): the point clamped to the grid and its cell's first corner
+    clamped = [index[a].clamp(0.0, size[a] - 1) for a in range(3)]
+    low = [torch.floor(clamped[a]).clamp_(max=max(size[a] - 2, 0)).to(torch.int32)
+           for a in range(3)]
+    direct = cells[(low[0] * size[1] + low[1]) * size[2] + low[2]]
     best = direct.clamp(min=0).to(labels.dtype)
     mixed = torch.nonzero(direct < 0).squeeze(1)
     if mixed.numel():
-        low, clamped = low[mixed], clamped[mixed]
-        frac = (clamped - low.to(index.dtype)).to(torch.float32)
+        low_m = [low[a][mixed] for a in range(3)]
+        frac = [clamped[a][mixed] - low_m[a].to(clamped[a].dtype) for a in range(3)]
         corners, weights = [], []
         for corner in range(8):
             step = [(corner >> 2) & 1, (corner >> 1) & 1, corner & 1]
-            at = [torch.clamp(low[:, a] + step[a], max=size[a] - 1) for a in range(3)]
+            at = [torch.clamp(low_m[a] + step[a], max=size[a] - 1) for a in range(3)]
             corners.append(flat[(at[0] * size[1] + at[1]) * size[2] + at[2]])
-            weight = torch.ones_like(frac[:, 0])
+            weight = torch.ones_like(frac[0])
             for a in range(3):
-                weight = weight * (frac[:, a] if step[a] else 1.0 - frac[:, a])
+                weight = weight * (frac[a] if step[a] else 1.0 - frac[a])
             weights.append(weight)
         mixed_labels = torch.stack(corners, dim=1)  # (m, 8)
         mixed_weights = torch.stack(weights, dim=1)
@@ -186,7 +187,7 @@ def sample_labels(labels: torch.Tensor, index: torch.Tensor, values: list[int],
                              mixed_labels.gather(1, first)[:, 0],
                              torch.zeros_like(mixed_labels[:, 0]))
         best[mixed] = winner
-    return torch.where(inside(index.T, tuple(size)), best, torch.zeros_like(best))
+    return torch.where(inside(index, tuple(size)), best, torch.zeros_like(best))
 
 
 @dataclass
@@ -227,7 +228,7 @@ def to_native(displacement: torch.Tensor, model_grid: Geometry, fixed: Geometry,
     labels = values = cells = None
     if moving_labels is not None:
         labels = torch.from_numpy(np.ascontiguousarray(moving_labels))[None, None]
-        values = [int(v) for v in np.nonzero(np.bincount(moving_labels.ravel()))[0]]
+        values = torch.nonzero(torch.bincount(labels.reshape(-1)))[:, 0].tolist()
         cells = label_cells(labels)  # background competes too, as any label
     shape = fixed.shape
     out_disp = np.empty((3, *shape), dtype=np.float32)
@@ -242,7 +243,7 @@ def to_native(displacement: torch.Tensor, model_grid: Geometry, fixed: Geometry,
             "ab,bijk->aijk", net_to_moving, uq)
         out_warped[sl] = sample_image(image, moving_index).numpy()
         if labels is not None:
-            points = moving_index.reshape(3, -1).T
+            points = moving_index.reshape(3, -1)
             out_labels[sl] = sample_labels(labels, points, values, cells).numpy().reshape(
                 moving_index.shape[1:])
     return NativeResult(out_disp, out_warped, out_labels)
