@@ -207,3 +207,50 @@ def test_native_jacobian_matches_the_reference_on_thin_and_odd_grids():
         expected = jacobian_determinant(voxels)[0, 0].numpy()
         np.testing.assert_allclose(world.jacobian_determinant(field_mm, geometry), expected,
                                    rtol=1e-5, atol=1e-5)
+
+
+def smooth_volume(shape, seed):
+    rng = np.random.default_rng(seed)
+    return ndimage.gaussian_filter(rng.random(shape), 1.5).astype(np.float32)
+
+
+@pytest.mark.parametrize("order", [3, 5])
+@pytest.mark.parametrize("sigma", [None, (0.5, 0.0, 0.8)])
+def test_dense_spline_coefficients_equal_scipy_filters(monkeypatch, order, sigma):
+    import ddmr.io as io
+
+    volume = smooth_volume((14, 11, 9), seed=order)
+    geometry = Geometry(np.diag([1.5, 1.2, 2.0, 1.0]), volume.shape)
+    dense = io.spline_source(volume, geometry, order, sigma)
+    monkeypatch.setattr(io, "DENSE_FILTER_LIMIT", 0)
+    filtered = io.spline_source(volume, geometry, order, sigma)
+    assert dense.sigma == filtered.sigma
+    np.testing.assert_allclose(dense.coefficients, filtered.coefficients, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["coarser", "flipped, partly outside", "finer"])
+def test_axis_aligned_resampling_equals_the_spline_path(case):
+    from ddmr.io import (
+        antialias_sigma,
+        resample_axis_aligned,
+        resample_spline,
+        spline_source,
+    )
+
+    volume = smooth_volume((20, 17, 15), seed=4)
+    source = Geometry(np.diag([1.5, 1.4, 1.6, 1.0]), volume.shape)
+    affine = {"coarser": np.diag([3.0, 3.1, 2.9, 1.0]),
+              "flipped, partly outside": np.diag([-2.0, 1.0, 3.5, 1.0]),
+              "finer": np.diag([0.7, 0.9, 1.1, 1.0])}[case]
+    affine[:3, 3] = {"coarser": [1.0, -2.0, 3.0], "flipped, partly outside": [40.0, -5.0, 4.0],
+                     "finer": [2.0, 1.0, 0.5]}[case]
+    target = Geometry(affine, (11, 13, 9))
+    sigma = antialias_sigma(source, target)
+    expected = resample_spline(spline_source(volume, source, 3, sigma), target, cval=-1.0)
+    ours = resample_axis_aligned(volume, source, target, 3, sigma, cval=-1.0)
+    np.testing.assert_allclose(ours, expected, atol=1e-5)
+    if case == "flipped, partly outside":
+        assert 0 < np.mean(expected == -1.0) < 1
+    rotated = affine.copy()
+    rotated[:3, :3] = Rotation.from_rotvec([0.0, 0.0, 0.2]).as_matrix() @ affine[:3, :3]
+    assert resample_axis_aligned(volume, source, Geometry(rotated, (11, 13, 9))) is None
