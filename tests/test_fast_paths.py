@@ -254,3 +254,18 @@ def test_axis_aligned_resampling_equals_the_spline_path(case):
     rotated = affine.copy()
     rotated[:3, :3] = Rotation.from_rotvec([0.0, 0.0, 0.2]).as_matrix() @ affine[:3, :3]
     assert resample_axis_aligned(volume, source, Geometry(rotated, (11, 13, 9))) is None
+
+
+def test_sampling_grid_is_the_normalised_identity_plus_displacement():
+    from ddmr.nn.warp import sampling_grid
+
+    displacement = torch.randn(2, 3, 5, 7, 4, requires_grad=True)
+    index = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float32) for n in (5, 7, 4)],
+                                       indexing="ij"))
+    points = index + displacement  # (B, 3, D, H, W) voxel positions
+    scale = torch.tensor([2 / 4, 2 / 6, 2 / 3]).view(1, 3, 1, 1, 1)
+    expected = (points * scale - 1).permute(0, 2, 3, 4, 1).flip(-1)
+    grid = sampling_grid(displacement)
+    torch.testing.assert_close(grid, expected, atol=1e-6, rtol=0)
+    grid.sum().backward()
+    torch.testing.assert_close(displacement.grad, scale.expand_as(displacement).clone())

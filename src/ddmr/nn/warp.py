@@ -7,15 +7,23 @@ Points that fall outside the moving image take ``padding`` values.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ddmr.nn.fields import identity_grid
-
 Padding = Literal["zeros", "border", "reflection"]
+
+
+@lru_cache(maxsize=4)
+def _normalised_identity(shape: tuple[int, int, int], device: str, dtype: torch.dtype
+                         ) -> torch.Tensor:
+    """(1, D, H, W, 3) ``grid_sample`` coordinates of the grid's own voxels, (W, H, D)."""
+    axes = [torch.arange(n, dtype=dtype, device=device) * (2.0 / max(n - 1, 1)) - 1.0
+            for n in shape]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij")[::-1], dim=-1).unsqueeze(0)
 
 
 def sampling_grid(displacement: torch.Tensor) -> torch.Tensor:
@@ -26,13 +34,12 @@ def sampling_grid(displacement: torch.Tensor) -> torch.Tensor:
     """
     if displacement.ndim != 5 or displacement.shape[1] != 3:
         raise ValueError(f"displacement must be (B, 3, D, H, W), got {tuple(displacement.shape)}")
-    shape = displacement.shape[2:]
-    coords = identity_grid(shape, displacement.device, displacement.dtype) + displacement
-    scale = torch.tensor(
-        [2.0 / max(n - 1, 1) for n in shape], device=displacement.device, dtype=displacement.dtype
-    ).view(1, 3, 1, 1, 1)
-    normalised = coords * scale - 1.0
-    return normalised.permute(0, 2, 3, 4, 1).flip(-1).contiguous()
+    shape = tuple(int(n) for n in displacement.shape[2:])
+    scale = torch.tensor([2.0 / max(n - 1, 1) for n in shape[::-1]],
+                         device=displacement.device, dtype=displacement.dtype)
+    base = _normalised_identity(shape, str(displacement.device), displacement.dtype)
+    # one pass: identity + scaled displacement, read channel-last in (W, H, D) order
+    return torch.addcmul(base, displacement.permute(0, 2, 3, 4, 1).flip(-1), scale)
 
 
 def _check_pair(image: torch.Tensor, displacement: torch.Tensor) -> None:
