@@ -12,6 +12,7 @@ from scipy.spatial.transform import Rotation
 
 from ddmr.evaluate import metrics
 from ddmr.io import Geometry, load_image, resample_to, save_image
+from ddmr.nn.warp import label_cells
 from ddmr.registration import world
 
 
@@ -49,7 +50,7 @@ def test_label_sampling_equals_the_per_label_definition(shape):
 
 def test_label_cells_mark_uniform_cells_only():
     labels = blocky_labels((10, 11, 12), seed=3)
-    cells = world.label_cells(torch.from_numpy(labels)[None, None]).numpy().reshape(labels.shape)
+    cells = label_cells(torch.from_numpy(labels)[None, None]).numpy().reshape(labels.shape)
     padded = np.pad(labels, [(0, 1)] * 3, mode="edge")
     for i, j, k in np.random.default_rng(1).integers(0, 10, size=(200, 3)):
         corners = padded[i:i + 2, j:j + 2, k:k + 2]
@@ -269,3 +270,36 @@ def test_sampling_grid_is_the_normalised_identity_plus_displacement():
     torch.testing.assert_close(grid, expected, atol=1e-6, rtol=0)
     grid.sum().backward()
     torch.testing.assert_close(displacement.grad, scale.expand_as(displacement).clone())
+
+
+def reference_onehot_warp(labels, displacement):
+    """The definition: each label's indicator warped trilinearly (zeros beyond the grid),
+    the largest weight wins (strictly larger: ties go to the smaller label; none: 0)."""
+    from ddmr.nn.warp import sampling_grid
+
+    grid = sampling_grid(displacement)
+    source = labels.expand(displacement.shape[0], *labels.shape[1:])
+    best_score = torch.zeros(source.shape, dtype=torch.float32)
+    best = torch.zeros_like(source)
+    for value in torch.unique(labels).tolist():
+        score = torch.nn.functional.grid_sample((source == value).float(), grid,
+                                                align_corners=True)
+        best = torch.where(score > best_score, torch.full_like(best, value), best)
+        best_score = torch.maximum(score, best_score)
+    return best
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_onehot_label_warping_equals_the_per_label_definition(batch):
+    from ddmr.nn import warp_labels
+
+    shape = (13, 11, 9)
+    labels = torch.from_numpy(blocky_labels(shape, seed=5) * 3)[None, None]  # gaps: 0, 3, 6...
+    generator = torch.Generator().manual_seed(batch)
+    coarse = torch.randn(batch, 3, 3, 3, 3, generator=generator) * 4.0
+    displacement = torch.nn.functional.interpolate(coarse, size=shape, mode="trilinear")
+    displacement[:, :, :2] += 30.0  # some points far outside the grid
+    ours = warp_labels(labels, displacement, method="onehot")
+    expected = reference_onehot_warp(labels, displacement)
+    assert torch.equal(ours, expected)
+    assert (ours == 0).any() and len(torch.unique(ours)) > 2

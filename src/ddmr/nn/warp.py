@@ -78,6 +78,92 @@ def warp_image(
     )
 
 
+def label_cells(labels: torch.Tensor) -> torch.Tensor:
+    """For each voxel of ``labels`` (1, 1, D, H, W), the label of the interpolation cell
+    whose first corner it is (corners ``+0/+1`` along each axis, the grid's last slice
+    repeated beyond it) when all eight corners carry that label, else -1: (D*H*W,) int32,
+    on the labels' device."""
+    volume = labels[0, 0]
+    padded = F.pad(volume[None, None].to(torch.int32), (0, 1, 0, 1, 0, 1), mode="replicate")[0, 0]
+    depth, height, width = volume.shape
+    first = padded[:depth, :height, :width]
+    uniform = torch.ones_like(first, dtype=torch.bool)
+    for corner in range(1, 8):
+        a, b, c = (corner >> 2) & 1, (corner >> 1) & 1, corner & 1
+        uniform &= padded[a:a + depth, b:b + height, c:c + width] == first
+    return torch.where(uniform, first, torch.full_like(first, -1)).reshape(-1)
+
+
+def vote_labels(volume: torch.Tensor, low: list[torch.Tensor], frac: list[torch.Tensor],
+                values: list[int], beyond: Literal["border", "zero"] = "border"
+                ) -> torch.Tensor:
+    """The one-hot rule at m points of a label ``volume`` (D, H, W): each corner of the
+    point's cell (first corner ``low``, per axis (m,) integers) weighs ``frac`` (per axis
+    (m,), in [0, 1]) trilinearly; every label of ``values`` scores the weights of the
+    corners carrying it and the largest positive score wins (ties: the first in
+    ``values``; no label of ``values``: 0). Corners beyond the grid take the border's
+    label (``beyond="border"``) or no label at all (``"zero"``, as zero padding of each
+    label's indicator). (m,) labels."""
+    size = volume.shape
+    flat = volume.reshape(-1)
+    corners, weights = [], []
+    for corner in range(8):
+        step = [(corner >> 2) & 1, (corner >> 1) & 1, corner & 1]
+        at = [low[a] + step[a] for a in range(3)]
+        weight = torch.ones_like(frac[0])
+        for a in range(3):
+            weight = weight * (frac[a] if step[a] else 1.0 - frac[a])
+            if beyond == "zero":
+                weight = weight * ((at[a] >= 0) & (at[a] < size[a]))
+            at[a] = at[a].clamp(0, size[a] - 1)
+        corners.append(flat[(at[0] * size[1] + at[1]) * size[2] + at[2]])
+        weights.append(weight)
+    labels = torch.stack(corners, dim=1)  # (m, 8)
+    corner_weights = torch.stack(weights, dim=1)
+    score = torch.zeros_like(corner_weights)  # each corner: the weight of its label
+    for other in range(8):
+        score += corner_weights[:, other:other + 1] * (labels == labels[:, other:other + 1])
+    count = len(values)
+    rank = torch.full((max(int(volume.max()), *values) + 1,), count, dtype=torch.int64,
+                      device=volume.device)
+    rank[torch.tensor(values, dtype=torch.int64, device=volume.device)] = torch.arange(
+        count, device=volume.device)
+    corner_rank = rank[labels.long()]
+    score = torch.where(corner_rank < count, score, torch.zeros_like(score))
+    top = score.max(dim=1, keepdim=True).values
+    order = torch.where((score == top) & (score > 0), corner_rank, count)
+    first = order.argmin(dim=1, keepdim=True)
+    return torch.where(order.gather(1, first)[:, 0] < count, labels.gather(1, first)[:, 0],
+                       torch.zeros_like(labels[:, 0]))
+
+
+def _onehot_labels(labels: torch.Tensor, grid: torch.Tensor, values: list[int]) -> torch.Tensor:
+    """:func:`warp_labels`' one-hot rule for one label map (1, 1, D, H, W) and one grid
+    (1, *S, 3): (*S) labels. A point whose cell lies inside the grid and carries one
+    label takes it directly; the others (near label boundaries and the border) are
+    decided by :func:`vote_labels` with zero beyond the grid."""
+    shape = labels.shape[2:]
+    flat_grid = grid.reshape(-1, 3)
+    # the voxel index grid_sample computes from the grid (align_corners=True), per axis
+    index = [(flat_grid[:, 2 - axis] + 1) / 2 * (shape[axis] - 1) for axis in range(3)]
+    floor = [torch.floor(index[axis]) for axis in range(3)]
+    cell_inside = torch.ones_like(floor[0], dtype=torch.bool)
+    for axis in range(3):
+        cell_inside &= (floor[axis] >= 0) & (floor[axis] <= shape[axis] - 2)
+    low = [floor[axis].clamp(0, max(shape[axis] - 2, 0)).to(torch.int64) for axis in range(3)]
+    direct = label_cells(labels)[(low[0] * shape[1] + low[1]) * shape[2] + low[2]]
+    direct = torch.where(cell_inside, direct, torch.full_like(direct, -1))
+    result = direct.clamp(min=0).to(labels.dtype)
+    mixed = torch.nonzero(direct < 0).squeeze(1)
+    if mixed.numel():
+        # far outside points: clamp before the integer cast, they only need to stay out
+        start = [floor[a][mixed].clamp(-2, shape[a] + 1).to(torch.int64) for a in range(3)]
+        result[mixed] = vote_labels(labels[0, 0], start,
+                                    [index[a][mixed] - floor[a][mixed] for a in range(3)],
+                                    values, beyond="zero")
+    return result.reshape(grid.shape[1:-1])
+
+
 def warp_labels(
     labels: torch.Tensor,
     displacement: torch.Tensor,
@@ -86,8 +172,9 @@ def warp_labels(
     """Warp an integer label map (B, 1, D, H, W) so that it keeps exactly its label values.
 
     ``nearest`` samples the nearest voxel; ``onehot`` interpolates each label's indicator
-    trilinearly and keeps the label with the largest weight (smoother boundaries). Points
-    outside the moving image become background (0). Returns the labels' dtype.
+    trilinearly (zero beyond the grid) and keeps the label with the largest weight (ties:
+    the smaller label; no weight: 0), for smoother boundaries. Points outside the moving
+    image become background (0). Returns the labels' dtype.
     """
     _check_pair(labels, displacement)
     if labels.shape[1] != 1:
@@ -99,18 +186,12 @@ def warp_labels(
     if method != "onehot":
         raise ValueError(f"unknown label warping method {method!r}")
     grid = sampling_grid(displacement.float())
-    batch = displacement.shape[0]
-    best_score = torch.zeros((batch, 1, *labels.shape[2:]), device=labels.device)
-    best_label = torch.zeros_like(best_score, dtype=dtype)
-    source = labels if labels.shape[0] == batch else labels.expand(batch, *labels.shape[1:])
-    for value in torch.unique(labels).tolist():
-        indicator = (source == value).float()
-        score = F.grid_sample(indicator, grid, mode="bilinear", padding_mode="zeros",
-                              align_corners=True)
-        better = score > best_score
-        best_score = torch.where(better, score, best_score)
-        best_label = torch.where(better, torch.full_like(best_label, value), best_label)
-    return best_label
+    values = torch.unique(labels).tolist()
+    out = torch.empty((grid.shape[0], 1, *grid.shape[1:4]), dtype=dtype, device=labels.device)
+    for item in range(grid.shape[0]):
+        source = labels[item if labels.shape[0] > 1 else 0][None]
+        out[item, 0] = _onehot_labels(source, grid[item:item + 1], values)
+    return out
 
 
 class SpatialTransformer(nn.Module):

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ddmr.io import Geometry
+from ddmr.nn.warp import label_cells, vote_labels
 
 #: Fixed-grid voxels handled per slab.
 SLAB_VOXELS = 1 << 21
@@ -113,36 +114,18 @@ def _field_on_slab(u: torch.Tensor, to_model: np.ndarray, rows: slice,
                          align_corners=True)[0]
 
 
-def label_cells(labels: torch.Tensor) -> torch.Tensor:
-    """For each voxel of ``labels`` (1, 1, D, H, W), the label of the interpolation cell
-    whose first corner it is (corners ``+0/+1`` along each axis, the grid's last slice
-    repeated beyond it) when all eight corners carry that label, else -1: (D*H*W,) int32."""
-    volume = labels[0, 0].cpu().numpy()
-    shape = volume.shape
-    padded = np.pad(volume, [(0, 1)] * 3, mode="edge")
-    first = padded[: shape[0], : shape[1], : shape[2]]
-    uniform = np.ones(shape, dtype=bool)
-    for corner in range(1, 8):
-        a, b, c = (corner >> 2) & 1, (corner >> 1) & 1, corner & 1
-        uniform &= padded[a: a + shape[0], b: b + shape[1], c: c + shape[2]] == first
-    cells = np.where(uniform, first.astype(np.int32), np.int32(-1))
-    return torch.from_numpy(cells.reshape(-1)).to(labels.device)
-
-
 def sample_labels(labels: torch.Tensor, index: torch.Tensor, values: list[int],
                   cells: torch.Tensor | None = None) -> torch.Tensor:
     """Label-exact interpolation of ``labels`` (1, 1, D, H, W) uint8 at indices (3, n):
     each label of ``values`` (include 0: background competes like any label) has its
-    indicator interpolated trilinearly and the label of largest weight wins (ties: the
-    first in ``values``; 0 outside the grid). Returns (n,) uint8.
+    indicator interpolated trilinearly (border values beyond the grid) and the label of
+    largest weight wins (ties: the first in ``values``; 0 outside the grid). (n,) uint8.
 
     Points whose interpolation cell carries one label take it from ``cells``
-    (:func:`label_cells`, computed here when not given); only the others (near label
-    boundaries) have their eight neighbours weighed per label.
+    (:func:`ddmr.nn.warp.label_cells`, computed here when not given); only the others
+    (near label boundaries) are decided by :func:`ddmr.nn.warp.vote_labels`.
     """
-    volume = labels[0, 0]
-    flat = volume.reshape(-1)
-    size = volume.shape
+    size = labels.shape[2:]
     if cells is None:
         cells = label_cells(labels)
     # per axis, contiguous (n,): the point clamped to the grid and its cell's first corner
@@ -154,39 +137,9 @@ def sample_labels(labels: torch.Tensor, index: torch.Tensor, values: list[int],
     mixed = torch.nonzero(direct < 0).squeeze(1)
     if mixed.numel():
         low_m = [low[a][mixed] for a in range(3)]
-        frac = [clamped[a][mixed] - low_m[a].to(clamped[a].dtype) for a in range(3)]
-        corners, weights = [], []
-        for corner in range(8):
-            step = [(corner >> 2) & 1, (corner >> 1) & 1, corner & 1]
-            at = [torch.clamp(low_m[a] + step[a], max=size[a] - 1) for a in range(3)]
-            corners.append(flat[(at[0] * size[1] + at[1]) * size[2] + at[2]])
-            weight = torch.ones_like(frac[0])
-            for a in range(3):
-                weight = weight * (frac[a] if step[a] else 1.0 - frac[a])
-            weights.append(weight)
-        mixed_labels = torch.stack(corners, dim=1)  # (m, 8)
-        mixed_weights = torch.stack(weights, dim=1)
-        # score of each corner's label: the weights of all corners carrying it
-        score = torch.zeros_like(mixed_weights)
-        for other in range(8):
-            score += mixed_weights[:, other:other + 1] * (
-                mixed_labels == mixed_labels[:, other:other + 1])
-        count = len(values)
-        rank = torch.full((max(int(labels.max()), *values) + 1,), count, dtype=torch.int64,
-                          device=index.device)
-        rank[torch.tensor(values, dtype=torch.int64, device=index.device)] = torch.arange(
-            count, device=index.device)
-        corner_rank = rank[mixed_labels.long()]
-        score = torch.where(corner_rank < count, score, torch.zeros_like(score))
-        # the largest positive score wins; ties go to the label listed first in values;
-        # no label of values among the corners: 0
-        top_score = score.max(dim=1, keepdim=True).values
-        order = torch.where((score == top_score) & (score > 0), corner_rank, count)
-        first = order.argmin(dim=1, keepdim=True)
-        winner = torch.where(order.gather(1, first)[:, 0] < count,
-                             mixed_labels.gather(1, first)[:, 0],
-                             torch.zeros_like(mixed_labels[:, 0]))
-        best[mixed] = winner
+        best[mixed] = vote_labels(labels[0, 0], low_m,
+                                  [clamped[a][mixed] - low_m[a].to(clamped[a].dtype)
+                                   for a in range(3)], values)
     return torch.where(inside(index, tuple(size)), best, torch.zeros_like(best))
 
 
