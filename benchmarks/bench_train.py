@@ -1,13 +1,14 @@
 """Training steps per second of a profile on this machine (one pair per step).
 
 Times the module's training computation (augmentation on the fly, prediction, warping,
-the design's loss, backward, Adam step) on a synthetic 96^3 subject, median over steps
-after a warm-up; the augmentation's own share is printed beside it.
+the design's loss, backward, Adam step) on a bundled brain subject (its 16 labelled
+structures and background) resampled to ``--size``^3, median over steps after a warm-up;
+the augmentation's own share is printed beside it.
 
     python benchmarks/bench_train.py [--profile cpu] [--design UW-NSD] [--steps 10]
         [--config configs/brain-t1-cpu-hm.yaml] [--supervised-weight 0.1] [--size 64]
 
-``--size`` is the side of the synthetic subject (the prepared cohort's 64^3 by default);
+``--size`` is the side of the subject (the prepared cohort's 64^3 by default);
 the pre-alignment (affine stage, profiles with ``prealign``) is timed apart from the
 augmentation layer.
 """
@@ -22,18 +23,24 @@ import time
 import torch
 
 from ddmr.config import get_design
+from ddmr.data.cohort import cohort_split, sample_cohort
 from ddmr.train.module import RegistrationModule
 from ddmr.train.profiles import get_profile
 
 
-def synthetic_batch(size: int = 96, seed: int = 0) -> dict:
-    gen = torch.Generator().manual_seed(seed)
-    coarse = torch.rand(1, 1, 6, 6, 6, generator=gen)
-    image = torch.nn.functional.interpolate(coarse, size=(size,) * 3, mode="trilinear",
-                                            align_corners=True)
-    image = (image - image.min()) / (image.max() - image.min())
-    labels = (image * 3).floor().clamp(0, 2).to(torch.uint8)
-    return {"image": image, "labels": labels, "spacing": torch.tensor([[2.0, 2.0, 2.0]])}
+def subject_batch(size: int = 64) -> dict:
+    """The first bundled training subject (96^3, 2 mm), resampled to ``size``^3 over the
+    same extent: image trilinearly, labels by nearest neighbour."""
+    subject = sample_cohort([cohort_split()["train"][0]])[0]
+    image = torch.from_numpy(subject.image).float()[None, None]
+    labels = torch.from_numpy(subject.labels)[None, None]
+    shape = (size,) * 3
+    image = torch.nn.functional.interpolate(image, size=shape, mode="trilinear",
+                                            align_corners=False)
+    labels = torch.nn.functional.interpolate(labels.float(), size=shape, mode="nearest")
+    spacing = 2.0 * subject.image.shape[0] / size
+    return {"image": image.clamp(0, 1), "labels": labels.to(torch.uint8),
+            "spacing": torch.tensor([[spacing] * 3])}
 
 
 def main() -> None:
@@ -52,9 +59,11 @@ def main() -> None:
     if args.supervised_weight is not None:
         design = dataclasses.replace(design, supervised_weight=args.supervised_weight)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    module = RegistrationModule(design.to_dict(), profile.to_dict(), [0, 1, 2]).to(device)
+    batch = subject_batch(args.size)
+    values = torch.unique(batch["labels"]).tolist()
+    module = RegistrationModule(design.to_dict(), profile.to_dict(), values).to(device)
     optimiser = torch.optim.Adam(module.parameters(), lr=1e-3)
-    batch = {k: v.to(device) for k, v in synthetic_batch(args.size).items()}
+    batch = {k: v.to(device) for k, v in batch.items()}
     generator = torch.Generator().manual_seed(0)
     step_times, augment_times, align_times = [], [], []
     for step in range(args.steps + 2):
@@ -80,7 +89,7 @@ def main() -> None:
     aug = statistics.median(augment_times)
     align = statistics.median(align_times)
     print(f"profile {profile.name}, design {design.name}, input {profile.input_size}, "
-          f"device {device}, {args.threads} threads")
+          f"device {device}, {args.threads} threads, {len(values)} label values")
     print(f"step: {step:.3f} s median ({1 / step:.2f} steps/s); augmentation {aug:.3f} s "
           f"= {100 * aug / step:.1f} % of a step; affine pre-alignment {align:.3f} s "
           f"= {100 * align / step:.1f} %")
