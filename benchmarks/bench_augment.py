@@ -1,13 +1,16 @@
-"""Benchmark of the augmentation layer against one training step of a small U-Net.
+"""Benchmark of the augmentation layer against one training step of a U-Net.
 
     python benchmarks/bench_augment.py [--size 128] [--repeats 10] [--threads 2]
+        [--network small|paper]
 
 Times one pair (batch 1, all parts on, the paper's bounds) at SIZE^3 and 1 mm: the first
 call (builds and caches the plan: TPS operator, spline matrices) and the median of the
 following calls, with and without a label map, plus a stage breakdown; then the median
 of one training step (forward, backward, optimiser step) of ``UNet(encoder=(16, 32, 32,
-32), head=(16,))`` with an MSE between the warped moving and the fixed image at the same
-size, and the augmentation's share of a step. Prints a Markdown section.
+32), head=(16,))`` (``--network small``) or of the paper's network (``paper``, the
+profile the paper trains at 128^3) with an MSE between the warped moving and the fixed
+image at the same size, and the augmentation's share of a step. Prints a Markdown
+section.
 """
 
 from __future__ import annotations
@@ -82,6 +85,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--step-repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--network", choices=["small", "paper"], default="small")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     n = args.size
@@ -95,7 +99,10 @@ def main() -> None:
     with_labels = timed(lambda: layer(image, labels, spacing), args.repeats)
     parts = stages(layer, image, args.repeats)
 
-    net = UNet(UNetConfig(encoder=(16, 32, 32, 32), head=(16,)))
+    network = {"small": ("U-Net (16,32,32,32 / 16)", UNetConfig(encoder=(16, 32, 32, 32),
+                                                                 head=(16,))),
+               "paper": ("paper U-Net", UNetConfig())}[args.network]
+    net = UNet(network[1])
     optimiser = torch.optim.Adam(net.parameters(), lr=1e-4)
     pair = layer(image, None, spacing)
 
@@ -125,7 +132,8 @@ def main() -> None:
             if Path("/proc/loadavg").exists() else ["?"])
     print(f"## Augmentation layer ({date.today().isoformat()})\n")
     print(f"`python benchmarks/bench_augment.py --size {n} --repeats {args.repeats} "
-          f"--threads {args.threads}`; {platform.processor() or platform.machine()}, "
+          f"--threads {args.threads} --network {args.network}`; "
+          f"{platform.processor() or platform.machine()}, "
           f"torch {torch.__version__}, {args.threads} threads, load average at the end "
           f"{' '.join(load)}.\n")
     print("| what | seconds |\n|---|---|")
@@ -135,7 +143,7 @@ def main() -> None:
     print(f"| pair, CPU time on 1 thread, median | {statistics.median(cpu_one):.3f} |")
     for key, value in parts.items():
         print(f"| - stage: {key} | {value:.3f} |")
-    print(f"| U-Net (16,32,32,32 / 16) training step, median of {len(steps)} | {train:.3f} |")
+    print(f"| {network[0]} training step, median of {len(steps)} | {train:.3f} |")
     print(f"\nAugmentation / training step: {aug / train:.3f} "
           f"({100 * aug / (aug + train):.1f} % of a step that includes it).")
 
