@@ -251,15 +251,28 @@ def output_folder(outdir: PathLike, overwrite: bool = False) -> Iterator[Path]:
 # -- metrics ----------------------------------------------------------------------------
 
 
-def _crop(*masks: np.ndarray) -> tuple[slice, ...]:
-    """The bounding box of the union of ``masks`` grown by one voxel (clipped to the
-    array): surfaces and distances inside it are those of the whole array."""
-    union = np.logical_or.reduce(masks)
-    where = np.nonzero(union)
-    if not where[0].size:
-        return tuple(slice(0, 0) for _ in union.shape)
-    return tuple(slice(max(int(w.min()) - 1, 0), min(int(w.max()) + 2, n))
-                 for w, n in zip(where, union.shape, strict=True))
+def _label_boxes(*label_maps: np.ndarray) -> dict[int, tuple[slice, ...]]:
+    """Per label value, the bounding box of its voxels in all ``label_maps`` (same shape,
+    non-negative integers) grown by one voxel and clipped to the array: surfaces and
+    distances inside it are those of the whole array. One pass per map
+    (``scipy.ndimage.find_objects``)."""
+    from scipy import ndimage
+
+    shape = label_maps[0].shape
+    low: dict[int, np.ndarray] = {}
+    high: dict[int, np.ndarray] = {}
+    for labels in label_maps:
+        for index, box in enumerate(ndimage.find_objects(np.asarray(labels, dtype=np.int64))):
+            if box is None:
+                continue
+            start = np.array([b.start for b in box])
+            stop = np.array([b.stop for b in box])
+            value = index + 1
+            low[value] = np.minimum(low.get(value, start), start)
+            high[value] = np.maximum(high.get(value, stop), stop)
+    return {value: tuple(slice(max(int(lo) - 1, 0), min(int(hi) + 1, n))
+                         for lo, hi, n in zip(low[value], high[value], shape, strict=True))
+            for value in low}
 
 
 def label_metrics(fixed_seg: np.ndarray, warped_seg: np.ndarray,
@@ -274,11 +287,11 @@ def label_metrics(fixed_seg: np.ndarray, warped_seg: np.ndarray,
         return {"dsc": None, "hd95": None, "tre": None, "dsc_per_label": {}}
     dice = metrics.dice_per_label(fixed_seg, warped_seg, values)
     hd95 = []
+    boxes = _label_boxes(fixed_seg, warped_seg)
     for value in values:
-        a, b = fixed_seg == value, warped_seg == value
-        box = _crop(a, b)
-        hd95.append(metrics.hausdorff(a[box], b[box], spacing, 95)
-                    if a.any() and b.any() else math.nan)
+        box = boxes[value]
+        a, b = fixed_seg[box] == value, warped_seg[box] == value
+        hd95.append(metrics.hausdorff(a, b, spacing, 95) if a.any() and b.any() else math.nan)
     hd95 = np.asarray(hd95, dtype=np.float64)
     with np.errstate(all="ignore"):
         return {
