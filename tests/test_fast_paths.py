@@ -303,3 +303,18 @@ def test_onehot_label_warping_equals_the_per_label_definition(batch):
     expected = reference_onehot_warp(labels, displacement)
     assert torch.equal(ours, expected)
     assert (ours == 0).any() and len(torch.unique(ours)) > 2
+
+
+def test_large_sources_keep_scipy_filters(monkeypatch):
+    import ddmr.io as io
+
+    volume = smooth_volume((12, 10, 8), seed=2)
+    source = Geometry(np.diag([1.0, 1.0, 1.0, 1.0]), volume.shape)
+    target = Geometry(np.diag([2.0, 2.0, 2.0, 1.0]), (6, 5, 4))
+    assert io.resample_axis_aligned(volume, source, target) is not None
+    monkeypatch.setattr(io, "DENSE_FILTER_LIMIT", 11)
+    assert io.resample_axis_aligned(volume, source, target) is None
+    np.testing.assert_allclose(io.resample_to(volume, source, target, antialias=True),
+                               io.resample_spline(io.spline_source(
+                                   volume, source, 3, io.antialias_sigma(source, target)),
+                                   target), atol=1e-6)

@@ -877,10 +877,10 @@ def resample_spline(source: SplineSource, geometry_to: Geometry, cval: float = 0
     return output
 
 
-#: Largest axis (voxels) for which :func:`spline_source` computes its coefficients as
-#: three dense matrix products rather than scipy's recursive filters: the products cost
-#: about ``size`` operations per voxel per axis, yet on 2 cores they were 1.3-4x faster
-#: than the filters from 96^3 to 320 x 320 x 200.
+#: Largest axis (voxels) for which :func:`spline_source` and
+#: :func:`resample_axis_aligned` use three dense matrix products rather than scipy's
+#: recursive filters: the products cost about ``size`` operations per voxel per axis, yet
+#: on 2 cores they were 1.3-4x faster than the filters from 96^3 to 320 x 320 x 200.
 DENSE_FILTER_LIMIT = 320
 
 
@@ -932,7 +932,10 @@ def resample_axis_aligned(array: np.ndarray, geometry_from: Geometry, geometry_t
     """``resample_spline(spline_source(array, geometry_from, order, sigma), geometry_to,
     cval)`` as three matrix products, when each axis of ``geometry_to`` runs along the
     same axis of ``geometry_from`` (any scale, offset or flip; e.g. the network's grid
-    made from the fixed image); ``None`` otherwise. Float32 (I', J', K')."""
+    made from the fixed image) and no source axis exceeds :data:`DENSE_FILTER_LIMIT`;
+    ``None`` otherwise. Float32 (I', J', K')."""
+    if max(geometry_from.shape) > DENSE_FILTER_LIMIT:
+        return None
     matrix, offset = _index_map(geometry_from, geometry_to)
     diagonal = np.diag(matrix)
     if not np.allclose(matrix, np.diag(diagonal), rtol=0.0, atol=1e-9 * np.abs(matrix).max()) \
