@@ -794,6 +794,22 @@ def _filter_axes(array: np.ndarray, dtype: type, apply: Callable[[np.ndarray, in
     return result
 
 
+def _axis_sigmas(sigma: np.ndarray | None) -> list[float | None]:
+    """Per axis, the Gaussian (source voxels) that smoothing by ``sigma`` applies: none at
+    all unless some axis exceeds 0.1 voxel, and none along axes of (near) zero sigma."""
+    if sigma is None or not np.any(np.asarray(sigma) > 0.1):
+        return [None, None, None]
+    sigmas = np.broadcast_to(np.asarray(sigma, dtype=np.float64), (3,))
+    return [float(value) if value > 1e-15 else None for value in sigmas]
+
+
+def applied_sigma(sigma: np.ndarray | None) -> tuple[float, float, float]:
+    """The anti-aliasing (3,) that :func:`spline_source` records for ``sigma`` (zeros
+    where it smooths nothing)."""
+    a, b, c = (0.0 if value is None else value for value in _axis_sigmas(sigma))
+    return a, b, c
+
+
 def _smoothed(array: np.ndarray, sigma: np.ndarray | None
               ) -> tuple[np.ndarray, tuple[float, float, float]]:
     """``array`` as float32, smoothed by the Gaussian ``sigma`` (source voxels, per axis;
@@ -802,14 +818,13 @@ def _smoothed(array: np.ndarray, sigma: np.ndarray | None
     from scipy import ndimage
 
     source = np.asarray(array, dtype=np.float32)
-    if sigma is None or not np.any(np.asarray(sigma) > 0.1):
-        return source, (0.0, 0.0, 0.0)
-    sigma = np.broadcast_to(np.asarray(sigma, dtype=np.float64), (3,))
-    source = _filter_axes(
-        source, np.float32, lambda volume, axis: ndimage.gaussian_filter1d(
-            volume, float(sigma[axis]), axis=axis, mode="nearest"),
-        [axis for axis in range(3) if sigma[axis] > 1e-15])
-    return source, (float(sigma[0]), float(sigma[1]), float(sigma[2]))
+    sigmas = _axis_sigmas(sigma)
+    axes = [axis for axis in range(3) if sigmas[axis] is not None]
+    if axes:
+        source = _filter_axes(
+            source, np.float32, lambda volume, axis: ndimage.gaussian_filter1d(
+                volume, sigmas[axis], axis=axis, mode="nearest"), axes)
+    return source, applied_sigma(sigma)
 
 
 def spline_source(array: np.ndarray, geometry: Geometry, order: int = 3,
@@ -826,12 +841,11 @@ def spline_source(array: np.ndarray, geometry: Geometry, order: int = 3,
         raise ValueError(f"spline order must be 2..5, got {order}")
     if max(array.shape) <= DENSE_FILTER_LIMIT:  # the same filters as matrices
         sigmas = _axis_sigmas(sigma)
-        applied = tuple(0.0 if value is None else value for value in sigmas)
         coefficients = _separable(np.asarray(array, dtype=np.float32), [
             _axis_coefficients(size, order, sigmas[axis]).astype(np.float32)
             for axis, size in enumerate(array.shape)])
         return SplineSource(coefficients, geometry, float(array.min()), float(array.max()),
-                            order, applied)
+                            order, applied_sigma(sigma))
     source, applied = _smoothed(array, sigma)
     padded = np.pad(source, SPLINE_PAD, mode="edge")
     coefficients = _filter_axes(
@@ -908,14 +922,6 @@ def _axis_operator(size: int, positions: np.ndarray, order: int, sigma: float | 
     return np.stack([ndimage.map_coordinates(coefficients[:, column], where, order=order,
                                              mode="nearest", prefilter=False)
                      for column in range(size)], axis=1)
-
-
-def _axis_sigmas(sigma: np.ndarray | None) -> list[float | None]:
-    """The per-axis Gaussians :func:`_smoothed` applies for ``sigma``."""
-    if sigma is None or not np.any(np.asarray(sigma) > 0.1):
-        return [None, None, None]
-    sigmas = np.broadcast_to(np.asarray(sigma, dtype=np.float64), (3,))
-    return [float(value) if value > 1e-15 else None for value in sigmas]
 
 
 def _separable(volume: np.ndarray, operators: Sequence[np.ndarray]) -> np.ndarray:

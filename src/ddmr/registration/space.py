@@ -33,6 +33,7 @@ from ddmr.io import (
     Geometry,
     SplineSource,
     antialias_sigma,
+    applied_sigma,
     resample_axis_aligned,
     resample_spline,
     spline_source,
@@ -147,10 +148,8 @@ def source_fits(source: SplineSource, space: ModelSpace,
                 point_map: np.ndarray | None = None) -> bool:
     """Whether ``source``'s anti-aliasing is the one the prepared grid mapped by
     ``point_map`` asks for (within :data:`SIGMA_TOLERANCE`), so it can be reused there."""
-    wanted = antialias_sigma(source.geometry, _target(space, point_map))
-    if not np.any(wanted > 0.1):  # spline_source smooths only past 0.1 voxel
-        wanted = np.zeros(3)
-    return bool(np.abs(np.asarray(source.sigma) - wanted).max() <= SIGMA_TOLERANCE)
+    wanted = applied_sigma(antialias_sigma(source.geometry, _target(space, point_map)))
+    return bool(np.abs(np.subtract(source.sigma, wanted)).max() <= SIGMA_TOLERANCE)
 
 
 def _target(space: ModelSpace, point_map: np.ndarray | None) -> Geometry:
