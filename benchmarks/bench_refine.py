@@ -81,7 +81,7 @@ def make_pairs(n: int, size: int, seed: int) -> list[tuple[StoredPair, Geometry]
 
 def run_network(pair: StoredPair, geometry: Geometry, model, refine: int, options: dict
                 ) -> tuple[np.ndarray, float, dict]:
-    from ddmr.register import register
+    from ddmr import register
 
     result = register((pair.fixed, geometry), (pair.moving, geometry),
                       (pair.fixed_labels, geometry), (pair.moving_labels, geometry),
@@ -117,7 +117,7 @@ def main() -> int:
     from ddmr.commands.evaluate import ants_settings_from_option
     from ddmr.evaluate.runner import parse_refine
     from ddmr.models import shipped_models
-    from ddmr.register import load
+    from ddmr.registration.model import load
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -35,10 +35,11 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from ddmr import register
 from ddmr.augment import AugmentationConfig, AugmentationLayer
 from ddmr.data.cohort import cohort_split, sample_cohort
 from ddmr.io import Geometry, save_image, save_labels
-from ddmr.register import label_metrics, register
+from ddmr.registration.scores import label_metrics
 
 SIZE = 128
 SPACING = 1.5

@@ -176,7 +176,7 @@ def test_pairs_and_single_pair_options_exclude_each_other(files, tmp_path, capsy
 
 def test_read_pairs_resolves_relative_paths_and_checks_rows(tmp_path):
     from ddmr.errors import InputError
-    from ddmr.register import read_pairs
+    from ddmr.registration.batch import read_pairs
 
     (tmp_path / "data").mkdir()
     for name in ("f.nii.gz", "m.nii.gz", "s.nii.gz"):

@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 import torch
 
+from ddmr import register
 from ddmr.augment import AugmentationConfig, AugmentationLayer
 from ddmr.cli import main
 from ddmr.data.cohort import cohort_split, sample_cohort
 from ddmr.io import Geometry
 from ddmr.model_file import load_model
 from ddmr.models import default_model, shipped_models
-from ddmr.register import label_metrics, register
+from ddmr.registration.scores import label_metrics
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ __all__ = ["DDMRError", "__version__", "register"]
 
 def __getattr__(name: str):  # lazy: `import ddmr` must not import torch
     if name == "register":
-        from ddmr.register import register
+        from ddmr.registration.pipeline import register
 
         return register
     raise AttributeError(f"module 'ddmr' has no attribute {name!r}")

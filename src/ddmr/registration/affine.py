@@ -1,72 +1,224 @@
-"""Affine pre-alignment with ANTs (antspyx), at low resolution.
+"""The world-space affine stage: each image in its own world, no header agreement needed.
 
-The result is a (4, 4) matrix in RAS mm that maps a point of the fixed image's world to
-the point of the moving image it corresponds to (the direction in which ANTs' forward
-transforms map points), so ``moving(P p)`` is the affinely aligned moving image.
+1. **Start** (:mod:`ddmr.registration.moments`): the foreground centres are matched and
+   the isotropic scale of the two foreground volumes applied; the linear part is either
+   the headers' own orientation or one of the four rotations between the principal axes.
+2. **Candidates**: each start is optimised briefly on the coarsest level; the best by
+   similarity goes on (the headers' orientation unless another beats it clearly).
+3. **Pyramid**: the point map ``P(p) = c_m + t + A (p - c_f)`` (fixed world -> moving
+   world, RAS mm; ``c`` the foreground centres) is optimised with Adam on the global
+   NCC between the fixed image and the moving image sampled at ``P(p)``, coarse to fine.
+   Both images are resampled, with anti-aliasing, onto grids over their own foreground
+   boxes at each level's voxel size, so the moving image is sampled through its own
+   geometry, wherever its header puts it.
+4. **Never worse than the start**: the result is kept only if its similarity on the
+   finest level is at least that of the start.
 """
 
 from __future__ import annotations
 
-import logging
-import shutil
-import tempfile
+import math
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
-from ddmr.data.grid import image_box
-from ddmr.io import LPS_FLIP, Geometry, to_ants
+from ddmr.io import Geometry, resample_to
+from ddmr.optim import Adam
+from ddmr.registration.moments import (
+    Moments,
+    candidate_linear_maps,
+    foreground_mask,
+    moments,
+    point_map,
+)
 
-logger = logging.getLogger(__name__)
-
-#: Coarsest voxel size (mm) at which the affine is estimated.
-AFFINE_SPACING = 4.0
-#: Voxels along the longest side below which the images are not made coarser.
-AFFINE_MIN_VOXELS = 32
-
-
-def _ants_affine_to_ras(parameters: np.ndarray, fixed_parameters: np.ndarray) -> np.ndarray:
-    """ITK ``AffineTransform`` parameters (12: row-major matrix, translation) and centre
-    (3), LPS, -> (4, 4) RAS point map. ITK: ``T(x) = M (x - c) + c + t``."""
-    matrix = np.asarray(parameters[:9], dtype=np.float64).reshape(3, 3)
-    translation = np.asarray(parameters[9:12], dtype=np.float64)
-    centre = np.asarray(fixed_parameters[:3], dtype=np.float64)
-    lps = np.eye(4)
-    lps[:3, :3] = matrix
-    lps[:3, 3] = centre + translation - matrix @ centre
-    flip = np.eye(4)
-    flip[:3, :3] = LPS_FLIP
-    return flip @ lps @ flip
+#: A candidate start other than the headers' orientation must beat it by this much NCC.
+CANDIDATE_MARGIN = 0.02
 
 
-def affine_prealign(fixed: np.ndarray, fixed_geometry: Geometry, moving: np.ndarray,
-                    moving_geometry: Geometry, spacing: float = AFFINE_SPACING) -> np.ndarray:
-    """Estimate the affine point map (4, 4) RAS mm from the fixed world to the moving
-    world with ``ants.registration(type_of_transform="Affine")`` (Mattes MI, all voxels
-    sampled, centre-of-mass initialisation) on copies resampled to at most ``spacing`` mm
-    (finer for small images: at least :data:`AFFINE_MIN_VOXELS` along the longest side)."""
-    import ants
+@dataclass(frozen=True)
+class AffineSettings:
+    """levels_mm: voxel size of each pyramid level (mm), coarse to fine (never finer than
+    the images themselves); iterations: Adam steps per level; candidate_iterations: steps
+    each start gets on the coarsest level; learning_rate: Adam step of the translation
+    (mm); linear_rate: of the linear part (dimensionless); margin_mm: background kept
+    around each foreground box; rotations: try the principal-axes starts too."""
 
-    def low_resolution(array: np.ndarray, geometry: Geometry):
-        image = to_ants(array, geometry)
-        low, high = image_box(geometry)
-        step = min(spacing, float(np.max(high - low)) / AFFINE_MIN_VOXELS)
-        target = [max(step, s) for s in geometry.spacing]
-        return ants.resample_image(image, target, use_voxels=False, interp_type=0)
+    levels_mm: tuple[float, ...] = (8.0, 4.0)
+    iterations: tuple[int, ...] = (60, 40)
+    candidate_iterations: int = 25
+    learning_rate: float = 1.0
+    linear_rate: float = 0.01
+    margin_mm: float = 10.0
+    rotations: bool = True
 
-    fixed_low = low_resolution(fixed, fixed_geometry)
-    moving_low = low_resolution(moving, moving_geometry)
-    folder = tempfile.mkdtemp(prefix="ddmr-affine-")
+
+@dataclass
+class AffineResult:
+    """point_map: (4, 4) RAS mm, fixed world point -> moving world point. start: the
+    start chosen; similarity_start / similarity: global NCC on the finest level at the
+    start and at the result (``similarity >= similarity_start``); candidates: NCC of each
+    start after its brief optimisation; kept_start: the optimisation did not improve on
+    the start, which is returned."""
+
+    point_map: np.ndarray
+    start: str
+    similarity_start: float
+    similarity: float
+    candidates: dict[str, float] = field(default_factory=dict)
+    kept_start: bool = False
+
+    def summary(self) -> dict[str, Any]:
+        return {"matrix_ras": self.point_map.tolist(), "start": self.start,
+                "similarity_start": self.similarity_start, "similarity": self.similarity,
+                "candidates": self.candidates, "kept_start": self.kept_start}
+
+
+@dataclass(frozen=True)
+class _Level:
+    """One pyramid level of one image: values (1, 1, D, H, W) in [0, 1] on ``grid``."""
+
+    values: torch.Tensor
+    grid: Geometry
+
+
+def _object_grid(mask: np.ndarray, geometry: Geometry, spacing: float, margin: float
+                 ) -> Geometry:
+    from ddmr.data.grid import image_box, intersect, mask_box, target_grid
+
+    box = mask_box(mask, geometry, margin) or image_box(geometry)
+    box = intersect(box, image_box(geometry))
+    size = tuple(max(2, math.ceil(float(e) / spacing)) for e in box[1] - box[0])
+    return target_grid(box, size, spacing, "pad")
+
+
+def _level(array: np.ndarray, geometry: Geometry, mask: np.ndarray, spacing: float,
+           margin: float, scale: tuple[float, float]) -> _Level:
+    grid = _object_grid(mask, geometry, max(spacing, min(geometry.spacing)), margin)
+    low, high = scale
+    values = resample_to(array, geometry, grid, order=1, cval=low, antialias=True)
+    values = np.clip((values - low) / (high - low), 0.0, 1.0).astype(np.float32)
+    return _Level(torch.from_numpy(values)[None, None], grid)
+
+
+def _intensity_scale(array: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+    """(low, high) for [0, 1]: the image minimum and the 99.5th percentile inside the
+    foreground (bright outliers do not compress the rest)."""
+    inside = array[mask] if mask.any() else array.ravel()
+    low = float(array.min())
+    high = float(np.percentile(inside, 99.5))
+    return low, high if high > low else float(array.max())
+
+
+def _ncc(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    a = a - a.mean()
+    b = b - b.mean()
+    return (a * b).sum() / torch.sqrt((a * a).sum() * (b * b).sum() + 1e-12)
+
+
+class _Problem:
+    """The fixed level's points and values and the moving level, for one level."""
+
+    def __init__(self, fixed: _Level, moving: _Level, fixed_centre: np.ndarray) -> None:
+        shape = fixed.grid.shape
+        index = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1)
+        points = fixed.grid.index_to_world(index.reshape(-1, 3)) - fixed_centre
+        self.points = torch.from_numpy(points.astype(np.float32))  # (N, 3) mm from c_f
+        self.values = fixed.values.reshape(-1)
+        self.moving = moving.values
+        to_index = np.linalg.inv(moving.grid.affine)
+        self.to_index = torch.from_numpy(to_index[:3, :3].astype(np.float32))
+        self.to_index_offset = torch.from_numpy(to_index[:3, 3].astype(np.float32))
+        self.scale = torch.tensor([2.0 / max(n - 1, 1) for n in moving.grid.shape])
+
+    def similarity(self, centre: torch.Tensor, translation: torch.Tensor,
+                   linear: torch.Tensor) -> torch.Tensor:
+        """Global NCC of the fixed values and the moving level at ``P(p)``."""
+        world = self.points @ linear.T + (centre + translation)
+        index = world @ self.to_index.T + self.to_index_offset
+        grid = (index * self.scale - 1.0).flip(-1).view(1, 1, 1, -1, 3)
+        sampled = F.grid_sample(self.moving, grid, mode="bilinear", padding_mode="zeros",
+                                align_corners=True).reshape(-1)
+        return _ncc(self.values, sampled)
+
+
+def _optimise(problem: _Problem, centre: np.ndarray, linear: np.ndarray,
+              translation: np.ndarray, iterations: int, settings: AffineSettings
+              ) -> tuple[np.ndarray, np.ndarray, float]:
+    """Adam on (translation, linear part) for ``iterations`` steps; the best iterate."""
+    centre_t = torch.from_numpy(centre.astype(np.float32))
+    t = torch.tensor(translation, dtype=torch.float32, requires_grad=True)
+    a = torch.tensor(linear, dtype=torch.float32, requires_grad=True)
+    optimiser = Adam([t, a], [settings.learning_rate, settings.learning_rate
+                              * settings.linear_rate])
+    best = (translation, linear, -math.inf)
+    for _ in range(iterations + 1):
+        t.grad = a.grad = None
+        value = problem.similarity(centre_t, t, a)
+        score = float(value.detach())
+        if score > best[2]:
+            best = (t.detach().double().numpy().copy(), a.detach().double().numpy().copy(),
+                    score)
+        if _ == iterations:
+            break
+        (-value).backward()
+        optimiser.step()
+    return best
+
+
+def world_affine(fixed: np.ndarray, fixed_geometry: Geometry, moving: np.ndarray,
+                 moving_geometry: Geometry, settings: AffineSettings | None = None,
+                 masks: tuple[np.ndarray, np.ndarray] | None = None) -> AffineResult:
+    """The affine point map from the fixed to the moving world (module docstring) of
+    two images (I, J, K) on their own grids; ``masks`` their foregrounds when already
+    known (:func:`ddmr.registration.moments.foreground_mask`)."""
+    settings = settings or AffineSettings()
+    if len(settings.levels_mm) != len(settings.iterations) or not settings.levels_mm:
+        raise ValueError("one iteration count per pyramid level is needed")
+    fixed_mask, moving_mask = masks or (foreground_mask(fixed), foreground_mask(moving))
+    fixed_moments: Moments = moments(fixed_mask, fixed_geometry)
+    moving_moments: Moments = moments(moving_mask, moving_geometry)
+    c_f, c_m = fixed_moments.centre, moving_moments.centre
+    scales = (_intensity_scale(fixed, fixed_mask), _intensity_scale(moving, moving_mask))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small problems: one thread is faster than several here
     try:
-        result = ants.registration(
-            fixed_low, moving_low, type_of_transform="Affine",
-            outprefix=f"{folder}/", aff_random_sampling_rate=1.0,
-            aff_iterations=(100, 50, 25), aff_shrink_factors=(4, 2, 1),
-            aff_smoothing_sigmas=(2, 1, 0),
-        )
-        transform = ants.read_transform(result["fwdtransforms"][0])
-        point_map = _ants_affine_to_ras(np.asarray(transform.parameters),
-                                        np.asarray(transform.fixed_parameters))
+        with torch.inference_mode(False), torch.enable_grad():
+            problems = [_Problem(_level(fixed, fixed_geometry, fixed_mask, s,
+                                        settings.margin_mm, scales[0]),
+                                 _level(moving, moving_geometry, moving_mask, s,
+                                        settings.margin_mm, scales[1]), c_f)
+                        for s in settings.levels_mm]
+            starts = candidate_linear_maps(fixed_moments, moving_moments)
+            if not settings.rotations:
+                starts = starts[:1]
+            candidates: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
+            for name, linear in starts:
+                candidates[name] = _optimise(problems[0], c_m, linear, np.zeros(3),
+                                             settings.candidate_iterations, settings)
+            header = starts[0][0]
+            chosen = max(candidates, key=lambda k: candidates[k][2])
+            if candidates[chosen][2] < candidates[header][2] + CANDIDATE_MARGIN:
+                chosen = header
+            start_linear = dict(starts)[chosen]
+            finest = problems[-1]
+            zero = torch.zeros(3)
+            with torch.no_grad():
+                start_score = float(finest.similarity(
+                    torch.from_numpy(c_m.astype(np.float32)), zero,
+                    torch.from_numpy(start_linear.astype(np.float32))))
+            translation, linear, _ = candidates[chosen]
+            score = -math.inf
+            for problem, iterations in zip(problems, settings.iterations, strict=True):
+                translation, linear, score = _optimise(problem, c_m, linear, translation,
+                                                       iterations, settings)
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
-    logger.info("affine pre-alignment (RAS, fixed -> moving):\n%s", np.round(point_map, 4))
-    return point_map
+        torch.set_num_threads(threads)
+    kept_start = not score >= start_score
+    if kept_start:
+        translation, linear, score = np.zeros(3), start_linear, start_score
+    return AffineResult(point_map(c_f, c_m + translation, linear), chosen, start_score,
+                        score, {k: v[2] for k, v in candidates.items()}, kept_start)

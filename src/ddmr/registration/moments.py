@@ -1,0 +1,114 @@
+"""Where an image's object is in its own world: foreground, centre and principal axes.
+
+The affine stage starts from these, so that two images whose headers place them far
+apart (scanner origins hundreds of mm away, other axis orders) are found before anything
+is resampled. Everything is in RAS mm of each image's own world space.
+
+Foreground: Otsu's threshold on the intensity histogram (one home for it here), then the
+largest connected component with its holes filled, so that dark structures enclosed by
+the object (ventricles, bowel gas) count and background specks do not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ddmr.io import Geometry
+
+#: Histogram bins of :func:`otsu_threshold`.
+OTSU_BINS = 256
+#: Largest number of foreground voxels used for the moments (a regular subsample beyond).
+MOMENT_POINTS = 200_000
+
+
+def otsu_threshold(values: np.ndarray, bins: int = OTSU_BINS) -> float:
+    """Otsu's threshold of ``values`` (any shape): the level that maximises the
+    between-class variance of the histogram; values above it are foreground."""
+    values = np.asarray(values, dtype=np.float64).ravel()
+    low, high = float(values.min()), float(values.max())
+    if high <= low:
+        return low
+    counts, edges = np.histogram(values, bins=bins, range=(low, high))
+    centres = (edges[:-1] + edges[1:]) / 2
+    weight_low = np.cumsum(counts)
+    weight_high = weight_low[-1] - weight_low
+    sum_low = np.cumsum(counts * centres)
+    mean_low = sum_low / np.maximum(weight_low, 1)
+    mean_high = (sum_low[-1] - sum_low) / np.maximum(weight_high, 1)
+    between = weight_low * weight_high * (mean_low - mean_high) ** 2
+    return float(edges[int(np.argmax(between[:-1])) + 1])
+
+
+def foreground_mask(array: np.ndarray) -> np.ndarray:
+    """(I, J, K) bool: the object of an image (see module docstring). An image whose
+    threshold keeps nothing connected falls back to every voxel above it."""
+    from scipy import ndimage
+
+    above = array > otsu_threshold(array)
+    labelled, count = ndimage.label(above)
+    if count == 0:
+        return np.ones(array.shape, dtype=bool)
+    sizes = np.bincount(labelled.ravel())
+    sizes[0] = 0
+    largest = labelled == int(np.argmax(sizes))
+    return ndimage.binary_fill_holes(largest)
+
+
+@dataclass(frozen=True)
+class Moments:
+    """centre: (3,) RAS mm; covariance: (3, 3) mm^2 of the foreground's world positions;
+    volume_ml: the foreground's volume in millilitres."""
+
+    centre: np.ndarray
+    covariance: np.ndarray
+    volume_ml: float
+
+    def axes(self) -> tuple[np.ndarray, np.ndarray]:
+        """Principal axes: eigenvalues (3,) mm^2, largest first, and their unit vectors
+        as the columns of a (3, 3) rotation (det +1)."""
+        values, vectors = np.linalg.eigh(self.covariance)
+        order = np.argsort(values)[::-1]
+        values, vectors = values[order], vectors[:, order]
+        if np.linalg.det(vectors) < 0:
+            vectors[:, 2] *= -1
+        return values, vectors
+
+
+def moments(mask: np.ndarray, geometry: Geometry) -> Moments:
+    """The :class:`Moments` of the voxels where ``mask`` (I, J, K) is true, in world
+    space (at most :data:`MOMENT_POINTS` of them, a regular subsample)."""
+    index = np.argwhere(mask)
+    if len(index) == 0:
+        index = np.argwhere(np.ones(mask.shape, dtype=bool))
+    step = max(1, len(index) // MOMENT_POINTS)
+    points = geometry.index_to_world(index[::step].astype(np.float64))
+    centre = points.mean(axis=0)
+    covariance = np.cov(points, rowvar=False) if len(points) > 1 else np.eye(3)
+    voxel_ml = abs(float(np.linalg.det(geometry.affine[:3, :3]))) / 1000.0
+    return Moments(centre, np.atleast_2d(covariance), float(mask.sum()) * voxel_ml)
+
+
+def candidate_linear_maps(fixed: Moments, moving: Moments) -> list[tuple[str, np.ndarray]]:
+    """Starting linear parts (3, 3) of the fixed -> moving point map, named: the headers'
+    own orientation (identity), then the four proper rotations taking the fixed principal
+    axes onto the moving ones (the sign of each axis is unknown from moments alone). All
+    carry the isotropic scale of the two foreground volumes."""
+    scale = (max(moving.volume_ml, 1e-6) / max(fixed.volume_ml, 1e-6)) ** (1 / 3)
+    _, fixed_axes = fixed.axes()
+    _, moving_axes = moving.axes()
+    out = [("header orientation", scale * np.eye(3))]
+    for signs in ((1, 1, 1), (1, -1, -1), (-1, 1, -1), (-1, -1, 1)):
+        rotation = moving_axes @ np.diag(signs) @ fixed_axes.T
+        out.append((f"principal axes {signs}", scale * rotation))
+    return out
+
+
+def point_map(fixed_centre: np.ndarray, moving_centre: np.ndarray, linear: np.ndarray
+              ) -> np.ndarray:
+    """(4, 4) RAS point map ``p -> moving_centre + linear (p - fixed_centre)``."""
+    out = np.eye(4)
+    out[:3, :3] = linear
+    out[:3, 3] = moving_centre - linear @ fixed_centre
+    return out

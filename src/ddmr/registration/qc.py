@@ -1,0 +1,202 @@
+"""The quality-control verdict of one registration: did it work, and if not, why.
+
+Measured on the fixed image's grid (a regular subsample of at most :data:`QC_POINTS`
+voxels), in world space:
+
+* foreground overlap: Dice of the fixed foreground and the moving foreground
+  (:func:`ddmr.registration.moments.foreground_mask`) sampled through the headers alone
+  (before) and through the registration (after);
+* similarity: global NCC of the fixed image and the moving image, before and after,
+  inside the fixed foreground (grown by :data:`REGION_MARGIN` voxels);
+* the field: finite everywhere, folding (% of voxels with det J <= 0), the range of the
+  Jacobian determinant (0.1 and 99.9 percentiles);
+* the affine part: its scales (singular values of the linear part) and shear.
+
+Each check has a limit (:class:`QCLimits`); a registration passes when all hold.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ddmr.io import Geometry
+
+#: Most fixed-grid voxels the overlap and similarity are measured on.
+QC_POINTS = 300_000
+#: Voxels of background kept around the fixed foreground for the similarity.
+REGION_MARGIN = 2
+
+
+@dataclass(frozen=True)
+class QCLimits:
+    """min_overlap: foreground Dice after registration; max_similarity_drop: how much
+    lower NCC after may be than before; max_folding_percent; jacobian_range: allowed
+    (0.1 percentile, 99.9 percentile) of det J; scale_range: allowed affine scales;
+    max_shear: allowed affine shear (off-diagonal of the stretch, relative)."""
+
+    min_overlap: float = 0.5
+    max_similarity_drop: float = 0.02
+    max_folding_percent: float = 1.0
+    jacobian_range: tuple[float, float] = (0.02, 50.0)
+    scale_range: tuple[float, float] = (0.5, 2.0)
+    max_shear: float = 0.3
+
+
+@dataclass(frozen=True)
+class Check:
+    """One check: its name, whether it passed, and a phrase for the console."""
+
+    name: str
+    passed: bool
+    text: str
+
+
+@dataclass
+class Verdict:
+    """checks: every check made; measures: the numbers behind them (JSON-ready)."""
+
+    checks: list[Check]
+    measures: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return all(check.passed for check in self.checks)
+
+    @property
+    def failed(self) -> list[Check]:
+        return [check for check in self.checks if not check.passed]
+
+    def line(self) -> str:
+        """One console line: ``QC pass: ...`` or ``QC FAILED: <the failed checks>``."""
+        if self.passed:
+            return "QC pass: " + "; ".join(check.text for check in self.checks)
+        return "QC FAILED: " + "; ".join(check.text for check in self.failed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"passed": self.passed,
+                "failed": [check.name for check in self.failed],
+                "checks": [asdict(check) for check in self.checks],
+                "measures": self.measures}
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = int(a.sum()) + int(b.sum())
+    return 2.0 * float(np.logical_and(a, b).sum()) / total if total else 0.0
+
+
+def _ncc(a: np.ndarray, b: np.ndarray) -> float:
+    a = a.astype(np.float64) - a.mean()
+    b = b.astype(np.float64) - b.mean()
+    denominator = math.sqrt(float((a * a).sum()) * float((b * b).sum()))
+    return float((a * b).sum()) / denominator if denominator > 0 else 0.0
+
+
+def affine_shape(point_map: np.ndarray) -> tuple[np.ndarray, float]:
+    """Scales (3,) (singular values, largest first) and shear of the linear part of a
+    (4, 4) point map: the largest off-diagonal of its stretch ``S`` (``A = R S``, polar
+    decomposition) relative to the diagonal."""
+    linear = np.asarray(point_map, dtype=np.float64)[:3, :3]
+    _, sigma, vt = np.linalg.svd(linear)
+    stretch = vt.T @ np.diag(sigma) @ vt
+    diagonal = np.sqrt(np.abs(np.outer(np.diag(stretch), np.diag(stretch))))
+    off = np.abs(stretch - np.diag(np.diag(stretch))) / np.maximum(diagonal, 1e-12)
+    return sigma, float(off.max())
+
+
+def subsample(shape: tuple[int, int, int]) -> tuple[slice, slice, slice]:
+    """A regular subsample of a grid of ``shape`` with at most :data:`QC_POINTS` voxels."""
+    stride = max(1, math.ceil((np.prod(shape, dtype=np.float64) / QC_POINTS) ** (1 / 3)))
+    return (slice(None, None, stride),) * 3
+
+
+@dataclass(frozen=True)
+class QCInputs:
+    """What :func:`assess` needs, on the subsample of the fixed grid (equal shapes):
+    fixed image and foreground; the moving image and foreground seen through the headers
+    alone (``*_before``) and through the registration (``*_after``)."""
+
+    fixed: np.ndarray
+    fixed_mask: np.ndarray
+    moving_before: np.ndarray
+    mask_before: np.ndarray
+    moving_after: np.ndarray
+    mask_after: np.ndarray
+
+
+def assess(inputs: QCInputs, displacement_mm: np.ndarray, jacobian: np.ndarray,
+           point_map: np.ndarray | None, limits: QCLimits | None = None) -> Verdict:
+    """The :class:`Verdict` of a registration: ``displacement_mm`` (3, I, J, K) and
+    ``jacobian`` (I, J, K) on the whole fixed grid, ``point_map`` (4, 4) its affine part
+    (None: identity)."""
+    from scipy import ndimage
+
+    limits = limits or QCLimits()
+    checks: list[Check] = []
+    finite = bool(np.isfinite(displacement_mm).all() and np.isfinite(jacobian).all())
+    measures: dict[str, Any] = {"finite": finite}
+    checks.append(Check("finite", finite, "field finite" if finite else
+                        "the displacement has NaN or Inf values (a model with non-finite "
+                        "weights?)"))
+    region = ndimage.binary_dilation(inputs.fixed_mask, iterations=REGION_MARGIN)
+    overlap_before = _dice(inputs.fixed_mask, inputs.mask_before)
+    overlap_after = _dice(inputs.fixed_mask, inputs.mask_after)
+    ncc_before = _ncc(inputs.fixed[region], inputs.moving_before[region]) if finite else 0.0
+    ncc_after = _ncc(inputs.fixed[region], inputs.moving_after[region]) if finite else 0.0
+    measures.update(foreground_overlap_before=overlap_before,
+                    foreground_overlap_after=overlap_after,
+                    ncc_before=ncc_before, ncc_after=ncc_after)
+    ok = finite and overlap_after >= limits.min_overlap
+    checks.append(Check("foreground_overlap", ok,
+                        f"foreground overlap {overlap_before:.2f} -> {overlap_after:.2f}"
+                        + ("" if ok else f" (below {limits.min_overlap:g}: the images were "
+                                         "not brought together)")))
+    ok = finite and ncc_after >= ncc_before - limits.max_similarity_drop
+    checks.append(Check("similarity", ok, f"NCC {ncc_before:.2f} -> {ncc_after:.2f}"
+                        + ("" if ok else " (lower after registration than before)")))
+    if finite:
+        folding = float(100.0 * np.mean(jacobian <= 0))
+        low, high = (float(v) for v in np.percentile(jacobian, [0.1, 99.9]))
+    else:
+        folding, low, high = math.nan, math.nan, math.nan
+    measures.update(folding_percent=folding, jacobian_p0_1=low, jacobian_p99_9=high)
+    ok = folding <= limits.max_folding_percent
+    checks.append(Check("folding", ok, f"folding {folding:.3f} %"
+                        + ("" if ok else f" (over {limits.max_folding_percent:g} %)")))
+    lo, hi = limits.jacobian_range
+    ok = lo <= low and high <= hi
+    checks.append(Check("jacobian", ok, f"det J {low:.2f}..{high:.2f}"
+                        + ("" if ok else f" (outside {lo:g}..{hi:g}: extreme local volume "
+                                         "change)")))
+    scales, shear = affine_shape(np.eye(4) if point_map is None else point_map)
+    measures.update(affine_scales=scales.tolist(), affine_shear=shear)
+    lo, hi = limits.scale_range
+    ok = bool(lo <= scales.min() and scales.max() <= hi)
+    checks.append(Check("affine_scale", ok, f"affine scale {scales.min():.2f}..{scales.max():.2f}"
+                        + ("" if ok else f" (outside {lo:g}..{hi:g})")))
+    ok = shear <= limits.max_shear
+    checks.append(Check("affine_shear", ok, f"shear {shear:.2f}"
+                        + ("" if ok else f" (over {limits.max_shear:g})")))
+    return Verdict(checks, measures)
+
+
+def sample_points(array: np.ndarray, geometry: Geometry, points: np.ndarray,
+                  nearest: bool = False) -> np.ndarray:
+    """Values of ``array`` (I, J, K) on ``geometry`` at RAS world points (n, 3): linear
+    interpolation (nearest for masks), 0 beyond half a voxel outside the grid."""
+    import torch
+
+    from ddmr.registration.world import sample_image
+
+    index = geometry.world_to_index(points).T.astype(np.float32)  # (3, n)
+    if nearest:
+        rounded = np.rint(index).astype(np.int64)
+        inside = np.all((rounded >= 0) & (rounded < np.asarray(geometry.shape)[:, None]), 0)
+        out = np.zeros(points.shape[0], dtype=array.dtype)
+        out[inside] = array[tuple(rounded[:, inside])]
+        return out
+    image = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]
+    return sample_image(image, torch.from_numpy(index)).numpy()

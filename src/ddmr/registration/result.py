@@ -1,0 +1,125 @@
+"""What a registration returns, and the files it writes.
+
+Outputs (:meth:`RegistrationResult.save`, built in a temporary folder and renamed):
+``warped.nii.gz``, ``warped_seg.nii.gz`` (with a moving label map), ``displacement.nii.gz``
+(ITK/ANTs displacement field, LPS mm, fixed grid, so that ``antsApplyTransforms`` /
+SimpleITK reproduce ``warped.nii.gz``), ``jacobian.nii.gz``, ``overlay.png`` and
+``summary.json`` (written last).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ddmr.io import Geometry
+from ddmr.registration.output import output_folder
+from ddmr.registration.qc import Verdict
+
+PathLike = str | os.PathLike[str]
+
+OUTPUT_FILES = ("warped.nii.gz", "warped_seg.nii.gz", "displacement.nii.gz",
+                "jacobian.nii.gz", "overlay.png", "summary.json")
+
+#: The parts of ``summary["runtime_s"]`` that add up to its ``total``.
+RUNTIME_PARTS = ("load", "preprocess", "predict", "refine", "metrics", "qc", "write")
+
+
+@dataclass
+class RegistrationResult:
+    """Outputs of :func:`ddmr.register`, on the fixed image's grid ``geometry``.
+
+    warped: (I, J, K) float32, the moving image warped onto the fixed grid.
+    warped_seg: (I, J, K) uint8 or None, the moving labels warped label-exactly.
+    displacement_mm: (3, I, J, K) float32, RAS mm: the fixed voxel at world p shows the
+        moving image at world ``p + displacement_mm`` (the full transform, affine part
+        included). Written in LPS (ITK convention) by :meth:`save`.
+    jacobian: (I, J, K) float32, determinant of the transform's Jacobian.
+    qc: the quality-control verdict (:mod:`ddmr.registration.qc`).
+    summary: what ``summary.json`` holds: inputs, model, affine stages, grids,
+        ``runtime_s`` (seconds: ``load`` read images and model; ``preprocess`` the affine
+        stages and the model's space; ``predict`` the network plus the field's trip to
+        the native grid, warping and Jacobian, of which ``network`` is the forward pass;
+        ``refine``; ``metrics``; ``qc``; ``write``; ``total``), ``refinement``,
+        ``metrics`` (folding %, SDlogJ, Jacobian range, largest displacement in mm; DSC,
+        HD95 mm, centroid TRE mm with both label maps) and ``qc``.
+    """
+
+    geometry: Geometry
+    warped: np.ndarray
+    warped_seg: np.ndarray | None
+    displacement_mm: np.ndarray
+    jacobian: np.ndarray
+    qc: Verdict
+    summary: dict[str, Any]
+    fixed: np.ndarray = field(repr=False)
+    moving: np.ndarray = field(repr=False)
+    moving_geometry: Geometry = field(repr=False)
+
+    def displacement_voxels(self) -> np.ndarray:
+        """The displacement (3, I, J, K) in voxels of the fixed grid (ddmr convention)."""
+        from ddmr.registration.world import mm_to_voxels
+
+        return mm_to_voxels(self.displacement_mm, self.geometry)
+
+    def write(self, folder: PathLike) -> None:
+        """Write every output file into the existing ``folder`` (summary.json last). The
+        files are compressed on parallel threads (zlib releases the GIL)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from ddmr.io import GZIP_LEVEL_FIELDS, save_displacement, save_image, save_labels
+        from ddmr.overlay import save_overlay
+        from ddmr.threads import workers
+
+        folder = Path(folder)
+        started = time.perf_counter()
+        jobs = [(save_displacement, folder / "displacement.nii.gz", self.displacement_voxels(),
+                 self.geometry),
+                (save_image, folder / "warped.nii.gz", self.warped, self.geometry),
+                (save_image, folder / "jacobian.nii.gz", self.jacobian, self.geometry,
+                 GZIP_LEVEL_FIELDS)]
+        if self.warped_seg is not None:
+            jobs.append((save_labels, folder / "warped_seg.nii.gz", self.warped_seg,
+                         self.geometry))
+        with ThreadPoolExecutor(max_workers=min(len(jobs), workers())) as pool:
+            pending = [pool.submit(job, *arguments) for job, *arguments in jobs]
+            save_overlay(folder / "overlay.png", self.fixed, self.geometry, self.moving,
+                         self.moving_geometry, self.warped, self.jacobian,
+                         title=f"ddmr register, model {self.summary['model']['name']}; "
+                               f"{self.qc.line()}")
+            for job in pending:
+                job.result()
+        runtime = self.summary["runtime_s"]
+        runtime["write"] = round(time.perf_counter() - started, 3)
+        runtime["total"] = round(sum(runtime.get(k, 0.0) for k in RUNTIME_PARTS), 3)
+        (folder / "summary.json").write_text(json.dumps(json_safe(self.summary), indent=2)
+                                             + "\n")
+
+    def save(self, outdir: PathLike, overwrite: bool = False) -> Path:
+        """Write the outputs into ``outdir`` (built in a temporary folder, then renamed);
+        an existing ``outdir`` is refused unless ``overwrite``."""
+        with output_folder(outdir, overwrite) as folder:
+            self.write(folder)
+        return Path(outdir)
+
+
+def json_safe(value: Any) -> Any:
+    """NaN/Inf -> None, numpy scalars and arrays -> Python, recursively (strict JSON)."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return json_safe(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

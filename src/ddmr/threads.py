@@ -1,0 +1,74 @@
+"""How many threads DDMR's numeric work may use: one setting for torch, scipy and BLAS.
+
+The default is the number of cores this process may run on (its CPU affinity mask),
+lowered to ``OMP_NUM_THREADS`` when that is set. :func:`use_threads` applies a count to
+torch's intra-op pool, to BLAS/OpenMP pools in the process (threadpoolctl), to the
+thread pools DDMR itself runs scipy.ndimage work on (:func:`workers`), and to the
+environment of child processes and ITK (ANTs). Work that runs on DDMR's own thread
+pools is single-threaded inside each task, so the counts never multiply.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from ddmr.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+#: Environment variables set for child processes and for libraries that read them late.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                    "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS")
+
+_configured: int | None = None
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its affinity mask; ``os.cpu_count()`` elsewhere)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def default_threads() -> int:
+    """:func:`available_cores`, or ``OMP_NUM_THREADS`` when it is a smaller positive
+    integer."""
+    cores = available_cores()
+    text = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if text.isdigit() and int(text) > 0:
+        return min(cores, int(text))
+    return cores
+
+
+def workers() -> int:
+    """Threads for DDMR's own pools (the count set by :func:`use_threads`, else the
+    default)."""
+    return _configured or default_threads()
+
+
+def use_threads(threads: int | None = None) -> int:
+    """Apply ``threads`` (None: :func:`default_threads`) to torch, BLAS, DDMR's pools and
+    the environment of child processes; returns the count applied. Raises
+    :class:`ConfigError` for a count below 1."""
+    global _configured
+    if threads is None:
+        threads = default_threads()
+    if isinstance(threads, bool) or int(threads) != threads or threads < 1:
+        raise ConfigError(f"--threads {threads}: expected a whole number >= 1")
+    threads = int(threads)
+    _configured = threads
+    for name in THREAD_VARIABLES:
+        os.environ[name] = str(threads)
+    import torch
+
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(threads)
+    except ImportError:  # pragma: no cover - threadpoolctl is a dependency
+        logger.info("threadpoolctl is not installed; BLAS keeps its own thread count")
+    logger.info("using %d thread(s)", threads)
+    return threads
