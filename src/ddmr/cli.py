@@ -11,7 +11,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from ddmr.errors import DDMRError
+from ddmr.errors import DDMRError, Interrupted
 
 # name -> (module under ddmr.commands, one-line help). Add a line here for a new command.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -72,6 +72,20 @@ def one_line(error: BaseException) -> str:
     return " ".join(part.strip() for part in str(error).splitlines() if part.strip())
 
 
+#: what torch's allocators say when an allocation fails (CPU, CUDA, MPS)
+OUT_OF_MEMORY_MESSAGES = ("out of memory", "not enough memory", "DefaultCPUAllocator",
+                          "can't allocate memory", "Cannot allocate memory")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """True for a ``MemoryError``, ``torch.OutOfMemoryError`` or a ``RuntimeError`` whose
+    message is an allocator's out-of-memory report."""
+    if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(error, RuntimeError) and any(
+        text.lower() in str(error).lower() for text in OUT_OF_MEMORY_MESSAGES)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ddmr`` console script; returns the exit status."""
     parser = build_parser()
@@ -87,12 +101,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"ddmr {args.command}: error: {one_line(error)}", file=sys.stderr)
         return 2
-    except MemoryError:
-        if args.debug:
+    except Interrupted as interrupted:
+        print(f"ddmr {args.command}: {one_line(interrupted)}", file=sys.stderr)
+        return interrupted.exit_status
+    except (MemoryError, RuntimeError) as error:
+        if args.debug or not is_out_of_memory(error):
             raise
-        print(f"ddmr {args.command}: error: out of memory; use smaller images (crop or "
-              "downsample them) or a smaller --size, or run on a machine with more memory "
-              "(--debug shows where)", file=sys.stderr)
+        detail = f" ({one_line(error)[:200]})" if str(error).strip() else ""
+        print(f"ddmr {args.command}: error: out of memory{detail}; use smaller images (crop "
+              "or downsample them) or smaller options (--size, --tps-grid, ...), or run on a "
+              "machine with more memory (--debug shows where)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"ddmr {args.command}: interrupted", file=sys.stderr)

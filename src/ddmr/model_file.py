@@ -2,16 +2,23 @@
 
 A model file holds the U-Net's weights and, in the safetensors metadata, a JSON card
 (design, architecture, input size and spacing, normalisation, data summary, validation
-metrics, the command that made it) and the SHA-256 of the weights. Loading never
-unpickles anything, and refuses a file whose checksum does not match its weights or
-whose card does not describe them. A copy of the card is written beside it as
+metrics, the command that made it), the SHA-256 of the weights (``sha256``) and, from
+format version 2, the SHA-256 of the card itself (``card_sha256``: every other field,
+``sha256`` included, so a changed input size, design or architecture is refused like
+changed weights). Loading never unpickles anything, checks the card's fields and the
+weights' shapes against its architecture before it builds or allocates anything, and
+refuses a file whose checksums do not match. A copy of the card is written beside it as
 ``<name>.json`` for people.
+
+A checksum is not a signature: it catches a file changed by accident or by hand, not
+one rewritten by someone who recomputes it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +26,16 @@ from typing import Any
 
 import torch
 
-from ddmr.errors import InputError
+from ddmr.errors import DDMRError, InputError
 from ddmr.nn.unet import UNet, UNetConfig
 
+logger = logging.getLogger(__name__)
+
 FORMAT = "ddmr-model"
-FORMAT_VERSION = 1
+#: 2: the card carries ``card_sha256``; 1: the weights' checksum only (still read)
+FORMAT_VERSION = 2
+#: the card fields that are not covered by ``card_sha256`` (it, itself)
+CARD_CHECKSUM = "card_sha256"
 
 
 def weights_checksum(state: dict[str, torch.Tensor]) -> str:
@@ -36,6 +48,25 @@ def weights_checksum(state: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+def card_checksum(card: dict[str, Any]) -> str:
+    """SHA-256 of the card without its ``card_sha256`` field, as canonical JSON (sorted
+    keys, no spaces, ASCII): the same card gives the same checksum after a JSON round
+    trip."""
+    fields = {k: v for k, v in card.items() if k != CARD_CHECKSUM}
+    text = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def check_finite_weights(state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Raise :class:`InputError` naming ``path`` when a weight is NaN or infinite."""
+    bad = [name for name, tensor in state.items()
+           if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    if bad:
+        raise InputError(f"{path}: the weights have NaN or Inf values ({len(bad)} of "
+                         f"{len(state)} tensors, e.g. {bad[0]}): the training diverged; "
+                         "this model cannot be used")
+
+
 @dataclass
 class LoadedModel:
     """A network ready to run and its card."""
@@ -46,11 +77,18 @@ class LoadedModel:
 
 
 def save_model(path: str | Path, network: UNet, card: dict[str, Any]) -> Path:
-    """Write ``network`` and ``card`` to ``path`` (.safetensors) atomically, plus a JSON copy."""
+    """Write ``network`` and ``card`` to ``path`` (.safetensors) atomically, plus a JSON copy.
+    Refuses a network with NaN or Inf weights and a name without ``.safetensors``."""
     from safetensors.torch import save_file
 
+    from ddmr.io import write_failure
+
     path = Path(path)
+    if path.suffix != ".safetensors":
+        raise InputError(f"{path}: a model file's name must end in .safetensors (it is a "
+                         "safetensors file, not a pickle)")
     state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
+    check_finite_weights(state, path)
     full_card = dict(card)
     full_card.update({
         "format": FORMAT,
@@ -59,6 +97,9 @@ def save_model(path: str | Path, network: UNet, card: dict[str, Any]) -> Path:
         "sha256": weights_checksum(state),
         "parameters": network.parameter_count(),
     })
+    full_card.pop(CARD_CHECKSUM, None)
+    full_card = json.loads(json.dumps(full_card))  # what a reader will see (lists, not tuples)
+    full_card[CARD_CHECKSUM] = card_checksum(full_card)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     card_path = path.with_suffix(".json")
@@ -68,6 +109,11 @@ def save_model(path: str | Path, network: UNet, card: dict[str, Any]) -> Path:
         tmp.replace(path)
         tmp_card.write_text(json.dumps(full_card, indent=2) + "\n")
         tmp_card.replace(card_path)
+    except (OSError, RuntimeError) as error:
+        failure = write_failure(error, path)
+        if failure is None:
+            raise
+        raise failure from None
     finally:
         tmp.unlink(missing_ok=True)
         tmp_card.unlink(missing_ok=True)
@@ -75,7 +121,8 @@ def save_model(path: str | Path, network: UNet, card: dict[str, Any]) -> Path:
 
 
 def read_card(path: str | Path) -> dict[str, Any]:
-    """The card stored in a model file's header (no weights are read)."""
+    """The card stored in a model file's header (no weights are read), its checksum
+    verified (format version 2 and later)."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -92,17 +139,126 @@ def read_card(path: str | Path) -> dict[str, Any]:
         card = json.loads(metadata["ddmr_card"])
     except json.JSONDecodeError:
         raise InputError(f"{path}: the model card is not valid JSON") from None
-    if card.get("format") != FORMAT:
+    if not isinstance(card, dict) or card.get("format") != FORMAT:
         raise InputError(f"{path}: not a DDMR model file")
+    version = card.get("format_version", 1)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise InputError(f"{path}: the card's format_version {version!r} is not a number")
+    if version > FORMAT_VERSION:
+        raise InputError(f"{path}: model file format {version} is newer than this ddmr reads "
+                         f"({FORMAT_VERSION}); update ddmr")
+    if version >= 2 and card.get(CARD_CHECKSUM) != card_checksum(card):
+        raise InputError(f"{path}: card checksum mismatch: the model card was changed after "
+                         "the model was written (file modified or corrupt)")
+    if version < 2:
+        logger.info("%s: format version 1: its card is not covered by a checksum", path)
     return card
 
 
+def _positive_ints(value: Any, count: int | None = None) -> bool:
+    return (isinstance(value, list | tuple) and len(value) > 0
+            and (count is None or len(value) == count)
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value))
+
+
+def check_card(card: dict[str, Any], path: str | Path) -> UNetConfig:
+    """Check the fields of a card that change what a model does (architecture, input
+    size, design, label values, training profile) without building anything; returns
+    the architecture. Raises :class:`InputError` naming ``path`` and the field."""
+    from ddmr.config import Design
+    from ddmr.train.profiles import TrainingProfile
+
+    architecture = card.get("architecture")
+    if not isinstance(architecture, dict):
+        raise InputError(f"{path}: the card's architecture {architecture!r} is not a U-Net "
+                         "configuration (a mapping of UNetConfig fields)")
+    try:
+        config = UNetConfig.from_dict(architecture)
+    except (TypeError, ValueError, DDMRError) as error:
+        raise InputError(f"{path}: the card's architecture is not a U-Net configuration "
+                         f"({error})") from None
+    for key in ("encoder", "head") + (("decoder",) if config.decoder is not None else ()):
+        if not _positive_ints(getattr(config, key)):
+            raise InputError(f"{path}: the card's architecture has {key} "
+                             f"{architecture.get(key)!r}; expected positive filter counts")
+    if config.decoder is not None and len(config.decoder) != len(config.encoder):
+        raise InputError(f"{path}: the card's architecture has {len(config.decoder)} decoder "
+                         f"levels for {len(config.encoder)} encoder levels")
+    if config.flow_resolution not in ("full", "half"):
+        raise InputError(f"{path}: the card's architecture has flow_resolution "
+                         f"{config.flow_resolution!r}; expected 'full' or 'half'")
+    size = card.get("input_size")
+    if not _positive_ints(size, 3) or min(size) < 2:
+        raise InputError(f"{path}: the card's input_size {size!r} is not three voxel counts "
+                         "of at least 2")
+    labels = card.get("label_values", [])
+    if not isinstance(labels, list) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in labels):
+        raise InputError(f"{path}: the card's label_values {labels!r} are not labels 0..255")
+    for key, kind in (("design", Design), ("profile", TrainingProfile)):
+        if card.get(key) is None:
+            continue
+        try:
+            kind.from_dict(card[key])
+        except (TypeError, ValueError, KeyError, AttributeError, DDMRError) as error:
+            raise InputError(f"{path}: the card's {key} is not valid ({error})") from None
+    return config
+
+
+def _header_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape from the safetensors header (no tensor data is read)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}  # noqa: SIM118
+
+
+def _architecture_shapes(config: UNetConfig, path: Path) -> dict[str, tuple[int, ...]]:
+    """Parameter name -> shape of the U-Net ``config`` describes, built on the meta device
+    (nothing is allocated, whatever sizes the card claims)."""
+    try:
+        with torch.device("meta"):
+            network = UNet(config)
+    except (TypeError, ValueError, RuntimeError, DDMRError) as error:
+        raise InputError(f"{path}: the card's architecture does not describe a U-Net "
+                         f"({str(error).splitlines()[0] if str(error) else error})") from None
+    return {name: tuple(tensor.shape) for name, tensor in network.state_dict().items()}
+
+
+def check_weights_match_card(path: str | Path, config: UNetConfig) -> None:
+    """Raise :class:`InputError` unless the file's tensors (names and shapes, read from its
+    header) are exactly those of the architecture ``config``."""
+    path = Path(path)
+    try:
+        found = _header_shapes(path)
+    except Exception as error:  # safetensors raises several types for a corrupt header
+        raise InputError(f"{path}: not a readable safetensors model file ({error})") from None
+    expected = _architecture_shapes(config, path)
+    if found == expected:
+        return
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    differ = sorted(n for n in set(found) & set(expected) if found[n] != expected[n])
+    if differ:
+        name = differ[0]
+        detail = (f"{len(differ)} tensors differ in shape, e.g. {name}: the card describes "
+                  f"{list(expected[name])}, the file holds {list(found[name])}")
+    else:
+        detail = (f"missing {missing[:2]}" if missing else "") + (
+            f"{'; ' if missing else ''}unexpected {unexpected[:2]}" if unexpected else "")
+    raise InputError(f"{path}: the card's architecture does not match the weights ({detail})")
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
-    """Load and verify a model file: checksum, then architecture against the weights."""
+    """Load and verify a model file: the card (checksum, fields), the weights' names and
+    shapes against its architecture (from the header, before anything is built), the
+    weights' checksum, then the network."""
     from safetensors.torch import load_file
 
     path = Path(path)
     card = read_card(path)
+    config = check_card(card, path)
+    check_weights_match_card(path, config)
     try:
         state = load_file(str(path))
     except Exception as error:
@@ -111,7 +267,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
         raise InputError(f"{path}: checksum mismatch: the weights are not the ones the card "
                          "describes (file modified or corrupt)")
     try:
-        network = UNet(UNetConfig.from_dict(card["architecture"]))
+        network = UNet(config)
         network.load_state_dict(state, strict=True)
     except (KeyError, TypeError, RuntimeError) as error:
         raise InputError(f"{path}: the card's architecture does not match the weights "

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+from collections.abc import Sequence
 from pathlib import Path
 
 from ddmr.augment.config import AugmentationConfig
@@ -25,13 +27,61 @@ LABEL_OUTPUTS = ("fixed_seg.nii.gz", "moving_seg.nii.gz")
 
 
 def check_output_folder(folder: str | Path, overwrite: bool) -> Path:
-    """Refuse an existing non-empty folder (unless ``overwrite``) or a file in its place."""
+    """Refuse an existing non-empty folder (unless ``overwrite``), a file in its place and a
+    place that cannot be written (:func:`ddmr.io.check_output_folder`)."""
+    from ddmr.io import check_output_folder as check_writable
+
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise InputError(f"{folder}: exists and is not a folder")
     if folder.is_dir() and any(folder.iterdir()) and not overwrite:
         raise InputError(f"{folder}: folder exists and is not empty (use --overwrite)")
-    return folder
+    return check_writable(folder, overwrite=True)
+
+
+#: peak bytes of building the TPS evaluation operator, per float64 entry of it (measured:
+#: 5.1-5.2 for 8 and 12 control points per axis; the float64 distances, the kernel's
+#: temporaries and the float32 copy)
+TPS_OPERATOR_FACTOR = 5.5
+#: the same for the (M + 4)^2 float64 system matrix (distances, kernel, system, LU)
+TPS_SYSTEM_FACTOR = 4.0
+
+
+def tps_memory_bytes(shape: Sequence[int], spacing: Sequence[float],
+                     config: AugmentationConfig) -> int:
+    """Peak bytes the augmentation's thin-plate spline takes to set up for an image of
+    ``shape`` voxels of ``spacing`` mm (0 without the non-rigid part): its (M + 4)^2 system
+    for M = tps_grid^3 control points and its (P, M + 4) evaluation operator on the padded
+    node grid of P nodes (the grid of :class:`ddmr.augment.transform.TransformPlan`)."""
+    from ddmr.augment.grid import regular_grid
+
+    if not config.nonrigid:
+        return 0
+    per_axis = (config.tps_grid - 1) * config.tps_samples_per_cell + 1
+    grid = regular_grid(shape, spacing, (per_axis,) * 3, config.max_tps + max(spacing),
+                        extra=2, max_margin=per_axis // 4 + 2)
+    nodes = math.prod(int(n) for n in grid.padded_shape)
+    unknowns = config.tps_grid ** 3 + 4
+    return int(8 * (TPS_OPERATOR_FACTOR * nodes * unknowns
+                    + TPS_SYSTEM_FACTOR * unknowns * unknowns))
+
+
+def check_tps_memory(shape: Sequence[int], spacing: Sequence[float],
+                     config: AugmentationConfig, option: str = "--tps-grid") -> None:
+    """Raise :class:`ConfigError` naming ``option`` when the thin-plate spline of ``config``
+    would need more memory than this process can allocate (:func:`ddmr.io.available_memory`),
+    before anything is allocated."""
+    from ddmr.errors import ConfigError
+    from ddmr.io import available_memory
+
+    needed = tps_memory_bytes(shape, spacing, config)
+    available = available_memory()
+    if needed > available:
+        raise ConfigError(
+            f"{option} {config.tps_grid}: a thin-plate spline of {config.tps_grid}^3 control "
+            f"points on a {'x'.join(str(int(n)) for n in shape)} image needs about "
+            f"{needed / 1e9:.3g} GB of memory, {available / 1e9:.3g} GB is available; use "
+            "fewer control points per axis (default 8)")
 
 
 def augment_files(image_path: str | Path, output: str | Path,
@@ -68,6 +118,7 @@ def augment_files(image_path: str | Path, output: str | Path,
         label_array, label_geometry = load_labels(labels_path)
         check_same_geometry(geometry, label_geometry, (image_path, labels_path))
         labels = torch.from_numpy(label_array)[None, None]
+    check_tps_memory(geometry.shape, geometry.spacing, config)
     low, high = float(array.min()), float(array.max())
     image = torch.from_numpy((array - low) / (high - low))[None, None].float()
     spacing = geometry.spacing
@@ -82,7 +133,7 @@ def augment_files(image_path: str | Path, output: str | Path,
                         "antsApplyTransforms -r fixed -i moving -t displacement.nii.gz "
                         "gives the fixed image",
     }
-    with atomic_directory(output) as folder:
+    with atomic_directory(output, overwrite) as folder:
         save_image(folder / "fixed.nii.gz", pair.fixed[0, 0].numpy(), geometry)
         save_image(folder / "moving.nii.gz", pair.moving[0, 0].numpy(), geometry)
         if labels is not None:

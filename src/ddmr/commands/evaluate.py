@@ -8,7 +8,8 @@ from pathlib import Path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pairs", required=True, type=Path, help="folder made by ddmr pairs")
-    parser.add_argument("--models", nargs="*", default=[], type=Path, help="model files")
+    parser.add_argument("--models", nargs="*", default=[],
+                        help="model files, training run folders or shipped models' names")
     parser.add_argument("--baselines", default="syn,syncc,none",
                         help="comma-separated subset of syn,syncc,none,affine ('' for none)")
     parser.add_argument("-o", "--output", required=True, type=Path, help="results folder")
@@ -58,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
     from ddmr.baselines.ants import parse_methods
     from ddmr.errors import ConfigError, InputError
     from ddmr.evaluate.runner import SUMMARY_MD, evaluate, parse_refine, write_results
+    from ddmr.io import check_output_folder
+    from ddmr.models import resolve_model
 
     baselines = parse_methods(args.baselines)
     refine = parse_refine(args.refine)
@@ -66,14 +69,12 @@ def run(args: argparse.Namespace) -> int:
     if refine and not args.models:
         raise ConfigError("--refine refines models' fields: give --models")
     settings = ants_settings_from_option(args.ants_iterations, baselines)
-    if args.output.exists() and not args.overwrite:
-        raise InputError(f"{args.output}: exists; choose another folder or pass --overwrite")
-    if not args.output.absolute().parent.is_dir():  # checked before hours of registrations
+    # checked before hours of registrations: the output can be written, the models exist
+    check_output_folder(args.output, args.overwrite)
+    if not args.output.absolute().parent.is_dir():
         raise InputError(f"{args.output}: folder {args.output.parent} does not exist")
-    for model in args.models:
-        if model.is_dir():
-            raise InputError(f"{model}: is a directory, expected a model file (.safetensors)")
-    results = evaluate(args.pairs, args.models, baselines, settings,
+    models = [resolve_model(model)[1] for model in args.models]
+    results = evaluate(args.pairs, models, baselines, settings,
                        progress=not args.no_progress, device=args.device, refine=refine,
                        refine_options={"similarity": args.refine_similarity,
                                        "labels": args.refine_labels})

@@ -47,6 +47,8 @@ from ddmr.errors import ConfigError, InputError
 from ddmr.io import (
     Geometry,
     atomic_directory,
+    check_free_space,
+    check_output_folder,
     check_same_geometry,
     load_image,
     load_labels,
@@ -220,6 +222,17 @@ def write_subject(h5: Any, subject: PreparedSubject, dtype: str = "float32") -> 
     group.attrs["label_source"] = subject.label_source
 
 
+#: free space kept beyond a subject's arrays before it is written (HDF5 metadata, JSON)
+SPACE_RESERVE = 1 << 20
+
+
+def subject_bytes(options: PrepareOptions, labels: bool = True) -> int:
+    """Bytes that one prepared subject may take in ``dataset.h5`` at most (its arrays
+    uncompressed, labels included) plus :data:`SPACE_RESERVE`."""
+    voxels = int(np.prod([int(n) for n in options.size]))
+    return voxels * (np.dtype(options.dtype).itemsize + (1 if labels else 0)) + SPACE_RESERVE
+
+
 def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
 
@@ -236,11 +249,7 @@ def prepare_dataset(input_path: str | Path, outdir: str | Path, options: Prepare
     from tqdm.auto import tqdm
 
     options.validate()
-    outdir = Path(outdir)
-    if outdir.exists() and not overwrite:
-        raise InputError(f"{outdir}: output folder already exists (pass --overwrite to replace)")
-    if outdir.exists() and not outdir.is_dir():
-        raise InputError(f"{outdir}: exists and is not a folder")
+    outdir = check_output_folder(outdir, overwrite, needed_bytes=subject_bytes(options))
     if sources is None:
         sources = discover(input_path, options.layout, options.labels_dir)
     label_map = read_label_map(options.merge_labels) if options.merge_labels else None
@@ -249,14 +258,19 @@ def prepare_dataset(input_path: str | Path, outdir: str | Path, options: Prepare
     if label_map is not None and atlas is not None:
         atlas.labels = apply_label_map(atlas.labels, label_map)
 
-    with atomic_directory(outdir) as temporary:
+    with atomic_directory(outdir, overwrite) as temporary:
         records = []
         with h5py.File(temporary / "dataset.h5", "w") as h5:
             h5.attrs["format"] = FORMAT
             h5.attrs["version"] = FORMAT_VERSION
             for source in tqdm(sources, desc="ddmr prepare", unit="image", disable=not progress):
                 prepared = prepare_subject(source, options, label_map, atlas)
+                # HDF5 cannot recover from a full disk (it crashes the process when it
+                # closes the file): stop before a subject that might not fit
+                check_free_space(outdir, subject_bytes(options, prepared.labels is not None),
+                                 f"subject {prepared.id} of the prepared dataset")
                 write_subject(h5, prepared, options.dtype)
+                h5.flush()
                 records.append({
                     "id": prepared.id, "subject": prepared.subject,
                     "image": str(source.image),

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from ddmr.errors import ConfigError, InputError
-from ddmr.io import atomic_directory
+from ddmr.io import atomic_directory, check_free_space, check_output_folder
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +65,16 @@ def _subject_order(n_subjects: int, n: int, seed: int) -> list[int]:
     return [order[i % n_subjects] for i in range(n)]
 
 
+#: free space kept beyond a pair's arrays before it is written (HDF5 metadata, the index)
+SPACE_RESERVE = 1 << 20
+
+
+def pair_bytes(shape: Sequence[int]) -> int:
+    """Bytes of one stored pair of ``shape`` (D, H, W) voxels: two float32 images, a
+    3-channel float32 field and two uint8 label maps."""
+    return int(np.prod([int(n) for n in shape])) * (2 * 4 + 3 * 4 + 2)
+
+
 def _write_pairs(folder: Path, data: str | Path, split: str, n: int, seed: int,
                  config: Any, progress: bool) -> dict[str, Any]:
     import h5py
@@ -72,6 +82,7 @@ def _write_pairs(folder: Path, data: str | Path, split: str, n: int, seed: int,
     from tqdm.auto import tqdm
 
     from ddmr.augment import AugmentationLayer
+    from ddmr.augment.files import check_tps_memory
     from ddmr.data.dataset import PreparedDataset, subject_geometries
 
     dataset = PreparedDataset(data, split=split)
@@ -89,11 +100,15 @@ def _write_pairs(folder: Path, data: str | Path, split: str, n: int, seed: int,
                 item = dataset[subject]
                 labels = item.get("labels")
                 spacing = tuple(float(s) for s in item["spacing"])
+                check_tps_memory(item["image"].shape[1:], spacing, config)
                 with torch.no_grad():
                     pair = layer(item["image"][None], None if labels is None else labels[None],
                                  spacing)
                 prepared, native = subject_geometries(data, item["id"])
                 name = f"{i:04d}"
+                # HDF5 cannot recover from a full disk: stop before a pair that may not fit
+                check_free_space(folder, pair_bytes(item["image"].shape[1:]) + SPACE_RESERVE,
+                                 f"pair {name}")
                 group = h5.create_group(name)
                 group.create_dataset("fixed", data=pair.fixed[0, 0].numpy().astype(np.float32))
                 group.create_dataset("moving", data=pair.moving[0, 0].numpy().astype(np.float32))
@@ -114,6 +129,7 @@ def _write_pairs(folder: Path, data: str | Path, split: str, n: int, seed: int,
                                        "shape": list(pair.fixed.shape[2:]),
                                        "spacing": list(spacing),
                                        "labels": labels is not None})
+                h5.flush()
     finally:
         dataset.close()
     (folder / INDEX).write_text(json.dumps(index, indent=2) + "\n")
@@ -135,13 +151,11 @@ def make_pairs(data: str | Path, output: str | Path, n: int, seed: int, split: s
 
     if n < 1:
         raise ConfigError(f"the number of pairs must be at least 1, got {n}")
-    output = Path(output)
-    if output.exists() and not overwrite:
-        raise InputError(f"{output}: exists; choose another folder or pass --overwrite")
-    if not output.parent.is_dir():
+    output = check_output_folder(output, overwrite)
+    if not output.absolute().parent.is_dir():
         raise InputError(f"{output}: folder {output.parent} does not exist")
     config = config or AugmentationConfig()
-    with atomic_directory(output) as temporary:
+    with atomic_directory(output, overwrite) as temporary:
         index = _write_pairs(temporary, data, split, n, seed, config, progress)
     logger.info("wrote %d pairs to %s", n, output)
     return index

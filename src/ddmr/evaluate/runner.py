@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 
 from ddmr.errors import ConfigError, InputError
-from ddmr.io import atomic_directory
+from ddmr.io import atomic_directory, check_output_folder
 
 logger = logging.getLogger(__name__)
 
@@ -85,12 +85,17 @@ class ModelMethod:
 
 
 def load_methods(paths: Sequence[str | Path], device: str = "cpu") -> list[ModelMethod]:
-    """Load model files; a model's name is its design's name, or its file stem when two
-    models share a design (with a number if the stems collide too)."""
-    from ddmr.model_file import load_model
+    """Load model files (or run folders, or shipped models' names: see
+    :func:`ddmr.models.resolve_model`), refusing weights with NaN or Inf values; a model's
+    name is its design's name, or its file stem when two models share a design (with a
+    number if the stems collide too)."""
+    from ddmr.model_file import check_finite_weights, load_model
+    from ddmr.models import resolve_model
     from ddmr.registration.align import model_prealigns
 
-    loaded = [load_model(p, device) for p in paths]
+    loaded = [load_model(resolve_model(p)[1], device) for p in paths]
+    for model in loaded:
+        check_finite_weights(model.network.state_dict(), model.path)
     designs = [str((m.card.get("design") or {}).get("name") or Path(m.path).stem)
                for m in loaded]
     methods: list[ModelMethod] = []
@@ -249,6 +254,10 @@ def evaluate(pairs_path: str | Path, models: Sequence[str | Path] = (),
                 if device.startswith("cuda"):
                     torch.cuda.synchronize()
                 seconds = time.perf_counter() - start
+                if not np.isfinite(displacement).all():
+                    raise InputError(f"{model.path}: the model predicted a field with NaN or "
+                                     f"Inf values on pair {pair.name}; its results would be "
+                                     "meaningless")
                 rows.append(score_pair(pair, model.name, displacement, seconds))
                 bar.update()
                 if stops:
@@ -274,12 +283,10 @@ def write_results(results: pd.DataFrame, output: str | Path, overwrite: bool = F
     ``overwrite``)."""
     from ddmr.evaluate.tables import PER_PAIR, summarise, summary_markdown
 
-    output = Path(output)
-    if output.exists() and not overwrite:
-        raise InputError(f"{output}: exists; choose another folder or pass --overwrite")
-    if not output.parent.is_dir():
+    output = check_output_folder(output, overwrite)
+    if not output.absolute().parent.is_dir():
         raise InputError(f"{output}: folder {output.parent} does not exist")
-    with atomic_directory(output) as temporary:
+    with atomic_directory(output, overwrite) as temporary:
         results.to_csv(temporary / PER_PAIR, index=False)
         summary = summarise(results)
         summary.to_csv(temporary / SUMMARY_CSV, index=False)

@@ -65,9 +65,10 @@ def _looks_like_path(value: str) -> bool:
 def resolve_model(model: str | os.PathLike[str] | None) -> tuple[str, Path]:
     """``(name, path)`` of ``--model NAME|PATH``; ``None`` gives the default model.
 
-    A value naming an existing file, or looking like a path, is a path; anything else is
-    looked up among the shipped models. Raises :class:`InputError` for a missing file or
-    an unknown name (the message lists the shipped models).
+    A value naming an existing file, or a folder holding ``model.safetensors`` (a
+    training run), is a path, and so is one that looks like a path; anything else is
+    looked up among the shipped models. Raises :class:`InputError` for a missing file, a
+    folder without a model or an unknown name (the message lists the shipped models).
     """
     if model is None:
         shipped = default_model()
@@ -76,13 +77,17 @@ def resolve_model(model: str | os.PathLike[str] | None) -> tuple[str, Path]:
     path = Path(value)
     if path.is_file():
         return path.name[: -len(SUFFIX)] if path.name.endswith(SUFFIX) else path.name, path
-    if isinstance(model, os.PathLike) or _looks_like_path(value):
-        if path.is_dir() and (path / f"model{SUFFIX}").is_file():
-            return "model", path / f"model{SUFFIX}"
-        raise InputError(f"{path}: model file not found")
-    for shipped in shipped_models():
+    if path.is_dir() and (path / f"model{SUFFIX}").is_file():
+        return "model", path / f"model{SUFFIX}"
+    as_path = isinstance(model, os.PathLike) or _looks_like_path(value)
+    for shipped in shipped_models() if not as_path else ():
         if shipped.name == value:
             return shipped.name, shipped.path
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory without model{SUFFIX}; expected a model "
+                         "file or a training run folder")
+    if as_path:
+        raise InputError(f"{path}: model file not found")
     raise InputError(
         f"unknown model {value!r}: shipped models: {_available()}; or pass the path of a "
         "model file made by `ddmr train`"

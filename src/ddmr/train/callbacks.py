@@ -1,9 +1,12 @@
 """Lightning callbacks and plugins: atomic checkpoints, periodic 'last' checkpoints for
-``--resume``, and the encoder-freezing schedule of two-step fine-tuning."""
+``--resume``, stopping cleanly on SIGINT/SIGTERM, and the encoder-freezing schedule of
+two-step fine-tuning."""
 
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,18 +15,32 @@ import lightning as L
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from ddmr.io import write_failure
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes each checkpoint to a temporary name, then renames it: a kill at any moment
-    leaves either the old checkpoint or the new one."""
+    """Writes each checkpoint to a temporary name, syncs it to disk, then renames it: a
+    kill (or a power cut) at any moment leaves either the old checkpoint or the new one.
+    A full disk or a read-only folder ends in one :class:`ddmr.errors.InputError`, the
+    old checkpoint kept."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path,
                         storage_options: Any | None = None) -> None:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as handle:
+                torch.save(checkpoint, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except (OSError, RuntimeError) as error:
+            tmp.unlink(missing_ok=True)
+            failure = write_failure(error, path)
+            if failure is None:
+                raise
+            raise failure from None
 
 
 class LastCheckpoint(L.Callback):
@@ -34,17 +51,65 @@ class LastCheckpoint(L.Callback):
         self.every = max(1, int(every_n_steps))
         self._saved_at = -1
 
-    def _save(self, trainer: L.Trainer) -> None:
+    def save(self, trainer: L.Trainer) -> None:
+        """Save ``last.ckpt`` unless it already holds this step."""
         if trainer.global_step != self._saved_at:
             trainer.save_checkpoint(self.path)
             self._saved_at = trainer.global_step
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         if trainer.global_step > 0 and trainer.global_step % self.every == 0:
-            self._save(trainer)
+            self.save(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._save(trainer)
+        self.save(trainer)
+
+
+class StopOnSignal(L.Callback):
+    """On SIGINT or SIGTERM, finish the training batch under way, save ``last.ckpt``
+    (through ``last``, a :class:`LastCheckpoint`) and stop the trainer; ``received`` is the
+    signal. A second signal stops at once (``KeyboardInterrupt``). The ranks of a
+    distributed run stop together (the decision is reduced over them at each batch).
+
+    :meth:`install` before ``trainer.fit`` and :meth:`restore` after it; the handlers are
+    installed again when training starts, over Lightning's own SIGTERM handler (which
+    would end the run without a final checkpoint and with exit status 0).
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, last: LastCheckpoint) -> None:
+        self.last = last
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def _set_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signals reach the main thread only; a fit in another thread keeps its
+        for number in self.SIGNALS:
+            previous = signal.signal(number, self._handle)
+            self._previous.setdefault(number, previous)
+
+    def install(self) -> None:
+        self._set_handlers()
+
+    def restore(self) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+        self._previous = {}
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._set_handlers()
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):
+            self.last.save(trainer)
+            trainer.should_stop = True
 
 
 class FreezeSchedule(L.Callback):

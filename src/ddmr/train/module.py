@@ -13,7 +13,7 @@ import torch
 
 from ddmr.augment.layer import AugmentationLayer, AugmentedPair
 from ddmr.config import Design
-from ddmr.errors import ConfigError
+from ddmr.errors import ConfigError, TrainingDiverged
 from ddmr.losses import DesignLoss, dice_score, one_hot
 from ddmr.nn import UNet, warp_image, warp_labels
 from ddmr.registration.align import align_affine
@@ -127,6 +127,12 @@ class RegistrationModule(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         pair = self.make_pair(batch, self._train_generator())
         total, terms, _ = self.pair_loss(pair)
+        if not bool(torch.isfinite(total)):
+            values = ", ".join(f"{k} {float(v):.4g}" for k, v in terms.items())
+            raise TrainingDiverged(
+                f"training diverged at step {self.global_step + 1}: the loss is "
+                f"{float(total)} ({values}); lower the learning rate (learning_rate "
+                f"{self.profile.learning_rate:g}) or check the data")
         size = pair.fixed.shape[0]
         self.log("train/loss", total, prog_bar=True, batch_size=size)
         self.log("time/elapsed_h", self.elapsed_seconds() / 3600, batch_size=size)
@@ -194,6 +200,14 @@ class RegistrationModule(L.LightningModule):
             for group in optimizer.param_groups:
                 group["lr"] *= self.profile.plateau_factor
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        # checked before any callback can save the step: no checkpoint holds such weights
+        bad = next((name for name, p in self.named_parameters()
+                    if not bool(torch.isfinite(p).all())), None)
+        if bad is not None:
+            raise TrainingDiverged(
+                f"training diverged at step {self.trainer.global_step}: the weights became "
+                f"NaN or Inf ({bad}); lower the learning rate (learning_rate "
+                f"{self.profile.learning_rate:g}) or check the data")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["ddmr_elapsed_s"] = self.elapsed_seconds()

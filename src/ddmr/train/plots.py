@@ -24,6 +24,8 @@ def _plot_columns(frame: pd.DataFrame, columns: list[str], title: str, ylabel: s
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from ddmr.io import atomic_path
+
     columns = [c for c in columns if c in frame and frame[c].notna().any()]
     if not columns:
         return None
@@ -40,8 +42,11 @@ def _plot_columns(frame: pd.DataFrame, columns: list[str], title: str, ylabel: s
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as temporary:  # a full disk: one line, no half-written PNG
+            fig.savefig(temporary, format="png")
+    finally:
+        plt.close(fig)
     return path
 
 

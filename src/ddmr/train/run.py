@@ -78,30 +78,35 @@ def _is_secondary_process() -> bool:
                for key in ("LOCAL_RANK", "NODE_RANK", "RANK"))
 
 
-def _check_rundir(options: RunOptions) -> Path | None:
-    """Validate the run directory; return the checkpoint to resume from, if any."""
+def _check_rundir(options: RunOptions) -> tuple[Path | None, dict[str, Any] | None]:
+    """Validate the run directory; return the checkpoint to resume from and its content
+    (``(None, None)`` for a new run)."""
+    from ddmr.io import check_output_folder
+
     rundir = options.rundir
     last = rundir / "checkpoints" / "last.ckpt"
     if _is_secondary_process():
-        return last if options.resume else None
+        return (last, None) if options.resume else (None, None)
     if options.resume:
         if not last.is_file():
             raise InputError(f"{rundir}: nothing to resume (no checkpoints/last.ckpt)")
-        _check_checkpoint(last)
-        return last
-    if rundir.exists() and any(rundir.iterdir()) and not options.overwrite:
+        checkpoint = _check_checkpoint(last)
+        check_output_folder(rundir, overwrite=True)  # still writable
+        return last, checkpoint
+    if rundir.exists() and rundir.is_dir() and any(rundir.iterdir()) and not options.overwrite:
         raise InputError(f"{rundir}: run directory exists and is not empty; use --resume to "
                          "continue it or --overwrite to start again")
+    check_output_folder(rundir, overwrite=True)
     if rundir.exists() and options.overwrite:
         import shutil
 
         shutil.rmtree(rundir)
-    return None
+    return None, None
 
 
-def _check_checkpoint(path: Path) -> None:
-    """Refuse a checkpoint that does not load as plain data (truncated, corrupt, foreign)
-    before anything is written into the run directory."""
+def _check_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a checkpoint as plain data, refusing one that does not load (truncated,
+    corrupt, foreign) before anything is written into the run directory."""
     import torch
 
     try:
@@ -109,8 +114,85 @@ def _check_checkpoint(path: Path) -> None:
     except Exception as error:  # torch raises RuntimeError, pickle errors, EOFError, ...
         raise InputError(f"{path}: cannot read the checkpoint ({type(error).__name__}); "
                          "start again with --overwrite") from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint \
+            or not isinstance(checkpoint.get("hyper_parameters"), dict):
         raise InputError(f"{path}: not a ddmr training checkpoint")
+    return checkpoint
+
+
+#: profile fields that a resumed run may change (how long, how often it checkpoints and
+#: validates, how it loads data); any other difference is refused
+RESUME_MAY_CHANGE = ("max_steps", "checkpoint_every", "val_every", "early_stopping",
+                     "num_workers")
+
+
+def _flat(value: Any, prefix: str) -> dict[str, Any]:
+    """Nested mappings as ``{"a.b": leaf}``, sequences as lists (JSON's view)."""
+    import json
+
+    value = json.loads(json.dumps(value, default=str))
+    if not isinstance(value, dict):
+        return {prefix: value}
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        out.update(_flat(item, f"{prefix}.{key}"))
+    return out or {prefix: {}}
+
+
+def _data_fingerprint(summary: dict[str, Any]) -> str:
+    """SHA-256 of what identifies a prepared dataset (splits, labels, grid, preparation),
+    not of where it lies: a dataset that moved keeps its fingerprint."""
+    import hashlib
+    import json
+
+    fields = {k: v for k, v in summary.items() if k != "path"}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+def _finetune_identity(card_extra: dict[str, Any] | None) -> dict[str, Any]:
+    """What a fine-tuning run's ``card_extra`` says about its source (not its path)."""
+    extra = card_extra or {}
+    source = extra.get("finetuned_from") or {}
+    return {"source_sha256": source.get("sha256"), "finetune": extra.get("finetune")}
+
+
+def _check_resume_settings(rundir: Path, checkpoint: dict[str, Any], design: Design,
+                           profile: TrainingProfile, summary: dict[str, Any],
+                           label_values: list[int], card_extra: dict[str, Any] | None) -> None:
+    """Refuse a resume whose design, profile (but :data:`RESUME_MAY_CHANGE`), data or
+    fine-tuning source differ from the run's, naming the fields that differ."""
+    import json
+
+    hyper = checkpoint["hyper_parameters"]
+    then = {**_flat(hyper.get("design"), "design"),
+            **_flat({k: v for k, v in (hyper.get("profile") or {}).items()
+                     if k not in RESUME_MAY_CHANGE}, "profile"),
+            "label_values": hyper.get("label_values")}
+    now = {**_flat(design.to_dict(), "design"),
+           **_flat({k: v for k, v in profile.to_dict().items()
+                    if k not in RESUME_MAY_CHANGE}, "profile"),
+           "label_values": list(label_values)}
+    record: dict[str, Any] = {}
+    if (rundir / RUN_FILE).is_file():
+        try:
+            record = json.loads((rundir / RUN_FILE).read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            record = {}
+    if isinstance(record, dict) and record.get("data_sha256"):
+        then["data"] = record.get("data")
+        now["data"] = (record.get("data") if record["data_sha256"] == _data_fingerprint(summary)
+                       else summary["path"])
+    if isinstance(record, dict) and "card_extra" in record:
+        then.update(_flat(_finetune_identity(record["card_extra"]), "finetune"))
+        now.update(_flat(_finetune_identity(card_extra), "finetune"))
+    differ = [key for key in sorted(set(then) | set(now)) if then.get(key) != now.get(key)]
+    if differ:
+        shown = "; ".join(f"{key} {then.get(key)!r} -> {now.get(key)!r}" for key in differ[:4])
+        more = f" (and {len(differ) - 4} more)" if len(differ) > 4 else ""
+        raise InputError(
+            f"{rundir}: --resume with other settings than the run's: {shown}{more}; only "
+            f"{', '.join(RESUME_MAY_CHANGE)} may change (start a new run with another -o, or "
+            "--overwrite)")
 
 
 def _segment_name(rundir: Path) -> str:
@@ -130,6 +212,62 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
 
+def _tensorboard_logger(rundir: Path, segment: str) -> Any | None:
+    """Lightning's TensorBoard logger for ``rundir/tensorboard/segment`` when tensorboard
+    (or tensorboardX) can be imported; None, with a log line, when neither can."""
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        try:
+            import tensorboardX  # noqa: F401
+        except ImportError:
+            logger.info("tensorboard is not installed: no tensorboard/ logs for this run "
+                        "(the CSV logs and plots are written; pip install tensorboard)")
+            return None
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    return TensorBoardLogger(rundir, name="tensorboard", version=segment)
+
+
+def _checkpoint_files(ckpt_dir: Path) -> dict[str, tuple[int, int]]:
+    """Checkpoint name -> (size, mtime in ns): what a run could be resumed from."""
+    if not ckpt_dir.is_dir():
+        return {}
+    return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in ckpt_dir.glob("*.ckpt")}
+
+
+def _discard_unsaved(rundir: Path, new_run: bool, existed: bool, segment: str) -> None:
+    """Remove what a run that failed before its first checkpoint wrote: everything of a
+    new run (its folder too unless it ``existed``, empty, before), else the new segment's
+    logs."""
+    import shutil
+
+    if new_run:
+        if not existed:
+            shutil.rmtree(rundir, ignore_errors=True)
+            return
+        for child in rundir.iterdir():
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+        return
+    for folder in (rundir / "logs" / segment, rundir / "tensorboard" / segment):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _stop_message(rundir: Path, options: RunOptions, received: int | None, step: int) -> str:
+    """One line: which signal, the step, the checkpoint kept and how to continue."""
+    import signal as signals
+
+    last = rundir / "checkpoints" / "last.ckpt"
+    name = signals.Signals(received).name if received else "a signal"
+    command = options.command or f"ddmr train ... -o {rundir}"
+    if "--resume" not in command.split():
+        command += " --resume"
+    kept = (f"checkpoint {last} saved" if last.is_file() else
+            "no checkpoint was saved yet; start it again")
+    return (f"interrupted by {name} after step {step}: {kept}; no model file was written; "
+            f"continue with: {command}")
+
+
 def fit(design: Design, profile: TrainingProfile, data: str | Path, options: RunOptions,
         initial_state: dict | None = None, freeze_until: int = 0,
         card_extra: dict[str, Any] | None = None,
@@ -141,10 +279,17 @@ def fit(design: Design, profile: TrainingProfile, data: str | Path, options: Run
     import lightning as L
     import torch
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+    from lightning.pytorch.loggers import CSVLogger
 
+    from ddmr.augment.files import check_tps_memory
     from ddmr.data.datamodule import PreparedDataModule
-    from ddmr.train.callbacks import AtomicCheckpointIO, FreezeSchedule, LastCheckpoint
+    from ddmr.errors import Interrupted, TrainingDiverged
+    from ddmr.train.callbacks import (
+        AtomicCheckpointIO,
+        FreezeSchedule,
+        LastCheckpoint,
+        StopOnSignal,
+    )
     from ddmr.train.module import RegistrationModule
     from ddmr.train.plots import plot_training
 
@@ -156,53 +301,94 @@ def fit(design: Design, profile: TrainingProfile, data: str | Path, options: Run
     if summary["subjects"]["train"] == 0 or summary["subjects"]["val"] == 0:
         raise InputError(f"{data}: training needs subjects in both the train and val splits "
                          f"(have {summary['subjects']})")
-    resume_from = _check_rundir(options)
+    if summary["shape"] and summary["spacing_mm"]:
+        spacing = [s * (n - 1) / max(k - 1, 1) for s, n, k in
+                   zip(summary["spacing_mm"], summary["shape"], profile.input_size, strict=True)]
+        check_tps_memory(profile.input_size, spacing, profile.augmentation,
+                         "augmentation.tps_grid")
+    label_values = summary["label_values"] or [0]
+    resume_from, checkpoint = _check_rundir(options)
     rundir = options.rundir
-    rundir.mkdir(parents=True, exist_ok=True)
-    if not _is_secondary_process():
-        _write_run_file(rundir, data, options.command or shlex.join(sys.argv), card_extra)
-    started = time.time()
-    L.seed_everything(profile.seed, workers=True, verbose=False)
-    module = RegistrationModule(design.to_dict(), profile.to_dict(),
-                                summary["label_values"] or [0], seed=profile.seed)
-    if initial_state is not None:
-        module.network.load_state_dict(initial_state)
-    datamodule = PreparedDataModule(data, batch_size=profile.batch_size,
-                                    num_workers=profile.num_workers,
-                                    require_labels=design.needs_segmentations, seed=profile.seed)
+    if checkpoint is not None:
+        _check_resume_settings(rundir, checkpoint, design, profile, summary, label_values,
+                               card_extra)
+        del checkpoint
+    primary = not _is_secondary_process()
+    new_run = primary and resume_from is None
     ckpt_dir = rundir / "checkpoints"
-    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_loss", mode="min",
-                           save_top_k=1, enable_version_counter=False)
-    callbacks: list[L.Callback] = [best, LastCheckpoint(ckpt_dir, profile.checkpoint_every),
-                                   *extra_callbacks]
-    if freeze_until > 0:
-        callbacks.append(FreezeSchedule(("input", "encoder"), freeze_until))
-    if profile.early_stopping:
-        callbacks.append(EarlyStopping("val_loss", patience=profile.early_stopping))
+    saved_before = _checkpoint_files(ckpt_dir)
     segment = _segment_name(rundir)
-    loggers = [CSVLogger(rundir, name="logs", version=segment),
-               TensorBoardLogger(rundir, name="tensorboard", version=segment)]
-    distributed = options.devices * options.num_nodes > 1
-    trainer = L.Trainer(
-        max_steps=profile.max_steps,
-        accumulate_grad_batches=profile.accumulate,
-        val_check_interval=profile.val_every * profile.accumulate,
-        check_val_every_n_epoch=None,
-        num_sanity_val_steps=0,
-        log_every_n_steps=1,
-        devices=options.devices,
-        num_nodes=options.num_nodes,
-        accelerator=options.accelerator,
-        strategy="ddp" if distributed else "auto",
-        precision=profile.precision if torch.cuda.is_available() else "32-true",
-        callbacks=callbacks,
-        logger=loggers,
-        plugins=[AtomicCheckpointIO()],
-        default_root_dir=rundir,
-        enable_progress_bar=options.progress_bar,
-        enable_model_summary=False,
-    )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+    existed = rundir.exists()
+    rundir.mkdir(parents=True, exist_ok=True)
+    try:
+        if primary:
+            _write_run_file(rundir, data, options.command or shlex.join(sys.argv), card_extra,
+                            _data_fingerprint(summary))
+        started = time.time()
+        L.seed_everything(profile.seed, workers=True, verbose=False)
+        module = RegistrationModule(design.to_dict(), profile.to_dict(), label_values,
+                                    seed=profile.seed)
+        if initial_state is not None:
+            module.network.load_state_dict(initial_state)
+        datamodule = PreparedDataModule(data, batch_size=profile.batch_size,
+                                        num_workers=profile.num_workers,
+                                        require_labels=design.needs_segmentations,
+                                        seed=profile.seed)
+        best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_loss",
+                               mode="min", save_top_k=1, enable_version_counter=False)
+        last = LastCheckpoint(ckpt_dir, profile.checkpoint_every)
+        stopper = StopOnSignal(last)
+        callbacks: list[L.Callback] = [best, last, stopper, *extra_callbacks]
+        if freeze_until > 0:
+            callbacks.append(FreezeSchedule(("input", "encoder"), freeze_until))
+        if profile.early_stopping:
+            callbacks.append(EarlyStopping("val_loss", patience=profile.early_stopping))
+        loggers = [CSVLogger(rundir, name="logs", version=segment)]
+        tensorboard = _tensorboard_logger(rundir, segment)
+        if tensorboard is not None:
+            loggers.append(tensorboard)
+        distributed = options.devices * options.num_nodes > 1
+        trainer = L.Trainer(
+            max_steps=profile.max_steps,
+            accumulate_grad_batches=profile.accumulate,
+            val_check_interval=profile.val_every * profile.accumulate,
+            check_val_every_n_epoch=None,
+            num_sanity_val_steps=0,
+            log_every_n_steps=1,
+            devices=options.devices,
+            num_nodes=options.num_nodes,
+            accelerator=options.accelerator,
+            strategy="ddp" if distributed else "auto",
+            precision=profile.precision if torch.cuda.is_available() else "32-true",
+            callbacks=callbacks,
+            logger=loggers,
+            plugins=[AtomicCheckpointIO()],
+            default_root_dir=rundir,
+            enable_progress_bar=options.progress_bar,
+            enable_model_summary=False,
+        )
+        stopper.install()
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+        except SystemExit:  # Lightning's own exit on a second signal or on its SIGTERM path
+            raise Interrupted(_stop_message(rundir, options, stopper.received or 2,
+                                            int(trainer.global_step)),
+                              stopper.received or 2) from None
+        finally:
+            stopper.restore()
+        if stopper.received is not None:
+            raise Interrupted(_stop_message(rundir, options, stopper.received,
+                                            int(trainer.global_step)), stopper.received)
+    except BaseException as error:
+        unsaved = primary and _checkpoint_files(ckpt_dir) == saved_before
+        if unsaved:
+            _discard_unsaved(rundir, new_run, existed, segment)
+        if isinstance(error, TrainingDiverged):
+            kept = ("nothing was kept" if unsaved and new_run else
+                    f"the last checkpoint ({ckpt_dir / 'last.ckpt'}) holds the weights "
+                    "before it")
+            raise TrainingDiverged(f"{rundir}: {error}; {kept}") from None
+        raise
     if not trainer.is_global_zero:
         return None
     best_path = best.best_model_path or str(ckpt_dir / "last.ckpt")
@@ -230,15 +416,16 @@ RUN_FILE = "run.json"
 
 
 def _write_run_file(rundir: Path, data: str | Path, command: str,
-                    card_extra: dict[str, Any] | None) -> None:
-    """Record the run's data and command; a resumed run updates the data (it may have
-    moved) and keeps the command that started the run (the recipe)."""
+                    card_extra: dict[str, Any] | None, data_sha256: str) -> None:
+    """Record the run's data (path and fingerprint, :func:`_data_fingerprint`) and command;
+    a resumed run updates the data's path (it may have moved) and keeps the command that
+    started the run (the recipe)."""
     import json
 
     from ddmr.io import atomic_path
 
-    record = {"data": str(Path(data).resolve()), "command": command,
-              "card_extra": card_extra or {}}
+    record = {"data": str(Path(data).resolve()), "data_sha256": data_sha256,
+              "command": command, "card_extra": card_extra or {}}
     if (rundir / RUN_FILE).is_file():
         try:
             old = json.loads((rundir / RUN_FILE).read_text())
@@ -289,7 +476,8 @@ def export_run(rundir: str | Path, checkpoint: str = "best", data: str | Path | 
 
     import torch
 
-    from ddmr.model_file import save_model
+    from ddmr.io import check_output_file
+    from ddmr.model_file import check_finite_weights, save_model
     from ddmr.train.module import RegistrationModule
     from ddmr.train.plots import plot_training
 
@@ -300,8 +488,10 @@ def export_run(rundir: str | Path, checkpoint: str = "best", data: str | Path | 
     if not path.is_file():
         raise InputError(f"{path}: no such checkpoint (is {rundir} a ddmr train run folder?)")
     output = Path(output) if output is not None else rundir / "model.safetensors"
-    if output.exists() and not overwrite:
-        raise InputError(f"{output}: already exists (pass --overwrite to replace)")
+    if output.suffix != ".safetensors":
+        raise InputError(f"{output}: a model file's name must end in .safetensors (it is a "
+                         "safetensors file, not a pickle)")
+    check_output_file(output, overwrite)
     record: dict[str, Any] = {}
     if (rundir / RUN_FILE).is_file():
         record = json.loads((rundir / RUN_FILE).read_text())
@@ -324,6 +514,7 @@ def export_run(rundir: str | Path, checkpoint: str = "best", data: str | Path | 
     except (KeyError, RuntimeError, TypeError, AttributeError) as error:
         raise InputError(f"{path}: not a ddmr training checkpoint "
                          f"({type(error).__name__}: {error})") from None
+    check_finite_weights(module.network.state_dict(), path)
     best_score = next((c.get("best_model_score") for c in state.get("callbacks", {}).values()
                        if isinstance(c, dict) and "best_model_score" in c), None)
     validation = {"best_val_loss": float(best_score) if best_score is not None
@@ -359,10 +550,13 @@ def finetune(model: str | Path, data: str | Path, options: RunOptions, mode: str
     first trains with the input and encoder groups frozen for ``frozen_steps`` optimiser
     steps (default half of ``max_steps``), then everything."""
     from ddmr.config import get_design
-    from ddmr.model_file import load_model
+    from ddmr.model_file import check_finite_weights, load_model
 
     check_mode(mode)
     loaded = load_model(model)
+    check_finite_weights(loaded.network.state_dict(), model)
+    if not isinstance(loaded.card.get("profile"), dict):
+        raise InputError(f"{model}: the model card has no training profile to fine-tune with")
     design = get_design(design_name) if design_name else Design.from_dict(loaded.card["design"])
     profile = finetune_profile(loaded.card, overrides or {})
     freeze_until = 0
