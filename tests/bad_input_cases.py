@@ -36,6 +36,9 @@ IMAGE_CASES: dict[str, tuple[str, str]] = {
     "negative spacing (pixdim)": ("negative_spacing.nii.gz", "spacing must be positive"),
     "unsupported extension": ("image.txt", "unsupported file type"),
     "too large for the memory budget": ("large.nii.gz", "memory budget.*DDMR_MAX_IMAGE_MB"),
+    "float64 values beyond float32": ("huge_values.nii.gz", "values up to 1e\\+39, beyond float32"),
+    ".mhd without its data file": ("no_data.mhd", "File cannot be read.*Cannot open data file"),
+    "corrupt .mhd": ("garbage.mhd", "Unable to determine ImageIO reader"),
 }
 
 #: bad label map -> (file name, expected problem regex); the image beside it is good
@@ -57,6 +60,19 @@ MODEL_CASES: dict[str, tuple[str, str]] = {
     "truncated model file": ("truncated.safetensors", "not a readable safetensors"),
     "pickle instead of safetensors": ("model.pt", "not a readable safetensors"),
     "model weights changed (checksum)": ("tampered.safetensors", "checksum mismatch"),
+    "model card changed (input_size)": ("card_changed.safetensors", "card checksum mismatch"),
+    "card architecture 'resnet'": ("card_resnet.safetensors",
+                                   "architecture 'resnet' is not a U-Net"),
+    "card input_size [0, 32, 32]": ("card_zero_size.safetensors",
+                                    r"input_size \[0, 32, 32\] is not three voxel counts"),
+    "card claims encoder [4096]*8 (77 KB of weights)": (
+        "card_huge.safetensors", "architecture does not match the weights"),
+}
+
+#: bad model card for ddmr finetune (its training profile) -> (path, problem regex)
+FINETUNE_CARD_CASES: dict[str, tuple[str, str]] = {
+    "card profile input_size [0, 32, 32]": ("finetune_zero_size.safetensors",
+                                            "profile is not valid.*input_size"),
 }
 
 #: bad prepared dataset (train, finetune, pairs) -> (path, problem regex)
@@ -99,7 +115,7 @@ CASES: list[tuple[str, str]] = (
     + [("evaluate", bad) for bad in {**PAIRS_CASES, **MODEL_CASES}]
     + [("train", bad) for bad in {**DATA_CASES, **CONFIG_CASES}]
     + [("train", "--resume from a corrupt checkpoint")]
-    + [("finetune", bad) for bad in MODEL_CASES]
+    + [("finetune", bad) for bad in {**MODEL_CASES, **FINETUNE_CARD_CASES}]
     + [("finetune", bad) for bad in ("truncated dataset.h5", "split.json naming unknown ids")]
     + [("pairs", bad) for bad in ("missing dataset", "truncated dataset.h5",
                                   "HDF5 that ddmr prepare did not write")]
@@ -147,8 +163,8 @@ def case_argv(root: Path, command: str, bad: str, out: Path) -> Argv:
         path = str(root / "absent_dataset")
         return Argv(["prepare", path, "-o", str(out), "--no-progress"], env, path,
                     "no such file or folder")
-    if bad in MODEL_CASES:
-        name, problem = MODEL_CASES[bad]
+    if bad in MODEL_CASES or bad in FINETUNE_CARD_CASES:
+        name, problem = {**MODEL_CASES, **FINETUNE_CARD_CASES}[bad]
         path = str(root / name)
         if command == "register":
             return Argv(["register", "--fixed", good, "--moving", good, "--model", path,
@@ -263,6 +279,12 @@ def make_files(files: Path) -> None:
     _patched_pixdim(files / "negative_spacing.nii.gz", image, -2.0)
     (files / "image.txt").write_bytes(whole)
     _nifti(files / "large.nii.gz", blobs((40, 40, 40)))
+    huge = image.astype(np.float64)
+    huge[3, 4, 5] = 1e39
+    _nifti(files / "huge_values.nii.gz", huge)
+    (files / "no_data.mhd").write_text("ObjectType = Image\nNDims = 3\nDimSize = 16 16 16\n"
+                                       "ElementType = MET_FLOAT\nElementDataFile = gone.raw\n")
+    (files / "garbage.mhd").write_text("this is not a MetaImage header\n")
     _nifti(files / "small_seg.nii.gz", labels[:, :, :12].copy())
     shifted = np.diag([2.0, 2.0, 2.0, 1.0])
     shifted[:3, 3] = (5.0, 0.0, 0.0)
@@ -303,6 +325,44 @@ def small_model(path: Path) -> Path:
     card = {"design": get_design("BL-N").to_dict(), "input_size": [16, 16, 16],
             "label_values": [0, 1, 2]}
     return save_model(path, UNet(UNetConfig(encoder=(4, 8), head=(4,))), card)
+
+
+def forged_card(source: Path, target: Path, change, checksum: bool = True) -> Path:
+    """Copy a model file with its card changed by ``change(card)`` (in place), the weights'
+    bytes kept; with ``checksum`` the card's checksum is recomputed (a card that passes it
+    but says something wrong), else the old one is kept (a card edited by hand)."""
+    import struct
+
+    from ddmr.model_file import CARD_CHECKSUM, card_checksum
+
+    raw = source.read_bytes()
+    (length,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + length])
+    card = json.loads(header["__metadata__"]["ddmr_card"])
+    change(card)
+    if checksum:
+        card[CARD_CHECKSUM] = card_checksum(card)
+    header["__metadata__"]["ddmr_card"] = json.dumps(card)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    target.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + length:])
+    return target
+
+
+def _forged_models(root: Path) -> None:
+    """The model files with bad cards of :data:`MODEL_CASES` and
+    :data:`FINETUNE_CARD_CASES`."""
+    tiny = root / "tiny.safetensors"
+    forged_card(tiny, root / "card_changed.safetensors",
+                lambda card: card.update(input_size=[24, 24, 24]), checksum=False)
+    forged_card(tiny, root / "card_resnet.safetensors",
+                lambda card: card.update(architecture="resnet"))
+    forged_card(tiny, root / "card_zero_size.safetensors",
+                lambda card: card.update(input_size=[0, 32, 32]))
+    forged_card(tiny, root / "card_huge.safetensors",
+                lambda card: card["architecture"].update(encoder=[4096] * 8))
+    forged_card(root / "finetune.safetensors", root / "finetune_zero_size.safetensors",
+                lambda card: card["profile"].update(input_size=[0, 32, 32]))
 
 
 def _copy_truncated(source: Path, target_folder: Path, name: str) -> None:
@@ -353,6 +413,7 @@ def make_workspace(root: Path) -> Path:
 
     (root / "model.pt").write_bytes(pickle.dumps({"weights": [1, 2, 3]}))
     tampered_copy(root / "tiny.safetensors", root / "tampered.safetensors")
+    _forged_models(root)
     # prepared datasets
     prep = make_dataset(root / "dataset", n=5, size=16)
     shutil.copytree(prep, root / "prep")

@@ -28,7 +28,10 @@ import errno
 import itertools
 import json
 import os
+import re
 import shutil
+import sys
+import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -675,12 +678,52 @@ def _check_dimensions(path: Path, shape: Sequence[int]) -> None:
         raise InputError(f"{path}: image has shape {shape}, expected a 3D volume")
 
 
+_STDERR_LOCK = threading.Lock()
+
+
+@contextmanager
+def _native_stderr(into: list[str]) -> Iterator[None]:
+    """Send file descriptor 2 to a temporary file while a C++ library (ITK's MetaIO) works:
+    what it prints there on its own ends in ``into`` (one string) instead of on a line of
+    its own. One thread at a time (the descriptor is the process's)."""
+    import tempfile
+
+    with _STDERR_LOCK, tempfile.TemporaryFile() as capture:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            text = capture.read().decode(errors="replace").strip()
+            if text:
+                into.append(text)
+
+
+_ITK_PREFIX = re.compile(r"^(ITK ERROR: \w+\(0x[0-9a-fA-F]+\): |sitk::ERROR: |Reason: )")
+_SOURCE_LOCATION = re.compile(r"(^Exception thrown in SimpleITK \w+: )?\S+\.(cxx|cpp|hxx|h):\d+:?$")
+
+
+def _itk_detail(error: BaseException, printed: Sequence[str]) -> str:
+    """SimpleITK's exception text without its C++ source locations and prefixes, on one
+    line, with what ITK printed on its own (``printed``) after it."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    kept = [_ITK_PREFIX.sub("", line) for line in lines if not _SOURCE_LOCATION.search(line)]
+    text = " ".join(kept) or type(error).__name__
+    extra = " ".join(" ".join(part.split()) for part in printed)
+    return f"{text} (ITK: {extra})" if extra else text
+
+
 def _read_raw(path: Path) -> tuple[np.ndarray, Geometry]:
     """Array (3D, file voxel order) and geometry, without content checks. The header is
     read first: the dimensions and the memory budget (:func:`check_memory_budget`) are
     checked before the voxels are."""
     extension = file_extension(path)
     shape: tuple[int, ...] = ()
+    itk_output: list[str] = []
     try:
         if extension in NIFTI_EXTENSIONS:
             import nibabel as nib
@@ -698,17 +741,20 @@ def _read_raw(path: Path) -> tuple[np.ndarray, Geometry]:
         else:
             import SimpleITK as sitk  # noqa: N813
 
-            reader = sitk.ImageFileReader()
-            reader.SetFileName(str(path))
-            reader.ReadImageInformation()
-            components = reader.GetNumberOfComponents()
-            if components != 1:
-                raise InputError(f"{path}: has {components} components per voxel, expected a "
-                                 "scalar 3D image")
-            shape = tuple(reader.GetSize())
-            _check_dimensions(path, shape)
-            check_memory_budget(path, shape)
-            image = reader.Execute()
+            with _native_stderr(itk_output):
+                reader = sitk.ImageFileReader()
+                reader.SetFileName(str(path))
+                reader.ReadImageInformation()
+                components = reader.GetNumberOfComponents()
+                if components != 1:
+                    raise InputError(f"{path}: has {components} components per voxel, "
+                                     "expected a scalar 3D image")
+                shape = tuple(reader.GetSize())
+                _check_dimensions(path, shape)
+                check_memory_budget(path, shape)
+                image = reader.Execute()
+            if itk_output:  # what ITK printed on a read that worked goes where it went
+                os.write(2, ("\n".join(itk_output) + "\n").encode())
             array = sitk.GetArrayFromImage(image)
             array = array.transpose(tuple(range(array.ndim))[::-1])
             dimension = image.GetDimension()
@@ -724,7 +770,9 @@ def _read_raw(path: Path) -> tuple[np.ndarray, Geometry]:
             f"{path}: not enough memory to read this image of {_shape_text(shape)} voxels; "
             f"crop or downsample it first, or free memory") from None
     except Exception as error:  # nibabel/SimpleITK/zlib raise many kinds
-        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        detail = (_itk_detail(error, itk_output) if extension in ITK_EXTENSIONS
+                  else str(error).strip().splitlines()[0] if str(error).strip()
+                  else type(error).__name__)
         raise InputError(f"{path}: cannot read image (truncated or corrupt?): {detail}") from None
     if array.ndim > 3:
         array = array.reshape(array.shape[:3])
@@ -744,9 +792,14 @@ def load_image(path: PathLike) -> tuple[np.ndarray, Geometry]:
     check_geometry(geometry, path)
     if array.dtype.kind not in "biuf":
         raise InputError(f"{path}: voxel type {array.dtype} is not numeric")
-    array = np.asarray(array, dtype=np.float32)
-    if not np.all(np.isfinite(array)):
+    if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
         raise InputError(f"{path}: image contains NaN or Inf voxels")
+    largest = max(abs(float(array.max())), abs(float(array.min()))) if array.size else 0.0
+    limit = float(np.finfo(np.float32).max)
+    if largest > limit:
+        raise InputError(f"{path}: image has values up to {largest:.3g}, beyond float32 (at "
+                         f"most {limit:.3g}), which ddmr computes in; rescale its intensities")
+    array = np.asarray(array, dtype=np.float32)
     if array.size == 0 or float(array.max()) == float(array.min()):
         raise InputError(f"{path}: image is constant (every voxel is {array.flat[0]:g})")
     return array, geometry

@@ -15,8 +15,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pairs", nargs="*", type=Path, default=[],
                         help="the pairs folder of each results folder, in order (default: "
                         "the one named in its summary.md)")
-    parser.add_argument("--models", nargs="*", type=Path, default=[],
-                        help="model files that were evaluated (to draw their overlays)")
+    parser.add_argument("--models", nargs="*", default=[],
+                        help="model files (or run folders, shipped models' names) that were "
+                        "evaluated (to draw their overlays)")
     parser.add_argument("--runs", nargs="*", type=Path, default=[],
                         help="training run folders (training and weight curves)")
     parser.add_argument("--overlay-pairs", type=int, default=1,

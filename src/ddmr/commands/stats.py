@@ -17,7 +17,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "every model vs SyN and SyNCC, among the methods present")
 
 
+def _is_number(value: object) -> bool:
+    try:
+        float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    return not isinstance(value, bool)
+
+
 def run(args: argparse.Namespace) -> int:
+    import pandas as pd
+
     from ddmr import stats
     from ddmr.errors import ConfigError, InputError
     from ddmr.evaluate.tables import read_per_pair
@@ -25,6 +35,11 @@ def run(args: argparse.Namespace) -> int:
     results, csv = read_per_pair(args.results)
     if args.metric not in results:
         raise InputError(f"{csv}: needs the columns 'method' and {args.metric!r}")
+    if not pd.api.types.is_numeric_dtype(results[args.metric]) \
+            or pd.api.types.is_bool_dtype(results[args.metric]):
+        example = next((v for v in results[args.metric] if not _is_number(v)), None)
+        raise InputError(f"{csv}: column {args.metric!r} is not numeric (e.g. {example!r}); "
+                         "choose a metric column with --metric")
     if not 0 < args.alpha < 1:
         raise ConfigError(f"--alpha must be in (0, 1), got {args.alpha}")
     methods = list(dict.fromkeys(results["method"]))

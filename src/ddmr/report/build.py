@@ -89,11 +89,10 @@ def _summary_table(results: pd.DataFrame) -> str:
     return summary_markdown(summarise(results)).strip()
 
 
-def _results_blocks(section: ResultsSection, files: Path, stem: str,
+def _results_blocks(section: ResultsSection, results: pd.DataFrame, files: Path, stem: str,
                     options: ReportOptions) -> list:
     from ddmr.report.figures import CONVENTION, boxplot_metrics, metric_label
 
-    results = read_results(section.results)
     methods = list(dict.fromkeys(results["method"]))
     n_pairs = results["pair"].nunique() if "pair" in results else len(results)
     blocks: list = [Heading(section.title, 2)]
@@ -169,8 +168,6 @@ def _run_blocks(runs: Sequence[Path], files: Path) -> list:
     names = ("training_loss", "loss_terms", "validation", "weights")
     for k, rundir in enumerate(runs):
         rundir = Path(rundir)
-        if not rundir.is_dir():
-            raise InputError(f"{rundir}: run directory not found")
         plots = {p.stem: p for p in (rundir / "plots").glob("*.png")}
         if not plots:
             plots = {p.stem: p for p in plot_training(rundir)}
@@ -185,34 +182,50 @@ def _run_blocks(runs: Sequence[Path], files: Path) -> list:
     return blocks
 
 
+def check_run_folder(rundir: Path) -> Path:
+    """Raise :class:`InputError` unless ``rundir`` is a folder that ``ddmr train`` (or
+    ``finetune``) wrote: it holds ``logs/``, ``checkpoints/`` or ``run.json``."""
+    if not rundir.is_dir():
+        raise InputError(f"{rundir}: run directory not found")
+    if not any((rundir / name).exists() for name in ("logs", "checkpoints", "run.json")):
+        raise InputError(f"{rundir}: not a training run folder (no logs/, checkpoints/ or "
+                         "run.json); give a folder that ddmr train wrote")
+    return rundir
+
+
 def build_report(output: str | Path, sections: Sequence[ResultsSection],
                  runs: Sequence[str | Path] = (), options: ReportOptions | None = None,
                  ) -> tuple[Path, Path]:
     """Write ``output`` (.html, self-contained), the Markdown beside it (.md) and the
-    figures (``<stem>_files/``); returns (html, markdown)."""
-    from ddmr.io import atomic_path
+    figures (``<stem>_files/``); returns (html, markdown). Every input is read before
+    anything is written, and the figures are made in a temporary folder that replaces
+    ``<stem>_files/`` only once the report is written: a failure leaves nothing behind
+    (and an older report as it was)."""
+    from ddmr.io import atomic_directory, atomic_path, check_output_file
 
     options = options or ReportOptions()
     output = Path(output)
     if output.suffix.lower() not in (".html", ".htm"):
         raise InputError(f"{output}: the report must end in .html")
-    if not output.parent.is_dir():
-        raise InputError(f"{output}: folder {output.parent} does not exist")
     if not sections and not runs:
         raise InputError("nothing to report: give a results folder or run folders")
+    check_output_file(output, overwrite=True)
+    tables = [read_results(section.results) for section in sections]
+    runs = [check_run_folder(Path(r)) for r in runs]
     files = output.with_name(output.stem + "_files")
-    if files.exists():
-        shutil.rmtree(files)
-    files.mkdir()
-    document = Document(options.title)
-    document.add(*[Paragraph(text) for text in options.introduction])
-    for k, section in enumerate(sections):
-        document.add(*_results_blocks(section, files, f"s{k}", options))
-    if runs:
-        document.add(*_run_blocks([Path(r) for r in runs], files))
     markdown = output.with_suffix(".md")
-    with atomic_path(markdown) as temporary:
-        temporary.write_text(to_markdown(document, output.parent))
-    with atomic_path(output) as temporary:
-        temporary.write_text(to_html(document))
+    with atomic_directory(files) as staging:
+        document = Document(options.title)
+        document.add(*[Paragraph(text) for text in options.introduction])
+        for k, (section, results) in enumerate(zip(sections, tables, strict=True)):
+            document.add(*_results_blocks(section, results, staging, f"s{k}", options))
+        if runs:
+            document.add(*_run_blocks(runs, staging))
+        html = to_html(document)  # the figures embedded, read from the staging folder
+        for figure in document.figures():
+            figure.path = files / Path(figure.path).relative_to(staging)
+        with atomic_path(markdown) as temporary:
+            temporary.write_text(to_markdown(document, output.parent))
+        with atomic_path(output) as temporary:
+            temporary.write_text(html)
     return output, markdown

@@ -128,10 +128,10 @@ class RegistrationModule(L.LightningModule):
         pair = self.make_pair(batch, self._train_generator())
         total, terms, _ = self.pair_loss(pair)
         if not bool(torch.isfinite(total)):
-            values = ", ".join(f"{k} {float(v):.4g}" for k, v in terms.items())
+            values = ", ".join(f"{k} {float(v.detach()):.4g}" for k, v in terms.items())
             raise TrainingDiverged(
                 f"training diverged at step {self.global_step + 1}: the loss is "
-                f"{float(total)} ({values}); lower the learning rate (learning_rate "
+                f"{float(total.detach())} ({values}); lower the learning rate (learning_rate "
                 f"{self.profile.learning_rate:g}) or check the data")
         size = pair.fixed.shape[0]
         self.log("train/loss", total, prog_bar=True, batch_size=size)

@@ -6,6 +6,7 @@ for a GPU; ``cpu`` is small enough to learn on two CPU cores. A YAML file given 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,20 @@ class TrainingProfile:
         if any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in steps):
             raise ConfigError(f"lr_drop_steps must be positive step counts, got {steps}")
         object.__setattr__(self, "lr_drop_steps", tuple(sorted(steps)))
+        size = tuple(self.input_size)
+        if len(size) != 3 or any(isinstance(n, bool) or not isinstance(n, int) or n < 2
+                                 for n in size):
+            raise ConfigError(f"input_size must be three voxel counts of at least 2, got "
+                              f"{list(size)}")
+        object.__setattr__(self, "input_size", size)
+        for name in ("batch_size", "accumulate", "val_every", "val_pairs", "checkpoint_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive whole number, got {value!r}")
+        if not (isinstance(self.learning_rate, int | float)
+                and math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ConfigError(f"learning_rate must be a positive number, got "
+                              f"{self.learning_rate!r}")
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
