@@ -90,46 +90,104 @@ def _diverging(jacobian: np.ndarray, low: float, high: float) -> np.ndarray:
     return rgb
 
 
+#: Width of each column of panels, in pixels (the figure is at least 1200 wide).
+CELL = 240
+#: Font size (pixels) of the figure's text.
+FONT_SIZE = 15
+
+
+def _font(size: int = FONT_SIZE):
+    from PIL import ImageFont
+
+    return ImageFont.load_default(size=size)
+
+
+def _wrapped(draw, text: str, font, width: int) -> list[str]:
+    """``text`` cut into lines no wider than ``width`` pixels (at word boundaries)."""
+    lines: list[str] = []
+    for paragraph in text.splitlines():
+        line = ""
+        for word in paragraph.split(" "):
+            trial = f"{line} {word}".strip()
+            if line and draw.textlength(trial, font=font) > width:
+                lines.append(line)
+                line = word
+            else:
+                line = trial
+        lines.append(line)
+    return lines
+
+
+def _colour_bar(width: int, height: int, low: float, high: float) -> np.ndarray:
+    """(height, width, 3) uint8: the det J colours from ``low`` (left) through 1 to
+    ``high`` (right), 1 at the middle."""
+    position = np.linspace(0.0, 1.0, width)
+    values = np.where(position < 0.5, low + (1.0 - low) * position * 2,
+                      1.0 + (high - 1.0) * (position - 0.5) * 2)
+    return np.repeat(_diverging(values[None, :], low, high), height, axis=0)
+
+
 def save_overlay(path: str | Path, fixed: np.ndarray, fixed_geometry: Geometry,
                  moving: np.ndarray, moving_geometry: Geometry, warped: np.ndarray,
-                 jacobian: np.ndarray, title: str = "ddmr register") -> Path:
+                 jacobian: np.ndarray, title: str = "ddmr register",
+                 point_map: np.ndarray | None = None) -> Path:
     """Write the overlay figure (PNG) atomically. ``fixed``, ``warped`` and ``jacobian``
     are (I, J, K) on ``fixed_geometry``; ``moving`` (I', J', K') on its own grid, shown
-    through world coordinates (the moving image resampled to the fixed grid). Drawn with
-    Pillow (no matplotlib: it is a third of a registration's start-up)."""
+    through world coordinates as the headers place it and, with ``point_map`` (4, 4, RAS,
+    fixed world -> moving world), after the affine part alone. Drawn with Pillow (no
+    matplotlib: it is a third of a registration's start-up)."""
     from PIL import Image, ImageDraw
 
     fixed_window, moving_window = _window(fixed), _window(moving)
-    low = min(float(np.min(jacobian)), 0.5)
-    high = max(float(np.max(jacobian)), 1.5)
-    columns = ("fixed", "moving (world)", "warped", "checkerboard", "det J")
+    low = min(float(np.nanmin(jacobian)), 0.5)
+    high = max(float(np.nanmax(jacobian)), 1.5)
+    columns = ["fixed", "moving (headers)"] + (["moving (affine)"] if point_map is not None
+                                               else []) + ["warped", "checkerboard", "det J"]
     rows = []
     for view, plane in slice_geometries(fixed_geometry):
         f = _scaled(_cut(fixed, fixed_geometry, plane), fixed_window)
         m = _scaled(_cut(moving, moving_geometry, plane), moving_window)
         m[np.isnan(f)] = np.nan  # the moving image as resampled onto the fixed grid
+        panels = [_grey(f), _grey(m)]
+        if point_map is not None:
+            moved = Geometry(np.asarray(point_map) @ plane.affine, plane.shape)
+            a = _scaled(_cut(moving, moving_geometry, moved), moving_window)
+            a[np.isnan(f)] = np.nan
+            panels.append(_grey(a))
         w = _scaled(_cut(warped, fixed_geometry, plane), moving_window)
         j = _cut(jacobian, fixed_geometry, plane)
-        panels = [_grey(f), _grey(m), _grey(w), _grey(checkerboard(f, w)),
-                  _diverging(j, low, high)]
+        panels += [_grey(w), _grey(checkerboard(f, w)), _diverging(j, low, high)]
         rows.append((view, panels))
-    cell = max(max(p.shape[0], p.shape[1]) for _, panels in rows for p in panels)
-    left, top, gap = 70, 56, 4
-    width = left + 5 * (cell + gap)
-    height = top + 3 * (cell + gap) + 18
+    longest = max(max(p.shape[0], p.shape[1]) for _, panels in rows for p in panels)
+    scale = CELL / longest
+    font, gap, left = _font(), 6, 90
+    width = left + len(columns) * (CELL + gap)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    header = _wrapped(probe, title, font, width - 8) + [ORIENTATION]
+    line = FONT_SIZE + 5
+    top = 6 + line * len(header) + line + 4
+    height = top + 3 * (CELL + gap) + 3 * line + 8
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
-    draw.text((4, 2), title, fill="black")
-    draw.text((4, 16), ORIENTATION, fill="black")
+    for number, text in enumerate(header):
+        draw.text((4, 6 + number * line), text, fill="black", font=font)
     for col, name in enumerate(columns):
-        draw.text((left + col * (cell + gap), 38), name, fill="black")
+        draw.text((left + col * (CELL + gap), top - line - 2), name, fill="black", font=font)
     for row, (view, panels) in enumerate(rows):
-        y = top + row * (cell + gap)
-        draw.text((4, y + cell // 2), view, fill="black")
+        y = top + row * (CELL + gap)
+        draw.text((4, y + CELL // 2 - FONT_SIZE // 2), view, fill="black", font=font)
         for col, panel in enumerate(panels):
-            canvas.paste(Image.fromarray(panel), (left + col * (cell + gap), y))
-    draw.text((left + 4 * (cell + gap), top + 3 * (cell + gap)),
-              f"blue {low:.2f} - white 1 - red {high:.2f}", fill="black")
+            size = (max(1, round(panel.shape[1] * scale)), max(1, round(panel.shape[0] * scale)))
+            image = Image.fromarray(panel).resize(size, Image.Resampling.NEAREST)
+            canvas.paste(image, (left + col * (CELL + gap), y))
+    bar_x = left + (len(columns) - 1) * (CELL + gap)
+    bar_y = top + 3 * (CELL + gap) + 4
+    canvas.paste(Image.fromarray(_colour_bar(CELL, 12, low, high)), (bar_x, bar_y))
+    for text, x in ((f"{low:.2f}", bar_x), ("1", bar_x + CELL // 2 - 4),
+                    (f"{high:.2f}", bar_x + CELL - draw.textlength(f"{high:.2f}", font=font))):
+        draw.text((x, bar_y + 16), text, fill="black", font=font)
+    draw.text((bar_x - draw.textlength("det J ", font=font) - 4, bar_y - 2), "det J",
+              fill="black", font=font)
     path = Path(path)
     with atomic_path(path) as temporary:
         canvas.save(temporary, format="PNG")

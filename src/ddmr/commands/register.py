@@ -14,9 +14,9 @@ QC_FAILED = 3
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--fixed", help="fixed image (NIfTI, NRRD, MHA)")
+    parser.add_argument("--fixed", help="fixed image (NIfTI, NRRD, MHA; required unless --pairs)")
     parser.add_argument("--moving", help="moving image (any orientation, spacing, field of "
-                        "view and world position)")
+                        "view and world position; required unless --pairs)")
     parser.add_argument("--fixed-seg", help="fixed label map (with --moving-seg: DSC, HD95, "
                         "TRE; default none)")
     parser.add_argument("--moving-seg", help="moving label map, warped to warped_seg.nii.gz "

@@ -294,7 +294,7 @@ def register(fixed: ImageInput, moving: ImageInput, fixed_seg: ImageInput | None
     return RegistrationResult(fixed_volume.geometry, native.warped, native.warped_labels,
                               native.displacement_mm, jacobian.astype(np.float32), verdict,
                               summary, fixed_volume.array, moving_volume.array,
-                              moving_volume.geometry)
+                              moving_volume.geometry, alignment.point_map)
 
 
 # -- refinement ---------------------------------------------------------------------------

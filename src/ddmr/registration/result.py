@@ -62,6 +62,7 @@ class RegistrationResult:
     fixed: np.ndarray = field(repr=False)
     moving: np.ndarray = field(repr=False)
     moving_geometry: Geometry = field(repr=False)
+    point_map: np.ndarray | None = field(default=None, repr=False)
 
     def displacement_voxels(self) -> np.ndarray:
         """The displacement (3, I, J, K) in voxels of the fixed grid (ddmr convention)."""
@@ -93,7 +94,7 @@ class RegistrationResult:
             save_overlay(folder / "overlay.png", self.fixed, self.geometry, self.moving,
                          self.moving_geometry, self.warped, self.jacobian,
                          title=f"ddmr register, model {self.summary['model']['name']}; "
-                               f"{self.qc.line()}")
+                               f"{self.qc.line()}", point_map=self.point_map)
             for job in pending:
                 job.result()
         runtime = self.summary["runtime_s"]
