@@ -103,6 +103,12 @@ CONFIG_CASES: dict[str, tuple[str, str]] = {
     "YAML that is not a mapping": ("list.yaml", "must be a mapping"),
 }
 
+#: a bad place for the output (every command that writes one) -> (path under the
+#: workspace, problem regex)
+OUTPUT_CASES: dict[str, tuple[str, str]] = {
+    "output below a file": ("files/good.nii.gz/out", "is a file, not a folder"),
+}
+
 # ----------------------------------------------------------------------- the matrix
 
 #: commands that read NIfTI (or NRRD/MHA) images and label maps
@@ -119,7 +125,34 @@ CASES: list[tuple[str, str]] = (
     + [("finetune", bad) for bad in ("truncated dataset.h5", "split.json naming unknown ids")]
     + [("pairs", bad) for bad in ("missing dataset", "truncated dataset.h5",
                                   "HDF5 that ddmr prepare did not write")]
+    + [(command, bad) for bad in OUTPUT_CASES for command in
+       ("prepare", "augment", "register", "pairs", "evaluate", "report", "train", "finetune")]
 )
+
+
+def writer_argv(root: Path, command: str) -> tuple[list[str], bool]:
+    """A command line with good inputs for a command that writes an output, without its
+    ``-o``, and whether that output is a file (else a folder)."""
+    files = root / "files"
+    argv = {
+        "prepare": ["prepare", str(root / "dataset" / "raw"), "--size", "8", "--spacing", "4",
+                    "--no-progress"],
+        "augment": ["augment", str(files / "good.nii.gz"), "--no-nonrigid"],
+        "register": ["register", "--fixed", str(files / "good.nii.gz"), "--moving",
+                     str(files / "good.nii.gz"), "--model", str(root / "tiny.safetensors")],
+        "pairs": ["pairs", "--data", str(root / "prep"), "--n", "1", "--no-tps"],
+        "evaluate": ["evaluate", "--pairs", str(root / "pairs"), "--models",
+                     str(root / "evaluate.safetensors"), "--baselines", "none",
+                     "--no-progress"],
+        "report": ["report", str(root / "results"), "--overlay-pairs", "0"],
+        "train": ["train", "--design", "BL-N", "--data", str(root / "prep"), "--config",
+                  str(root / "tiny.yaml"), "--max-steps", "1", "--no-progress"],
+        "finetune": ["finetune", "--from", str(root / "finetune.safetensors"), "--data",
+                     str(root / "prep"), "--mode", "full", "--max-steps", "1",
+                     "--no-progress"],
+        "demo": ["demo", "--quick"],
+    }[command]
+    return argv, command == "report"
 
 
 @dataclass
@@ -206,6 +239,11 @@ def case_argv(root: Path, command: str, bad: str, out: Path) -> Argv:
         path = str(root / name)
         return Argv(["train", "--design", "BL-N", "--data", str(root / "prep"), "--config",
                      path, "--no-progress", "-o", str(out)], env, path, problem)
+    if bad in OUTPUT_CASES:
+        name, problem = OUTPUT_CASES[bad]
+        argv, is_file = writer_argv(root, command)
+        target = root / name / ("report.html" if is_file else "")
+        return Argv([*argv, "-o", str(target)], env, str(target), problem)
     if bad == "--resume from a corrupt checkpoint":
         return Argv(["train", "--design", "BL-N", "--data", str(root / "prep"), "--config",
                      str(root / "tiny.yaml"), "--resume", "--no-progress", "-o", str(out)],
@@ -435,6 +473,10 @@ def make_workspace(root: Path) -> Path:
 
     make_pairs(prep, root / "pairs", 1, 0, "test",
                AugmentationConfig(max_translation=2.0, nonrigid=False), progress=False)
+    from ddmr.evaluate.runner import evaluate, write_results
+
+    write_results(evaluate(root / "pairs", [root / "evaluate.safetensors"], ["none"],
+                           progress=False), root / "results")
     _copy_truncated(root / "pairs", root / "pairs_truncated", "pairs.h5")
     shutil.copytree(root / "pairs", root / "pairs_bad_json")
     (root / "pairs_bad_json" / "pairs.json").write_text("{ not json")

@@ -14,7 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from bad_input_cases import CASES, case_argv, make_workspace, prepare_existing_output, run_case
+from bad_input_cases import (
+    CASES,
+    case_argv,
+    make_workspace,
+    prepare_existing_output,
+    run_case,
+    writer_argv,
+)
 from ddmr.cli import main
 from ddmr.errors import InputError
 
@@ -130,47 +137,18 @@ def cases_existing(cases: dict, path: Path) -> bool:
 
 # ------------------------------------------------------- an existing OUT is kept
 
-#: commands that write an OUT -> (command line without -o, whether OUT is a file); the
-#: inputs are good, so only the existing OUT stops them
-WRITERS = {
-    "prepare": (lambda r: ["prepare", str(r / "dataset" / "raw"), "--size", "8", "--spacing",
-                           "4", "--no-progress"], False),
-    "augment": (lambda r: ["augment", str(r / "files" / "good.nii.gz"), "--no-nonrigid"],
-                False),
-    "register": (lambda r: ["register", "--fixed", str(r / "files" / "good.nii.gz"),
-                            "--moving", str(r / "files" / "good.nii.gz"), "--model",
-                            str(r / "tiny.safetensors")], False),
-    "pairs": (lambda r: ["pairs", "--data", str(r / "prep"), "--n", "1", "--no-tps"], False),
-    "evaluate": (lambda r: ["evaluate", "--pairs", str(r / "pairs"), "--models",
-                            str(r / "evaluate.safetensors"), "--baselines", "none",
-                            "--no-progress"], False),
-    "report": (lambda r: ["report", str(evaluated(r)), "--overlay-pairs", "0"], True),
-    "train": (lambda r: ["train", "--design", "BL-N", "--data", str(r / "prep"), "--config",
-                         str(r / "tiny.yaml"), "--max-steps", "1", "--no-progress"], False),
-    "finetune": (lambda r: ["finetune", "--from", str(r / "finetune.safetensors"), "--data",
-                            str(r / "prep"), "--mode", "full", "--max-steps", "1",
-                            "--no-progress"], False),
-    "demo": (lambda r: ["demo", "--quick"], False),
-}
+#: commands that write an OUT (their good command lines: bad_input_cases.writer_argv);
+#: the inputs are good, so only the existing OUT stops them
+WRITERS = ("prepare", "augment", "register", "pairs", "evaluate", "report", "train",
+           "finetune", "demo")
 
 #: writers cheap enough to run again with --overwrite here
 CHEAP = ("prepare", "augment", "register", "pairs", "evaluate", "report")
 
 
-def evaluated(root: Path) -> Path:
-    """A results folder of ddmr evaluate (made once per workspace)."""
-    results = root / "results"
-    if not results.exists():
-        assert main(["evaluate", "--pairs", str(root / "pairs"), "--models",
-                     str(root / "evaluate.safetensors"), "--baselines", "none",
-                     "--no-progress", "-o", str(results)]) == 0
-    return results
-
-
-@pytest.mark.parametrize("command", list(WRITERS))
+@pytest.mark.parametrize("command", WRITERS)
 def test_existing_output_is_kept_without_overwrite(workspace, tmp_path, capsys, command):
-    make, is_file = WRITERS[command]
-    argv = make(workspace)
+    argv, is_file = writer_argv(workspace, command)
     capsys.readouterr()
     out = tmp_path / ("out.html" if is_file else "out")
     if is_file:

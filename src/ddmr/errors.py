@@ -28,6 +28,21 @@ class Interrupted(Exception):  # noqa: N818 (it is not an error: the user asked 
         return 128 + self.signal_number
 
 
-class TrainingDiverged(DDMRError):
+class DivergenceError(DDMRError):
     """The training loss or the weights became NaN or infinite (learning rate too high,
     or bad data); training stops at once so that no checkpoint holds such weights."""
+
+
+class WriteError(InputError):
+    """An output could not be written (full disk, read-only folder, no permission):
+    ``path`` is the output, ``reason`` what the system said."""
+
+    def __init__(self, path: object, reason: str) -> None:
+        super().__init__(f"{path}: cannot write: {reason} (nothing was written; an existing "
+                         "output is unchanged)")
+        self.path = path
+        self.reason = reason
+
+    def naming(self, path: object) -> "WriteError":
+        """The same failure reported for the output ``path`` that contains this one."""
+        return WriteError(path, self.reason)

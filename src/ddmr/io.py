@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ddmr.errors import InputError
+from ddmr.errors import InputError, WriteError
 
 try:
     import fcntl
@@ -267,19 +267,20 @@ _WRITE_FAILURE_TEXTS = {"no space left on device": errno.ENOSPC, "errno = 28": e
                         "permission denied": errno.EACCES}
 
 
-def write_failure(error: BaseException, path: PathLike) -> InputError | None:
-    """The one-line :class:`InputError` for an exception raised while writing ``path`` when
-    it is the device's or the folder's fault (full disk, read-only, no permission), else
-    None. The message names the file the error names, or ``path``."""
+def write_failure(error: BaseException, path: PathLike) -> WriteError | None:
+    """The one-line :class:`ddmr.errors.WriteError` naming the output ``path`` for an
+    exception raised while writing it when it is the device's or the folder's fault (full
+    disk, read-only, no permission); None for any other exception. A ``WriteError`` of
+    an output inside ``path`` is named for ``path``."""
+    if isinstance(error, WriteError):
+        return error.naming(path)
     number = error.errno if isinstance(error, OSError) else None
     if number not in WRITE_ERRNOS:
         text = str(error).lower()
         number = next((n for key, n in _WRITE_FAILURE_TEXTS.items() if key in text), None)
         if number is None or not isinstance(error, OSError | RuntimeError):
             return None
-    named = getattr(error, "filename", None) or path
-    return InputError(f"{named}: cannot write: {os.strerror(number)} (nothing was written; "
-                      "an existing output is unchanged)")
+    return WriteError(path, os.strerror(number))
 
 
 @contextmanager
@@ -294,7 +295,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     try:
         yield temporary
         os.replace(temporary, path)
-    except (OSError, RuntimeError) as error:
+    except (OSError, RuntimeError, WriteError) as error:
         failure = write_failure(error, path)
         if failure is None:
             raise
@@ -390,7 +391,7 @@ def atomic_directory(path: PathLike, overwrite: bool = True) -> Iterator[Path]:
                 raise
             if old is not None:
                 shutil.rmtree(old, ignore_errors=True)
-        except (OSError, RuntimeError) as error:
+        except (OSError, RuntimeError, WriteError) as error:
             failure = write_failure(error, path)
             if failure is None:
                 raise
@@ -420,15 +421,16 @@ def _probe_writable(folder: Path, path: Path) -> None:
     work is done."""
     probe = folder / f".{path.name}.probe-{uuid.uuid4().hex[:8]}"
     try:
-        with open(probe, "wb") as handle:
-            handle.write(b"\0" * PROBE_BYTES)
-            handle.flush()
-            os.fsync(handle.fileno())
+        with open(probe, "xb") as handle:
+            try:
+                handle.write(b"\0" * PROBE_BYTES)
+                handle.flush()
+                os.fsync(handle.fileno())
+            finally:
+                probe.unlink()
     except OSError as error:
         reason = os.strerror(error.errno) if error.errno else str(error)
         raise InputError(f"{path}: cannot write into {folder}: {reason}") from None
-    finally:
-        probe.unlink(missing_ok=True)
 
 
 def check_free_space(path: PathLike, needed_bytes: int, what: str = "the output") -> None:
@@ -476,8 +478,8 @@ def check_output_file(path: PathLike, overwrite: bool = False) -> Path:
         raise InputError(f"{path}: already exists (pass --overwrite to replace)")
     folder = path.absolute().parent
     if not folder.is_dir():
-        raise InputError(f"{path}: folder {path.parent} does not exist"
-                         + (" (it is a file)" if folder.exists() else ""))
+        _existing_ancestor(path)  # a file above it is named as such
+        raise InputError(f"{path}: folder {path.parent} does not exist")
     _probe_writable(folder, path)
     return path
 

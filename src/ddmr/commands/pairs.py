@@ -23,6 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="no gamma/brightness augmentation")
     parser.add_argument("--no-tps", action="store_true",
                         help="rigid moving images only (no thin-plate-spline deformation)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         changes["nonrigid"] = False
     config = AugmentationConfig(**changes)
     index = make_pairs(args.data, args.output, args.n, args.seed, args.split, config,
-                       overwrite=args.overwrite)
+                       overwrite=args.overwrite, progress=not args.no_progress)
     subjects = sorted({p["subject"] for p in index["pairs"]})
     print(f"{len(index['pairs'])} pairs from {len(subjects)} subjects of split "
           f"{args.split!r} -> {args.output}")

@@ -76,7 +76,8 @@ def pair_bytes(shape: Sequence[int]) -> int:
 
 
 def _write_pairs(folder: Path, data: str | Path, split: str, n: int, seed: int,
-                 config: Any, progress: bool) -> dict[str, Any]:
+                 config: Any, progress: bool, output: Path) -> dict[str, Any]:
+    """Write the pairs into ``folder`` (the temporary folder of ``output``)."""
     import h5py
     import torch
     from tqdm.auto import tqdm
@@ -107,7 +108,7 @@ def _write_pairs(folder: Path, data: str | Path, split: str, n: int, seed: int,
                 prepared, native = subject_geometries(data, item["id"])
                 name = f"{i:04d}"
                 # HDF5 cannot recover from a full disk: stop before a pair that may not fit
-                check_free_space(folder, pair_bytes(item["image"].shape[1:]) + SPACE_RESERVE,
+                check_free_space(output, pair_bytes(item["image"].shape[1:]) + SPACE_RESERVE,
                                  f"pair {name}")
                 group = h5.create_group(name)
                 group.create_dataset("fixed", data=pair.fixed[0, 0].numpy().astype(np.float32))
@@ -156,7 +157,7 @@ def make_pairs(data: str | Path, output: str | Path, n: int, seed: int, split: s
         raise InputError(f"{output}: folder {output.parent} does not exist")
     config = config or AugmentationConfig()
     with atomic_directory(output, overwrite) as temporary:
-        index = _write_pairs(temporary, data, split, n, seed, config, progress)
+        index = _write_pairs(temporary, data, split, n, seed, config, progress, output)
     logger.info("wrote %d pairs to %s", n, output)
     return index
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from ddmr.errors import InputError
+from ddmr.errors import InputError, WriteError
 from ddmr.report.document import (
     Document,
     Figure,
@@ -201,7 +201,7 @@ def build_report(output: str | Path, sections: Sequence[ResultsSection],
     anything is written, and the figures are made in a temporary folder that replaces
     ``<stem>_files/`` only once the report is written: a failure leaves nothing behind
     (and an older report as it was)."""
-    from ddmr.io import atomic_directory, atomic_path, check_output_file
+    from ddmr.io import check_output_file
 
     options = options or ReportOptions()
     output = Path(output)
@@ -214,6 +214,18 @@ def build_report(output: str | Path, sections: Sequence[ResultsSection],
     runs = [check_run_folder(Path(r)) for r in runs]
     files = output.with_name(output.stem + "_files")
     markdown = output.with_suffix(".md")
+    try:
+        return _write_report(output, files, markdown, sections, tables, runs, options)
+    except WriteError as error:
+        raise error.naming(output) from None
+
+
+def _write_report(output: Path, files: Path, markdown: Path,
+                  sections: Sequence[ResultsSection], tables: Sequence[pd.DataFrame],
+                  runs: Sequence[Path], options: ReportOptions) -> tuple[Path, Path]:
+    """The writing half of :func:`build_report` (inputs read and checked)."""
+    from ddmr.io import atomic_directory, atomic_path
+
     with atomic_directory(files) as staging:
         document = Document(options.title)
         document.add(*[Paragraph(text) for text in options.introduction])

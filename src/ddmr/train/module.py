@@ -13,7 +13,7 @@ import torch
 
 from ddmr.augment.layer import AugmentationLayer, AugmentedPair
 from ddmr.config import Design
-from ddmr.errors import ConfigError, TrainingDiverged
+from ddmr.errors import ConfigError, DivergenceError
 from ddmr.losses import DesignLoss, dice_score, one_hot
 from ddmr.nn import UNet, warp_image, warp_labels
 from ddmr.registration.align import align_affine
@@ -129,7 +129,7 @@ class RegistrationModule(L.LightningModule):
         total, terms, _ = self.pair_loss(pair)
         if not bool(torch.isfinite(total)):
             values = ", ".join(f"{k} {float(v.detach()):.4g}" for k, v in terms.items())
-            raise TrainingDiverged(
+            raise DivergenceError(
                 f"training diverged at step {self.global_step + 1}: the loss is "
                 f"{float(total.detach())} ({values}); lower the learning rate (learning_rate "
                 f"{self.profile.learning_rate:g}) or check the data")
@@ -204,7 +204,7 @@ class RegistrationModule(L.LightningModule):
         bad = next((name for name, p in self.named_parameters()
                     if not bool(torch.isfinite(p).all())), None)
         if bad is not None:
-            raise TrainingDiverged(
+            raise DivergenceError(
                 f"training diverged at step {self.trainer.global_step}: the weights became "
                 f"NaN or Inf ({bad}); lower the learning rate (learning_rate "
                 f"{self.profile.learning_rate:g}) or check the data")

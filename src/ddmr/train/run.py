@@ -283,7 +283,7 @@ def fit(design: Design, profile: TrainingProfile, data: str | Path, options: Run
 
     from ddmr.augment.files import check_tps_memory
     from ddmr.data.datamodule import PreparedDataModule
-    from ddmr.errors import Interrupted, TrainingDiverged
+    from ddmr.errors import DivergenceError, Interrupted
     from ddmr.train.callbacks import (
         AtomicCheckpointIO,
         FreezeSchedule,
@@ -383,11 +383,11 @@ def fit(design: Design, profile: TrainingProfile, data: str | Path, options: Run
         unsaved = primary and _checkpoint_files(ckpt_dir) == saved_before
         if unsaved:
             _discard_unsaved(rundir, new_run, existed, segment)
-        if isinstance(error, TrainingDiverged):
+        if isinstance(error, DivergenceError):
             kept = ("nothing was kept" if unsaved and new_run else
                     f"the last checkpoint ({ckpt_dir / 'last.ckpt'}) holds the weights "
                     "before it")
-            raise TrainingDiverged(f"{rundir}: {error}; {kept}") from None
+            raise DivergenceError(f"{rundir}: {error}; {kept}") from None
         raise
     if not trainer.is_global_zero:
         return None
