@@ -1031,9 +1031,11 @@ def antialias_sigma(geometry_from: Geometry, geometry_to: Geometry) -> np.ndarra
 
 
 def _workers() -> int:
-    """Threads for scipy.ndimage work (its filters and interpolation release the GIL)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(4, cores or 1))
+    """Threads for scipy.ndimage work (its filters and interpolation release the GIL):
+    :func:`ddmr.threads.workers`, at most 4."""
+    from ddmr.threads import workers
+
+    return max(1, min(4, workers()))
 
 
 def _in_slabs(shape: tuple[int, ...], axis: int, job: Callable[[tuple[slice, ...]], None]
