@@ -132,3 +132,33 @@ def test_run_folders_and_shipped_names_are_models_everywhere(tiny, tmp_path, mon
     assert main(["evaluate", "--pairs", "absent", "--models", default_model().name,
                  "--baselines", "", "-o", "out"]) == 2  # the model is found, the pairs not
     assert "absent: no such folder" in capsys.readouterr().err
+
+
+def test_evaluate_refuses_a_model_whose_field_is_not_finite(tmp_path, capsys):
+    """Defect 3 (evaluate ended in an IndexError traceback): weights that are finite but
+    overflow the network's activations give a NaN field; one line naming the model."""
+    import torch
+
+    from bad_input_cases import small_model
+    from ddmr.augment import AugmentationConfig
+    from ddmr.evaluate.pairs import make_pairs
+    from ddmr.model_file import load_model as load
+    from ddmr.model_file import save_model
+    from train_helpers import make_dataset
+
+    data = make_dataset(tmp_path / "data", n=5, size=16)
+    make_pairs(data, tmp_path / "pairs", 1, 0, "test", AugmentationConfig(nonrigid=False),
+               progress=False)
+    loaded = load(small_model(tmp_path / "small.safetensors"))
+    with torch.no_grad():
+        for parameter in loaded.network.parameters():
+            parameter.mul_(1e30)
+    overflow = save_model(tmp_path / "overflow.safetensors", loaded.network,
+                          dict(loaded.card))
+    assert main(["evaluate", "--pairs", str(tmp_path / "pairs"), "--models", str(overflow),
+                 "--baselines", "none", "--no-progress", "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [
+        f"ddmr evaluate: error: {overflow}: the model predicted a field with NaN or Inf values "
+        "on pair 0000; its results would be meaningless"]
+    assert not (tmp_path / "out").exists()
