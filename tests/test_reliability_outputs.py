@@ -155,7 +155,8 @@ def test_a_checkpoint_onto_a_full_disk_ends_training_in_one_line(workspace, tmp_
                        "--no-progress", "-o", str(run)])
         line = one_line(capsys.readouterr().err, "train")
         assert status == 2
-        assert "No space left on device" in line, line
+        assert line.startswith(f"ddmr train: error: {run / 'checkpoints'}/"), line
+        assert ".ckpt: cannot write: No space left on device" in line, line
         assert sorted(p.name for p in disk.iterdir()) == ["filler"]
 
 

@@ -210,6 +210,10 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     # --resume continues in the same checkpoint folder on purpose
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    # and mid-epoch: the loader's order restarts, the pairs stay random (the augmentation's
+    # generator is restored), so the resumed run is as good as the uninterrupted one
+    warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended "
+                            "before the epoch ended")
 
 
 def _tensorboard_logger(rundir: Path, segment: str) -> Any | None:
