@@ -185,9 +185,11 @@ def _check_resume_settings(rundir: Path, checkpoint: dict[str, Any], design: Des
     if isinstance(record, dict) and "card_extra" in record:
         then.update(_flat(_finetune_identity(record["card_extra"]), "finetune"))
         now.update(_flat(_finetune_identity(card_extra), "finetune"))
-    differ = [key for key in sorted(set(then) | set(now)) if then.get(key) != now.get(key)]
+    # fields that only one side has (a ddmr version that added or dropped one) are not
+    # differences of the run's settings
+    differ = [key for key in sorted(set(then) & set(now)) if then[key] != now[key]]
     if differ:
-        shown = "; ".join(f"{key} {then.get(key)!r} -> {now.get(key)!r}" for key in differ[:4])
+        shown = "; ".join(f"{key} {then[key]!r} -> {now[key]!r}" for key in differ[:4])
         more = f" (and {len(differ) - 4} more)" if len(differ) > 4 else ""
         raise InputError(
             f"{rundir}: --resume with other settings than the run's: {shown}{more}; only "
