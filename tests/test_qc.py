@@ -13,7 +13,7 @@ import torch
 from ddmr.cli import main
 from ddmr.data.cohort import sample_cohort_dir
 from ddmr.registration.moments import foreground_mask, moments, otsu_threshold
-from ddmr.registration.qc import QCInputs, assess, affine_shape
+from ddmr.registration.qc import QCInputs, affine_shape, assess
 from register_helpers import rotation, save_tiny_model
 
 ROOT = sample_cohort_dir()

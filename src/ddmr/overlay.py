@@ -163,7 +163,7 @@ def save_overlay(path: str | Path, fixed: np.ndarray, fixed_geometry: Geometry,
     font, gap, left = _font(), 6, 90
     width = left + len(columns) * (CELL + gap)
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    header = _wrapped(probe, title, font, width - 8) + [ORIENTATION]
+    header = [*_wrapped(probe, title, font, width - 8), ORIENTATION]
     line = FONT_SIZE + 5
     top = 6 + line * len(header) + line + 4
     height = top + 3 * (CELL + gap) + 3 * line + 8

@@ -109,10 +109,10 @@ def run(args: argparse.Namespace) -> int:
         return QC_FAILED if failed and not args.no_qc else 0
     if not args.fixed or not args.moving:
         raise ConfigError("give --fixed and --moving (or --pairs PAIRS.csv)")
-    from ddmr.registration.output import check_output
+    from ddmr.io import check_output_folder
     from ddmr.registration.pipeline import register
 
-    check_output(args.output, args.overwrite)
+    check_output_folder(args.output, args.overwrite)
     result = register(args.fixed, args.moving, args.fixed_seg, args.moving_seg,
                       args.model, args.device, args.affine, **refine)
     result.save(args.output, overwrite=args.overwrite)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ddmr.errors import InputError
-from ddmr.registration.output import check_output, output_folder
+from ddmr.io import atomic_directory, check_output_folder
 
 PathLike = str | os.PathLike[str]
 
@@ -123,12 +123,12 @@ def register_pairs(pairs_csv: PathLike, outdir: PathLike, model: Any = None,
     from ddmr.registration.model import check_device, load
     from ddmr.registration.pipeline import register
 
-    check_output(outdir, overwrite)
+    check_output_folder(outdir, overwrite)
     pairs = read_pairs(pairs_csv)
     check_device(device)
     loaded = load(model, device)
     rows = []
-    with output_folder(outdir, overwrite) as folder:
+    with atomic_directory(outdir, overwrite) as folder:
         for pair in tqdm(pairs, desc="ddmr register", unit="pair", disable=not progress):
             result = register(pair.fixed, pair.moving, pair.fixed_seg, pair.moving_seg,
                               loaded, device, affine, **options)

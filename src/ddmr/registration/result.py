@@ -19,8 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ddmr.io import Geometry
-from ddmr.registration.output import output_folder
+from ddmr.io import Geometry, atomic_directory
 from ddmr.registration.qc import Verdict
 
 PathLike = str | os.PathLike[str]
@@ -106,7 +105,7 @@ class RegistrationResult:
     def save(self, outdir: PathLike, overwrite: bool = False) -> Path:
         """Write the outputs into ``outdir`` (built in a temporary folder, then renamed);
         an existing ``outdir`` is refused unless ``overwrite``."""
-        with output_folder(outdir, overwrite) as folder:
+        with atomic_directory(outdir, overwrite) as folder:
             self.write(folder)
         return Path(outdir)
 
