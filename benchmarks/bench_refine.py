@@ -45,7 +45,7 @@ from ddmr.augment import AugmentationConfig, AugmentationLayer
 from ddmr.data.cohort import cohort_split, sample_cohort
 from ddmr.evaluate.pairs import StoredPair
 from ddmr.evaluate.runner import score_pair
-from ddmr.io import Geometry
+from ddmr.spatial.grid import Geometry
 
 METRICS = ("dsc", "tre", "dense_tre", "hd95", "folding", "seconds")
 

@@ -38,8 +38,9 @@ from scipy import ndimage
 from ddmr import register
 from ddmr.augment import AugmentationConfig, AugmentationLayer
 from ddmr.data.cohort import cohort_split, sample_cohort
-from ddmr.io import Geometry, save_image, save_labels
+from ddmr.io.images import save_image, save_labels
 from ddmr.registration.scores import label_metrics
+from ddmr.spatial.grid import Geometry
 
 SIZE = 128
 SPACING = 1.5

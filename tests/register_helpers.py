@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddmr.io import Geometry
+from ddmr.spatial.grid import Geometry
 
 # Gaussian blobs (centre RAS mm, width mm, weight) of a smooth "head" near the origin.
 BLOBS = [((-8.0, 5.0, 2.0), 9.0, 1.0), ((10.0, -6.0, -4.0), 7.0, 0.8),

@@ -8,8 +8,8 @@ import torch
 
 from ddmr.baselines.ants import AntsSettings, parse_methods, register_ants, run_baseline
 from ddmr.errors import ConfigError
-from ddmr.io import Geometry
 from ddmr.nn import warp_image
+from ddmr.spatial.grid import Geometry
 
 N = 26
 

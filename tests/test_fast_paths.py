@@ -11,9 +11,11 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from ddmr.evaluate import metrics
-from ddmr.io import Geometry, load_image, resample_to, save_image
+from ddmr.io.images import load_image, save_image
 from ddmr.nn.warp import label_cells
 from ddmr.registration import world
+from ddmr.spatial.grid import Geometry
+from ddmr.spatial.resample import resample_to
 
 
 def blocky_labels(shape, seed, block=4, count=6):
@@ -218,7 +220,7 @@ def smooth_volume(shape, seed):
 @pytest.mark.parametrize("order", [3, 5])
 @pytest.mark.parametrize("sigma", [None, (0.5, 0.0, 0.8)])
 def test_dense_spline_coefficients_equal_scipy_filters(monkeypatch, order, sigma):
-    import ddmr.io as io
+    import ddmr.spatial.resample as io
 
     volume = smooth_volume((14, 11, 9), seed=order)
     geometry = Geometry(np.diag([1.5, 1.2, 2.0, 1.0]), volume.shape)
@@ -231,7 +233,7 @@ def test_dense_spline_coefficients_equal_scipy_filters(monkeypatch, order, sigma
 
 @pytest.mark.parametrize("case", ["coarser", "flipped, partly outside", "finer"])
 def test_axis_aligned_resampling_equals_the_spline_path(case):
-    from ddmr.io import (
+    from ddmr.spatial.resample import (
         antialias_sigma,
         resample_axis_aligned,
         resample_spline,
@@ -306,7 +308,7 @@ def test_onehot_label_warping_equals_the_per_label_definition(batch):
 
 
 def test_large_sources_keep_scipy_filters(monkeypatch):
-    import ddmr.io as io
+    import ddmr.spatial.resample as io
 
     volume = smooth_volume((12, 10, 8), seed=2)
     source = Geometry(np.diag([1.0, 1.0, 1.0, 1.0]), volume.shape)

@@ -14,7 +14,9 @@ import SimpleITK as sitk  # noqa: N813
 
 from ddmr.baselines import peers
 from ddmr.errors import ConfigError
-from ddmr.io import Geometry, from_sitk, load_image, to_sitk
+from ddmr.io.convert import from_sitk, to_sitk
+from ddmr.io.images import load_image
+from ddmr.spatial.grid import Geometry
 
 # SWIG's import-time deprecation notices from itk's wrappers
 pytestmark = pytest.mark.filterwarnings("ignore:builtin type:DeprecationWarning")

@@ -43,7 +43,7 @@ def test_foreground_mask_keeps_enclosed_dark_parts_and_drops_specks():
 
 
 def test_moments_are_those_of_the_world_positions():
-    from ddmr.io import Geometry
+    from ddmr.spatial.grid import Geometry
 
     mask = np.zeros((20, 30, 10), dtype=bool)
     mask[5:15, 10:20, 2:8] = True

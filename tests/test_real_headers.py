@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from ddmr.data.cohort import sample_cohort_dir
-from ddmr.io import Geometry, load_image, load_labels
+from ddmr.io.images import load_image, load_labels
+from ddmr.spatial.grid import Geometry
 from register_helpers import rotation
 
 FIXED, MOVING = "pycortex-s1", "itk-kmeans"

@@ -15,7 +15,7 @@ from conftest import smooth_field, smooth_volume
 from ddmr.cli import main
 from ddmr.errors import ConfigError
 from ddmr.evaluate import metrics
-from ddmr.io import Geometry, save_image, save_labels
+from ddmr.io.images import save_image, save_labels
 from ddmr.nn import warp_image, warp_labels
 from ddmr.registration.refine import (
     RefineObjective,
@@ -26,6 +26,7 @@ from ddmr.registration.refine import (
     refine_stops,
     settings_for,
 )
+from ddmr.spatial.grid import Geometry
 from register_helpers import oblique_fixed, other_moving, sample_scene, save_tiny_model
 
 SHAPE = (20, 22, 24)

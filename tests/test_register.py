@@ -8,7 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from ddmr.io import LPS_FLIP, load_displacement, load_image, save_image, save_labels
+from ddmr.io.fields import load_displacement
+from ddmr.io.images import load_image, save_image, save_labels
+from ddmr.spatial.grid import LPS_FLIP
 from register_helpers import (
     oblique_fixed,
     other_moving,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from ddmr.cli import main
-from ddmr.io import save_image, save_labels
+from ddmr.io.images import save_image, save_labels
 from register_helpers import (
     oblique_fixed,
     other_moving,

@@ -13,7 +13,8 @@ import pytest
 
 import ddmr
 from ddmr.errors import InputError
-from ddmr.io import save_image, save_labels, to_sitk
+from ddmr.io.convert import to_sitk
+from ddmr.io.images import save_image, save_labels
 from register_helpers import oblique_fixed, other_moving, sample_scene, save_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,7 +39,7 @@ def files(tmp_path_factory):
 def test_nibabel_simpleitk_and_array_affine_inputs_equal_the_files(files):
     import nibabel as nib
 
-    from ddmr.io import load_image
+    from ddmr.io.images import load_image
 
     model = files / "model.safetensors"
     by_path = ddmr.register(files / "fixed.nii.gz", files / "moving.nii.gz", model=model)

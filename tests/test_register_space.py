@@ -13,7 +13,7 @@ from ddmr.augment.preprocess import preprocess
 from ddmr.data.adapters import Source
 from ddmr.data.prepare import PrepareOptions, prepare_subject
 from ddmr.errors import ConfigError, InputError
-from ddmr.io import load_image, save_image, save_labels
+from ddmr.io.images import load_image, save_image, save_labels
 from ddmr.registration.space import model_space, preparation_options, to_model_space
 from register_helpers import oblique_fixed, other_moving, sample_scene
 
@@ -76,7 +76,7 @@ def test_moving_outside_the_fixed_field_of_view_is_refused():
     fixed_geometry, moving_geometry = oblique_fixed(), other_moving()
     far = moving_geometry.affine.copy()
     far[:3, 3] += 500.0
-    from ddmr.io import Geometry
+    from ddmr.spatial.grid import Geometry
 
     moved = Geometry(far, moving_geometry.shape)
     space = model_space(fixed_geometry, _card())

@@ -8,7 +8,8 @@ import pytest
 
 import ddmr.commands.designs
 from ddmr.cli import main
-from ddmr.io import Geometry, save_image
+from ddmr.io.images import save_image
+from ddmr.spatial.grid import Geometry
 from train_helpers import make_dataset
 
 

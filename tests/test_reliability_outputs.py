@@ -21,15 +21,15 @@ import pytest
 
 from ddmr.cli import main
 from ddmr.errors import InputError
-from ddmr.io import (
-    Geometry,
+from ddmr.io.files import (
     atomic_directory,
     atomic_path,
     check_output_file,
     check_output_folder,
-    save_image,
     write_failure,
 )
+from ddmr.io.images import save_image
+from ddmr.spatial.grid import Geometry
 
 
 @contextlib.contextmanager

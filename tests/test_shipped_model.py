@@ -11,10 +11,10 @@ from ddmr import register
 from ddmr.augment import AugmentationConfig, AugmentationLayer
 from ddmr.cli import main
 from ddmr.data.cohort import cohort_split, sample_cohort
-from ddmr.io import Geometry
 from ddmr.model_file import load_model
 from ddmr.models import default_model, shipped_models
 from ddmr.registration.scores import label_metrics
+from ddmr.spatial.grid import Geometry
 
 
 @pytest.fixture(scope="module")

@@ -25,8 +25,9 @@ def test_default_respects_affinity_and_omp_num_threads(monkeypatch):
 
 def test_use_threads_sets_torch_blas_pools_and_children():
     code = ("import os, torch; from threadpoolctl import threadpool_info; "
-            "from ddmr import threads, io; threads.use_threads(1); "
-            "assert torch.get_num_threads() == 1; assert io._workers() == 1; "
+            "from ddmr import threads; from ddmr.spatial import resample; "
+            "threads.use_threads(1); "
+            "assert torch.get_num_threads() == 1; assert resample._workers() == 1; "
             "assert all(p['num_threads'] == 1 for p in threadpool_info()), threadpool_info(); "
             "assert os.environ['OMP_NUM_THREADS'] == '1'; "
             "assert os.environ['ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS'] == '1'; print('ok')")

@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 
 from ddmr.data.prepare import PrepareOptions, prepare_dataset
-from ddmr.io import Geometry, save_image, save_labels
+from ddmr.io.images import save_image, save_labels
 from ddmr.nn.unet import UNetConfig
+from ddmr.spatial.grid import Geometry
 from ddmr.train.profiles import get_profile
 
 TINY_UNET = UNetConfig(encoder=(4, 8, 8), head=(4,))

@@ -149,7 +149,7 @@ class Demo:
 
     def _claim(self, experiment: str) -> None:
         from ddmr import __version__
-        from ddmr.io import atomic_path
+        from ddmr.io.files import atomic_path
 
         record = self._record()
         mine = self.settings.to_dict()
@@ -273,7 +273,7 @@ class Demo:
 
     def transfer(self) -> None:
         from ddmr.data.phantoms import write_phantom_cohort
-        from ddmr.io import atomic_directory
+        from ddmr.io.files import atomic_directory
 
         self._claim("transfer")
         s, root = self.settings, self.folder / "transfer"

@@ -81,7 +81,7 @@ def save_model(path: str | Path, network: UNet, card: dict[str, Any]) -> Path:
     Refuses a network with NaN or Inf weights and a name without ``.safetensors``."""
     from safetensors.torch import save_file
 
-    from ddmr.io import write_failure
+    from ddmr.io.files import write_failure
 
     path = Path(path)
     if path.suffix != ".safetensors":

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ddmr.data.grid import image_box
-from ddmr.io import Geometry, atomic_path, resample_to
+from ddmr.io.files import atomic_path
+from ddmr.spatial.grid import Geometry, image_box
+from ddmr.spatial.resample import resample_to
 
 #: Longest side of a displayed slice, in pixels.
 MAX_PIXELS = 192

@@ -183,7 +183,7 @@ def write_statistics(results: pd.DataFrame, folder: Path, metric: str = "tre",
     ``contrasts`` default to :func:`default_contrasts` of the methods present.
     """
     from ddmr.evaluate.metrics import HIGHER_IS_BETTER
-    from ddmr.io import atomic_path
+    from ddmr.io.files import atomic_path
 
     methods = list(dict.fromkeys(results["method"]))
     if contrasts is None:

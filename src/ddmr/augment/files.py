@@ -3,7 +3,7 @@
 Reads an image (and optionally its label map), min-max normalises it, runs the
 augmentation layer on its own grid (spacing from the file) and writes, into a new
 folder, ``fixed.nii.gz``, ``moving.nii.gz``, ``fixed_seg.nii.gz``/``moving_seg.nii.gz``,
-``displacement.nii.gz`` (ITK/ANTs convention, mm, see :func:`ddmr.io.save_displacement`),
+``displacement.nii.gz`` (ITK/ANTs convention, mm, see :func:`ddmr.io.fields.save_displacement`),
 ``preview.png`` and ``parameters.json``. The folder is written under a temporary name
 and renamed at the end, so nothing half-written is left behind.
 """
@@ -28,8 +28,8 @@ LABEL_OUTPUTS = ("fixed_seg.nii.gz", "moving_seg.nii.gz")
 
 def check_output_folder(folder: str | Path, overwrite: bool) -> Path:
     """Refuse an existing non-empty folder (unless ``overwrite``), a file in its place and a
-    place that cannot be written (:func:`ddmr.io.check_output_folder`)."""
-    from ddmr.io import check_output_folder as check_writable
+    place that cannot be written (:func:`ddmr.io.files.check_output_folder`)."""
+    from ddmr.io.files import check_output_folder as check_writable
 
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
@@ -69,10 +69,10 @@ def tps_memory_bytes(shape: Sequence[int], spacing: Sequence[float],
 def check_tps_memory(shape: Sequence[int], spacing: Sequence[float],
                      config: AugmentationConfig, option: str = "--tps-grid") -> None:
     """Raise :class:`ConfigError` naming ``option`` when the thin-plate spline of ``config``
-    would need more memory than this process can allocate (:func:`ddmr.io.available_memory`),
+    would need more memory than this process can allocate (:func:`ddmr.io.images.available_memory`),
     before anything is allocated."""
     from ddmr.errors import ConfigError
-    from ddmr.io import available_memory
+    from ddmr.io.images import available_memory
 
     needed = tps_memory_bytes(shape, spacing, config)
     available = available_memory()
@@ -97,15 +97,10 @@ def augment_files(image_path: str | Path, output: str | Path,
 
     from ddmr.augment.layer import AugmentationLayer
     from ddmr.augment.preview import pair_preview
-    from ddmr.io import (
-        atomic_directory,
-        check_same_geometry,
-        load_image,
-        load_labels,
-        save_displacement,
-        save_image,
-        save_labels,
-    )
+    from ddmr.io.fields import save_displacement
+    from ddmr.io.files import atomic_directory
+    from ddmr.io.images import load_image, load_labels, save_image, save_labels
+    from ddmr.spatial.grid import check_same_geometry
 
     config = config or AugmentationConfig()
     output = check_output_folder(output, overwrite)

@@ -7,7 +7,7 @@ started from its result: in antspyx 0.6.3 the one-call ``type_of_transform="SyN"
 ignores the affine iteration, shrink and smoothing settings and was unstable on small
 volumes. ANTs' transforms (affine, then warp) are composed by ``antsApplyTransforms``
 into one displacement field on the fixed grid, read back with
-:func:`ddmr.io.load_displacement` as a voxel pull-back field (3, D, H, W) such that
+:func:`ddmr.io.fields.load_displacement` as a voxel pull-back field (3, D, H, W) such that
 ``warp_image(moving, u)`` reproduces ANTs' warped image. The fixed and moving images
 must lie on the same grid (as stored test pairs do).
 """
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ddmr.errors import ConfigError
-from ddmr.io import Geometry
+from ddmr.spatial.grid import Geometry
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +133,8 @@ def register_ants(fixed: np.ndarray, moving: np.ndarray, geometry: Geometry,
     ``method`` ("syn" or "syncc"); returns the composed field in DDMR's convention."""
     import ants
 
-    from ddmr.io import load_displacement, to_ants
+    from ddmr.io.convert import to_ants
+    from ddmr.io.fields import load_displacement
 
     _check_grid(fixed, moving, geometry)
     settings = settings or default_settings(method)

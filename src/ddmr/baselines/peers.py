@@ -56,7 +56,8 @@ from typing import Any
 import numpy as np
 
 from ddmr.errors import ConfigError
-from ddmr.io import LPS_FLIP, Geometry, to_ants, to_sitk
+from ddmr.io.convert import to_ants, to_sitk
+from ddmr.spatial.grid import LPS_FLIP, Geometry
 
 logger = logging.getLogger(__name__)
 

@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from ddmr.baselines.ants import parse_methods
     from ddmr.errors import ConfigError, InputError
     from ddmr.evaluate.runner import SUMMARY_MD, evaluate, parse_refine, write_results
-    from ddmr.io import check_output_folder
+    from ddmr.io.files import check_output_folder
     from ddmr.models import resolve_model
 
     baselines = parse_methods(args.baselines)

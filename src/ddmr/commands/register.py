@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         return QC_FAILED if failed and not args.no_qc else 0
     if not args.fixed or not args.moving:
         raise ConfigError("give --fixed and --moving (or --pairs PAIRS.csv)")
-    from ddmr.io import check_output_folder
+    from ddmr.io.files import check_output_folder
     from ddmr.registration.pipeline import register
 
     check_output_folder(args.output, args.overwrite)

@@ -33,7 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ddmr.errors import InputError
-from ddmr.io import READ_EXTENSIONS, file_extension, strip_extension
+from ddmr.io.files import file_extension, strip_extension
+from ddmr.io.images import READ_EXTENSIONS
 
 LAYOUTS = ("auto", "folder", "csv", "ixi", "msd", "learn2reg")
 

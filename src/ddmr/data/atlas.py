@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ddmr.io import Geometry, to_ants
+from ddmr.io.convert import to_ants
+from ddmr.spatial.grid import Geometry
 
 
 def propagate_labels(image: np.ndarray, geometry: Geometry, atlas_image: np.ndarray,

@@ -14,7 +14,8 @@ from torch.utils.data import Dataset
 
 from ddmr.data.split import SPLITS
 from ddmr.errors import InputError
-from ddmr.io import Geometry, resample_to
+from ddmr.spatial.grid import Geometry
+from ddmr.spatial.resample import resample_to
 
 
 def _dataset_file(path: str | Path) -> Path:

@@ -6,7 +6,7 @@ Per image (in this order):
    ``atlas`` is set and the subject has no label file); check they share a grid;
 2. relabel with the optional merging map (unlisted labels become background);
 3. clip intensities to the CT window, if one is given;
-4. choose the prepared grid (:mod:`ddmr.data.grid`): RAS-aligned, isotropic, ``size``
+4. choose the prepared grid (:mod:`ddmr.spatial.grid`): RAS-aligned, isotropic, ``size``
    voxels, over the whole image or over the box around ``crop_labels`` plus
    ``crop_margin`` mm;
 5. resample in world space: cubic B-spline (with Gaussian anti-aliasing when the grid is
@@ -40,20 +40,21 @@ from typing import Any
 import numpy as np
 
 from ddmr.data.adapters import LAYOUTS, Source, discover
-from ddmr.data.grid import RESIZE_MODES, image_box, intersect, mask_box, target_grid
 from ddmr.data.label_map import apply_label_map, read_label_map
 from ddmr.data.split import check_fractions, read_split_file, split_subjects
 from ddmr.errors import ConfigError, InputError
-from ddmr.io import (
+from ddmr.io.files import atomic_directory, check_free_space, check_output_folder
+from ddmr.io.images import load_image, load_labels
+from ddmr.spatial.grid import (
+    RESIZE_MODES,
     Geometry,
-    atomic_directory,
-    check_free_space,
-    check_output_folder,
     check_same_geometry,
-    load_image,
-    load_labels,
-    resample_to,
+    image_box,
+    intersect,
+    mask_box,
+    target_grid,
 )
+from ddmr.spatial.resample import resample_to
 
 logger = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from ddmr.errors import ConfigError, InputError
-from ddmr.io import atomic_directory, check_free_space, check_output_folder
+from ddmr.io.files import atomic_directory, check_free_space, check_output_folder
 
 logger = logging.getLogger(__name__)
 

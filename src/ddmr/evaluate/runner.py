@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 
 from ddmr.errors import ConfigError, InputError
-from ddmr.io import atomic_directory, check_output_folder
+from ddmr.io.files import atomic_directory, check_output_folder
 
 logger = logging.getLogger(__name__)
 
@@ -227,7 +227,7 @@ def evaluate(pairs_path: str | Path, models: Sequence[str | Path] = (),
 
     from ddmr.baselines.ants import NAMES, run_baseline
     from ddmr.evaluate.pairs import PairSet
-    from ddmr.io import Geometry
+    from ddmr.spatial.grid import Geometry
 
     stops = parse_refine(refine)
     refine_options = dict(refine_options or {})

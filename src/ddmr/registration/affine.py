@@ -25,7 +25,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ddmr.io import Geometry, resample_to
 from ddmr.optim import Adam
 from ddmr.registration.moments import (
     Moments,
@@ -34,6 +33,8 @@ from ddmr.registration.moments import (
     moments,
     point_map,
 )
+from ddmr.spatial.grid import Geometry
+from ddmr.spatial.resample import resample_to
 
 #: A candidate start other than the headers' orientation must beat it by this much NCC.
 CANDIDATE_MARGIN = 0.02
@@ -87,7 +88,7 @@ class _Level:
 
 def _object_grid(mask: np.ndarray, geometry: Geometry, spacing: float, margin: float
                  ) -> Geometry:
-    from ddmr.data.grid import image_box, intersect, mask_box, target_grid
+    from ddmr.spatial.grid import image_box, intersect, mask_box, target_grid
 
     box = mask_box(mask, geometry, margin) or image_box(geometry)
     box = intersect(box, image_box(geometry))

@@ -27,7 +27,7 @@ from ddmr.nn.warp import warp_image
 from ddmr.optim import Adam
 
 if TYPE_CHECKING:
-    from ddmr.io import Geometry
+    from ddmr.spatial.grid import Geometry
 
 
 @dataclass(frozen=True)

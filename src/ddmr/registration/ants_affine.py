@@ -13,8 +13,8 @@ import tempfile
 
 import numpy as np
 
-from ddmr.data.grid import image_box
-from ddmr.io import LPS_FLIP, Geometry, to_ants
+from ddmr.io.convert import to_ants
+from ddmr.spatial.grid import LPS_FLIP, Geometry, image_box
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ddmr.errors import InputError
-from ddmr.io import atomic_directory, check_output_folder
+from ddmr.io.files import atomic_directory, check_output_folder
 
 PathLike = str | os.PathLike[str]
 

@@ -1,10 +1,10 @@
 """What a registration is given: images and label maps in any of the forms users hold.
 
 A :class:`Volume` carries what one side of a pair is made of: its intensity array on its
-own grid, the grid (:class:`ddmr.io.Geometry`, RAS mm), a name for messages, and an
+own grid, the grid (:class:`ddmr.spatial.grid.Geometry`, RAS mm), a name for messages, and an
 optional label map on the same grid. :func:`read_volume` accepts
 
-* a path (NIfTI, NRRD, MHA; read by :func:`ddmr.io.load_image` / ``load_labels``);
+* a path (NIfTI, NRRD, MHA; read by :func:`ddmr.io.images.load_image` / ``load_labels``);
 * a nibabel image (anything with ``.affine`` and ``.get_fdata`` / ``.dataobj``);
 * a ``SimpleITK.Image`` (LPS origin, spacing and direction, converted to RAS);
 * an ``(array, Geometry)`` or ``(array, affine (4, 4) RAS)`` tuple (array (I, J, K)),
@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from ddmr.errors import InputError
-from ddmr.io import Geometry, check_geometry, check_same_geometry, load_image, load_labels
+from ddmr.io.images import load_image, load_labels
+from ddmr.spatial.grid import Geometry, check_geometry, check_same_geometry
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ def _from_object(value: Any, name: str) -> tuple[np.ndarray, Geometry] | None:
         return array, Geometry(np.asarray(value.affine, dtype=np.float64),
                                array.shape[:3] if array.ndim >= 3 else (1, 1, 1))
     if type(value).__module__.startswith("SimpleITK"):
-        from ddmr.io import from_sitk
+        from ddmr.io.convert import from_sitk
 
         if value.GetDimension() != 3 or value.GetNumberOfComponentsPerPixel() != 1:
             raise InputError(f"{name}: SimpleITK image must be scalar 3D")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ddmr.io import Geometry
+from ddmr.spatial.grid import Geometry
 
 #: Histogram bins of :func:`otsu_threshold`.
 OTSU_BINS = 256

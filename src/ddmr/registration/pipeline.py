@@ -33,10 +33,10 @@ from typing import Any
 import numpy as np
 
 from ddmr.errors import InputError
-from ddmr.io import Geometry
 from ddmr.registration.inputs import ImageInput, Volume, read_pair_side
 from ddmr.registration.qc import QCLimits, Verdict
 from ddmr.registration.result import RegistrationResult
+from ddmr.spatial.grid import Geometry
 
 logger = logging.getLogger(__name__)
 
@@ -340,10 +340,10 @@ def _refine(fixed: Volume, moving: Volume, displacement, space, grid: Geometry,
     network's field there and refine it."""
     import torch
 
-    from ddmr.io import resample_to
     from ddmr.nn.fields import resize_displacement
     from ddmr.registration.refine import refine
     from ddmr.registration.space import ModelSpace, to_model_space
+    from ddmr.spatial.resample import resample_to
 
     target = ModelSpace(grid, grid, space.options)
     fixed_t = to_model_space(fixed.array, fixed.geometry, target, fixed.name)

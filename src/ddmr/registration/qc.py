@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ddmr.io import Geometry
+from ddmr.spatial.grid import Geometry
 
 #: Most fixed-grid voxels the overlap and similarity are measured on.
 QC_POINTS = 300_000

@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from ddmr.io import Geometry, atomic_directory
+from ddmr.io.files import atomic_directory
 from ddmr.registration.qc import Verdict
+from ddmr.spatial.grid import Geometry
 
 PathLike = str | os.PathLike[str]
 
@@ -74,7 +75,8 @@ class RegistrationResult:
         files are compressed on parallel threads (zlib releases the GIL)."""
         from concurrent.futures import ThreadPoolExecutor
 
-        from ddmr.io import GZIP_LEVEL_FIELDS, save_displacement, save_image, save_labels
+        from ddmr.io.fields import save_displacement
+        from ddmr.io.images import GZIP_LEVEL_FIELDS, save_image, save_labels
         from ddmr.overlay import save_overlay
         from ddmr.threads import workers
 

@@ -1,7 +1,7 @@
 """The model's space: where a fixed/moving pair is put before the network sees it.
 
 Training data went through ``ddmr prepare`` (an RAS-aligned isotropic grid over the
-image's world box, :mod:`ddmr.data.grid`; cubic resampling with anti-aliasing; CT window;
+image's world box, :mod:`ddmr.spatial.grid`; cubic resampling with anti-aliasing; CT window;
 normalisation to [0, 1]) and then through :func:`ddmr.augment.preprocess.preprocess`
 (trilinear resize to the card's ``input_size`` with corners aligned, min-max
 normalisation). Registration repeats both steps from the options stored in the model
@@ -26,11 +26,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ddmr.data.grid import image_box, intersect, mask_box, target_grid
 from ddmr.data.prepare import PrepareOptions
 from ddmr.errors import ConfigError, InputError
-from ddmr.io import (
-    Geometry,
+from ddmr.spatial.grid import Geometry, image_box, intersect, mask_box, target_grid
+from ddmr.spatial.resample import (
     SplineSource,
     antialias_sigma,
     applied_sigma,

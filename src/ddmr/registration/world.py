@@ -24,8 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ddmr.io import Geometry
 from ddmr.nn.warp import label_cells, vote_labels
+from ddmr.spatial.grid import Geometry
 
 #: Fixed-grid voxels handled per slab.
 SLAB_VOXELS = 1 << 21

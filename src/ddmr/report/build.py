@@ -201,7 +201,7 @@ def build_report(output: str | Path, sections: Sequence[ResultsSection],
     anything is written, and the figures are made in a temporary folder that replaces
     ``<stem>_files/`` only once the report is written: a failure leaves nothing behind
     (and an older report as it was)."""
-    from ddmr.io import check_output_file
+    from ddmr.io.files import check_output_file
 
     options = options or ReportOptions()
     output = Path(output)
@@ -224,7 +224,7 @@ def _write_report(output: Path, files: Path, markdown: Path,
                   sections: Sequence[ResultsSection], tables: Sequence[pd.DataFrame],
                   runs: Sequence[Path], options: ReportOptions) -> tuple[Path, Path]:
     """The writing half of :func:`build_report` (inputs read and checked)."""
-    from ddmr.io import atomic_directory, atomic_path
+    from ddmr.io.files import atomic_directory, atomic_path
 
     with atomic_directory(files) as staging:
         document = Document(options.title)

@@ -18,7 +18,9 @@ import pandas as pd
 
 from ddmr.evaluate.metrics import HIGHER_IS_BETTER, UNITS
 from ddmr.evaluate.tables import COLUMNS
-from ddmr.io import Geometry, atomic_path, resample_to
+from ddmr.io.files import atomic_path
+from ddmr.spatial.grid import Geometry
+from ddmr.spatial.resample import resample_to
 
 #: The display convention stated in every report (and tested).
 CONVENTION = ("Axial slices through the centre of the fixed image, in radiological "

@@ -101,6 +101,6 @@ def overlay_figures(pairs_path: str | Path, methods: Sequence[str],
 
 
 def _geometry(pair: Any):
-    from ddmr.io import Geometry
+    from ddmr.spatial.grid import Geometry
 
     return Geometry(pair.affine, pair.fixed.shape)

@@ -15,7 +15,7 @@ import lightning as L
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from ddmr.io import write_failure
+from ddmr.io.files import write_failure
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -24,7 +24,7 @@ def _plot_columns(frame: pd.DataFrame, columns: list[str], title: str, ylabel: s
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ddmr.io import atomic_path
+    from ddmr.io.files import atomic_path
 
     columns = [c for c in columns if c in frame and frame[c].notna().any()]
     if not columns:

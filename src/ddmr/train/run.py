@@ -81,7 +81,7 @@ def _is_secondary_process() -> bool:
 def _check_rundir(options: RunOptions) -> tuple[Path | None, dict[str, Any] | None]:
     """Validate the run directory; return the checkpoint to resume from and its content
     (``(None, None)`` for a new run)."""
-    from ddmr.io import check_output_folder
+    from ddmr.io.files import check_output_folder
 
     rundir = options.rundir
     last = rundir / "checkpoints" / "last.ckpt"
@@ -428,7 +428,7 @@ def _write_run_file(rundir: Path, data: str | Path, command: str,
     started the run (the recipe)."""
     import json
 
-    from ddmr.io import atomic_path
+    from ddmr.io.files import atomic_path
 
     record = {"data": str(Path(data).resolve()), "data_sha256": data_sha256,
               "command": command, "card_extra": card_extra or {}}
@@ -482,7 +482,7 @@ def export_run(rundir: str | Path, checkpoint: str = "best", data: str | Path | 
 
     import torch
 
-    from ddmr.io import check_output_file
+    from ddmr.io.files import check_output_file
     from ddmr.model_file import check_finite_weights, save_model
     from ddmr.train.module import RegistrationModule
     from ddmr.train.plots import plot_training

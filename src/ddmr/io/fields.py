@@ -1,0 +1,115 @@
+"""Displacement-field files: ddmr's voxel fields as ITK/ANTs displacement fields.
+
+On disk (:func:`save_displacement`) a field is an ITK/ANTs displacement field: a NIfTI
+vector image (I, J, K, 1, 3), intent "vector" (1007), whose vectors are physical offsets
+in mm in LPS, ``d_LPS = diag(-1, -1, 1) @ affine[:3, :3] @ u`` for the ddmr voxel field
+``u`` (:mod:`ddmr.spatial.field`). ``antsApplyTransforms`` and
+``SimpleITK.DisplacementFieldTransform`` read it as the transform that maps a point of
+the fixed (this) grid to the moving image, so applying it to the moving image gives the
+same warped image as ddmr (``tests/test_io.py`` proves it).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ddmr.errors import InputError
+from ddmr.io.files import atomic_path, file_extension
+from ddmr.io.images import (
+    GZIP_LEVEL_FIELDS,
+    NIFTI_EXTENSIONS,
+    _as_numpy,
+    _check_readable,
+    _check_writable,
+    _quiet_nibabel,
+    _write_nifti,
+)
+from ddmr.spatial.grid import LPS_FLIP, Geometry, check_geometry
+
+if TYPE_CHECKING:
+    import torch
+
+PathLike = str | os.PathLike[str]
+
+
+def displacement_to_lps_mm(displacement_vox: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """Voxel displacement (3, I, J, K) -> physical LPS vectors in mm (I, J, K, 3)."""
+    matrix = LPS_FLIP @ geometry.affine[:3, :3]
+    return np.einsum("ab,bijk->ijka", matrix, displacement_vox.astype(np.float64))
+
+
+def lps_mm_to_displacement(vectors_lps: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """Physical LPS vectors in mm (I, J, K, 3) -> voxel displacement (3, I, J, K)."""
+    matrix = np.linalg.inv(LPS_FLIP @ geometry.affine[:3, :3])
+    return np.einsum("ab,ijkb->aijk", matrix, vectors_lps.astype(np.float64))
+
+
+def save_displacement(path: PathLike, displacement_vox: np.ndarray | torch.Tensor,
+                      geometry: Geometry) -> None:
+    """Write a ddmr voxel displacement as an ITK/ANTs displacement field (atomic).
+
+    ``displacement_vox`` is (3, I, J, K) (or (1, 3, I, J, K)) in voxels of ``geometry``,
+    channels (i, j, k), pull-back. The file is a NIfTI vector image (I, J, K, 1, 3),
+    intent 1007, holding LPS offsets in mm; see the module docstring.
+    """
+    array = _as_numpy(displacement_vox)
+    if array.ndim == 5 and array.shape[0] == 1:
+        array = array[0]
+    if array.shape != (3, *geometry.shape):
+        raise ValueError(
+            f"displacement must be (3, {', '.join(map(str, geometry.shape))}), "
+            f"got {tuple(array.shape)}"
+        )
+    path = Path(path)
+    if file_extension(path) not in NIFTI_EXTENSIONS:
+        raise InputError(f"{path}: displacement fields are written as .nii.gz or .nii")
+    _check_writable(path)
+    vectors = displacement_to_lps_mm(array, geometry).astype(np.float32)
+    vectors = vectors.reshape(*geometry.shape, 1, 3)
+
+    def vector_intent(header) -> None:
+        header.set_intent("vector", (), "")
+
+    with atomic_path(path) as temporary:
+        _write_nifti(temporary, vectors, geometry, vector_intent, GZIP_LEVEL_FIELDS)
+
+
+def load_displacement(path: PathLike) -> tuple[np.ndarray, Geometry]:
+    """Read an ITK/ANTs displacement field: ``(displacement_vox (3, I, J, K) float32,
+    Geometry)``, the inverse of :func:`save_displacement` (also reads fields that ANTs
+    wrote, and .nrrd/.mha vector images)."""
+    path = _check_readable(path)
+    extension = file_extension(path)
+    try:
+        if extension in NIFTI_EXTENSIONS:
+            import nibabel as nib
+
+            with _quiet_nibabel():
+                image = nib.load(str(path))
+                data = np.asanyarray(image.dataobj)
+            geometry = Geometry(np.asarray(image.affine, dtype=np.float64), data.shape[:3])
+        else:
+            import SimpleITK as sitk  # noqa: N813
+
+            image = sitk.ReadImage(str(path))
+            data = sitk.GetArrayFromImage(image)  # (K, J, I, 3)
+            data = data.transpose(2, 1, 0, *range(3, data.ndim))
+            geometry = Geometry.from_itk(image.GetOrigin(), image.GetSpacing(),
+                                         image.GetDirection(), image.GetSize())
+    except Exception as error:
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InputError(f"{path}: cannot read displacement field: {detail}") from None
+    if data.ndim == 5 and data.shape[3] == 1:
+        data = data[:, :, :, 0, :]
+    if data.ndim != 4 or data.shape[3] != 3:
+        raise InputError(
+            f"{path}: shape {tuple(data.shape)} is not a 3D displacement field (I, J, K, 1, 3)"
+        )
+    check_geometry(geometry, path)
+    if not np.all(np.isfinite(data)):
+        raise InputError(f"{path}: displacement field contains NaN or Inf")
+    return lps_mm_to_displacement(data, geometry).astype(np.float32), geometry

@@ -1,0 +1,407 @@
+"""Reading and writing 3D images and label maps (NIfTI, NRRD, MHA) with their geometry.
+
+Every reader validates its input, raising :class:`ddmr.errors.InputError` with one line
+that names the file and the problem, and checks the image's size against the memory
+budget before its voxels are read; every writer is atomic (:mod:`ddmr.io.files`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ddmr.errors import InputError
+from ddmr.io.convert import to_sitk
+from ddmr.io.files import atomic_path, file_extension
+from ddmr.spatial.grid import Geometry, check_geometry
+
+if TYPE_CHECKING:
+    import torch
+
+PathLike = str | os.PathLike[str]
+
+
+NIFTI_EXTENSIONS = (".nii.gz", ".nii")
+ITK_EXTENSIONS = (".nrrd", ".nhdr", ".mha", ".mhd")
+READ_EXTENSIONS = NIFTI_EXTENSIONS + ITK_EXTENSIONS
+WRITE_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".mha")
+
+def _check_readable(path: PathLike) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, expected an image file")
+    extension = file_extension(path)
+    if extension not in READ_EXTENSIONS:
+        raise InputError(
+            f"{path}: unsupported file type {extension or '(none)'!r}; "
+            f"expected one of {', '.join(READ_EXTENSIONS)}"
+        )
+    return path
+
+def _check_writable(path: PathLike) -> Path:
+    path = Path(path)
+    if file_extension(path) not in WRITE_EXTENSIONS:
+        raise InputError(
+            f"{path}: cannot write file type {file_extension(path) or '(none)'!r}; "
+            f"use one of {', '.join(WRITE_EXTENSIONS)}"
+        )
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, expected a file name")
+    if not path.parent.is_dir():
+        raise InputError(f"{path}: folder {path.parent} does not exist")
+    return path
+
+#: Environment variable: the most memory (MB) that one input image may take as float32.
+MEMORY_BUDGET_ENV = "DDMR_MAX_IMAGE_MB"
+
+#: Without :data:`MEMORY_BUDGET_ENV`, one image may take this fraction of physical memory.
+MEMORY_BUDGET_FRACTION = 1 / 8
+
+#: Without :data:`MEMORY_BUDGET_ENV` and where physical memory cannot be read: 2 GiB.
+MEMORY_BUDGET_FALLBACK = 2 << 30
+
+
+def memory_budget() -> int:
+    """The most bytes one input image may take in memory as float32.
+
+    ``DDMR_MAX_IMAGE_MB`` sets it (in MB); otherwise it is 1/8 of the machine's physical
+    memory: registration and preparation hold several float copies of an image (and a
+    3-channel field on its grid), so an image above this would exhaust memory mid-way.
+    """
+    from ddmr.errors import ConfigError
+
+    text = os.environ.get(MEMORY_BUDGET_ENV, "").strip()
+    if text:
+        try:
+            megabytes = float(text)
+        except ValueError:
+            megabytes = float("nan")
+        if not np.isfinite(megabytes) or megabytes <= 0:
+            raise ConfigError(f"{MEMORY_BUDGET_ENV}={text!r}: expected a positive number of MB")
+        return int(megabytes * 1e6)
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return MEMORY_BUDGET_FALLBACK
+    return int(physical * MEMORY_BUDGET_FRACTION) if physical > 0 else MEMORY_BUDGET_FALLBACK
+
+
+#: cgroup (v2, v1) files holding this container's memory limit and current use
+_CGROUP_MEMORY = (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                  ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                   "/sys/fs/cgroup/memory/memory.usage_in_bytes"))
+
+
+def available_memory() -> int:
+    """Bytes this process can still allocate: the system's ``MemAvailable`` (physical
+    memory where /proc/meminfo cannot be read), capped by a cgroup (container) limit less
+    its current use. For refusing a request before allocating it, not for budgeting."""
+    available = None
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    if available is None:
+        try:
+            available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (AttributeError, ValueError, OSError):
+            available = MEMORY_BUDGET_FALLBACK
+    for limit_file, usage_file in _CGROUP_MEMORY:
+        try:
+            limit = Path(limit_file).read_text().strip()
+            usage = int(Path(usage_file).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit():
+            available = min(available, max(int(limit) - usage, 0))
+    return available
+
+
+def _shape_text(shape: Sequence[int]) -> str:
+    return "x".join(str(int(n)) for n in shape)
+
+
+def check_memory_budget(path: PathLike, shape: Sequence[int]) -> None:
+    """Raise :class:`InputError` if an image of ``shape`` voxels would take more than
+    :func:`memory_budget` bytes as float32; the message says what to do."""
+    needed = 4 * int(np.prod([int(n) for n in shape], dtype=np.float64))
+    budget = memory_budget()
+    if needed > budget:
+        source = (f"{MEMORY_BUDGET_ENV}={os.environ[MEMORY_BUDGET_ENV].strip()}"
+                  if os.environ.get(MEMORY_BUDGET_ENV, "").strip()
+                  else "1/8 of this machine's memory")
+        raise InputError(
+            f"{path}: image of {_shape_text(shape)} voxels needs {needed / 1e6:.1f} MB as "
+            f"float32, over the memory budget of {budget / 1e6:.1f} MB ({source}); crop or "
+            f"downsample it first, or set {MEMORY_BUDGET_ENV} to a larger number of MB"
+        )
+
+
+def _check_nifti_zooms(path: Path, image: Any) -> None:
+    """nibabel silently replaces zero voxel sizes by 1 mm when it loads a header; when no
+    sform gives the geometry, look at the stored voxel sizes themselves."""
+    import nibabel as nib
+
+    header = image.header
+    if int(header.get("sform_code", 0)) > 0:
+        return
+    with nib.openers.ImageOpener(str(path)) as handle:
+        block = handle.read(header.sizeof_hdr)
+    raw = type(header)(block, check=False)
+    zooms = np.asarray(raw["pixdim"][1:4], dtype=np.float64)
+    if not np.all(np.isfinite(zooms)) or np.any(zooms <= 0):
+        raise InputError(
+            f"{path}: voxel spacing must be positive, got "
+            f"({', '.join(f'{s:g}' for s in zooms)}) mm"
+        )
+
+
+@contextmanager
+def _quiet_nibabel() -> Iterator[None]:
+    """Silence nibabel's own console logger while a header is read: it prints header fixes
+    ("pixdim[1,2,3] should be non-zero; setting 0 dims to 1") on a line of its own, and
+    ddmr reports the problems it cares about itself, as one line."""
+    import logging
+
+    logger = logging.getLogger("nibabel.global")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _check_dimensions(path: Path, shape: Sequence[int]) -> None:
+    """3D, or 3D followed by axes of length 1 (checked from the header, before reading)."""
+    shape = tuple(int(n) for n in shape)
+    if len(shape) < 3 or any(n != 1 for n in shape[3:]):
+        raise InputError(f"{path}: image has shape {shape}, expected a 3D volume")
+
+
+_STDERR_LOCK = threading.Lock()
+
+
+@contextmanager
+def _native_stderr(into: list[str]) -> Iterator[None]:
+    """Send file descriptor 2 to a temporary file while a C++ library (ITK's MetaIO) works:
+    what it prints there on its own ends in ``into`` (one string) instead of on a line of
+    its own. One thread at a time (the descriptor is the process's)."""
+    import tempfile
+
+    with _STDERR_LOCK, tempfile.TemporaryFile() as capture:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            text = capture.read().decode(errors="replace").strip()
+            if text:
+                into.append(text)
+
+
+_ITK_PREFIX = re.compile(r"^(ITK ERROR: \w+\(0x[0-9a-fA-F]+\): |sitk::ERROR: |Reason: )")
+_SOURCE_LOCATION = re.compile(r"(^Exception thrown in SimpleITK \w+: )?\S+\.(cxx|cpp|hxx|h):\d+:?$")
+
+
+def _itk_detail(error: BaseException, printed: Sequence[str]) -> str:
+    """SimpleITK's exception text without its C++ source locations and prefixes, on one
+    line, with what ITK printed on its own (``printed``) after it."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    kept = [_ITK_PREFIX.sub("", line) for line in lines if not _SOURCE_LOCATION.search(line)]
+    text = " ".join(kept) or type(error).__name__
+    extra = " ".join(" ".join(part.split()) for part in printed)
+    return f"{text} (ITK: {extra})" if extra else text
+
+
+def _read_raw(path: Path) -> tuple[np.ndarray, Geometry]:
+    """Array (3D, file voxel order) and geometry, without content checks. The header is
+    read first: the dimensions and the memory budget (:func:`check_memory_budget`) are
+    checked before the voxels are."""
+    extension = file_extension(path)
+    shape: tuple[int, ...] = ()
+    itk_output: list[str] = []
+    try:
+        if extension in NIFTI_EXTENSIONS:
+            import nibabel as nib
+
+            with _quiet_nibabel():
+                image = nib.load(str(path))
+                if not hasattr(image, "dataobj") or not hasattr(image, "affine"):
+                    raise ValueError("not a NIfTI image")
+                _check_nifti_zooms(path, image)
+                shape = tuple(image.shape)
+                _check_dimensions(path, shape)
+                check_memory_budget(path, shape)
+                array = np.asanyarray(image.dataobj)
+                affine = np.asarray(image.affine, dtype=np.float64)
+        else:
+            import SimpleITK as sitk  # noqa: N813
+
+            with _native_stderr(itk_output):
+                reader = sitk.ImageFileReader()
+                reader.SetFileName(str(path))
+                reader.ReadImageInformation()
+                components = reader.GetNumberOfComponents()
+                if components != 1:
+                    raise InputError(f"{path}: has {components} components per voxel, "
+                                     "expected a scalar 3D image")
+                shape = tuple(reader.GetSize())
+                _check_dimensions(path, shape)
+                check_memory_budget(path, shape)
+                image = reader.Execute()
+            if itk_output:  # what ITK printed on a read that worked goes where it went
+                os.write(2, ("\n".join(itk_output) + "\n").encode())
+            array = sitk.GetArrayFromImage(image)
+            array = array.transpose(tuple(range(array.ndim))[::-1])
+            dimension = image.GetDimension()
+            origin = image.GetOrigin()[:3]
+            spacing = image.GetSpacing()[:3]
+            direction = np.asarray(image.GetDirection()).reshape(dimension, dimension)[:3, :3]
+            geometry = Geometry.from_itk(origin, spacing, direction.ravel(), (1, 1, 1))
+            affine = geometry.affine
+    except InputError:
+        raise
+    except MemoryError:
+        raise InputError(
+            f"{path}: not enough memory to read this image of {_shape_text(shape)} voxels; "
+            f"crop or downsample it first, or free memory") from None
+    except Exception as error:  # nibabel/SimpleITK/zlib raise many kinds
+        detail = (_itk_detail(error, itk_output) if extension in ITK_EXTENSIONS
+                  else str(error).strip().splitlines()[0] if str(error).strip()
+                  else type(error).__name__)
+        raise InputError(f"{path}: cannot read image (truncated or corrupt?): {detail}") from None
+    if array.ndim > 3:
+        array = array.reshape(array.shape[:3])
+    _check_dimensions(path, array.shape)
+    return array, Geometry(affine, array.shape)
+
+
+def load_image(path: PathLike) -> tuple[np.ndarray, Geometry]:
+    """Read a 3D intensity image.
+
+    Returns ``(array, geometry)``: float32 (I, J, K) in the file's voxel order, and its
+    :class:`Geometry`. Raises :class:`InputError` for a missing, unreadable, non-3D,
+    non-finite or constant image, or a bad voxel spacing.
+    """
+    path = _check_readable(path)
+    array, geometry = _read_raw(path)
+    check_geometry(geometry, path)
+    if array.dtype.kind not in "biuf":
+        raise InputError(f"{path}: voxel type {array.dtype} is not numeric")
+    if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+        raise InputError(f"{path}: image contains NaN or Inf voxels")
+    largest = max(abs(float(array.max())), abs(float(array.min()))) if array.size else 0.0
+    limit = float(np.finfo(np.float32).max)
+    if largest > limit:
+        raise InputError(f"{path}: image has values up to {largest:.3g}, beyond float32 (at "
+                         f"most {limit:.3g}), which ddmr computes in; rescale its intensities")
+    array = np.asarray(array, dtype=np.float32)
+    if array.size == 0 or float(array.max()) == float(array.min()):
+        raise InputError(f"{path}: image is constant (every voxel is {array.flat[0]:g})")
+    return array, geometry
+
+
+def load_labels(path: PathLike) -> tuple[np.ndarray, Geometry]:
+    """Read a 3D label map: ``(uint8 (I, J, K), Geometry)``, 0 is background.
+
+    Raises :class:`InputError` for the reasons of :func:`load_image` (except constancy),
+    and for non-integer, negative or > 255 values.
+    """
+    path = _check_readable(path)
+    array, geometry = _read_raw(path)
+    check_geometry(geometry, path)
+    if array.dtype.kind not in "biuf":
+        raise InputError(f"{path}: voxel type {array.dtype} is not numeric")
+    if array.dtype.kind == "f":
+        if not np.all(np.isfinite(array)):
+            raise InputError(f"{path}: label map contains NaN or Inf voxels")
+        if not np.array_equal(array, np.round(array)):
+            raise InputError(f"{path}: label map has non-integer values")
+    if array.size and float(array.min()) < 0:
+        raise InputError(f"{path}: label map has negative values (min {array.min():g})")
+    if array.size and float(array.max()) > 255:
+        raise InputError(f"{path}: label values must be 0..255, found {array.max():g}")
+    return np.asarray(array, dtype=np.uint8), geometry
+
+#: gzip level of written .nii.gz files: 1 (fast) for images and labels; 0 (a gzip
+#: container without compression) for float fields such as displacements and Jacobians,
+#: whose noise-like bits shrink by ~12 % at ten times the writing time.
+GZIP_LEVEL = 1
+GZIP_LEVEL_FIELDS = 0
+
+
+def _write_nifti(path: Path, array: np.ndarray, geometry: Geometry,
+                 prepare_header: Callable[[Any], None] | None = None,
+                 gzip_level: int = GZIP_LEVEL) -> None:
+    import gzip
+
+    import nibabel as nib
+    from nibabel.fileholders import FileHolder
+
+    image = nib.Nifti1Image(array, geometry.affine)
+    image.header.set_qform(geometry.affine, code=1)
+    image.header.set_sform(geometry.affine, code=1)
+    image.header.set_xyzt_units("mm", "sec")
+    if prepare_header is not None:
+        prepare_header(image.header)
+    if not str(path).lower().endswith(".gz"):
+        nib.save(image, str(path))
+        return
+    # no file name and no time in the gzip header: the same data give the same bytes
+    with open(path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw,
+                                                compresslevel=gzip_level, mtime=0) as handle:
+        image.to_file_map({"image": FileHolder(fileobj=handle)})
+
+
+def _save_volume(path: PathLike, array: np.ndarray, geometry: Geometry,
+                 gzip_level: int = GZIP_LEVEL) -> None:
+    path = _check_writable(path)
+    if tuple(array.shape) != geometry.shape:
+        raise ValueError(f"array shape {tuple(array.shape)} differs from grid {geometry.shape}")
+    with atomic_path(path) as temporary:
+        if file_extension(path) in NIFTI_EXTENSIONS:
+            _write_nifti(temporary, array, geometry, gzip_level=gzip_level)
+        else:
+            import SimpleITK as sitk  # noqa: N813
+
+            sitk.WriteImage(to_sitk(array, geometry), str(temporary), useCompression=True)
+
+
+def _as_numpy(array: np.ndarray | torch.Tensor) -> np.ndarray:
+    if hasattr(array, "detach"):
+        array = array.detach().cpu().numpy()
+    return np.asarray(array)
+
+
+def save_image(path: PathLike, array: np.ndarray | torch.Tensor, geometry: Geometry,
+               gzip_level: int = GZIP_LEVEL) -> None:
+    """Write a float32 (I, J, K) image atomically (.nii.gz, .nii, .nrrd or .mha);
+    ``gzip_level`` for .nii.gz (:data:`GZIP_LEVEL_FIELDS` for noise-like float maps)."""
+    array = _as_numpy(array).astype(np.float32, copy=False)
+    _save_volume(path, array, geometry, gzip_level)
+
+
+def save_labels(path: PathLike, array: np.ndarray | torch.Tensor, geometry: Geometry) -> None:
+    """Write a uint8 (I, J, K) label map atomically; values must be integers 0..255."""
+    array = _as_numpy(array)
+    if array.size and (array.min() < 0 or array.max() > 255):
+        raise ValueError(f"label values must be 0..255, got {array.min()}..{array.max()}")
+    _save_volume(path, np.rint(array).astype(np.uint8), geometry)

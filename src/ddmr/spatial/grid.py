@@ -1,0 +1,288 @@
+"""Grids in world space: :class:`Geometry` and every frame a point can be given in.
+
+* **index** (i, j, k): voxel indices of an array ``array[i, j, k]`` in the file's voxel
+  order; ddmr tensors (B, C, D, H, W) use D, H, W = i, j, k.
+* **world** (RAS mm): ``Geometry.affine`` maps an index to a world point, nibabel's
+  convention. SimpleITK and ANTs describe the same grid in **LPS** (origin, spacing,
+  direction): :meth:`Geometry.to_itk` / :meth:`Geometry.from_itk` convert.
+* **normalised** ([-1, 1], last axis first): what ``torch.nn.functional.grid_sample``
+  takes with ``align_corners=True`` (:func:`normalised`).
+
+Grids derived from others: :func:`resized_grid` (the same extent with another number of
+voxels, first and last voxel centres kept: "aligned corners"), :func:`target_grid` (an
+RAS-aligned isotropic grid over a world box: how ``ddmr prepare`` places its volumes).
+
+The prepared grid (:func:`target_grid`) is an axis-aligned (RAS), isotropic grid placed
+over a world box, so volumes from scanners with different orientations (oblique, LPS,
+...) all look the same way round to a network. The box is the whole image or a crop
+around a label plus a margin; the resize mode picks the spacing:
+
+``fit`` (default)
+    ``max(spacing, longest box side / size)``: the requested spacing unless the box would
+    not fit in ``size`` voxels, then coarser, so nothing inside the box is lost.
+``scale``
+    ``longest box side / size``: the box fills the grid along its longest side (as the
+    paper resized every volume to 128^3), whatever ``spacing`` says.
+``pad``
+    exactly ``spacing``: the grid is centred on the box and crops or pads it.
+
+Shorter box sides are padded symmetrically in all modes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ddmr.errors import InputError
+
+Box = tuple[np.ndarray, np.ndarray]  # (low corner, high corner), RAS mm
+
+if TYPE_CHECKING:
+    pass
+
+PathLike = str | os.PathLike[str]
+
+
+#: RAS <-> LPS: flip the first two world axes.
+LPS_FLIP = np.diag([-1.0, -1.0, 1.0])
+
+#: Default tolerance (mm) when comparing two geometries' affines.
+AFFINE_TOLERANCE = 1e-3
+
+
+# --------------------------------------------------------------------------------------
+# Geometry
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class Geometry:
+    """A voxel grid in world space.
+
+    ``affine`` (4, 4) float64 maps a voxel index (i, j, k, 1) to RAS world mm (nibabel
+    convention); ``shape`` is the grid size (I, J, K).
+    """
+
+    affine: np.ndarray
+    shape: tuple[int, int, int]
+
+    def __post_init__(self) -> None:
+        affine = np.array(self.affine, dtype=np.float64)
+        if affine.shape != (4, 4):
+            raise ValueError(f"affine must be 4x4, got {affine.shape}")
+        shape = tuple(int(n) for n in self.shape)
+        if len(shape) != 3:
+            raise ValueError(f"shape must have 3 entries, got {shape}")
+        affine.setflags(write=False)
+        object.__setattr__(self, "affine", affine)
+        object.__setattr__(self, "shape", shape)
+
+    # -- derived quantities (RAS) ------------------------------------------------------
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size (mm) along i, j, k."""
+        return tuple(float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))
+
+    @property
+    def direction(self) -> np.ndarray:
+        """(3, 3) unit column vectors of the i, j, k axes in RAS."""
+        return self.affine[:3, :3] / np.asarray(self.spacing)[None, :]
+
+    @property
+    def origin(self) -> np.ndarray:
+        """RAS world position (mm) of the centre of voxel (0, 0, 0)."""
+        return self.affine[:3, 3].copy()
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Geometry):
+            return NotImplemented
+        return self.shape == other.shape and np.array_equal(self.affine, other.affine)
+
+    def __hash__(self) -> int:
+        return hash((self.shape, self.affine.tobytes()))
+
+    def __repr__(self) -> str:
+        spacing = ", ".join(f"{s:.4g}" for s in self.spacing)
+        return f"Geometry(shape={self.shape}, spacing=({spacing}))"
+
+    def isclose(self, other: Geometry, tolerance: float = AFFINE_TOLERANCE) -> bool:
+        """Same shape and affines equal within ``tolerance`` (mm, elementwise)."""
+        return self.shape == other.shape and bool(
+            np.max(np.abs(self.affine - other.affine)) <= tolerance
+        )
+
+    def index_to_world(self, index: np.ndarray) -> np.ndarray:
+        """Map voxel indices (..., 3) to RAS world points (..., 3) in mm."""
+        index = np.asarray(index, dtype=np.float64)
+        return index @ self.affine[:3, :3].T + self.affine[:3, 3]
+
+    def world_to_index(self, points: np.ndarray) -> np.ndarray:
+        """Map RAS world points (..., 3) in mm to (fractional) voxel indices (..., 3)."""
+        inverse = np.linalg.inv(self.affine)
+        points = np.asarray(points, dtype=np.float64)
+        return points @ inverse[:3, :3].T + inverse[:3, 3]
+
+    def world_corners(self) -> np.ndarray:
+        """(8, 3) RAS positions of the grid's outer corners (voxel edges, not centres)."""
+        lo = np.full(3, -0.5)
+        hi = np.asarray(self.shape, dtype=np.float64) - 0.5
+        corners = np.array(
+            [[(hi if b else lo)[a] for a, b in enumerate(bits)]
+             for bits in np.ndindex(2, 2, 2)]
+        )
+        return self.index_to_world(corners)
+
+    # -- ITK / ANTs (LPS) ----------------------------------------------------------------
+    def to_itk(self) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
+        """``(origin, spacing, direction)`` in ITK's LPS convention.
+
+        ``direction`` is the row-major flattening of the (3, 3) matrix whose columns are
+        the i, j, k axes in LPS, as ``SimpleITK.Image.SetDirection`` expects.
+        """
+        origin = LPS_FLIP @ self.affine[:3, 3]
+        direction = LPS_FLIP @ self.direction
+        return (tuple(float(v) for v in origin), self.spacing,
+                tuple(float(v) for v in direction.ravel()))
+
+    @classmethod
+    def from_itk(cls, origin: Sequence[float], spacing: Sequence[float],
+                 direction: Sequence[float], shape: Sequence[int]) -> Geometry:
+        """Build from ITK's LPS ``origin``, ``spacing``, flat row-major ``direction`` and
+        grid size (I, J, K)."""
+        matrix = np.asarray(direction, dtype=np.float64).reshape(3, 3)
+        affine = np.eye(4)
+        affine[:3, :3] = LPS_FLIP @ matrix @ np.diag(np.asarray(spacing, dtype=np.float64))
+        affine[:3, 3] = LPS_FLIP @ np.asarray(origin, dtype=np.float64)
+        return cls(affine, tuple(int(n) for n in shape))
+
+    # -- serialisation -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"affine": self.affine.tolist(), "shape": list(self.shape)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Geometry:
+        return cls(np.asarray(data["affine"], dtype=np.float64), tuple(data["shape"]))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_json(cls, text: str) -> Geometry:
+        return cls.from_dict(json.loads(text))
+
+
+def check_geometry(geometry: Geometry, path: PathLike) -> None:
+    """Raise :class:`InputError` if the grid has non-finite or non-positive spacing."""
+    if not np.all(np.isfinite(geometry.affine)):
+        raise InputError(f"{path}: the affine (voxel-to-world matrix) has NaN or Inf entries")
+    spacing = np.asarray(geometry.spacing)
+    if np.any(spacing <= 0) or abs(np.linalg.det(geometry.affine[:3, :3])) <= 1e-12:
+        raise InputError(
+            f"{path}: voxel spacing must be positive, got "
+            f"({', '.join(f'{s:g}' for s in spacing)}) mm"
+        )
+    if any(n < 1 for n in geometry.shape):
+        raise InputError(f"{path}: empty image of shape {geometry.shape}")
+
+
+def check_same_geometry(a: Geometry, b: Geometry, names: Sequence[PathLike],
+                        tolerance: float = AFFINE_TOLERANCE) -> None:
+    """Raise :class:`InputError` unless ``a`` and ``b`` are the same grid.
+
+    ``names`` are the two files (image, labels); the message names the second.
+    Affines may differ elementwise by ``tolerance`` (mm).
+    """
+    first, second = (str(n) for n in names)
+    if a.shape != b.shape:
+        raise InputError(
+            f"{second}: shape {b.shape} differs from {first} shape {a.shape}"
+        )
+    difference = float(np.max(np.abs(a.affine - b.affine)))
+    if not difference <= tolerance:
+        raise InputError(
+            f"{second}: voxel-to-world affine differs from {first} "
+            f"(largest difference {difference:.3g} mm)"
+        )
+
+
+RESIZE_MODES = ("fit", "scale", "pad")
+
+
+
+
+def image_box(geometry: Geometry) -> Box:
+    """World bounding box (RAS mm) of the whole grid, to the outer voxel edges."""
+    corners = geometry.world_corners()
+    return corners.min(axis=0), corners.max(axis=0)
+
+
+def mask_box(mask: np.ndarray, geometry: Geometry, margin: float = 0.0) -> Box | None:
+    """World bounding box of the voxels where ``mask`` (I, J, K) is true, grown by
+    ``margin`` mm on every side; ``None`` for an empty mask."""
+    where = np.nonzero(mask)
+    if len(where[0]) == 0:
+        return None
+    lo = np.array([w.min() for w in where], dtype=np.float64) - 0.5
+    hi = np.array([w.max() for w in where], dtype=np.float64) + 0.5
+    corners = np.array([[(hi if b else lo)[a] for a, b in enumerate(bits)]
+                        for bits in np.ndindex(2, 2, 2)])
+    world = geometry.index_to_world(corners)
+    return world.min(axis=0) - margin, world.max(axis=0) + margin
+
+
+def intersect(a: Box, b: Box) -> Box:
+    return np.maximum(a[0], b[0]), np.minimum(a[1], b[1])
+
+
+def grid_spacing(box: Box, size: Iterable[int], spacing: float, mode: str = "fit") -> float:
+    """Isotropic voxel size (mm) of the prepared grid for ``box`` (see module docstring)."""
+    extent = np.maximum(box[1] - box[0], 0.0)
+    needed = float(np.max(extent / np.asarray(tuple(size), dtype=np.float64)))
+    if mode == "fit":
+        return max(float(spacing), needed)
+    if mode == "scale":
+        return needed if needed > 0 else float(spacing)
+    if mode == "pad":
+        return float(spacing)
+    raise ValueError(f"unknown resize mode {mode!r}; choose one of {', '.join(RESIZE_MODES)}")
+
+
+def target_grid(box: Box, size: Iterable[int], spacing: float, mode: str = "fit") -> Geometry:
+    """The RAS-aligned grid of ``size`` voxels centred on ``box``."""
+    size = tuple(int(n) for n in size)
+    step = grid_spacing(box, size, spacing, mode)
+    centre = (box[0] + box[1]) / 2.0
+    affine = np.diag([step, step, step, 1.0])
+    affine[:3, 3] = centre - (np.asarray(size, dtype=np.float64) - 1.0) / 2.0 * step
+    return Geometry(affine, size)
+
+
+def resized_grid(geometry: Geometry, shape: tuple[int, int, int]) -> Geometry:
+    """``geometry`` resized to ``shape`` voxels with the first and last voxel centres kept
+    (aligned corners, as ``F.interpolate(..., align_corners=True)``)."""
+    affine = geometry.affine.copy()
+    affine[:3, :3] = affine[:3, :3] @ np.diag(corner_scale(geometry.shape, shape))
+    return Geometry(affine, shape)
+
+
+def corner_scale(old: Sequence[int], new: Sequence[int]) -> list[float]:
+    """Per axis, the old grid's voxel size in voxels of the new one, both spanning the
+    same extent with aligned corners: ``(old - 1) / (new - 1)`` (1 for a single voxel)."""
+    return [(int(o) - 1) / max(int(n) - 1, 1) for o, n in zip(old, new, strict=True)]
+
+
+def normalised(index, shape: Sequence[int]):
+    """Voxel indices (3, *S) (torch, channels i, j, k) of a grid of ``shape`` -> the
+    ``grid_sample`` coordinates (*S, 3) of the same points: [-1, 1] with aligned corners,
+    last axis first (k, j, i)."""
+    import torch
+
+    scale = torch.tensor([2.0 / max(int(n) - 1, 1) for n in shape], dtype=index.dtype,
+                         device=index.device).view(3, *([1] * (index.ndim - 1)))
+    return (index * scale - 1.0).movedim(0, -1).flip(-1)
