@@ -28,7 +28,8 @@ import torch
 from ddmr.augment import AugmentationConfig, AugmentationLayer
 from ddmr.augment.intensity import adjust_intensity
 from ddmr.augment.parameters import draw_parameters
-from ddmr.nn import UNet, UNetConfig, warp_image
+from ddmr.nn import UNet, UNetConfig
+from ddmr.spatial.warp import warp_image
 
 
 def blobs(size: int, seed: int = 0) -> torch.Tensor:

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from ddmr.data.cohort import sample_cohort
-from ddmr.nn import warp_image
-from ddmr.nn.fields import identity_grid
 from ddmr.registration.align import AffineAlignment, align_affine
+from ddmr.spatial.field import identity_grid
+from ddmr.spatial.warp import warp_image
 
 SPACING = (4.0, 4.0, 4.0)
 

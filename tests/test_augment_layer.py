@@ -16,8 +16,8 @@ from conftest import smooth_volume
 from ddmr.augment import AugmentationConfig, AugmentationLayer
 from ddmr.augment.spline import sample
 from ddmr.errors import ConfigError
-from ddmr.nn import compose, jacobian_determinant, warp_image, warp_labels
-from ddmr.nn.fields import identity_grid
+from ddmr.spatial.field import compose, identity_grid, jacobian_determinant
+from ddmr.spatial.warp import warp_image, warp_labels
 
 F64 = torch.float64
 GEOMETRY_ONLY = AugmentationConfig(intensity=False, normalise=False)

@@ -8,8 +8,8 @@ import torch
 
 from ddmr.baselines.ants import AntsSettings, parse_methods, register_ants, run_baseline
 from ddmr.errors import ConfigError
-from ddmr.nn import warp_image
 from ddmr.spatial.grid import Geometry
+from ddmr.spatial.warp import warp_image
 
 N = 26
 

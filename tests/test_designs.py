@@ -5,7 +5,7 @@ from conftest import smooth_field, smooth_volume
 from ddmr.config import DESIGNS, Design, get_design
 from ddmr.errors import ConfigError
 from ddmr.losses import DesignLoss, one_hot
-from ddmr.nn import warp_image
+from ddmr.spatial.warp import warp_image
 
 
 def test_six_designs_of_table_1():

@@ -12,10 +12,11 @@ from scipy.spatial.transform import Rotation
 
 from ddmr.evaluate import metrics
 from ddmr.io.images import load_image, save_image
-from ddmr.nn.warp import label_cells
-from ddmr.registration import world
+from ddmr.registration import native
+from ddmr.spatial import field, warp
 from ddmr.spatial.grid import Geometry
 from ddmr.spatial.resample import resample_to
+from ddmr.spatial.warp import label_cells
 
 
 def blocky_labels(shape, seed, block=4, count=6):
@@ -44,7 +45,7 @@ def test_label_sampling_equals_the_per_label_definition(shape):
     points = rng.uniform(-1.0, 1.0, size=(4000, 3)) + rng.uniform(0, 1, size=(4000, 3)) \
         * np.array(shape)
     values = [int(v) for v in np.unique(labels)]
-    ours = world.sample_labels(torch.from_numpy(labels)[None, None],
+    ours = warp.sample_labels(torch.from_numpy(labels)[None, None],
                                torch.from_numpy(points.T.astype(np.float32)), values).numpy()
     expected = reference_labels(labels, points.astype(np.float32).astype(np.float64), values)
     np.testing.assert_array_equal(ours, expected)
@@ -73,7 +74,7 @@ def test_native_field_matches_scipy_linear_interpolation(rotated):
     fixed = Geometry(fixed_affine, (17, 15, 20))
     u = torch.randn(1, 3, *model.shape, generator=torch.Generator().manual_seed(0))
     moving = np.random.default_rng(0).random((10, 10, 10)).astype(np.float32)
-    result = world.to_native(u, model, fixed, moving, Geometry(np.diag([2.0, 2, 2, 1]),
+    result = native.to_native(u, model, fixed, moving, Geometry(np.diag([2.0, 2, 2, 1]),
                                                                moving.shape))
     to_model = np.linalg.inv(model.affine) @ fixed.affine
     index = np.indices(fixed.shape).reshape(3, -1).astype(np.float64)
@@ -198,7 +199,7 @@ def test_bincount_metrics_take_sparse_label_values():
 
 
 def test_native_jacobian_matches_the_reference_on_thin_and_odd_grids():
-    from ddmr.nn.fields import jacobian_determinant
+    from ddmr.spatial.field import jacobian_determinant
 
     rng = np.random.default_rng(11)
     affine = np.eye(4)
@@ -206,9 +207,9 @@ def test_native_jacobian_matches_the_reference_on_thin_and_odd_grids():
     for shape in [(2, 5, 3), (6, 2, 7), (5, 4, 3)]:
         geometry = Geometry(affine, shape)
         field_mm = rng.normal(0, 0.8, size=(3, *shape)).astype(np.float32)
-        voxels = torch.from_numpy(world.mm_to_voxels(field_mm, geometry))[None]
+        voxels = torch.from_numpy(field.mm_to_voxels(field_mm, geometry))[None]
         expected = jacobian_determinant(voxels)[0, 0].numpy()
-        np.testing.assert_allclose(world.jacobian_determinant(field_mm, geometry), expected,
+        np.testing.assert_allclose(field.jacobian_determinant_mm(field_mm, geometry), expected,
                                    rtol=1e-5, atol=1e-5)
 
 
@@ -260,7 +261,7 @@ def test_axis_aligned_resampling_equals_the_spline_path(case):
 
 
 def test_sampling_grid_is_the_normalised_identity_plus_displacement():
-    from ddmr.nn.warp import sampling_grid
+    from ddmr.spatial.warp import sampling_grid
 
     displacement = torch.randn(2, 3, 5, 7, 4, requires_grad=True)
     index = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float32) for n in (5, 7, 4)],
@@ -277,7 +278,7 @@ def test_sampling_grid_is_the_normalised_identity_plus_displacement():
 def reference_onehot_warp(labels, displacement):
     """The definition: each label's indicator warped trilinearly (zeros beyond the grid),
     the largest weight wins (strictly larger: ties go to the smaller label; none: 0)."""
-    from ddmr.nn.warp import sampling_grid
+    from ddmr.spatial.warp import sampling_grid
 
     grid = sampling_grid(displacement)
     source = labels.expand(displacement.shape[0], *labels.shape[1:])
@@ -293,7 +294,7 @@ def reference_onehot_warp(labels, displacement):
 
 @pytest.mark.parametrize("batch", [1, 3])
 def test_onehot_label_warping_equals_the_per_label_definition(batch):
-    from ddmr.nn import warp_labels
+    from ddmr.spatial.warp import warp_labels
 
     shape = (13, 11, 9)
     labels = torch.from_numpy(blocky_labels(shape, seed=5) * 3)[None, None]  # gaps: 0, 3, 6...

@@ -2,8 +2,15 @@ import numpy as np
 import torch
 
 from conftest import smooth_field, smooth_volume
-from ddmr.nn import compose, integrate_velocity, invert, jacobian_determinant, warp_image
-from ddmr.nn.fields import identity_grid, resize_displacement
+from ddmr.spatial.field import (
+    compose,
+    identity_grid,
+    integrate_velocity,
+    invert,
+    jacobian_determinant,
+    resize_displacement,
+)
+from ddmr.spatial.warp import warp_image
 
 
 def interior(x: torch.Tensor, margin: int = 4) -> torch.Tensor:

@@ -17,9 +17,9 @@ from ddmr.errors import InputError
 from ddmr.io.convert import from_ants, from_sitk, to_ants, to_sitk
 from ddmr.io.fields import load_displacement, save_displacement
 from ddmr.io.images import load_image, load_labels, save_image, save_labels
-from ddmr.nn.warp import warp_image
 from ddmr.spatial.grid import Geometry, check_same_geometry
 from ddmr.spatial.resample import resample_to
+from ddmr.spatial.warp import warp_image
 
 
 def oblique_geometry(shape=(20, 24, 16), spacing=(1.3, 0.8, 2.1),

@@ -20,8 +20,8 @@ from ddmr.losses import (
     one_hot,
     ssim3d,
 )
-from ddmr.nn import warp_image, warp_labels
-from ddmr.nn.fields import identity_grid
+from ddmr.spatial.field import identity_grid
+from ddmr.spatial.warp import warp_image, warp_labels
 
 
 def random_volume(shape=(20, 22, 24), seed=0) -> torch.Tensor:

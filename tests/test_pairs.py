@@ -8,7 +8,7 @@ import torch
 
 from ddmr.cli import main
 from ddmr.evaluate.pairs import PairSet, read_index
-from ddmr.nn import warp_labels
+from ddmr.spatial.warp import warp_labels
 from train_helpers import make_dataset
 
 

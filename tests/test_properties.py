@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from conftest import smooth_field, smooth_volume
 from ddmr.evaluate import metrics
-from ddmr.nn import compose, invert, jacobian_determinant, warp_image, warp_labels
+from ddmr.spatial.field import compose, invert, jacobian_determinant
+from ddmr.spatial.warp import warp_image, warp_labels
 
 QUICK = settings(max_examples=20, deadline=None)
 FEW = settings(max_examples=8, deadline=None)  # for the examples that take ~0.3 s each

@@ -16,17 +16,17 @@ from ddmr.cli import main
 from ddmr.errors import ConfigError
 from ddmr.evaluate import metrics
 from ddmr.io.images import save_image, save_labels
-from ddmr.nn import warp_image, warp_labels
 from ddmr.registration.refine import (
     RefineObjective,
     RefineSettings,
     box_mean,
-    forward_jacobian,
     refine,
     refine_stops,
     settings_for,
 )
+from ddmr.spatial.field import forward_jacobian_determinant
 from ddmr.spatial.grid import Geometry
+from ddmr.spatial.warp import warp_image, warp_labels
 from register_helpers import oblique_fixed, other_moving, sample_scene, save_tiny_model
 
 SHAPE = (20, 22, 24)
@@ -161,7 +161,7 @@ def test_settings_follow_the_design_and_refuse_bad_values():
 
 def test_fast_window_means_and_jacobian_match_the_reference():
     from ddmr.losses.ncc import box_mean as reference_box_mean
-    from ddmr.nn.fields import jacobian_determinant
+    from ddmr.spatial.field import jacobian_determinant
 
     x = torch.rand(1, 3, 9, 12, 11, generator=torch.Generator().manual_seed(0))
     for window in (1, 3, 5, 9):
@@ -175,9 +175,9 @@ def test_fast_window_means_and_jacobian_match_the_reference():
     linear = torch.stack([0.1 * torch.arange(10.0).view(10, 1, 1).expand(10, 11, 12),
                           -0.2 * torch.arange(11.0).view(1, 11, 1).expand(10, 11, 12),
                           0.05 * torch.arange(12.0).view(1, 1, 12).expand(10, 11, 12)])[None]
-    torch.testing.assert_close(forward_jacobian(linear),
+    torch.testing.assert_close(forward_jacobian_determinant(linear),
                                jacobian_determinant(linear)[:, 0, :-1, :-1, :-1])
-    assert forward_jacobian(field).shape == (1, 9, 10, 11)
+    assert forward_jacobian_determinant(field).shape == (1, 9, 10, 11)
 
 
 # -- a known deformation of a bundled held-out head -------------------------------------------

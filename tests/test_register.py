@@ -216,8 +216,7 @@ def test_label_sampling_is_label_exact_and_matches_onehot_warping():
     ddmr.nn.warp_labels' one-hot method."""
     import torch
 
-    from ddmr.nn import warp_labels
-    from ddmr.registration.world import sample_labels
+    from ddmr.spatial.warp import sample_labels, warp_labels
 
     rng = np.random.default_rng(0)
     labels = torch.from_numpy(rng.integers(0, 4, size=(9, 10, 11)).astype(np.uint8))[None, None]
@@ -254,7 +253,7 @@ def test_label_metrics_on_boxes_equal_the_metrics_module():
     field = rng.normal(0, 0.6, size=(3, 12, 13, 14)).astype(np.float32)
     import torch
 
-    from ddmr.nn.fields import jacobian_determinant
+    from ddmr.spatial.field import jacobian_determinant
 
     jacobian = jacobian_determinant(torch.from_numpy(field)[None])[0, 0].numpy()
     ours = field_metrics(jacobian, field)
@@ -265,15 +264,15 @@ def test_label_metrics_on_boxes_equal_the_metrics_module():
 def test_jacobian_in_slabs_equals_the_whole_volume(monkeypatch):
     import torch
 
-    import ddmr.registration.world as world
-    from ddmr.nn.fields import jacobian_determinant
+    import ddmr.spatial.field as field
+    from ddmr.spatial.field import jacobian_determinant
     from register_helpers import grid, rotation
 
     geometry = grid((17, 9, 8), (1.5, 1.0, 2.0), rotation((1, 2, 3), 30), (0, 0, 0))
     rng = np.random.default_rng(3)
     field_mm = rng.normal(0, 1.0, size=(3, *geometry.shape)).astype(np.float32)
-    voxels = world.mm_to_voxels(field_mm, geometry)
+    voxels = field.mm_to_voxels(field_mm, geometry)
     whole = jacobian_determinant(torch.from_numpy(voxels)[None])[0, 0].numpy()
-    monkeypatch.setattr(world, "SLAB_VOXELS", 9 * 8 * 4)  # 4 slices per slab, last 1
-    np.testing.assert_allclose(world.jacobian_determinant(field_mm, geometry), whole,
+    monkeypatch.setattr(field, "SLAB_VOXELS", 9 * 8 * 4)  # 4 slices per slab, last 1
+    np.testing.assert_allclose(field.jacobian_determinant_mm(field_mm, geometry), whole,
                                rtol=1e-5, atol=1e-5)

@@ -268,7 +268,7 @@ WRITER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     from ddmr.errors import InputError
-    from ddmr.io import atomic_directory
+    from ddmr.io.files import atomic_directory
     out, go, name = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
     while not go.exists():
         time.sleep(0.005)

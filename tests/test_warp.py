@@ -4,7 +4,7 @@ import torch
 from scipy import ndimage
 
 from conftest import smooth_field, smooth_volume
-from ddmr.nn import SpatialTransformer, warp_image, warp_labels
+from ddmr.spatial.warp import warp_image, warp_labels
 
 
 def test_zero_displacement_is_identity(volume):
@@ -30,11 +30,6 @@ def test_warp_matches_scipy_map_coordinates(volume, field):
     coords = np.indices(volume.shape[2:]).astype(np.float32) + field[0].numpy()
     reference = ndimage.map_coordinates(volume[0, 0].numpy(), coords, order=1, mode="grid-constant")
     assert np.abs(warped - reference).max() < 1e-4
-
-
-def test_spatial_transformer_module(volume, field):
-    st = SpatialTransformer()
-    assert torch.equal(st(volume, field), warp_image(volume, field))
 
 
 @pytest.mark.parametrize("method", ["nearest", "onehot"])

@@ -17,7 +17,7 @@ from ddmr.augment.intensity import adjust_intensity, minmax_normalise
 from ddmr.augment.parameters import AugmentationParameters, draw_parameters
 from ddmr.augment.preprocess import preprocess
 from ddmr.augment.transform import TransformPlan
-from ddmr.nn.warp import warp_image, warp_labels
+from ddmr.spatial.warp import warp_image, warp_labels
 
 logger = logging.getLogger(__name__)
 

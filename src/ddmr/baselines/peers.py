@@ -6,7 +6,7 @@ their own native grids (different subjects, different headers) and returns a
 :class:`PeerResult` whose ``displacement_mm`` (3, I, J, K) float32 lives on the FIXED
 grid, in RAS millimetres: the fixed voxel at world point ``p`` shows the moving image at
 ``p + displacement_mm`` (the whole transform, affine part included; the convention of
-:class:`ddmr.registration.world.NativeResult`). :func:`warp` applies it.
+:class:`ddmr.registration.native.NativeResult`). :func:`warp` applies it.
 
 =============  ===========================  =====================================================
 name           package (``pip``)            what runs
@@ -183,10 +183,10 @@ def warp(moving: Image, displacement_mm: np.ndarray, fixed: Geometry,
          labels: bool = False) -> np.ndarray:
     """The moving image (or label map, ``labels=True``) sampled at ``p + displacement_mm``
     for every fixed voxel ``p``: linear interpolation (labels: label-exact, see
-    :func:`ddmr.registration.world.sample_labels`), 0 outside the moving grid."""
+    :func:`ddmr.spatial.warp.sample_labels`), 0 outside the moving grid."""
     import torch
 
-    from ddmr.registration import world
+    from ddmr.spatial import warp as world
 
     array, geometry = moving
     points = _world_points(fixed) + np.asarray(displacement_mm, dtype=np.float64)

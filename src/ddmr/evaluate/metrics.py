@@ -288,7 +288,7 @@ def dense_tre(predicted: Any, truth: Any, spacing: Sequence[float], mask: Any = 
 
 
 def _jacobian(displacement: Any) -> np.ndarray:
-    from ddmr.nn.fields import jacobian_determinant
+    from ddmr.spatial.field import jacobian_determinant
 
     return jacobian_determinant(_field(displacement))[0, 0].numpy()
 

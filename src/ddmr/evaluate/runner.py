@@ -60,9 +60,9 @@ class ModelMethod:
         back with :func:`ddmr.nn.fields.resize_displacement`."""
         import torch.nn.functional as F
 
-        from ddmr.nn import warp_image
-        from ddmr.nn.fields import resize_displacement
         from ddmr.registration.align import align_affine
+        from ddmr.spatial.field import resize_displacement
+        from ddmr.spatial.warp import warp_image
 
         shape = fixed.shape
         images = torch.from_numpy(np.stack([fixed, moving]).astype(np.float32))[:, None]
@@ -116,7 +116,7 @@ def load_methods(paths: Sequence[str | Path], device: str = "cpu") -> list[Model
 
 
 def _apply(pair, displacement: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    from ddmr.nn import warp_image, warp_labels
+    from ddmr.spatial.warp import warp_image, warp_labels
 
     u = torch.from_numpy(np.ascontiguousarray(displacement, dtype=np.float32))[None]
     warped = warp_image(torch.from_numpy(pair.moving)[None, None], u)[0, 0].numpy()

@@ -28,24 +28,13 @@ from ddmr.io.images import (
     _quiet_nibabel,
     _write_nifti,
 )
-from ddmr.spatial.grid import LPS_FLIP, Geometry, check_geometry
+from ddmr.spatial.field import displacement_to_lps_mm, lps_mm_to_displacement
+from ddmr.spatial.grid import Geometry, check_geometry
 
 if TYPE_CHECKING:
     import torch
 
 PathLike = str | os.PathLike[str]
-
-
-def displacement_to_lps_mm(displacement_vox: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """Voxel displacement (3, I, J, K) -> physical LPS vectors in mm (I, J, K, 3)."""
-    matrix = LPS_FLIP @ geometry.affine[:3, :3]
-    return np.einsum("ab,bijk->ijka", matrix, displacement_vox.astype(np.float64))
-
-
-def lps_mm_to_displacement(vectors_lps: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """Physical LPS vectors in mm (I, J, K, 3) -> voxel displacement (3, I, J, K)."""
-    matrix = np.linalg.inv(LPS_FLIP @ geometry.affine[:3, :3])
-    return np.einsum("ab,ijkb->aijk", matrix, vectors_lps.astype(np.float64))
 
 
 def save_displacement(path: PathLike, displacement_vox: np.ndarray | torch.Tensor,

@@ -18,7 +18,7 @@ from torch import nn
 
 from ddmr.errors import ConfigError
 from ddmr.nn.conv import Conv3d
-from ddmr.nn.fields import integrate_velocity, resize_displacement
+from ddmr.spatial.field import integrate_velocity, resize_displacement
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from ddmr.losses.ncc import global_ncc
-from ddmr.nn.fields import identity_grid
-from ddmr.nn.warp import warp_image
 from ddmr.optim import Adam
+from ddmr.spatial.field import identity_grid
+from ddmr.spatial.warp import warp_image
 
 if TYPE_CHECKING:
     from ddmr.spatial.grid import Geometry

@@ -13,7 +13,7 @@ The steps, each in its own module:
    the point map if that raises the similarity on the model's grid.
 4. **network**: a pull-back displacement on that grid; optionally refined on the pair
    (:mod:`~ddmr.registration.refine`).
-5. **native** (:mod:`~ddmr.registration.world`): the field on the fixed image's grid as
+5. **native** (:mod:`~ddmr.registration.native`): the field on the fixed image's grid as
    a world displacement in mm, composed with the point map; the moving image and labels
    warped there.
 6. **scores and QC** (:mod:`~ddmr.registration.scores`, :mod:`~ddmr.registration.qc`).
@@ -186,9 +186,10 @@ def register(fixed: ImageInput, moving: ImageInput, fixed_seg: ImageInput | None
     from ddmr.registration.align import model_prealigns
     from ddmr.registration.model import check_device, file_sha256, load
     from ddmr.registration.moments import foreground_mask
+    from ddmr.registration.native import to_native
     from ddmr.registration.scores import field_metrics, label_metrics
     from ddmr.registration.space import model_source, model_space, to_model_space
-    from ddmr.registration.world import jacobian_determinant, to_native
+    from ddmr.spatial.field import jacobian_determinant_mm
 
     if affine not in AFFINE_STAGES:
         raise InputError(f"--affine {affine!r}: choose one of {', '.join(AFFINE_STAGES)}")
@@ -246,7 +247,7 @@ def register(fixed: ImageInput, moving: ImageInput, fixed_seg: ImageInput | None
         native = to_native(displacement, field_grid, fixed_volume.geometry,
                            moving_volume.array, moving_volume.geometry, moving_volume.labels,
                            alignment.point_map)
-        jacobian = jacobian_determinant(native.displacement_mm, fixed_volume.geometry)
+        jacobian = jacobian_determinant_mm(native.displacement_mm, fixed_volume.geometry)
 
     with timer("metrics"):
         metrics: dict[str, Any] = field_metrics(jacobian, native.displacement_mm)
@@ -340,9 +341,9 @@ def _refine(fixed: Volume, moving: Volume, displacement, space, grid: Geometry,
     network's field there and refine it."""
     import torch
 
-    from ddmr.nn.fields import resize_displacement
     from ddmr.registration.refine import refine
     from ddmr.registration.space import ModelSpace, to_model_space
+    from ddmr.spatial.field import resize_displacement
     from ddmr.spatial.resample import resample_to
 
     target = ModelSpace(grid, grid, space.options)

@@ -189,7 +189,7 @@ def sample_points(array: np.ndarray, geometry: Geometry, points: np.ndarray,
     interpolation (nearest for masks), 0 beyond half a voxel outside the grid."""
     import torch
 
-    from ddmr.registration.world import sample_image
+    from ddmr.spatial.warp import sample_image
 
     index = geometry.world_to_index(points).T.astype(np.float32)  # (3, n)
     if nearest:

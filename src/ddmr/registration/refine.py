@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from ddmr.errors import ConfigError
+from ddmr.spatial.field import forward_jacobian_determinant
 
 #: Similarity options of :class:`RefineSettings`.
 SIMILARITIES = ("ncc", "lncc", "gncc", "mi")
@@ -278,7 +279,7 @@ class RefineObjective:
 
     def __call__(self, displacement: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         from ddmr.losses import DiceLoss
-        from ddmr.nn.warp import warp_image
+        from ddmr.spatial.warp import warp_image
 
         settings = self.settings
         warped = warp_image(self.moving, displacement, padding="border")
@@ -290,7 +291,7 @@ class RefineObjective:
             terms["dice"] = DiceLoss()(warped_onehot, self.fixed_onehot)
             total = total + settings.dice_weight * terms["dice"]
         if settings.folding_weight > 0:
-            det = forward_jacobian(displacement)
+            det = forward_jacobian_determinant(displacement)
             terms["folding"] = F.relu(settings.jacobian_floor - det).pow(2).mean()
             total = total + settings.folding_weight * terms["folding"]
         return total, terms
@@ -313,20 +314,6 @@ def box_mean(x: torch.Tensor, window: int) -> torch.Tensor:
         count = (high - low).to(x.dtype).view([-1 if d == dim else 1 for d in range(5)])
         x = (cumulative.index_select(dim, high) - cumulative.index_select(dim, low)) / count
     return x
-
-
-def forward_jacobian(displacement: torch.Tensor) -> torch.Tensor:
-    """Determinant (B, D-1, H-1, W-1) of the Jacobian of ``x -> x + u(x)`` from forward
-    differences (cheaper than :func:`ddmr.nn.fields.jacobian_determinant`; for the
-    folding penalty)."""
-    u = displacement
-    d = [u[:, :, 1:, :-1, :-1] - u[:, :, :-1, :-1, :-1],
-         u[:, :, :-1, 1:, :-1] - u[:, :, :-1, :-1, :-1],
-         u[:, :, :-1, :-1, 1:] - u[:, :, :-1, :-1, :-1]]
-    j = [[d[b][:, a] + (1.0 if a == b else 0.0) for b in range(3)] for a in range(3)]
-    return (j[0][0] * (j[1][1] * j[2][2] - j[1][2] * j[2][1])
-            - j[0][1] * (j[1][0] * j[2][2] - j[1][2] * j[2][0])
-            + j[0][2] * (j[1][0] * j[2][1] - j[1][1] * j[2][0]))
 
 
 def _check_image(image: torch.Tensor, name: str) -> None:
@@ -441,8 +428,8 @@ def _run(fixed: torch.Tensor, moving: torch.Tensor, initial: torch.Tensor,
          spacing: Sequence[float], settings: RefineSettings, stops: list[int],
          fixed_labels: torch.Tensor | None, moving_labels: torch.Tensor | None
          ) -> list[RefineResult]:
-    from ddmr.nn.fields import jacobian_determinant
     from ddmr.optim import Adam
+    from ddmr.spatial.field import jacobian_determinant
 
     started = time.perf_counter()
     objective = RefineObjective(fixed, moving, settings, fixed_labels, moving_labels)

@@ -66,7 +66,7 @@ class RegistrationResult:
 
     def displacement_voxels(self) -> np.ndarray:
         """The displacement (3, I, J, K) in voxels of the fixed grid (ddmr convention)."""
-        from ddmr.registration.world import mm_to_voxels
+        from ddmr.spatial.field import mm_to_voxels
 
         return mm_to_voxels(self.displacement_mm, self.geometry)
 

@@ -19,14 +19,14 @@ logger = logging.getLogger(__name__)
 
 
 def _jacobian(displacement: np.ndarray) -> np.ndarray:
-    from ddmr.nn.fields import jacobian_determinant
+    from ddmr.spatial.field import jacobian_determinant
 
     u = torch.from_numpy(np.ascontiguousarray(displacement, dtype=np.float32))[None]
     return jacobian_determinant(u)[0, 0].numpy()
 
 
 def _warp(moving: np.ndarray, displacement: np.ndarray) -> np.ndarray:
-    from ddmr.nn import warp_image
+    from ddmr.spatial.warp import warp_image
 
     u = torch.from_numpy(np.ascontiguousarray(displacement, dtype=np.float32))[None]
     return warp_image(torch.from_numpy(moving)[None, None], u)[0, 0].numpy()

@@ -15,8 +15,9 @@ from ddmr.augment.layer import AugmentationLayer, AugmentedPair
 from ddmr.config import Design
 from ddmr.errors import ConfigError, DivergenceError
 from ddmr.losses import DesignLoss, dice_score, one_hot
-from ddmr.nn import UNet, warp_image, warp_labels
+from ddmr.nn import UNet
 from ddmr.registration.align import align_affine
+from ddmr.spatial.warp import warp_image, warp_labels
 from ddmr.train.profiles import TrainingProfile
 
 VAL_SEED_OFFSET = 1_000_003

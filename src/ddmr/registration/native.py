@@ -24,11 +24,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ddmr.nn.warp import label_cells, vote_labels
-from ddmr.spatial.grid import Geometry
-
-#: Fixed-grid voxels handled per slab.
-SLAB_VOXELS = 1 << 21
+from ddmr.spatial.field import SLAB_VOXELS
+from ddmr.spatial.grid import Geometry, normalised
+from ddmr.spatial.warp import label_cells, sample_image, sample_labels
 
 
 def _slabs(shape: tuple[int, int, int]) -> Iterator[slice]:
@@ -51,32 +49,6 @@ def _affine_volume(matrix: np.ndarray, rows: slice, shape: tuple[int, int, int]
             + m[:, 3, None, None, None])
 
 
-def _normalised_grid(index: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    """Voxel indices (3, *S) of a grid of ``shape`` -> a ``grid_sample`` grid (1, *S, 3)
-    (``align_corners=True``, last axis first)."""
-    scale = [2.0 / max(n - 1, 1) for n in shape]
-    return torch.stack([index[2] * scale[2] - 1.0, index[1] * scale[1] - 1.0,
-                        index[0] * scale[0] - 1.0], dim=-1)[None]
-
-
-def inside(index: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    """(*S) bool: indices (3, *S) within half a voxel of the grid (as ITK decides what
-    is inside an image)."""
-    result = torch.ones(index.shape[1:], dtype=torch.bool, device=index.device)
-    for axis, n in enumerate(shape):
-        result &= (index[axis] >= -0.5) & (index[axis] <= n - 0.5)
-    return result
-
-
-def sample_image(image: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Linear interpolation of ``image`` (1, 1, D, H, W) at voxel indices (3, *S) ->
-    (*S); edge values are replicated up to half a voxel beyond the grid, 0 further out
-    (ITK/ANTs' linear interpolator with default value 0)."""
-    shape = tuple(image.shape[2:])
-    grid = _normalised_grid(index.reshape(3, 1, 1, -1), shape).to(image.dtype)
-    values = F.grid_sample(image, grid, mode="bilinear", padding_mode="border",
-                           align_corners=True).reshape(index.shape[1:])
-    return torch.where(inside(index, shape), values, torch.zeros_like(values))
 
 
 def _interpolation_matrix(position: np.ndarray, size: int) -> torch.Tensor:
@@ -109,38 +81,9 @@ def _field_on_slab(u: torch.Tensor, to_model: np.ndarray, rows: slice,
         field = torch.einsum("jh,cihw->cijw", w[1], field)
         return torch.einsum("kw,cijw->cijk", w[2], field)
     q = _affine_volume(to_model[:3], rows, shape)
-    grid = _normalised_grid(q, model_shape)
+    grid = normalised(q, model_shape)[None]
     return F.grid_sample(u, grid, mode="bilinear", padding_mode="border",
                          align_corners=True)[0]
-
-
-def sample_labels(labels: torch.Tensor, index: torch.Tensor, values: list[int],
-                  cells: torch.Tensor | None = None) -> torch.Tensor:
-    """Label-exact interpolation of ``labels`` (1, 1, D, H, W) uint8 at indices (3, n):
-    each label of ``values`` (include 0: background competes like any label) has its
-    indicator interpolated trilinearly (border values beyond the grid) and the label of
-    largest weight wins (ties: the first in ``values``; 0 outside the grid). (n,) uint8.
-
-    Points whose interpolation cell carries one label take it from ``cells``
-    (:func:`ddmr.nn.warp.label_cells`, computed here when not given); only the others
-    (near label boundaries) are decided by :func:`ddmr.nn.warp.vote_labels`.
-    """
-    size = labels.shape[2:]
-    if cells is None:
-        cells = label_cells(labels)
-    # per axis, contiguous (n,): the point clamped to the grid and its cell's first corner
-    clamped = [index[a].clamp(0.0, size[a] - 1) for a in range(3)]
-    low = [torch.floor(clamped[a]).clamp_(max=max(size[a] - 2, 0)).to(torch.int32)
-           for a in range(3)]
-    direct = cells[(low[0] * size[1] + low[1]) * size[2] + low[2]]
-    best = direct.clamp(min=0).to(labels.dtype)
-    mixed = torch.nonzero(direct < 0).squeeze(1)
-    if mixed.numel():
-        low_m = [low[a][mixed] for a in range(3)]
-        best[mixed] = vote_labels(labels[0, 0], low_m,
-                                  [clamped[a][mixed] - low_m[a].to(clamped[a].dtype)
-                                   for a in range(3)], values)
-    return torch.where(inside(index, tuple(size)), best, torch.zeros_like(best))
 
 
 @dataclass
@@ -200,65 +143,3 @@ def to_native(displacement: torch.Tensor, model_grid: Geometry, fixed: Geometry,
             out_labels[sl] = sample_labels(labels, points, values, cells).numpy().reshape(
                 moving_index.shape[1:])
     return NativeResult(out_disp, out_warped, out_labels)
-
-
-def mm_to_voxels(displacement_mm: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """RAS mm displacement (3, I, J, K) -> voxels of ``geometry`` (3, I, J, K) float32."""
-    inverse = np.linalg.inv(geometry.affine[:3, :3])
-    return np.einsum("ab,bijk->aijk", inverse, displacement_mm).astype(np.float32)
-
-
-def _differences(u: torch.Tensor, axis: int, out: torch.Tensor) -> None:
-    """Derivative of ``u`` along ``axis`` into ``out`` (same shape): central differences
-    inside, one-sided at the two ends (``torch.gradient``'s first-order edges)."""
-    n = u.shape[axis]
-    if n < 2:
-        out.zero_()
-        return
-    if n > 2:
-        torch.sub(u.narrow(axis, 2, n - 2), u.narrow(axis, 0, n - 2),
-                  out=out.narrow(axis, 1, n - 2))
-        out.narrow(axis, 1, n - 2).mul_(0.5)
-    torch.sub(u.narrow(axis, 1, 1), u.narrow(axis, 0, 1), out=out.narrow(axis, 0, 1))
-    torch.sub(u.narrow(axis, n - 1, 1), u.narrow(axis, n - 2, 1), out=out.narrow(axis, n - 1, 1))
-
-
-def _voxel_determinant(u: torch.Tensor) -> torch.Tensor:
-    """Determinant (D, H, W) of the Jacobian of ``x -> x + u(x)`` for a voxel field
-    ``u`` (3, D, H, W) float32; the same finite differences as
-    :func:`ddmr.nn.fields.jacobian_determinant`, in place (no autograd, a third of its
-    memory traffic)."""
-    g = torch.empty((3, *u.shape), dtype=u.dtype)  # g[j][i] = d u_i / d x_j
-    for axis in range(3):
-        _differences(u, axis + 1, g[axis])
-    for axis in range(3):
-        g[axis, axis] += 1.0
-    j = [[g[col, row] for col in range(3)] for row in range(3)]  # j[i][k] = J_ik
-    minor = torch.mul(j[1][1], j[2][2]).addcmul_(j[1][2], j[2][1], value=-1.0)
-    det = torch.mul(j[0][0], minor)
-    torch.mul(j[1][0], j[2][2], out=minor).addcmul_(j[1][2], j[2][0], value=-1.0)
-    det.addcmul_(j[0][1], minor, value=-1.0)
-    torch.mul(j[1][0], j[2][1], out=minor).addcmul_(j[1][1], j[2][0], value=-1.0)
-    return det.addcmul_(j[0][2], minor)
-
-
-def jacobian_determinant(displacement_mm: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """Determinant (I, J, K) of the Jacobian of ``p -> p + d(p)`` in physical space, for a
-    RAS mm displacement (3, I, J, K) on ``geometry``. It equals the determinant of the
-    voxel-space Jacobian (``det(A^-1 J A) = det J``), with the central differences of
-    :func:`ddmr.nn.fields.jacobian_determinant`, in slabs of slices (each with one slice
-    of overlap on either side, so the differences are those of the whole volume)."""
-    inverse = torch.from_numpy(np.linalg.inv(geometry.affine[:3, :3]).astype(np.float32))
-    mm = torch.from_numpy(np.ascontiguousarray(displacement_mm, dtype=np.float32))
-    depth = mm.shape[1]
-    out = np.empty(mm.shape[1:], dtype=np.float32)
-    step = max(1, SLAB_VOXELS // max(mm.shape[2] * mm.shape[3], 1))
-    for start in range(0, depth, step):
-        stop = min(start + step, depth)
-        low, high = max(start - 1, 0), min(stop + 1, depth)
-        if high - low < 2:  # a single slice: no neighbours to differentiate along i
-            low, high = max(low - 1, 0), min(high + 1, depth)
-        block = mm[:, low:high]
-        voxels = torch.mm(inverse, block.reshape(3, -1)).reshape(block.shape)
-        out[start:stop] = _voxel_determinant(voxels)[start - low:stop - low].numpy()
-    return out

@@ -1,8 +1,11 @@
 """Warping images and label maps with a dense displacement field.
 
-Convention: ``u`` has shape (B, 3, D, H, W), is in voxels of the grid it lives on,
-channels in (D, H, W) order, and pulls back: ``warped(x) = moving(x + u(x))``.
-Points that fall outside the moving image take ``padding`` values.
+A displacement ``u`` (B, 3, D, H, W) in voxels pulls back: ``warped(x) = moving(x + u(x))``
+(the convention of :mod:`ddmr.spatial.field`). Points that fall outside the moving image
+take ``padding`` values. Labels are warped label-exactly: each label's indicator is
+interpolated and the largest weight wins (:func:`warp_labels`, :func:`sample_labels`).
+:func:`sample_image` and :func:`sample_labels` take voxel indices of arbitrary points
+(the world-space resampling of :mod:`ddmr.registration.native`).
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+
+from ddmr.spatial.grid import normalised
 
 Padding = Literal["zeros", "border", "reflection"]
 
@@ -194,14 +198,50 @@ def warp_labels(
     return out
 
 
-class SpatialTransformer(nn.Module):
-    """Module form of :func:`warp_image`: ``forward(moving, displacement) -> warped``."""
+def inside(index: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """(*S) bool: indices (3, *S) within half a voxel of the grid (as ITK decides what
+    is inside an image)."""
+    result = torch.ones(index.shape[1:], dtype=torch.bool, device=index.device)
+    for axis, n in enumerate(shape):
+        result &= (index[axis] >= -0.5) & (index[axis] <= n - 0.5)
+    return result
 
-    def __init__(self, mode: Literal["linear", "nearest"] = "linear",
-                 padding: Padding = "zeros") -> None:
-        super().__init__()
-        self.mode = mode
-        self.padding = padding
 
-    def forward(self, moving: torch.Tensor, displacement: torch.Tensor) -> torch.Tensor:
-        return warp_image(moving, displacement, mode=self.mode, padding=self.padding)
+def sample_image(image: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Linear interpolation of ``image`` (1, 1, D, H, W) at voxel indices (3, *S) ->
+    (*S); edge values are replicated up to half a voxel beyond the grid, 0 further out
+    (ITK/ANTs' linear interpolator with default value 0)."""
+    shape = tuple(image.shape[2:])
+    grid = normalised(index.reshape(3, 1, 1, -1), shape)[None].to(image.dtype)
+    values = F.grid_sample(image, grid, mode="bilinear", padding_mode="border",
+                           align_corners=True).reshape(index.shape[1:])
+    return torch.where(inside(index, shape), values, torch.zeros_like(values))
+
+
+def sample_labels(labels: torch.Tensor, index: torch.Tensor, values: list[int],
+                  cells: torch.Tensor | None = None) -> torch.Tensor:
+    """Label-exact interpolation of ``labels`` (1, 1, D, H, W) uint8 at indices (3, n):
+    each label of ``values`` (include 0: background competes like any label) has its
+    indicator interpolated trilinearly (border values beyond the grid) and the label of
+    largest weight wins (ties: the first in ``values``; 0 outside the grid). (n,) uint8.
+
+    Points whose interpolation cell carries one label take it from ``cells``
+    (:func:`label_cells`, computed here when not given); only the others
+    (near label boundaries) are decided by :func:`vote_labels`.
+    """
+    size = labels.shape[2:]
+    if cells is None:
+        cells = label_cells(labels)
+    # per axis, contiguous (n,): the point clamped to the grid and its cell's first corner
+    clamped = [index[a].clamp(0.0, size[a] - 1) for a in range(3)]
+    low = [torch.floor(clamped[a]).clamp_(max=max(size[a] - 2, 0)).to(torch.int32)
+           for a in range(3)]
+    direct = cells[(low[0] * size[1] + low[1]) * size[2] + low[2]]
+    best = direct.clamp(min=0).to(labels.dtype)
+    mixed = torch.nonzero(direct < 0).squeeze(1)
+    if mixed.numel():
+        low_m = [low[a][mixed] for a in range(3)]
+        best[mixed] = vote_labels(labels[0, 0], low_m,
+                                  [clamped[a][mixed] - low_m[a].to(clamped[a].dtype)
+                                   for a in range(3)], values)
+    return torch.where(inside(index, tuple(size)), best, torch.zeros_like(best))
