@@ -116,8 +116,7 @@ def main() -> int:
     from ddmr.baselines.ants import NAMES, parse_methods, register_ants
     from ddmr.commands.evaluate import ants_settings_from_option
     from ddmr.evaluate.runner import parse_refine
-    from ddmr.models import shipped_models
-    from ddmr.registration.model import load
+    from ddmr.model.shipped import load, shipped_models
 
     if args.threads:
         torch.set_num_threads(args.threads)

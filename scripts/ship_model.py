@@ -1,5 +1,5 @@
 """Ship a trained model inside the package: score it on stored held-out pairs, add the
-scores and the learning curve to its card, and write it to ``src/ddmr/models/NAME``.
+scores and the learning curve to its card, and write it to ``src/ddmr/model/NAME``.
 
     python scripts/ship_model.py RUN_DIR --name brain-t1-cpu --pairs PAIRS_DIR \
         [--curve benchmarks/curves/NAME]
@@ -20,9 +20,9 @@ import pandas as pd
 
 from ddmr.evaluate.runner import evaluate
 from ddmr.evaluate.tables import summarise
-from ddmr.model_file import load_model, save_model
+from ddmr.model.file import load_model, save_model
 
-MODELS = Path(__file__).resolve().parents[1] / "src" / "ddmr" / "models"
+MODELS = Path(__file__).resolve().parents[1] / "src" / "ddmr" / "model"
 METRICS = ("dsc", "tre", "dense_tre", "hd95", "folding", "seconds")
 
 

@@ -2,7 +2,7 @@
 changing the safetensors header only: the tensor bytes stay byte for byte, so the
 weights' checksum in the card still holds. The ``.json`` copy beside it is rewritten too.
 
-    python scripts/upgrade_model_card.py src/ddmr/models/brain-t1-cpu.safetensors
+    python scripts/upgrade_model_card.py src/ddmr/model/brain-t1-cpu.safetensors
 
 (how the shipped model's card was upgraded)."""
 
@@ -13,7 +13,7 @@ import struct
 import sys
 from pathlib import Path
 
-from ddmr.model_file import CARD_CHECKSUM, card_checksum, load_model
+from ddmr.model.file import CARD_CHECKSUM, card_checksum, load_model
 
 
 def upgrade(path: Path) -> str:

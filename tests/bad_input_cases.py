@@ -340,7 +340,7 @@ def _finetune_model(path: Path) -> Path:
     import torch
 
     from ddmr.config import get_design
-    from ddmr.model_file import save_model
+    from ddmr.model.file import save_model
     from ddmr.nn import UNet
     from train_helpers import tiny_profile
 
@@ -356,7 +356,7 @@ def small_model(path: Path) -> Path:
     import torch
 
     from ddmr.config import get_design
-    from ddmr.model_file import save_model
+    from ddmr.model.file import save_model
     from ddmr.nn import UNet, UNetConfig
 
     torch.manual_seed(0)
@@ -371,7 +371,7 @@ def forged_card(source: Path, target: Path, change, checksum: bool = True) -> Pa
     but says something wrong), else the old one is kept (a card edited by hand)."""
     import struct
 
-    from ddmr.model_file import CARD_CHECKSUM, card_checksum
+    from ddmr.model.file import CARD_CHECKSUM, card_checksum
 
     raw = source.read_bytes()
     (length,) = struct.unpack("<Q", raw[:8])

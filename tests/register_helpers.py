@@ -92,7 +92,7 @@ def save_tiny_model(path: Path, bias: tuple[float, float, float] | None = None,
     """A 32^3 untrained U-Net model file; ``bias`` (voxels of the model grid, channels
     i, j, k) makes its output that constant translation; ``zero`` the identity."""
     from ddmr.config import get_design
-    from ddmr.model_file import save_model
+    from ddmr.model.file import save_model
     from ddmr.nn import UNet, UNetConfig
 
     torch.manual_seed(0)

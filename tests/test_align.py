@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ddmr.data.cohort import sample_cohort
-from ddmr.registration.align import AffineAlignment, align_affine
+from ddmr.model.align import AffineAlignment, align_affine
 from ddmr.spatial.field import identity_grid
 from ddmr.spatial.warp import warp_image
 

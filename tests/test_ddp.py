@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ddmr.model_file import load_model
+from ddmr.model.file import load_model
 from train_helpers import make_dataset
 
 

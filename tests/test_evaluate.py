@@ -13,7 +13,7 @@ from ddmr.evaluate import metrics
 from ddmr.evaluate.pairs import PairSet
 from ddmr.evaluate.runner import load_methods
 from ddmr.evaluate.tables import summarise, summary_markdown
-from ddmr.model_file import save_model
+from ddmr.model.file import save_model
 from ddmr.nn import UNet, UNetConfig
 from train_helpers import make_dataset
 

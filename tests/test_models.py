@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-import ddmr.models
+import ddmr.model.shipped
 from ddmr.cli import main
 from ddmr.errors import ConfigError, InputError
-from ddmr.models import card_summary, default_model, resolve_model, shipped_models
+from ddmr.model.card import ModelCard
+from ddmr.model.shipped import default_model, resolve_model, shipped_models
 from register_helpers import save_tiny_model
 
 
@@ -19,7 +20,7 @@ def shipped(tmp_path, monkeypatch):
     folder = tmp_path / "models"
     save_tiny_model(folder / "zeta.safetensors")
     save_tiny_model(folder / "alpha.safetensors")
-    monkeypatch.setattr(ddmr.models.resources, "files", lambda name: Path(folder))
+    monkeypatch.setattr(ddmr.model.shipped.resources, "files", lambda name: Path(folder))
     return folder
 
 
@@ -45,7 +46,7 @@ def test_a_run_directory_resolves_to_its_model(tmp_path):
 
 
 def test_no_shipped_model_gives_clear_errors(monkeypatch, tmp_path):
-    monkeypatch.setattr(ddmr.models.resources, "files", lambda name: Path(tmp_path))
+    monkeypatch.setattr(ddmr.model.shipped.resources, "files", lambda name: Path(tmp_path))
     assert shipped_models() == []
     with pytest.raises(ConfigError, match="--model PATH"):
         resolve_model(None)
@@ -54,7 +55,7 @@ def test_no_shipped_model_gives_clear_errors(monkeypatch, tmp_path):
 
 
 def test_models_command_without_models(monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(ddmr.models.resources, "files", lambda name: Path(tmp_path))
+    monkeypatch.setattr(ddmr.model.shipped.resources, "files", lambda name: Path(tmp_path))
     assert main(["models"]) == 0
     assert "No model is shipped" in capsys.readouterr().out
 
@@ -67,5 +68,5 @@ def test_models_command_shows_cards(shipped, capsys):
 
 
 def test_card_summary_of_a_sparse_card():
-    summary = card_summary({"input_size": [8, 8, 8]})
+    summary = ModelCard({"input_size": [8, 8, 8]}).summary()
     assert summary["design"] == "?" and summary["input_size"] == "8x8x8"

@@ -117,7 +117,7 @@ def test_headers_alone_fail_qc_with_exit_3_and_outputs_written(tmp_path, capsys)
 
 def test_a_non_finite_field_is_a_qc_failure(tmp_path):
     import ddmr
-    from ddmr.model_file import load_model
+    from ddmr.model.file import load_model
 
     loaded = load_model(save_tiny_model(tmp_path / "m.safetensors"))
     with torch.no_grad():

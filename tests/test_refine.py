@@ -226,7 +226,7 @@ def _identity_model(path, input_size: int, prepared_size: int, spacing: float):
     """A BL-N model file whose network outputs zero, trained (so its card says) on data
     prepared at ``prepared_size``^3 voxels of ``spacing`` mm and resized to ``input_size``."""
     from ddmr.config import get_design
-    from ddmr.model_file import save_model
+    from ddmr.model.file import save_model
     from ddmr.nn import UNet, UNetConfig
 
     network = UNet(UNetConfig(encoder=(4, 8), head=(4,)))

@@ -103,9 +103,9 @@ def test_non_integer_labels_are_refused(files, tmp_path, capsys):
 
 
 def test_model_is_required_while_none_ships(files, tmp_path, capsys, monkeypatch):
-    import ddmr.models
+    import ddmr.model.shipped
 
-    monkeypatch.setattr(ddmr.models, "shipped_models", lambda: [])
+    monkeypatch.setattr(ddmr.model.shipped, "shipped_models", lambda: [])
     out = tmp_path / "out"
     assert main(_args(files, out, model=None)) == 2
     err = capsys.readouterr().err.strip()

@@ -14,15 +14,16 @@ from ddmr.data.adapters import Source
 from ddmr.data.prepare import PrepareOptions, prepare_subject
 from ddmr.errors import ConfigError, InputError
 from ddmr.io.images import load_image, save_image, save_labels
-from ddmr.registration.space import model_space, preparation_options, to_model_space
+from ddmr.model.card import ModelCard
+from ddmr.registration.space import model_space, to_model_space
 from register_helpers import oblique_fixed, other_moving, sample_scene
 
 
-def _card(**options) -> dict:
+def _card(**options) -> ModelCard:
     base = {"size": [40, 40, 40], "spacing": 1.5, "resize": "fit"}
     base.update(options)
-    return {"input_size": [24, 24, 24],
-            "preparation": json.dumps({"format": "ddmr-prepared", "options": base})}
+    return ModelCard({"input_size": [24, 24, 24],
+                      "preparation": json.dumps({"format": "ddmr-prepared", "options": base})})
 
 
 @pytest.mark.parametrize("options", [{}, {"resize": "scale"}, {"ct_window": [10.0, 60.0]}])
@@ -31,7 +32,7 @@ def test_fixed_image_matches_prepare_then_preprocess(tmp_path, options):
     image, geometry = load_image(tmp_path / "fixed.nii.gz")  # float32 sform, as prepare
     card = _card(**options)
     prepared = prepare_subject(Source("a", "a", tmp_path / "fixed.nii.gz"),
-                               preparation_options(card))
+                               card.preparation)
     expected, _, _ = preprocess(torch.from_numpy(prepared.image)[None, None],
                                 prepared.geometry.spacing, (24, 24, 24))
     space = model_space(geometry, card)
@@ -60,16 +61,16 @@ def test_crop_labels_use_the_fixed_label_map(tmp_path):
     assert cropped.prepared.spacing[0] < whole.prepared.spacing[0]
     save_labels(tmp_path / "l.nii.gz", labels, geometry)
     prepared = prepare_subject(Source("a", "a", tmp_path / "f.nii.gz", tmp_path / "l.nii.gz"),
-                               preparation_options(card))
+                               card.preparation)
     assert cropped.prepared.isclose(prepared.geometry, 1e-9)
 
 
 def test_cards_without_or_with_bad_preparation():
-    assert preparation_options({"input_size": [16, 16, 16]}) == PrepareOptions(size=(16, 16, 16))
+    assert ModelCard({"input_size": [16, 16, 16]}).preparation == PrepareOptions(size=(16, 16, 16))
     with pytest.raises(ConfigError, match="not valid JSON"):
-        preparation_options({"input_size": [16] * 3, "preparation": "{oops"})
+        ModelCard({"input_size": [16] * 3, "preparation": "{oops"}).preparation  # noqa: B018
     with pytest.raises(ConfigError, match="input_size"):
-        preparation_options({})
+        ModelCard({}).preparation  # noqa: B018
 
 
 def test_moving_outside_the_fixed_field_of_view_is_refused():

@@ -16,8 +16,8 @@ import pytest
 from bad_input_cases import forged_card
 from ddmr.cli import main
 from ddmr.errors import InputError
-from ddmr.model_file import CARD_CHECKSUM, FORMAT_VERSION, card_checksum, load_model
-from ddmr.models import default_model, resolve_model
+from ddmr.model.file import CARD_CHECKSUM, FORMAT_VERSION, card_checksum, load_model
+from ddmr.model.shipped import default_model, resolve_model
 from register_helpers import save_tiny_model
 
 
@@ -142,8 +142,8 @@ def test_evaluate_refuses_a_model_whose_field_is_not_finite(tmp_path, capsys):
     from bad_input_cases import small_model
     from ddmr.augment import AugmentationConfig
     from ddmr.evaluate.pairs import make_pairs
-    from ddmr.model_file import load_model as load
-    from ddmr.model_file import save_model
+    from ddmr.model.file import load_model as load
+    from ddmr.model.file import save_model
     from train_helpers import make_dataset
 
     data = make_dataset(tmp_path / "data", n=5, size=16)

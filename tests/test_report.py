@@ -11,7 +11,7 @@ import torch
 
 from ddmr.cli import main
 from ddmr.config import get_design
-from ddmr.model_file import save_model
+from ddmr.model.file import save_model
 from ddmr.nn import UNet, UNetConfig
 from ddmr.report.document import parse_markdown, table_html
 from ddmr.report.figures import axial_slice

@@ -11,8 +11,8 @@ from ddmr import register
 from ddmr.augment import AugmentationConfig, AugmentationLayer
 from ddmr.cli import main
 from ddmr.data.cohort import cohort_split, sample_cohort
-from ddmr.model_file import load_model
-from ddmr.models import default_model, shipped_models
+from ddmr.model.file import load_model
+from ddmr.model.shipped import default_model, shipped_models
 from ddmr.registration.scores import label_metrics
 from ddmr.spatial.grid import Geometry
 

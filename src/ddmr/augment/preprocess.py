@@ -15,13 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ddmr.augment.intensity import minmax_normalise
-
-
-def resized_spacing(shape: Sequence[int], spacing: Sequence[float],
-                    new_shape: Sequence[int]) -> tuple[float, float, float]:
-    """Voxel spacing (mm) after resizing ``shape`` to ``new_shape`` over the same extent."""
-    return tuple(float(s) * (n - 1) / max(m - 1, 1)
-                 for s, n, m in zip(spacing, shape, new_shape, strict=True))
+from ddmr.spatial.grid import resized_spacing
 
 
 def resize_image(image: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
@@ -53,7 +47,7 @@ def preprocess(image: torch.Tensor, spacing: Sequence[float],
     spacing = tuple(float(s) for s in spacing)
     if shape is not None:
         shape = tuple(int(n) for n in shape)
-        new_spacing = resized_spacing(image.shape[2:], spacing, shape)
+        new_spacing = resized_spacing(spacing, image.shape[2:], shape)
         image = resize_image(image, shape)
         labels = None if labels is None else resize_labels(labels, shape)
         spacing = new_spacing

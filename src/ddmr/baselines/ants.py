@@ -1,6 +1,6 @@
 """ANTs SyN (mutual information) and SyNCC (cross-correlation) through antspyx, "none"
 (no registration) and "affine" (DDMR's own affine stage alone,
-:mod:`ddmr.registration.align`), returning DDMR's displacement convention.
+:mod:`ddmr.model.align`), returning DDMR's displacement convention.
 
 Each registration runs in two stages, an ``Affine`` registration and then ``SyNOnly``
 started from its result: in antspyx 0.6.3 the one-call ``type_of_transform="SyN"``
@@ -97,7 +97,7 @@ def affine_only(fixed: np.ndarray, moving: np.ndarray, geometry: Geometry) -> Ba
     pair's own grid, images min-max normalised."""
     import torch
 
-    from ddmr.registration.align import align_affine
+    from ddmr.model.align import align_affine
 
     _check_grid(fixed, moving, geometry)
     start = time.perf_counter()

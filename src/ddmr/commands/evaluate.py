@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from ddmr.errors import ConfigError, InputError
     from ddmr.evaluate.runner import SUMMARY_MD, evaluate, parse_refine, write_results
     from ddmr.io.files import check_output_folder
-    from ddmr.models import resolve_model
+    from ddmr.model.shipped import resolve_model
 
     baselines = parse_methods(args.baselines)
     refine = parse_refine(args.refine)

@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ddmr.models import resolve_model
+    from ddmr.model.shipped import resolve_model
     from ddmr.train.run import finetune
 
     _, source = resolve_model(args.source)  # a model file, a run folder or a shipped name

@@ -16,7 +16,7 @@ def _number(value) -> str:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from ddmr.models import card_summary, shipped_models
+    from ddmr.model.shipped import shipped_models
 
     models = shipped_models()
     if not models:
@@ -25,10 +25,10 @@ def run(args: argparse.Namespace) -> int:
               "`--model RUN/model.safetensors` to `ddmr register`.")
         return 0
     if args.json:
-        print(json.dumps({m.name: m.card() for m in models}, indent=2))
+        print(json.dumps({m.name: m.card().to_dict() for m in models}, indent=2))
         return 0
     for model in models:
-        summary = card_summary(model.card())
+        summary = model.card().summary()
         validation = ", ".join(f"{k} {_number(v)}" for k, v in summary["validation"].items())
         print(f"{model.name}")
         print(f"  design      {summary['design']}")

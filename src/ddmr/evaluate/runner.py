@@ -27,6 +27,8 @@ import torch
 
 from ddmr.errors import ConfigError, InputError
 from ddmr.io.files import atomic_directory, check_output_folder
+from ddmr.model.predictor import Predictor
+from ddmr.spatial.grid import resized_spacing
 
 logger = logging.getLogger(__name__)
 
@@ -44,11 +46,10 @@ class ModelMethod:
     """A trained model as an evaluation method."""
 
     name: str
-    network: torch.nn.Module
+    predictor: Predictor
     input_size: tuple[int, int, int]
     path: Path
     device: str = "cpu"
-    prealign: bool = False
     design: dict[str, Any] | None = None
 
     @torch.inference_mode()
@@ -56,13 +57,12 @@ class ModelMethod:
                 spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> np.ndarray:
         """Field (3, D, H, W) in voxels of the pair's grid for (D, H, W) images with voxels
         of ``spacing`` mm: resize to the model's input size (trilinear), min-max normalise,
-        align affinely first if the model was trained so, run the network, bring the field
-        back with :func:`ddmr.nn.fields.resize_displacement`."""
+        run the model (:meth:`ddmr.model.predictor.Predictor.field`: its own affine stage
+        first when it was trained so), bring the field back with
+        :func:`ddmr.spatial.field.resize_displacement`."""
         import torch.nn.functional as F
 
-        from ddmr.registration.align import align_affine
         from ddmr.spatial.field import resize_displacement
-        from ddmr.spatial.warp import warp_image
 
         shape = fixed.shape
         images = torch.from_numpy(np.stack([fixed, moving]).astype(np.float32))[:, None]
@@ -71,14 +71,7 @@ class ModelMethod:
             images = F.interpolate(images, size=self.input_size, mode="trilinear",
                                    align_corners=True)
         f, m = _minmax(images[0:1]), _minmax(images[1:2])
-        if self.prealign:
-            grid_spacing = [s * (n - 1) / max(k - 1, 1)
-                            for s, n, k in zip(spacing, shape, self.input_size, strict=True)]
-            alignment = align_affine(f, m, grid_spacing)
-            aligned = warp_image(m, alignment.displacement(self.input_size))
-            field = alignment.compose_after(self.network(f, aligned).float())
-        else:
-            field = self.network(f, m)
+        field = self.predictor.field(f, m, resized_spacing(spacing, shape, self.input_size))
         if tuple(field.shape[2:]) != tuple(shape):
             field = resize_displacement(field, shape)
         return field[0].float().cpu().numpy()
@@ -86,18 +79,16 @@ class ModelMethod:
 
 def load_methods(paths: Sequence[str | Path], device: str = "cpu") -> list[ModelMethod]:
     """Load model files (or run folders, or shipped models' names: see
-    :func:`ddmr.models.resolve_model`), refusing weights with NaN or Inf values; a model's
+    :func:`ddmr.model.shipped.resolve_model`), refusing weights with NaN or Inf values; a model's
     name is its design's name, or its file stem when two models share a design (with a
     number if the stems collide too)."""
-    from ddmr.model_file import check_finite_weights, load_model
-    from ddmr.models import resolve_model
-    from ddmr.registration.align import model_prealigns
+    from ddmr.model.file import check_finite_weights, load_model
+    from ddmr.model.shipped import resolve_model
 
     loaded = [load_model(resolve_model(p)[1], device) for p in paths]
     for model in loaded:
         check_finite_weights(model.network.state_dict(), model.path)
-    designs = [str((m.card.get("design") or {}).get("name") or Path(m.path).stem)
-               for m in loaded]
+    designs = [str(m.card.design_name or Path(m.path).stem) for m in loaded]
     methods: list[ModelMethod] = []
     used: set[str] = set()
     for model, design in zip(loaded, designs, strict=True):
@@ -106,12 +97,9 @@ def load_methods(paths: Sequence[str | Path], device: str = "cpu") -> list[Model
         while name in used:
             name, k = f"{base}-{k}", k + 1
         used.add(name)
-        size = model.card.get("input_size")
-        if not size or len(size) != 3:
-            raise InputError(f"{model.path}: the model card has no 3D input_size")
-        methods.append(ModelMethod(name, model.network, tuple(int(s) for s in size),
-                                   Path(model.path), device, model_prealigns(model.card),
-                                   model.card.get("design")))
+        methods.append(ModelMethod(name, Predictor(model.network, model.card.prealigns),
+                                   model.card.input_size, Path(model.path), device,
+                                   model.card.design_fields))
     return methods
 
 

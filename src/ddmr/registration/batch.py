@@ -120,7 +120,7 @@ def register_pairs(pairs_csv: PathLike, outdir: PathLike, model: Any = None,
     :func:`ddmr.register`. Returns the per-pair rows."""
     from tqdm.auto import tqdm
 
-    from ddmr.registration.model import check_device, load
+    from ddmr.model.shipped import check_device, load
     from ddmr.registration.pipeline import register
 
     check_output_folder(outdir, overwrite)

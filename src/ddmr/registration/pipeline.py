@@ -107,12 +107,13 @@ def _model_stage(alignment: _Alignment, fixed_input, moving: Volume, space, sour
     """The model's own affine stage on its grid, on top of ``alignment``; kept only when
     it raises global NCC there. Returns (alignment, moving input, moving source)."""
     from ddmr.losses.ncc import global_ncc
-    from ddmr.registration.align import grid_point_map
+    from ddmr.model.predictor import own_alignment
     from ddmr.registration.space import model_source, source_fits, to_model_space
 
     moving_input = to_model_space(source, moving.geometry, space, moving.name,
                                   alignment.point_map)
-    candidate = alignment.point_map @ grid_point_map(fixed_input, moving_input, space.grid)
+    stage = own_alignment(fixed_input, moving_input, space.grid.spacing)
+    candidate = alignment.point_map @ stage.world_map(space.grid)
     candidate_source = source
     if not source_fits(source, space, candidate):  # e.g. anisotropic, rotated
         candidate_source = model_source(moving.array, moving.geometry, space, candidate)
@@ -183,8 +184,8 @@ def register(fixed: ImageInput, moving: ImageInput, fixed_seg: ImageInput | None
     """
     import torch
 
-    from ddmr.registration.align import model_prealigns
-    from ddmr.registration.model import check_device, file_sha256, load
+    from ddmr.model.file import file_sha256
+    from ddmr.model.shipped import check_device, load
     from ddmr.registration.moments import foreground_mask
     from ddmr.registration.native import to_native
     from ddmr.registration.scores import field_metrics, label_metrics
@@ -219,7 +220,7 @@ def register(fixed: ImageInput, moving: ImageInput, fixed_seg: ImageInput | None
                                      fixed_volume.name)
         source = model_source(moving_volume.array, moving_volume.geometry, space,
                               alignment.point_map)
-        if model_prealigns(card) and affine == "world":  # the network learnt the residual of it
+        if card.prealigns and affine == "world":  # the network learnt the residual of it
             alignment, moving_input, source = _model_stage(alignment, fixed_input,
                                                            moving_volume, space, source)
         else:
@@ -275,8 +276,8 @@ def register(fixed: ImageInput, moving: ImageInput, fixed_seg: ImageInput | None
             "name": loaded.path.name.removesuffix(".safetensors"),
             "path": str(Path(loaded.path).resolve()),
             "sha256": file_sha256(loaded.path),
-            "weights_sha256": card.get("sha256"),
-            "design": (card.get("design") or {}).get("name"),
+            "weights_sha256": card.weights_sha256,
+            "design": card.design_name,
             "input_size": list(space.grid.shape),
         },
         "device": str(device),
@@ -301,7 +302,7 @@ def register(fixed: ImageInput, moving: ImageInput, fixed_seg: ImageInput | None
 # -- refinement ---------------------------------------------------------------------------
 
 
-def refinement_settings(card: dict[str, Any], refine: Any, similarity: str | None = None,
+def refinement_settings(card, refine: Any, similarity: str | None = None,
                         labels: bool = False):
     """The :class:`ddmr.registration.refine.RefineSettings` of ``register(refine=...)``
     (None for no refinement): an iteration count follows the model's design."""
@@ -317,13 +318,13 @@ def refinement_settings(card: dict[str, Any], refine: Any, similarity: str | Non
         raise InputError(f"--refine {refine}: the number of iterations must be >= 0")
     if refine == 0:
         return None
-    return settings_for(card.get("design"), int(refine), similarity, labels=labels)
+    return settings_for(card.design_fields, int(refine), similarity, labels=labels)
 
 
 def refinement_grid(space: Any, spacing: float | None = None) -> Geometry:
     """The grid refinement runs on: the prepared grid (``spacing`` None), or the same
     extent (first and last voxel centres kept) with voxels of about ``spacing`` mm."""
-    from ddmr.registration.space import resized_grid
+    from ddmr.spatial.grid import resized_grid
 
     prepared = space.prepared
     if spacing is None:

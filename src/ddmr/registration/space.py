@@ -17,18 +17,16 @@ is in voxels of that grid.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 
 from ddmr.data.prepare import PrepareOptions
-from ddmr.errors import ConfigError, InputError
-from ddmr.spatial.grid import Geometry, image_box, intersect, mask_box, target_grid
+from ddmr.errors import InputError
+from ddmr.model.card import ModelCard
+from ddmr.spatial.grid import Geometry, image_box, intersect, mask_box, resized_grid, target_grid
 from ddmr.spatial.resample import (
     SplineSource,
     antialias_sigma,
@@ -39,42 +37,6 @@ from ddmr.spatial.resample import (
 )
 
 logger = logging.getLogger(__name__)
-
-
-def preparation_options(card: dict[str, Any]) -> PrepareOptions:
-    """The :class:`PrepareOptions` a model was trained with, from its card.
-
-    ``card["preparation"]`` is the text of the training data's ``prepare.json`` (whose
-    ``options`` hold the fields) or a plain options dict. Without it, the prepared grid
-    is taken to be ``input_size`` voxels of 1 mm in ``fit`` mode, with a warning.
-    """
-    size = tuple(int(n) for n in card.get("input_size", ()))
-    if len(size) != 3:
-        raise ConfigError(f"model card has no valid input_size (got {card.get('input_size')!r})")
-    text = card.get("preparation")
-    if not text:
-        logger.warning("model card has no preparation options; assuming %s voxels of 1 mm, "
-                       "resize 'fit'", "x".join(map(str, size)))
-        return PrepareOptions(size=size)
-    try:
-        data = json.loads(text) if isinstance(text, str) else dict(text)
-    except (json.JSONDecodeError, TypeError, ValueError):
-        raise ConfigError("model card: 'preparation' is not valid JSON") from None
-    data = data.get("options", data)
-    known = {f.name for f in dataclasses.fields(PrepareOptions)}
-    values = {k: v for k, v in data.items() if k in known}
-    for key in ("size", "crop_labels", "split", "atlas_syn_iterations",
-                "atlas_affine_iterations"):
-        if values.get(key) is not None:
-            values[key] = tuple(values[key])
-    if values.get("ct_window") is not None:
-        values["ct_window"] = tuple(float(v) for v in values["ct_window"])
-    try:
-        options = PrepareOptions(**values)
-        options.validate()
-    except (TypeError, ConfigError) as error:
-        raise ConfigError(f"model card: bad preparation options ({error})") from None
-    return options
 
 
 @dataclass(frozen=True)
@@ -92,24 +54,15 @@ class ModelSpace:
     options: PrepareOptions
 
 
-def resized_grid(geometry: Geometry, shape: tuple[int, int, int]) -> Geometry:
-    """``geometry`` resized to ``shape`` voxels with the first and last voxel centres kept
-    (``align_corners=True``, as :func:`ddmr.augment.preprocess.resize_image`)."""
-    scale = [(n - 1) / max(m - 1, 1) for n, m in zip(geometry.shape, shape, strict=True)]
-    affine = geometry.affine.copy()
-    affine[:3, :3] = affine[:3, :3] @ np.diag(scale)
-    return Geometry(affine, shape)
-
-
-def model_space(fixed_geometry: Geometry, card: dict[str, Any],
+def model_space(fixed_geometry: Geometry, card: ModelCard,
                 fixed_labels: np.ndarray | None = None) -> ModelSpace:
     """The :class:`ModelSpace` of a fixed image for the model described by ``card``.
 
     When the model was trained on crops around labels (``crop_labels``) and the fixed
     label map is given, the grid covers the same crop; otherwise the whole image.
     """
-    options = preparation_options(card)
-    input_size = tuple(int(n) for n in card["input_size"])
+    options = card.preparation
+    input_size = card.input_size
     box = image_box(fixed_geometry)
     if options.crop_labels:
         crop = None

@@ -277,6 +277,14 @@ def corner_scale(old: Sequence[int], new: Sequence[int]) -> list[float]:
     return [(int(o) - 1) / max(int(n) - 1, 1) for o, n in zip(old, new, strict=True)]
 
 
+def resized_spacing(spacing: Sequence[float], shape: Sequence[int], new_shape: Sequence[int]
+                    ) -> tuple[float, float, float]:
+    """Voxel size (mm) after resizing a grid of ``shape`` with voxels of ``spacing`` to
+    ``new_shape`` over the same extent, corners aligned."""
+    return tuple(float(s) * (n - 1) / max(m - 1, 1)
+                 for s, n, m in zip(spacing, shape, new_shape, strict=True))
+
+
 def normalised(index, shape: Sequence[int]):
     """Voxel indices (3, *S) (torch, channels i, j, k) of a grid of ``shape`` -> the
     ``grid_sample`` coordinates (*S, 3) of the same points: [-1, 1] with aligned corners,

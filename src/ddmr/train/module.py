@@ -15,8 +15,8 @@ from ddmr.augment.layer import AugmentationLayer, AugmentedPair
 from ddmr.config import Design
 from ddmr.errors import ConfigError, DivergenceError
 from ddmr.losses import DesignLoss, dice_score, one_hot
+from ddmr.model.predictor import own_alignment
 from ddmr.nn import UNet
-from ddmr.registration.align import align_affine
 from ddmr.spatial.warp import warp_image, warp_labels
 from ddmr.train.profiles import TrainingProfile
 
@@ -95,7 +95,7 @@ class RegistrationModule(L.LightningModule):
         affinely to the fixed one and ``displacement`` the residual ground truth."""
         if not self.profile.prealign:
             return pair
-        alignment = align_affine(pair.fixed, pair.moving, pair.spacing)
+        alignment = own_alignment(pair.fixed, pair.moving, pair.spacing)
         field = alignment.displacement(pair.fixed.shape[2:])
         labels = pair.moving_labels
         return dataclasses.replace(

@@ -27,7 +27,7 @@ class TrainingProfile:
     plateau_patience: validations without improvement before the learning rate / 10.
     early_stopping: validations without improvement before stopping (None: never).
     checkpoint_every: optimiser steps between 'last' checkpoints (for --resume).
-    prealign: align each pair affinely first (:func:`ddmr.registration.align.align_affine`)
+    prealign: align each pair affinely first (:func:`ddmr.model.align.align_affine`)
         so that the network learns only the residual; registration then does the same.
     lr_drop_steps: optimiser steps after which the learning rate is multiplied by
         ``plateau_factor`` once each (a fast start, then a finer rate in the same run), on

@@ -308,8 +308,9 @@ def fit(design: Design, profile: TrainingProfile, data: str | Path, options: Run
         raise InputError(f"{data}: training needs subjects in both the train and val splits "
                          f"(have {summary['subjects']})")
     if summary["shape"] and summary["spacing_mm"]:
-        spacing = [s * (n - 1) / max(k - 1, 1) for s, n, k in
-                   zip(summary["spacing_mm"], summary["shape"], profile.input_size, strict=True)]
+        from ddmr.spatial.grid import resized_spacing
+
+        spacing = resized_spacing(summary["spacing_mm"], summary["shape"], profile.input_size)
         check_tps_memory(profile.input_size, spacing, profile.augmentation,
                          "augmentation.tps_grid")
     label_values = summary["label_values"] or [0]
@@ -410,7 +411,7 @@ def fit(design: Design, profile: TrainingProfile, data: str | Path, options: Run
                 "best_checkpoint": Path(best_path).name}
     card = model_card(design, profile, summary, validation, training,
                       options.command or shlex.join(sys.argv), card_extra)
-    from ddmr.model_file import save_model
+    from ddmr.model.file import save_model
 
     model_path = save_model(rundir / "model.safetensors", module.network.cpu(), card)
     plot_training(rundir)
@@ -483,7 +484,7 @@ def export_run(rundir: str | Path, checkpoint: str = "best", data: str | Path | 
     import torch
 
     from ddmr.io.files import check_output_file
-    from ddmr.model_file import check_finite_weights, save_model
+    from ddmr.model.file import check_finite_weights, save_model
     from ddmr.train.module import RegistrationModule
     from ddmr.train.plots import plot_training
 
@@ -537,9 +538,10 @@ def export_run(rundir: str | Path, checkpoint: str = "best", data: str | Path | 
     return model_path
 
 
-def finetune_profile(card: dict[str, Any], overrides: dict[str, Any]) -> TrainingProfile:
-    """The source model's profile with the fine-tuning learning rate (1e-4) and overrides."""
-    profile = TrainingProfile.from_dict(card["profile"]).replace(learning_rate=1e-4)
+def finetune_profile(card, overrides: dict[str, Any]) -> TrainingProfile:
+    """The source model's profile (its :class:`ddmr.model.card.ModelCard`) with the
+    fine-tuning learning rate (1e-4) and overrides."""
+    profile = TrainingProfile.from_dict(card.profile_fields).replace(learning_rate=1e-4)
     return profile.replace(**{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -556,14 +558,14 @@ def finetune(model: str | Path, data: str | Path, options: RunOptions, mode: str
     first trains with the input and encoder groups frozen for ``frozen_steps`` optimiser
     steps (default half of ``max_steps``), then everything."""
     from ddmr.config import get_design
-    from ddmr.model_file import check_finite_weights, load_model
+    from ddmr.model.file import check_finite_weights, load_model
 
     check_mode(mode)
     loaded = load_model(model)
     check_finite_weights(loaded.network.state_dict(), model)
-    if not isinstance(loaded.card.get("profile"), dict):
+    if loaded.card.profile_fields is None:
         raise InputError(f"{model}: the model card has no training profile to fine-tune with")
-    design = get_design(design_name) if design_name else Design.from_dict(loaded.card["design"])
+    design = get_design(design_name) if design_name else loaded.card.design
     profile = finetune_profile(loaded.card, overrides or {})
     freeze_until = 0
     if mode == "two-step":
@@ -572,8 +574,8 @@ def finetune(model: str | Path, data: str | Path, options: RunOptions, mode: str
             raise ConfigError(f"--frozen-steps {freeze_until}: must be between 1 and "
                               f"max_steps - 1 ({profile.max_steps - 1})")
     extra = {"finetuned_from": {"path": str(Path(model).resolve()),
-                                "sha256": loaded.card.get("sha256"),
-                                "design": loaded.card.get("design", {}).get("name")},
+                                "sha256": loaded.card.weights_sha256,
+                                "design": loaded.card.design_name},
              "finetune": {"mode": mode, "frozen_steps": freeze_until,
                           "frozen_groups": ["input", "encoder"] if freeze_until else []}}
     return fit(design, profile, data, options, initial_state=loaded.network.state_dict(),

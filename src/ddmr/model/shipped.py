@@ -1,5 +1,5 @@
-"""Shipped models: the ``*.safetensors`` files inside this package, and resolving
-``--model NAME|PATH``.
+"""Shipped models: the ``*.safetensors`` files of this package (``ddmr.model``), and
+resolving and loading ``--model NAME|PATH``.
 
 A shipped model's name is its file name without ``.safetensors``. Nothing here imports
 torch; cards are read from the safetensors header only.
@@ -25,16 +25,18 @@ class ShippedModel:
     name: str
     path: Path
 
-    def card(self) -> dict[str, Any]:
-        """The model card (read from the file header; raises :class:`InputError`)."""
-        from ddmr.model_file import read_card
+    def card(self):
+        """The :class:`ddmr.model.card.ModelCard` (read from the file header; raises
+        :class:`InputError`)."""
+        from ddmr.model.card import ModelCard
+        from ddmr.model.file import read_card
 
-        return read_card(self.path)
+        return ModelCard(read_card(self.path))
 
 
 def shipped_models() -> list[ShippedModel]:
     """The shipped models, sorted by name (empty while none ships)."""
-    folder = resources.files(__name__)
+    folder = resources.files("ddmr.model")
     found = []
     for entry in folder.iterdir():
         if entry.name.endswith(SUFFIX) and entry.is_file():
@@ -94,21 +96,23 @@ def resolve_model(model: str | os.PathLike[str] | None) -> tuple[str, Path]:
     )
 
 
-def card_summary(card: dict[str, Any]) -> dict[str, Any]:
-    """The fields of a card that ``ddmr models`` shows: design, input size, validation
-    loss, training steps and the command that made it."""
-    design = card.get("design") or {}
-    validation = card.get("validation") or {}
-    training = card.get("training") or {}
-    return {
-        "design": design.get("name", "?") if isinstance(design, dict) else str(design),
-        "input_size": "x".join(str(n) for n in card.get("input_size", [])) or "?",
-        "parameters": card.get("parameters"),
-        "best_val_loss": validation.get("best_val_loss"),
-        "validation": validation.get("last", {}),
-        "steps": training.get("steps"),
-        "hours": training.get("training_hours_total"),
-        "evaluation": (card.get("evaluation") or {}).get("methods", {}),
-        "command": card.get("command"),
-        "created": card.get("created"),
-    }
+def load(model: Any = None, device: str = "cpu"):
+    """Load ``model`` (a shipped model's name, a model file, a training run folder,
+    ``None`` for the default shipped model, or an already loaded
+    :class:`ddmr.model.file.LoadedModel`) on ``device`` (checked to exist)."""
+    from ddmr.model.file import LoadedModel, load_model
+
+    check_device(device)
+    if isinstance(model, LoadedModel):
+        model.network.to(device).eval()
+        return model
+    _, path = resolve_model(model)
+    return load_model(path, device)
+
+
+def check_device(device: str) -> None:
+    """Raise :class:`InputError` for a CUDA device on a machine without one."""
+    import torch
+
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: CUDA is not available on this machine")

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from ddmr.errors import DDMRError, InputError
+from ddmr.model.card import ModelCard
 from ddmr.nn.unet import UNet, UNetConfig
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,15 @@ def card_checksum(card: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 (hex) of a file's bytes (a model file as a whole, for ``summary.json``)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def check_finite_weights(state: dict[str, torch.Tensor], path: str | Path) -> None:
     """Raise :class:`InputError` naming ``path`` when a weight is NaN or infinite."""
     bad = [name for name, tensor in state.items()
@@ -69,10 +79,10 @@ def check_finite_weights(state: dict[str, torch.Tensor], path: str | Path) -> No
 
 @dataclass
 class LoadedModel:
-    """A network ready to run and its card."""
+    """A network ready to run, its card and its file."""
 
     network: UNet
-    card: dict[str, Any]
+    card: ModelCard
     path: Path
 
 
@@ -273,4 +283,4 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
         raise InputError(f"{path}: the card's architecture does not match the weights "
                          f"({str(error).splitlines()[0]})") from None
     network.to(device).eval()
-    return LoadedModel(network, card, path)
+    return LoadedModel(network, ModelCard(card), path)

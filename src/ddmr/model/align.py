@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -73,6 +73,12 @@ class AffineAlignment:
         offset = self.centre + self.translation - self.matrix @ self.centre
         out[:, :3, 3] = offset @ inverse_scale
         return out
+
+    def world_map(self, grid: Geometry, item: int = 0) -> np.ndarray:
+        """The point map of batch item ``item`` as a (4, 4) RAS mm matrix from fixed world
+        points to moving world points, for images that lie on ``grid``."""
+        voxel_map = self.voxel_map()[item].double().cpu().numpy()
+        return grid.affine @ voxel_map @ np.linalg.inv(grid.affine)
 
     def compose_after(self, displacement: torch.Tensor) -> torch.Tensor:
         """The field of ``x -> A(x + d(x))``: warping the original moving image by it equals
@@ -179,17 +185,3 @@ def _optimise(fixed: torch.Tensor, moving: torch.Tensor, spacing: Sequence[float
             loss.backward()
             optimiser.step()
     return AffineAlignment((eye + linear).detach(), translation.detach(), centre, spacing_t)
-
-
-def model_prealigns(card: dict[str, Any]) -> bool:
-    """Whether a model (its card) was trained on pre-aligned pairs (``profile.prealign``)."""
-    return bool((card.get("profile") or {}).get("prealign"))
-
-
-def grid_point_map(fixed: torch.Tensor, moving: torch.Tensor, grid: Geometry,
-                   settings: AlignSettings | None = None) -> np.ndarray:
-    """Align two images (1, 1, D, H, W) on the grid ``grid`` and return the point map as a
-    (4, 4) RAS mm matrix from fixed world points to moving world points."""
-    alignment = align_affine(fixed, moving, grid.spacing, settings)
-    voxel_map = alignment.voxel_map()[0].double().cpu().numpy()
-    return grid.affine @ voxel_map @ np.linalg.inv(grid.affine)
