@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from ddmr.data.adapters import detect_layout, discover
-from ddmr.data.prepare import PrepareOptions, prepare_dataset
 from ddmr.errors import InputError
 from ddmr.io.images import save_image, save_labels
+from ddmr.prepare.dataset import prepare_dataset
+from ddmr.prepare.recipe import PrepareOptions
 from ddmr.spatial.grid import Geometry
 
 GEOMETRY = Geometry(np.diag([3.0, 3.0, 3.0, 1.0]), (6, 7, 5))

@@ -7,15 +7,7 @@ import torch
 from scipy.interpolate import RBFInterpolator
 from scipy.spatial.transform import Rotation
 
-from ddmr.augment import (
-    adjust_intensity,
-    control_grid,
-    minmax_normalise,
-    preprocess,
-    resize_labels,
-    rotation_matrix,
-    thin_plate_spline,
-)
+from ddmr.augment import adjust_intensity, control_grid, rotation_matrix, thin_plate_spline
 from ddmr.augment.intensity import draw_brightness, draw_gamma
 from ddmr.augment.spline import (
     basis_matrix,
@@ -26,6 +18,7 @@ from ddmr.augment.spline import (
     separable,
 )
 from ddmr.augment.tps import border_mask, draw_control_displacements
+from ddmr.prepare.recipe import minmax_normalise, preprocess, resize_labels
 
 F64 = torch.float64
 

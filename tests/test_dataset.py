@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from ddmr.data import PreparedDataModule, PreparedDataset
-from ddmr.data.prepare import PrepareOptions, prepare_dataset
 from ddmr.errors import InputError
+from ddmr.prepare.dataset import prepare_dataset
+from ddmr.prepare.recipe import PrepareOptions
 from test_prepare import write_folder_dataset
 
 

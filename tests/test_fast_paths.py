@@ -172,7 +172,7 @@ def test_nifti_files_are_byte_identical_across_writes(tmp_path):
 
 
 def test_moving_source_is_rebuilt_when_the_prealignment_changes_its_smoothing():
-    from ddmr.data.prepare import PrepareOptions
+    from ddmr.prepare.recipe import PrepareOptions
     from ddmr.registration.space import ModelSpace, model_source, source_fits
 
     prepared = Geometry(np.diag([2.0, 1.0, 1.0, 1.0]), (10, 20, 20))

@@ -14,9 +14,10 @@ from scipy.spatial.transform import Rotation
 from ddmr.cli import main
 from ddmr.data.adapters import Source
 from ddmr.data.dataset import read_split, subject_geometries, to_native
-from ddmr.data.prepare import PrepareOptions, prepare_dataset
 from ddmr.errors import ConfigError, InputError
 from ddmr.io.images import load_labels, save_image, save_labels
+from ddmr.prepare.dataset import prepare_dataset
+from ddmr.prepare.recipe import PrepareOptions
 from ddmr.spatial.grid import Geometry, image_box, target_grid
 
 SMALL = PrepareOptions(size=(24, 24, 24), spacing=2.0)

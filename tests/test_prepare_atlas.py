@@ -6,8 +6,9 @@ import h5py
 import numpy as np
 
 from ddmr.data.dataset import subject_geometries, to_native
-from ddmr.data.prepare import PrepareOptions, prepare_dataset
 from ddmr.io.images import save_image, save_labels
+from ddmr.prepare.dataset import prepare_dataset
+from ddmr.prepare.recipe import PrepareOptions
 from test_prepare import make_geometry, make_subject
 
 FAST = dict(atlas_syn_iterations=(20, 10), atlas_affine_iterations=(100, 50))

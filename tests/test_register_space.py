@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from ddmr.augment.preprocess import preprocess
 from ddmr.data.adapters import Source
-from ddmr.data.prepare import PrepareOptions, prepare_subject
 from ddmr.errors import ConfigError, InputError
 from ddmr.io.images import load_image, save_image, save_labels
 from ddmr.model.card import ModelCard
+from ddmr.prepare.dataset import prepare_subject
+from ddmr.prepare.recipe import PrepareOptions, preprocess
 from ddmr.registration.space import model_space, to_model_space
 from register_helpers import oblique_fixed, other_moving, sample_scene
 

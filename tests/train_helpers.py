@@ -6,9 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ddmr.data.prepare import PrepareOptions, prepare_dataset
 from ddmr.io.images import save_image, save_labels
 from ddmr.nn.unet import UNetConfig
+from ddmr.prepare.dataset import prepare_dataset
+from ddmr.prepare.recipe import PrepareOptions
 from ddmr.spatial.grid import Geometry
 from ddmr.train.profiles import get_profile
 

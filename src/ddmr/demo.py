@@ -167,7 +167,8 @@ class Demo:
 
     # -- steps ----------------------------------------------------------------------------
     def prepare(self, source: Path, outdir: Path, **options: Any) -> Path:
-        from ddmr.data.prepare import PrepareOptions, prepare_dataset
+        from ddmr.prepare.dataset import prepare_dataset
+        from ddmr.prepare.recipe import PrepareOptions
 
         if (outdir / "prepare.json").is_file():
             self.say(f"prepared data: reused {outdir}")

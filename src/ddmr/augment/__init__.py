@@ -8,10 +8,9 @@ the moving labels, and the ground-truth pull-back displacement ``u`` (voxels) wi
 """
 
 from ddmr.augment.config import AugmentationConfig
-from ddmr.augment.intensity import adjust_intensity, minmax_normalise
+from ddmr.augment.intensity import adjust_intensity
 from ddmr.augment.layer import AugmentationLayer, AugmentedPair, apply_parameters, augment
 from ddmr.augment.parameters import AugmentationParameters, draw_parameters
-from ddmr.augment.preprocess import Preprocess, preprocess, resize_image, resize_labels
 from ddmr.augment.rigid import rotation_matrix
 from ddmr.augment.tps import ThinPlateSpline, control_grid, thin_plate_spline
 from ddmr.augment.transform import TransformPlan
@@ -21,7 +20,6 @@ __all__ = [
     "AugmentationLayer",
     "AugmentationParameters",
     "AugmentedPair",
-    "Preprocess",
     "ThinPlateSpline",
     "TransformPlan",
     "adjust_intensity",
@@ -29,10 +27,6 @@ __all__ = [
     "augment",
     "control_grid",
     "draw_parameters",
-    "minmax_normalise",
-    "preprocess",
-    "resize_image",
-    "resize_labels",
     "rotation_matrix",
     "thin_plate_spline",
 ]

@@ -18,18 +18,7 @@ from collections.abc import Sequence
 
 import torch
 
-
-def minmax_normalise(image: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Map each sample of ``image`` (B, ...) linearly onto [0, 1]; constant samples become 0."""
-    flat = image.reshape(image.shape[0], -1)
-    low, high = torch.aminmax(flat, dim=1)
-    shape = (-1,) + (1,) * (image.ndim - 1)
-    low, high = low.view(shape), high.view(shape)
-    span = high - low
-    varies = span > eps
-    # a division (not a multiplication by 1 / span) maps the maximum to exactly 1
-    out = (image - low) / torch.where(varies, span, torch.ones_like(span))
-    return out * varies.to(out.dtype)
+from ddmr.prepare.recipe import minmax_normalise
 
 
 def draw_gamma(batch: int, gamma_range: Sequence[float], generator: torch.Generator

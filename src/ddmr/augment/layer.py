@@ -15,8 +15,8 @@ from torch import nn
 from ddmr.augment.config import AugmentationConfig
 from ddmr.augment.intensity import adjust_intensity, minmax_normalise
 from ddmr.augment.parameters import AugmentationParameters, draw_parameters
-from ddmr.augment.preprocess import preprocess
 from ddmr.augment.transform import TransformPlan
+from ddmr.prepare.recipe import preprocess
 from ddmr.spatial.warp import warp_image, warp_labels
 
 logger = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ class AugmentationLayer(nn.Module):
     spacing: mm of the D, H, W axes, shared by the batch. Randomness comes only from
     ``generator``, or from the layer's own generator seeded by ``seed``; one of the two
     is required. If ``output_shape`` is given, inputs are first resized to it and
-    min-max normalised (see :mod:`ddmr.augment.preprocess`).
+    min-max normalised (see :func:`ddmr.prepare.recipe.preprocess`).
     """
 
     def __init__(self, config: AugmentationConfig | None = None, seed: int | None = None,

@@ -60,9 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def options_from_args(args: argparse.Namespace):
-    """Build :class:`ddmr.data.prepare.PrepareOptions` from parsed arguments."""
-    from ddmr.data.prepare import PrepareOptions
+    """Build :class:`ddmr.prepare.recipe.PrepareOptions` from parsed arguments."""
     from ddmr.data.split import parse_fractions
+    from ddmr.prepare.recipe import PrepareOptions
 
     size = _numbers(args.size, None, int, "--size")
     if len(size) == 1:
@@ -83,7 +83,7 @@ def options_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ddmr.data.prepare import prepare_dataset
+    from ddmr.prepare.dataset import prepare_dataset
 
     options = options_from_args(args)
     summary = prepare_dataset(args.input, args.output, options, overwrite=args.overwrite,

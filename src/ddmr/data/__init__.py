@@ -1,4 +1,5 @@
-"""Data: preparation of user datasets, the bundled sample cohort, CT phantoms, loaders."""
+"""Data: dataset layouts, the bundled sample cohort, CT phantoms, loaders (preparation is
+:mod:`ddmr.prepare`)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,6 @@ from typing import Any
 _LAZY: dict[str, str] = {
     "PreparedDataModule": "datamodule",
     "PreparedDataset": "dataset",
-    "PrepareOptions": "prepare",
-    "prepare_dataset": "prepare",
     "sample_cohort": "cohort",
     "sample_cohort_dir": "cohort",
     "cohort_label_names": "cohort",

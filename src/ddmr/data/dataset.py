@@ -44,7 +44,7 @@ def check_prepared_file(h5_path: Path) -> None:
     attribute that ``ddmr prepare`` writes."""
     import h5py
 
-    from ddmr.data.prepare import FORMAT
+    from ddmr.prepare.dataset import FORMAT
 
     try:
         with h5py.File(h5_path, "r") as h5:

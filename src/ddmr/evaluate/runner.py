@@ -28,17 +28,13 @@ import torch
 from ddmr.errors import ConfigError, InputError
 from ddmr.io.files import atomic_directory, check_output_folder
 from ddmr.model.predictor import Predictor
+from ddmr.prepare.recipe import minmax_normalise
 from ddmr.spatial.grid import resized_spacing
 
 logger = logging.getLogger(__name__)
 
 SUMMARY_CSV = "summary.csv"
 SUMMARY_MD = "summary.md"
-
-
-def _minmax(x: torch.Tensor) -> torch.Tensor:
-    low, high = x.amin(), x.amax()
-    return (x - low) / (high - low) if high > low else torch.zeros_like(x)
 
 
 @dataclass
@@ -70,7 +66,7 @@ class ModelMethod:
         if tuple(shape) != self.input_size:
             images = F.interpolate(images, size=self.input_size, mode="trilinear",
                                    align_corners=True)
-        f, m = _minmax(images[0:1]), _minmax(images[1:2])
+        f, m = minmax_normalise(images[0:1]), minmax_normalise(images[1:2])
         field = self.predictor.field(f, m, resized_spacing(spacing, shape, self.input_size))
         if tuple(field.shape[2:]) != tuple(shape):
             field = resize_displacement(field, shape)
@@ -171,8 +167,8 @@ def refined_fields(pair, model: ModelMethod, displacement: np.ndarray, stops: li
     options = options or {}
     settings = settings_for(model.design, max(stops), options.get("similarity"),
                             labels=bool(options.get("labels")))
-    images = [_minmax(torch.from_numpy(np.asarray(a, np.float32))[None, None]).to(model.device)
-              for a in (pair.fixed, pair.moving)]
+    images = [minmax_normalise(torch.from_numpy(np.asarray(a, np.float32))[None, None])
+              .to(model.device) for a in (pair.fixed, pair.moving)]
     labels = [None, None]
     if settings.dice_weight > 0 and pair.fixed_labels is not None \
             and pair.moving_labels is not None:

@@ -89,10 +89,10 @@ class ModelCard(Mapping[str, Any]):
 
     @property
     def preparation(self):
-        """The :class:`ddmr.data.prepare.PrepareOptions` the training data were made with
+        """The :class:`ddmr.prepare.recipe.PrepareOptions` the training data were made with
         (``preparation``: the text of their ``prepare.json``, or a plain options dict).
         Without it, ``input_size`` voxels of 1 mm in ``fit`` mode, with a warning."""
-        from ddmr.data.prepare import PrepareOptions
+        from ddmr.prepare.recipe import PrepareOptions
 
         size = self.input_size
         text = self._fields.get("preparation")

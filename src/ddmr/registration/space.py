@@ -1,18 +1,14 @@
 """The model's space: where a fixed/moving pair is put before the network sees it.
 
-Training data went through ``ddmr prepare`` (an RAS-aligned isotropic grid over the
-image's world box, :mod:`ddmr.spatial.grid`; cubic resampling with anti-aliasing; CT window;
-normalisation to [0, 1]) and then through :func:`ddmr.augment.preprocess.preprocess`
-(trilinear resize to the card's ``input_size`` with corners aligned, min-max
-normalisation). Registration repeats both steps from the options stored in the model
-card, with the grid chosen from the *fixed* image; the moving image is resampled onto
-the same grid through world coordinates, so its own field of view and orientation are
-handled by geometry rather than by voxel padding.
+Registration puts both images through the preparation recipe the model's training data
+went through (:mod:`ddmr.prepare.recipe`, options from the model card), with the
+prepared grid chosen from the *fixed* image; the moving image is resampled onto the same
+grid through world coordinates (and the affine point map found so far), so its own
+field of view and orientation are handled by geometry rather than by voxel padding.
 
 The network's grid (:attr:`ModelSpace.grid`) is the prepared grid resized to
-``input_size`` with corners aligned: same first and last voxel centres, spacing
-``spacing * (n_prepared - 1) / (n_input - 1)``. A displacement predicted by the network
-is in voxels of that grid.
+``input_size`` with corners aligned (:func:`ddmr.spatial.grid.resized_grid`). A
+displacement predicted by the network is in voxels of that grid.
 """
 
 from __future__ import annotations
@@ -23,18 +19,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ddmr.data.prepare import PrepareOptions
-from ddmr.errors import InputError
 from ddmr.model.card import ModelCard
-from ddmr.spatial.grid import Geometry, image_box, intersect, mask_box, resized_grid, target_grid
-from ddmr.spatial.resample import (
-    SplineSource,
-    antialias_sigma,
-    applied_sigma,
-    resample_axis_aligned,
-    resample_spline,
-    spline_source,
+from ddmr.prepare.recipe import (
+    PrepareOptions,
+    intensity_source,
+    prepare_intensities,
+    prepared_grid,
+    preprocess,
 )
+from ddmr.spatial.grid import Geometry, resized_grid
+from ddmr.spatial.resample import SplineSource, antialias_sigma, applied_sigma
 
 logger = logging.getLogger(__name__)
 
@@ -62,21 +56,16 @@ def model_space(fixed_geometry: Geometry, card: ModelCard,
     label map is given, the grid covers the same crop; otherwise the whole image.
     """
     options = card.preparation
-    input_size = card.input_size
-    box = image_box(fixed_geometry)
-    if options.crop_labels:
-        crop = None
-        if fixed_labels is not None:
-            crop = mask_box(np.isin(fixed_labels, options.crop_labels), fixed_geometry,
-                            options.crop_margin)
-        if crop is None:
-            logger.warning("the model was trained on crops around labels %s; without them in "
-                           "a fixed label map the whole fixed image is used",
-                           list(options.crop_labels))
-        else:
-            box = intersect(crop, box)
-    prepared = target_grid(box, options.size, options.spacing, options.resize)
-    return ModelSpace(prepared, resized_grid(prepared, input_size), options)
+    if options.crop_labels and fixed_labels is None:
+        logger.warning("the model was trained on crops around labels %s; without a fixed "
+                       "label map the whole fixed image is used", list(options.crop_labels))
+    prepared = prepared_grid(fixed_geometry, options, fixed_labels)
+    if prepared is None:
+        logger.warning("the model was trained on crops around labels %s; the fixed label "
+                       "map has none of them, so the whole fixed image is used",
+                       list(options.crop_labels))
+        prepared = prepared_grid(fixed_geometry, options)
+    return ModelSpace(prepared, resized_grid(prepared, card.input_size), options)
 
 
 #: Largest difference (source voxels) between the anti-aliasing a :class:`SplineSource`
@@ -86,14 +75,10 @@ SIGMA_TOLERANCE = 0.05
 
 def model_source(image: np.ndarray, geometry: Geometry, space: ModelSpace,
                  point_map: np.ndarray | None = None) -> SplineSource:
-    """An image (I, J, K) prepared once for :func:`to_model_space`: CT-windowed when the
-    model's preparation was, smoothed against aliasing for the prepared grid (mapped by
-    ``point_map`` when given), and turned into cubic B-spline coefficients."""
-    options = space.options
-    if options.ct_window is not None:
-        image = np.clip(image, *options.ct_window)
-    return spline_source(image, geometry, 3,
-                         antialias_sigma(geometry, _target(space, point_map)))
+    """An image (I, J, K) prepared once for :func:`to_model_space` (the recipe's
+    :func:`ddmr.prepare.recipe.intensity_source` for the prepared grid mapped by
+    ``point_map``)."""
+    return intensity_source(image, geometry, _target(space, point_map), space.options)
 
 
 def source_fits(source: SplineSource, space: ModelSpace,
@@ -121,27 +106,9 @@ def to_model_space(image: np.ndarray | SplineSource, geometry: Geometry, space: 
     (naming ``name``) when the image is constant over the model's field of view, e.g.
     when it does not overlap the fixed image.
     """
-    from ddmr.augment.preprocess import preprocess
-
-    options = space.options
-    target = _target(space, point_map)
-    resampled = None
-    if not isinstance(image, SplineSource):  # resampled once: axis by axis when it can be
-        if options.ct_window is not None:
-            image = np.clip(image, *options.ct_window)
-        resampled = resample_axis_aligned(image, geometry, target, 3,
-                                          antialias_sigma(geometry, target),
-                                          cval=float(image.min()))
-    if resampled is None:
-        source = image if isinstance(image, SplineSource) \
-            else model_source(image, geometry, space, point_map)
-        resampled = resample_spline(source, target, cval=source.low)
-    lo, hi = (options.ct_window if options.ct_window is not None
-              else (float(resampled.min()), float(resampled.max())))
-    if not hi > lo:
-        raise InputError(f"{name}: image is constant inside the fixed image's field of view "
-                         "(do the two images overlap in world space?)")
-    normalised = np.clip((resampled - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
-    tensor = torch.from_numpy(normalised)[None, None]
-    tensor, _, _ = preprocess(tensor, space.prepared.spacing, space.grid.shape)
+    normalised, _ = prepare_intensities(
+        image, geometry, _target(space, point_map), space.options, name,
+        "inside the fixed image's field of view (do the two images overlap in world space?)")
+    tensor, _, _ = preprocess(torch.from_numpy(normalised)[None, None], space.prepared.spacing,
+                              space.grid.shape)
     return tensor

@@ -1,18 +1,10 @@
 """``ddmr prepare``: turn a user's dataset into one HDF5 file the trainer reads fast.
 
-Per image (in this order):
-
-1. read the image and its labels (a label file, or atlas propagation with ANTs when
-   ``atlas`` is set and the subject has no label file); check they share a grid;
-2. relabel with the optional merging map (unlisted labels become background);
-3. clip intensities to the CT window, if one is given;
-4. choose the prepared grid (:mod:`ddmr.spatial.grid`): RAS-aligned, isotropic, ``size``
-   voxels, over the whole image or over the box around ``crop_labels`` plus
-   ``crop_margin`` mm;
-5. resample in world space: cubic B-spline (with Gaussian anti-aliasing when the grid is
-   coarser) for the image, nearest neighbour for labels; outside the image is the
-   image's minimum and background;
-6. normalise to [0, 1]: the CT window's bounds, else the resampled image's min and max.
+Per image: read the image and its labels (a label file, or atlas propagation with ANTs
+when ``atlas`` is set and the subject has no label file) and check they share a grid;
+relabel with the optional merging map (unlisted labels become background); then the
+preparation recipe of :mod:`ddmr.prepare.recipe` (CT window, prepared grid, resampling,
+normalisation), which registration follows too.
 
 Output folder (written to a temporary folder beside it, then renamed):
 
@@ -33,86 +25,30 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ddmr.data.adapters import LAYOUTS, Source, discover
+from ddmr.data.adapters import Source, discover
 from ddmr.data.label_map import apply_label_map, read_label_map
-from ddmr.data.split import check_fractions, read_split_file, split_subjects
-from ddmr.errors import ConfigError, InputError
+from ddmr.data.split import read_split_file, split_subjects
+from ddmr.errors import InputError
 from ddmr.io.files import atomic_directory, check_free_space, check_output_folder
 from ddmr.io.images import load_image, load_labels
-from ddmr.spatial.grid import (
-    RESIZE_MODES,
-    Geometry,
-    check_same_geometry,
-    image_box,
-    intersect,
-    mask_box,
-    target_grid,
+from ddmr.prepare.recipe import (
+    PrepareOptions,
+    prepare_intensities,
+    prepare_labels,
+    prepared_grid,
 )
-from ddmr.spatial.resample import resample_to
+from ddmr.spatial.grid import Geometry, check_same_geometry
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "ddmr-prepared"
 FORMAT_VERSION = 1
-
-
-@dataclass(frozen=True)
-class PrepareOptions:
-    """Options of ``ddmr prepare`` (see the module docstring for what each step does).
-
-    ``size`` is the prepared grid in voxels, ``spacing`` its voxel size in mm (a lower
-    bound in ``resize="fit"`` mode), ``crop_margin`` in mm, ``ct_window`` in the image's
-    units (HU for CT). Atlas iterations are per ANTs resolution level.
-    """
-
-    layout: str = "auto"
-    size: tuple[int, int, int] = (128, 128, 128)
-    spacing: float = 1.0
-    resize: str = "fit"
-    crop_labels: tuple[int, ...] = ()
-    crop_margin: float = 10.0
-    ct_window: tuple[float, float] | None = None
-    merge_labels: str | None = None
-    atlas: str | None = None
-    atlas_labels: str | None = None
-    labels_dir: str | None = None
-    split: tuple[float, float, float] = (0.7, 0.15, 0.15)
-    split_file: str | None = None
-    seed: int = 0
-    dtype: str = "float32"
-    atlas_syn_iterations: tuple[int, ...] = (40, 20, 0)
-    atlas_affine_iterations: tuple[int, ...] = (200, 100, 50)
-
-    def validate(self) -> None:
-        """Raise :class:`ConfigError` for an impossible option."""
-        if self.layout not in LAYOUTS:
-            raise ConfigError(f"--layout {self.layout}: choose one of {', '.join(LAYOUTS)}")
-        if len(self.size) != 3 or any(int(n) < 2 for n in self.size):
-            raise ConfigError(f"--size {self.size}: need three sizes of at least 2 voxels")
-        if not np.isfinite(self.spacing) or self.spacing <= 0:
-            raise ConfigError(f"--spacing {self.spacing}: must be a positive number of mm")
-        if self.resize not in RESIZE_MODES:
-            raise ConfigError(f"--resize {self.resize}: choose one of {', '.join(RESIZE_MODES)}")
-        if any(not 0 <= v <= 255 for v in self.crop_labels):
-            raise ConfigError(f"--crop-label {self.crop_labels}: labels are 0..255")
-        if not np.isfinite(self.crop_margin) or self.crop_margin < 0:
-            raise ConfigError(f"--crop-margin {self.crop_margin}: must be >= 0 mm")
-        if self.ct_window is not None and not self.ct_window[0] < self.ct_window[1]:
-            raise ConfigError(f"--ct-window {self.ct_window}: need LO < HI")
-        if (self.atlas is None) != (self.atlas_labels is None):
-            raise ConfigError("--atlas and --atlas-labels go together")
-        if self.dtype not in ("float32", "float16"):
-            raise ConfigError(f"--dtype {self.dtype}: choose float32 or float16")
-        check_fractions(self.split)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
 
 
 @dataclass
@@ -172,33 +108,16 @@ def prepare_subject(source: Source, options: PrepareOptions,
     labels, label_source = _native_labels(source, image, native, options, atlas)
     if label_source == "file" and label_map is not None:
         labels = apply_label_map(labels, label_map)  # atlas labels arrive already merged
-    if options.ct_window is not None:
-        image = np.clip(image, *options.ct_window)
-
-    box = image_box(native)
-    if options.crop_labels:
-        if labels is None:
-            raise InputError(f"{source.image}: --crop-label needs labels, and this image has none")
-        crop = mask_box(np.isin(labels, options.crop_labels), native, options.crop_margin)
-        if crop is None:
-            where = source.labels if source.labels is not None else source.image
-            raise InputError(
-                f"{where}: no voxel has label {', '.join(map(str, options.crop_labels))} "
-                "to crop around (empty crop mask)"
-            )
-        box = intersect(crop, box)
-    grid = target_grid(box, options.size, options.spacing, options.resize)
-
-    low = float(image.min())
-    resampled = resample_to(image, native, grid, order=3, cval=low, antialias=True)
-    lo, hi = (options.ct_window if options.ct_window is not None
-              else (float(resampled.min()), float(resampled.max())))
-    if not hi > lo:
-        raise InputError(f"{source.image}: image is constant inside the prepared region")
-    normalised = np.clip((resampled - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
-    prepared_labels = None
-    if labels is not None:
-        prepared_labels = resample_to(labels, native, grid, order=0, cval=0).astype(np.uint8)
+    if options.crop_labels and labels is None:
+        raise InputError(f"{source.image}: --crop-label needs labels, and this image has none")
+    grid = prepared_grid(native, options, labels)
+    if grid is None:
+        where = source.labels if source.labels is not None else source.image
+        raise InputError(f"{where}: no voxel has label {', '.join(map(str, options.crop_labels))} "
+                         "to crop around (empty crop mask)")
+    normalised, (lo, hi) = prepare_intensities(image, native, grid, options, str(source.image),
+                                               "inside the prepared region")
+    prepared_labels = None if labels is None else prepare_labels(labels, native, grid)
     return PreparedSubject(source.id, source.subject, normalised, prepared_labels, grid, native,
                            (float(lo), float(hi)), source, label_source)
 
