@@ -426,7 +426,10 @@ def elastix(fixed: Image, moving: Image, maps: tuple[str, ...] = ("affine", "bsp
     finally:
         threader.SetGlobalDefaultNumberOfThreads(previous_threads)
     start = time.perf_counter()
-    deformation = itk.transformix_deformation_field(moving_image, transform)
+    with tempfile.TemporaryDirectory(prefix="ddmr-transformix-") as tmp:
+        # without an output folder transformix writes deformationField.nii into the cwd
+        deformation = itk.transformix_deformation_field(moving_image, transform,
+                                                        output_directory=tmp)
     vectors = np.asarray(itk.array_from_image(deformation)).transpose(2, 1, 0, 3)
     geometry = Geometry.from_itk(tuple(deformation.GetOrigin()),
                                  tuple(deformation.GetSpacing()),
