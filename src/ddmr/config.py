@@ -16,6 +16,10 @@ from typing import Literal
 
 from ddmr.errors import ConfigError
 
+#: Similarities a per-pair optimisation can use: the design's NCC, local NCC, global NCC,
+#: mutual information.
+SIMILARITIES = ("ncc", "lncc", "gncc", "mi")
+
 IMAGE_TERMS = ("ncc", "ssim")
 SEGMENTATION_TERMS = ("dice", "hausdorff")
 TERM_NAMES = {"ncc": "NCC", "ssim": "SSIM", "dice": "DSC", "hausdorff": "HD"}

@@ -44,7 +44,7 @@ class AugmentationConfig:
         makes the moving image) is solved for; finer is more accurate and slower.
     inversion_iterations: most Newton iterations of the TPS inversion (it stops when
         the residual is below 1e-4 mm; about 3 are needed at the paper's bounds).
-    label_method: ``"onehot"`` or ``"nearest"`` (see :func:`ddmr.nn.warp_labels`).
+    label_method: ``"onehot"`` or ``"nearest"`` (see :func:`ddmr.spatial.warp.warp_labels`).
     """
 
     intensity: bool = True

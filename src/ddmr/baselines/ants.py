@@ -181,3 +181,26 @@ def parse_methods(text: str | Sequence[str]) -> list[str]:
         raise ConfigError(f"unknown baseline(s) {', '.join(unknown)}; choose from "
                           f"{', '.join(METHODS)}")
     return list(dict.fromkeys(methods))
+
+
+def settings_from_iterations(text: str | None, baselines: list[str]) -> dict:
+    """:class:`AntsSettings` per baseline (``syn``, ``syncc``) from iterations written
+    ``AFFINE/SYN``, each level's count joined by ``x`` (e.g. ``100x50/20x10``, the
+    ``--ants-iterations`` option of ``ddmr evaluate`` and ``ddmr report``); {} for None."""
+    from dataclasses import replace
+
+    if not text:
+        return {}
+    try:
+        affine_text, syn_text = text.split("/")
+        affine = tuple(int(v) for v in affine_text.split("x"))
+        syn = tuple(int(v) for v in syn_text.split("x"))
+    except ValueError:
+        raise ConfigError(f"--ants-iterations {text!r}: expected e.g. 100x50/20x10") from None
+    if not affine or not syn or min(affine + syn) < 0:
+        raise ConfigError(f"--ants-iterations {text!r}: iterations must be >= 0")
+    shrink = tuple(2 ** k for k in reversed(range(len(affine))))
+    sigmas = tuple(float(k) for k in reversed(range(len(affine))))
+    return {b: replace(default_settings(b), affine_iterations=affine, syn_iterations=syn,
+                       affine_shrink_factors=shrink, affine_smoothing_sigmas=sigmas)
+            for b in baselines if b in ("syn", "syncc")}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ddmr.config import SIMILARITIES
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pairs", required=True, type=Path, help="folder made by ddmr pairs")
@@ -20,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also score every model after per-pair refinement of its field "
                         "for N iterations, e.g. 0,50,200 (0 = the model alone, always "
                         "scored); methods are named <model>+refine<N>")
-    parser.add_argument("--refine-similarity", choices=("ncc", "lncc", "gncc", "mi"),
+    parser.add_argument("--refine-similarity", choices=SIMILARITIES,
                         help="similarity of the refinement (default: the model design's NCC)")
     parser.add_argument("--refine-labels", action="store_true",
                         help="add a Dice term on the pair's label maps to the refinement "
@@ -30,33 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "2100x1200x1200x10 affine; SyN 40x20x0, SyNCC 100x70x50x20)")
 
 
-def ants_settings_from_option(text: str | None, baselines: list[str]) -> dict:
-    """ANTs settings per baseline from an `--ants-iterations AFFINE/SYN` value (shared by
-    `ddmr evaluate` and `ddmr report`); {} when the option is absent."""
-    from dataclasses import replace
-
-    from ddmr.baselines.ants import default_settings
-    from ddmr.errors import ConfigError
-
-    if not text:
-        return {}
-    try:
-        affine_text, syn_text = text.split("/")
-        affine = tuple(int(v) for v in affine_text.split("x"))
-        syn = tuple(int(v) for v in syn_text.split("x"))
-    except ValueError:
-        raise ConfigError(f"--ants-iterations {text!r}: expected e.g. 100x50/20x10") from None
-    if not affine or not syn or min(affine + syn) < 0:
-        raise ConfigError(f"--ants-iterations {text!r}: iterations must be >= 0")
-    shrink = tuple(2 ** k for k in reversed(range(len(affine))))
-    sigmas = tuple(float(k) for k in reversed(range(len(affine))))
-    return {b: replace(default_settings(b), affine_iterations=affine, syn_iterations=syn,
-                       affine_shrink_factors=shrink, affine_smoothing_sigmas=sigmas)
-            for b in baselines if b in ("syn", "syncc")}
-
-
 def run(args: argparse.Namespace) -> int:
-    from ddmr.baselines.ants import parse_methods
+    from ddmr.baselines.ants import parse_methods, settings_from_iterations
     from ddmr.errors import ConfigError, InputError
     from ddmr.evaluate.runner import SUMMARY_MD, evaluate, parse_refine, write_results
     from ddmr.io.files import check_output_folder
@@ -68,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--refine-similarity/--refine-labels need --refine N (N > 0)")
     if refine and not args.models:
         raise ConfigError("--refine refines models' fields: give --models")
-    settings = ants_settings_from_option(args.ants_iterations, baselines)
+    settings = settings_from_iterations(args.ants_iterations, baselines)
     # checked before hours of registrations: the output can be written, the models exist
     check_output_folder(args.output, args.overwrite)
     if not args.output.absolute().parent.is_dir():

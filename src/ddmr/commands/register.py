@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from ddmr.config import SIMILARITIES
+
 #: Exit status of a registration whose QC verdict failed.
 QC_FAILED = 3
 
@@ -39,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--refine", type=int, default=0, metavar="N",
                         help="refine the network's field on the pair itself for N "
                         "iterations (default: 0, the network alone)")
-    parser.add_argument("--refine-similarity", choices=("ncc", "lncc", "gncc", "mi"),
+    parser.add_argument("--refine-similarity", choices=SIMILARITIES,
                         help="similarity of the refinement (default: the model design's "
                         "NCC; lncc local NCC, gncc global NCC, mi mutual information)")
     parser.add_argument("--refine-spacing", type=float, metavar="MM",

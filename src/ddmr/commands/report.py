@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ddmr.commands.evaluate import ants_settings_from_option
+    from ddmr.baselines.ants import settings_from_iterations
     from ddmr.errors import ConfigError, InputError
     from ddmr.evaluate.runner import load_methods
     from ddmr.report import ReportOptions, ResultsSection, build_report
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
                                models=models)
                 for k, folder in enumerate(args.results)]
     options = ReportOptions(overlay_pairs=args.overlay_pairs, title=args.title,
-                            ants_settings=ants_settings_from_option(args.ants_iterations,
+                            ants_settings=settings_from_iterations(args.ants_iterations,
                                                          ["syn", "syncc"]))
     html, markdown = build_report(args.output, sections, args.runs, options)
     print(f"report -> {html}")

@@ -2,7 +2,7 @@
 
 Arrays are one volume each: images (D, H, W) float, label maps (D, H, W) integer with
 0 = background, displacements (3, D, H, W) in voxels of the fixed grid (pull-back, see
-:mod:`ddmr.nn.warp`). ``spacing`` is the voxel size in mm along D, H, W. Numpy arrays
+:mod:`ddmr.spatial.field`). ``spacing`` is the voxel size in mm along D, H, W. Numpy arrays
 and torch tensors are both accepted.
 
 Definitions
@@ -294,13 +294,19 @@ def _jacobian(displacement: Any) -> np.ndarray:
 
 
 def folding_percent(displacement: Any) -> float:
-    """Percentage (0-100) of voxels with Jacobian determinant <= 0, of a (3, D, H, W) field."""
-    return float(100.0 * np.mean(_jacobian(displacement) <= 0))
+    """Percentage (0-100) of voxels with Jacobian determinant <= 0, of a (3, D, H, W) field
+    (:func:`ddmr.spatial.field.folding_percent`)."""
+    from ddmr.spatial import field
+
+    return field.folding_percent(_jacobian(displacement))
 
 
 def sdlogj(displacement: Any) -> float:
-    """Standard deviation of ``log(max(det J, 1e-9))`` over the voxels of a (3, D, H, W) field."""
-    return float(np.std(np.log(np.maximum(_jacobian(displacement), 1e-9))))
+    """Standard deviation of ``log(max(det J, 1e-9))`` over the voxels of a (3, D, H, W)
+    field (:func:`ddmr.spatial.field.sdlogj`)."""
+    from ddmr.spatial import field
+
+    return field.sdlogj(_jacobian(displacement))
 
 
 # -- everything for one pair -------------------------------------------------------------------

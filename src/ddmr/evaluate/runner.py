@@ -1,7 +1,7 @@
 """Score every method on the same stored pairs: trained models and ANTs baselines.
 
 For each pair and method the field is predicted on the pair's grid, the moving image is
-warped (trilinear) and its labels (label-exact, :func:`ddmr.nn.warp_labels`) by DDMR's
+warped (trilinear) and its labels (label-exact, :func:`ddmr.spatial.warp.warp_labels`) by DDMR's
 own spatial transformer, and every metric of :mod:`ddmr.evaluate.metrics` is computed.
 Times cover prediction (or registration) plus application of the field.
 

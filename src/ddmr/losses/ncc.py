@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from ddmr.spatial.filters import box_mean
 
 
 def global_ncc(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -21,22 +22,12 @@ def global_ncc(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Ten
     return num / den
 
 
-def box_mean(x: torch.Tensor, window: int) -> torch.Tensor:
-    """Mean of (B, C, D, H, W) over a cubic ``window`` around each voxel, windows cut at
-    the border. Three 1D passes: the cut box is a product of intervals, so this equals
-    the 3D ``avg_pool3d`` with ``count_include_pad=False`` at a ninth of the cost."""
-    r = window // 2
-    for kernel in ((window, 1, 1), (1, window, 1), (1, 1, window)):
-        padding = tuple(r if k > 1 else 0 for k in kernel)
-        x = F.avg_pool3d(x, kernel, stride=1, padding=padding, count_include_pad=False)
-    return x
-
-
 def local_ncc(a: torch.Tensor, b: torch.Tensor, window: int = 9, eps: float = 1e-5
               ) -> torch.Tensor:
     """Mean over voxels of the correlation in a cubic ``window`` around each voxel -> (B,).
 
-    Local statistics come from separable box filters (:func:`box_mean`); windows are cut at
+    Local statistics come from separable box filters
+    (:func:`ddmr.spatial.filters.box_mean`); windows are cut at
     the border (padding excluded from the means). ``eps`` is added to the covariance and
     to both variances, so flat regions that match score 1. Images are (B, 1, D, H, W).
     """

@@ -8,7 +8,7 @@ On a 64^3 pair it takes a fraction of a second on a CPU and it runs batched, on 
 device, so training pairs can be aligned the same way as pairs at registration time.
 
 The result is also given as a voxel displacement (B, 3, D, H, W) that pulls the moving
-image back onto the fixed grid, like the network's output (see :mod:`ddmr.nn.warp`).
+image back onto the fixed grid, like the network's output (see :mod:`ddmr.spatial.field`).
 """
 
 from __future__ import annotations

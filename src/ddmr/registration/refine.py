@@ -3,7 +3,7 @@
 A network trained at a coarse resolution gets the anatomy roughly right; the last
 millimetres are closed here by instance optimisation (as uniGradICON's "IO" step):
 starting from the network's field ``u0`` (voxels of the grid the images live on, the
-ddmr pull-back convention of :mod:`ddmr.nn.warp`), a correction ``c`` is optimised with
+ddmr pull-back convention of :mod:`ddmr.spatial.field`), a correction ``c`` is optimised with
 Adam so that the total field
 
     u = u0 + upsample(G * c)
@@ -42,11 +42,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ddmr.config import SIMILARITIES
 from ddmr.errors import ConfigError
 from ddmr.spatial.field import forward_jacobian_determinant
-
-#: Similarity options of :class:`RefineSettings`.
-SIMILARITIES = ("ncc", "lncc", "gncc", "mi")
+from ddmr.spatial.filters import box_mean
 
 
 @dataclass(frozen=True)
@@ -295,25 +294,6 @@ class RefineObjective:
             terms["folding"] = F.relu(settings.jacobian_floor - det).pow(2).mean()
             total = total + settings.folding_weight * terms["folding"]
         return total, terms
-
-
-def box_mean(x: torch.Tensor, window: int) -> torch.Tensor:
-    """Mean of (B, C, D, H, W) over a cubic ``window`` around each voxel, windows cut at
-    the border: the values of :func:`ddmr.losses.ncc.box_mean`, from cumulative sums along
-    each axis (cost independent of the window, several times faster on a CPU)."""
-    radius = window // 2
-    for dim in (2, 3, 4):
-        n = x.shape[dim]
-        if n == 1 or radius == 0:
-            continue
-        pad = [0, 0] * (4 - dim) + [1, 0]
-        cumulative = F.pad(x.cumsum(dim), pad)  # a zero before the first voxel
-        index = torch.arange(n, device=x.device)
-        high = torch.clamp(index + radius + 1, max=n)
-        low = torch.clamp(index - radius, min=0)
-        count = (high - low).to(x.dtype).view([-1 if d == dim else 1 for d in range(5)])
-        x = (cumulative.index_select(dim, high) - cumulative.index_select(dim, low)) / count
-    return x
 
 
 def _check_image(image: torch.Tensor, name: str) -> None:

@@ -64,9 +64,11 @@ def field_metrics(jacobian: np.ndarray, displacement_mm: np.ndarray) -> dict[str
     """Folding (% of voxels with det J <= 0) and SDlogJ (std of log max(det J, 1e-9)), the
     definitions of :mod:`ddmr.evaluate.metrics`, from the Jacobian determinant already
     computed; extreme determinants and the largest displacement (mm)."""
+    from ddmr.spatial.field import folding_percent, sdlogj
+
     return {
-        "folding_percent": float(100.0 * np.mean(jacobian <= 0)),
-        "sdlogj": float(np.std(np.log(np.maximum(jacobian, 1e-9)))),
+        "folding_percent": folding_percent(jacobian),
+        "sdlogj": sdlogj(jacobian),
         "jacobian_min": float(jacobian.min()),
         "jacobian_max": float(jacobian.max()),
         "displacement_max_mm": float(np.sqrt((displacement_mm.astype(np.float64) ** 2)

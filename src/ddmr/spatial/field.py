@@ -179,12 +179,12 @@ def jacobian_determinant_mm(displacement_mm: np.ndarray, geometry: Geometry) -> 
 
 def folding_percent(determinant: np.ndarray | torch.Tensor) -> float:
     """Percentage (0-100) of voxels whose Jacobian determinant is <= 0 (folding)."""
-    return float(100.0 * (np.asarray(determinant) <= 0).mean())
+    return float(100.0 * np.mean(np.asarray(determinant) <= 0))
 
 
 def sdlogj(determinant: np.ndarray | torch.Tensor) -> float:
     """Standard deviation of ``log(max(det J, 1e-9))`` over the voxels."""
-    return float(np.std(np.log(np.maximum(np.asarray(determinant, dtype=np.float64), 1e-9))))
+    return float(np.std(np.log(np.maximum(np.asarray(determinant), 1e-9))))
 
 def mm_to_voxels(displacement_mm: np.ndarray, geometry: Geometry) -> np.ndarray:
     """RAS mm displacement (3, I, J, K) -> voxels of ``geometry`` (3, I, J, K) float32."""

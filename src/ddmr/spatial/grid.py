@@ -31,11 +31,10 @@ Shorter box sides are padded symmetrically in all modes.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -160,21 +159,6 @@ class Geometry:
         affine[:3, :3] = LPS_FLIP @ matrix @ np.diag(np.asarray(spacing, dtype=np.float64))
         affine[:3, 3] = LPS_FLIP @ np.asarray(origin, dtype=np.float64)
         return cls(affine, tuple(int(n) for n in shape))
-
-    # -- serialisation -------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        return {"affine": self.affine.tolist(), "shape": list(self.shape)}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Geometry:
-        return cls(np.asarray(data["affine"], dtype=np.float64), tuple(data["shape"]))
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict())
-
-    @classmethod
-    def from_json(cls, text: str) -> Geometry:
-        return cls.from_dict(json.loads(text))
 
 
 def check_geometry(geometry: Geometry, path: PathLike) -> None:
