@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `import ddmr` does (ddmr/__init__)
+
 import numpy as np
 import pytest
 import torch

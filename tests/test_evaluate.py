@@ -66,6 +66,26 @@ def test_evaluate_end_to_end(workspace, capsys):
         assert row["dsc"] == pytest.approx(expected)
         assert row["tre"] == pytest.approx(metrics.centroid_tre(
             pair.fixed_labels, pair.moving_labels, pair.spacing))
+    # the model rows hold the scores of each model's own field on each pair, recomputed
+    # here from its prediction with the metric definitions
+    from ddmr.spatial.warp import warp_labels
+
+    methods = {m.name: m for m in load_methods(models)}
+    for pair in PairSet(root / "pairs"):
+        for name in ("a", "b", "SG-NSD"):
+            row = results[(results["pair"].astype(str).str.zfill(4) == pair.name)
+                          & (results["method"] == name)].iloc[0]
+            field = methods[name].predict(pair.fixed, pair.moving, pair.spacing)
+            warped = warp_labels(torch.from_numpy(pair.moving_labels)[None, None],
+                                 torch.from_numpy(field)[None])[0, 0].numpy()
+            assert row["dsc"] == pytest.approx(
+                np.nanmean(metrics.dice_per_label(pair.fixed_labels, warped)), abs=1e-9)
+            assert row["tre"] == pytest.approx(
+                metrics.centroid_tre(pair.fixed_labels, warped, pair.spacing), abs=1e-9)
+            assert row["folding"] == pytest.approx(metrics.folding_percent(field), abs=1e-9)
+            assert row["dense_tre"] == pytest.approx(
+                metrics.dense_tre(field, pair.displacement, pair.spacing,
+                                  pair.fixed_labels > 0), abs=1e-6)
     table = (out / "summary.md").read_text()
     for name in names:
         assert f"| {name} |" in table

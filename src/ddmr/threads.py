@@ -1,5 +1,9 @@
 """How many threads DDMR's numeric work may use: one setting for torch, scipy and BLAS.
 
+Importing :mod:`ddmr` sets ``OMP_WAIT_POLICY=PASSIVE`` (unless torch is already imported
+or the variable is set): OpenMP threads that sleep while they wait, so that a core shared
+with another process does not stall torch's parallel regions.
+
 The default is the number of cores this process may run on (its CPU affinity mask),
 lowered to ``OMP_NUM_THREADS`` when that is set. :func:`use_threads` applies a count to
 torch's intra-op pool, to BLAS/OpenMP pools in the process (threadpoolctl), to the
