@@ -13,8 +13,9 @@ from ddmr.config import DESIGNS, get_design
 from ddmr.data.datamodule import PreparedDataModule
 from ddmr.errors import ConfigError, InputError
 from ddmr.model.file import load_model
+from ddmr.train.finetune import finetune
 from ddmr.train.module import RegistrationModule
-from ddmr.train.run import RunOptions, data_summary, finetune, fit
+from ddmr.train.run import RunOptions, data_summary, fit
 from train_helpers import make_dataset, tiny_profile
 
 

@@ -181,7 +181,8 @@ class Demo:
     def train(self, design: str, data: Path, rundir: Path, steps: int,
               source_model: Path | None = None, mode: str | None = None) -> Path:
         from ddmr.config import get_design
-        from ddmr.train.run import RunOptions, finetune, fit
+        from ddmr.train.finetune import finetune
+        from ddmr.train.run import RunOptions, fit
 
         model = rundir / "model.safetensors"
         if model.is_file():

@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ddmr.model.shipped import resolve_model
-    from ddmr.train.run import finetune
+    from ddmr.train.finetune import finetune
 
     _, source = resolve_model(args.source)  # a model file, a run folder or a shipped name
     model = finetune(source, args.data, run_options(args), mode=args.mode,

@@ -1,4 +1,4 @@
-"""Training and fine-tuning runs: data, module, trainer, checkpoints, exported model file.
+"""Training runs: data, module, trainer, checkpoints, exported model file.
 
 A run directory holds ``run.json`` (the data and command), ``checkpoints/`` (``best.ckpt``
 by validation loss, ``last.ckpt`` for ``--resume``), ``logs/`` (CSV), ``tensorboard/``,
@@ -21,8 +21,16 @@ from typing import Any
 import numpy as np
 
 from ddmr.config import Design
-from ddmr.errors import ConfigError, InputError
+from ddmr.errors import InputError
 from ddmr.train.profiles import TrainingProfile
+from ddmr.train.resume import (
+    RUN_FILE,
+    check_resume_settings,
+    check_rundir,
+    data_fingerprint,
+    is_secondary_process,
+    write_run_file,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -67,134 +75,6 @@ def data_summary(data: str | Path) -> dict[str, Any]:
         "shape": shape if spacings else None,
         "preparation": prepare_json.read_text() if prepare_json.is_file() else None,
     }
-
-
-def _is_secondary_process() -> bool:
-    """True in the processes that a DDP launcher (Lightning, torchrun, SLURM) starts beside
-    the first one: they must not check, clear or create the run directory again."""
-    import os
-
-    return any(int(os.environ.get(key, "0") or 0) > 0
-               for key in ("LOCAL_RANK", "NODE_RANK", "RANK"))
-
-
-def _check_rundir(options: RunOptions) -> tuple[Path | None, dict[str, Any] | None]:
-    """Validate the run directory; return the checkpoint to resume from and its content
-    (``(None, None)`` for a new run)."""
-    from ddmr.io.files import check_output_folder
-
-    rundir = options.rundir
-    last = rundir / "checkpoints" / "last.ckpt"
-    if _is_secondary_process():
-        return (last, None) if options.resume else (None, None)
-    if options.resume:
-        if not last.is_file():
-            raise InputError(f"{rundir}: nothing to resume (no checkpoints/last.ckpt)")
-        checkpoint = _check_checkpoint(last)
-        check_output_folder(rundir, overwrite=True)  # still writable
-        return last, checkpoint
-    if rundir.exists() and rundir.is_dir() and any(rundir.iterdir()) and not options.overwrite:
-        raise InputError(f"{rundir}: run directory exists and is not empty; use --resume to "
-                         "continue it or --overwrite to start again")
-    check_output_folder(rundir, overwrite=True)
-    if rundir.exists() and options.overwrite:
-        import shutil
-
-        shutil.rmtree(rundir)
-    return None, None
-
-
-def _check_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a checkpoint as plain data, refusing one that does not load (truncated,
-    corrupt, foreign) before anything is written into the run directory."""
-    import torch
-
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises RuntimeError, pickle errors, EOFError, ...
-        raise InputError(f"{path}: cannot read the checkpoint ({type(error).__name__}); "
-                         "start again with --overwrite") from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint \
-            or not isinstance(checkpoint.get("hyper_parameters"), dict):
-        raise InputError(f"{path}: not a ddmr training checkpoint")
-    return checkpoint
-
-
-#: profile fields that a resumed run may change (how long, how often it checkpoints and
-#: validates, how it loads data); any other difference is refused
-RESUME_MAY_CHANGE = ("max_steps", "checkpoint_every", "val_every", "early_stopping",
-                     "num_workers")
-
-
-def _flat(value: Any, prefix: str) -> dict[str, Any]:
-    """Nested mappings as ``{"a.b": leaf}``, sequences as lists (JSON's view)."""
-    import json
-
-    value = json.loads(json.dumps(value, default=str))
-    if not isinstance(value, dict):
-        return {prefix: value}
-    out: dict[str, Any] = {}
-    for key, item in value.items():
-        out.update(_flat(item, f"{prefix}.{key}"))
-    return out or {prefix: {}}
-
-
-def _data_fingerprint(summary: dict[str, Any]) -> str:
-    """SHA-256 of what identifies a prepared dataset (splits, labels, grid, preparation),
-    not of where it lies: a dataset that moved keeps its fingerprint."""
-    import hashlib
-    import json
-
-    fields = {k: v for k, v in summary.items() if k != "path"}
-    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
-
-
-def _finetune_identity(card_extra: dict[str, Any] | None) -> dict[str, Any]:
-    """What a fine-tuning run's ``card_extra`` says about its source (not its path)."""
-    extra = card_extra or {}
-    source = extra.get("finetuned_from") or {}
-    return {"source_sha256": source.get("sha256"), "finetune": extra.get("finetune")}
-
-
-def _check_resume_settings(rundir: Path, checkpoint: dict[str, Any], design: Design,
-                           profile: TrainingProfile, summary: dict[str, Any],
-                           label_values: list[int], card_extra: dict[str, Any] | None) -> None:
-    """Refuse a resume whose design, profile (but :data:`RESUME_MAY_CHANGE`), data or
-    fine-tuning source differ from the run's, naming the fields that differ."""
-    import json
-
-    hyper = checkpoint["hyper_parameters"]
-    then = {**_flat(hyper.get("design"), "design"),
-            **_flat({k: v for k, v in (hyper.get("profile") or {}).items()
-                     if k not in RESUME_MAY_CHANGE}, "profile"),
-            "label_values": hyper.get("label_values")}
-    now = {**_flat(design.to_dict(), "design"),
-           **_flat({k: v for k, v in profile.to_dict().items()
-                    if k not in RESUME_MAY_CHANGE}, "profile"),
-           "label_values": list(label_values)}
-    record: dict[str, Any] = {}
-    if (rundir / RUN_FILE).is_file():
-        try:
-            record = json.loads((rundir / RUN_FILE).read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            record = {}
-    if isinstance(record, dict) and record.get("data_sha256"):
-        then["data"] = record.get("data")
-        now["data"] = (record.get("data") if record["data_sha256"] == _data_fingerprint(summary)
-                       else summary["path"])
-    if isinstance(record, dict) and "card_extra" in record:
-        then.update(_flat(_finetune_identity(record["card_extra"]), "finetune"))
-        now.update(_flat(_finetune_identity(card_extra), "finetune"))
-    # fields that only one side has (a ddmr version that added or dropped one) are not
-    # differences of the run's settings
-    differ = [key for key in sorted(set(then) & set(now)) if then[key] != now[key]]
-    if differ:
-        shown = "; ".join(f"{key} {then[key]!r} -> {now[key]!r}" for key in differ[:4])
-        more = f" (and {len(differ) - 4} more)" if len(differ) > 4 else ""
-        raise InputError(
-            f"{rundir}: --resume with other settings than the run's: {shown}{more}; only "
-            f"{', '.join(RESUME_MAY_CHANGE)} may change (start a new run with another -o, or "
-            "--overwrite)")
 
 
 def _segment_name(rundir: Path) -> str:
@@ -314,13 +194,13 @@ def fit(design: Design, profile: TrainingProfile, data: str | Path, options: Run
         check_tps_memory(profile.input_size, spacing, profile.augmentation,
                          "augmentation.tps_grid")
     label_values = summary["label_values"] or [0]
-    resume_from, checkpoint = _check_rundir(options)
+    resume_from, checkpoint = check_rundir(options)
     rundir = options.rundir
     if checkpoint is not None:
-        _check_resume_settings(rundir, checkpoint, design, profile, summary, label_values,
+        check_resume_settings(rundir, checkpoint, design, profile, summary, label_values,
                                card_extra)
         del checkpoint
-    primary = not _is_secondary_process()
+    primary = not is_secondary_process()
     new_run = primary and resume_from is None
     ckpt_dir = rundir / "checkpoints"
     saved_before = _checkpoint_files(ckpt_dir)
@@ -329,8 +209,8 @@ def fit(design: Design, profile: TrainingProfile, data: str | Path, options: Run
     rundir.mkdir(parents=True, exist_ok=True)
     try:
         if primary:
-            _write_run_file(rundir, data, options.command or shlex.join(sys.argv), card_extra,
-                            _data_fingerprint(summary))
+            write_run_file(rundir, data, options.command or shlex.join(sys.argv), card_extra,
+                            data_fingerprint(summary))
         started = time.time()
         L.seed_everything(profile.seed, workers=True, verbose=False)
         module = RegistrationModule(design.to_dict(), profile.to_dict(), label_values,
@@ -419,30 +299,6 @@ def fit(design: Design, profile: TrainingProfile, data: str | Path, options: Run
 
 
 #: A run directory's record of what it trains on (for ``ddmr export``).
-RUN_FILE = "run.json"
-
-
-def _write_run_file(rundir: Path, data: str | Path, command: str,
-                    card_extra: dict[str, Any] | None, data_sha256: str) -> None:
-    """Record the run's data (path and fingerprint, :func:`_data_fingerprint`) and command;
-    a resumed run updates the data's path (it may have moved) and keeps the command that
-    started the run (the recipe)."""
-    import json
-
-    from ddmr.io.files import atomic_path
-
-    record = {"data": str(Path(data).resolve()), "data_sha256": data_sha256,
-              "command": command, "card_extra": card_extra or {}}
-    if (rundir / RUN_FILE).is_file():
-        try:
-            old = json.loads((rundir / RUN_FILE).read_text())
-            record["command"] = old.get("command", command)
-        except (json.JSONDecodeError, OSError, AttributeError):
-            pass  # an unreadable record is replaced
-    with atomic_path(rundir / RUN_FILE) as temporary:
-        temporary.write_text(json.dumps(record, indent=2) + "\n")
-
-
 def _network_state(state: dict[str, Any]) -> dict[str, Any]:
     """The network's weights from a Lightning ``state_dict`` (prefix ``network.``)."""
     return {k.removeprefix("network."): v for k, v in state.items()
@@ -538,45 +394,3 @@ def export_run(rundir: str | Path, checkpoint: str = "best", data: str | Path | 
     return model_path
 
 
-def finetune_profile(card, overrides: dict[str, Any]) -> TrainingProfile:
-    """The source model's profile (its :class:`ddmr.model.card.ModelCard`) with the
-    fine-tuning learning rate (1e-4) and overrides."""
-    profile = TrainingProfile.from_dict(card.profile_fields).replace(learning_rate=1e-4)
-    return profile.replace(**{k: v for k, v in overrides.items() if v is not None})
-
-
-def check_mode(mode: str) -> None:
-    if mode not in ("full", "two-step"):
-        raise ConfigError(f"--mode {mode}: choose full or two-step")
-
-
-def finetune(model: str | Path, data: str | Path, options: RunOptions, mode: str = "full",
-             design_name: str | None = None, frozen_steps: int | None = None,
-             overrides: dict[str, Any] | None = None,
-             extra_callbacks: Sequence[Any] = ()) -> Path | None:
-    """Fine-tune a model file on new data: ``full`` trains everything at once; ``two-step``
-    first trains with the input and encoder groups frozen for ``frozen_steps`` optimiser
-    steps (default half of ``max_steps``), then everything."""
-    from ddmr.config import get_design
-    from ddmr.model.file import check_finite_weights, load_model
-
-    check_mode(mode)
-    loaded = load_model(model)
-    check_finite_weights(loaded.network.state_dict(), model)
-    if loaded.card.profile_fields is None:
-        raise InputError(f"{model}: the model card has no training profile to fine-tune with")
-    design = get_design(design_name) if design_name else loaded.card.design
-    profile = finetune_profile(loaded.card, overrides or {})
-    freeze_until = 0
-    if mode == "two-step":
-        freeze_until = frozen_steps if frozen_steps is not None else profile.max_steps // 2
-        if not 0 < freeze_until < profile.max_steps:
-            raise ConfigError(f"--frozen-steps {freeze_until}: must be between 1 and "
-                              f"max_steps - 1 ({profile.max_steps - 1})")
-    extra = {"finetuned_from": {"path": str(Path(model).resolve()),
-                                "sha256": loaded.card.weights_sha256,
-                                "design": loaded.card.design_name},
-             "finetune": {"mode": mode, "frozen_steps": freeze_until,
-                          "frozen_groups": ["input", "encoder"] if freeze_until else []}}
-    return fit(design, profile, data, options, initial_state=loaded.network.state_dict(),
-               freeze_until=freeze_until, card_extra=extra, extra_callbacks=extra_callbacks)
