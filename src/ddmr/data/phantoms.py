@@ -419,6 +419,8 @@ def write_phantom_cohort(
     """
     import nibabel as nib
 
+    from ddmr.io.files import atomic_path
+
     out = Path(outdir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "labels").mkdir(parents=True, exist_ok=True)
@@ -434,10 +436,8 @@ def write_phantom_cohort(
             im.set_qform(ph.affine, code=1)
             im.set_sform(ph.affine, code=1)
             im.header["descrip"] = b"ddmr SYNTHETIC CT phantom (not patient data)"
-            final = out / sub / f"{pid}.nii.gz"
-            tmp = final.with_name(f".{pid}.tmp.nii.gz")
-            nib.save(im, str(tmp))
-            os.replace(tmp, final)
+            with atomic_path(out / sub / f"{pid}.nii.gz") as temporary:
+                nib.save(im, str(temporary))
         ids.append(pid)
     (out / "README.txt").write_text(
         "SYNTHETIC abdominal CT phantoms made by ddmr.data.phantoms.write_phantom_cohort "

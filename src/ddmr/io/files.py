@@ -73,22 +73,40 @@ def write_failure(error: BaseException, path: PathLike) -> WriteError | None:
 
 
 @contextmanager
-def atomic_path(path: PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` (same extension); on success it replaces
-    ``path`` atomically, on failure it is removed, leaving any old file untouched. A full
-    disk, a read-only folder or a missing permission becomes one :class:`InputError`."""
-    path = Path(path)
-    extension = file_extension(path)
-    stem = path.name[: len(path.name) - len(extension)] if extension else path.name
-    temporary = path.with_name(f".{stem}.{uuid.uuid4().hex[:8]}.tmp{extension}")
+def write_errors(path: PathLike) -> Iterator[None]:
+    """Inside, a failure to write ``path`` that is the device's or the folder's fault
+    (:func:`write_failure`) becomes one :class:`ddmr.errors.WriteError` naming it; any
+    other exception passes unchanged."""
     try:
-        yield temporary
-        os.replace(temporary, path)
+        yield
     except (OSError, RuntimeError, WriteError) as error:
         failure = write_failure(error, path)
         if failure is None:
             raise
         raise failure from None
+
+
+@contextmanager
+def atomic_path(path: PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (``.NAME.XXXXXXXX.tmp`` + its extension)
+    for the caller to write; on success it is synced to disk and replaces ``path``
+    atomically, so a kill or a power cut at any moment leaves the old file or the new
+    one; on failure it is removed, leaving any old file untouched. A full disk, a
+    read-only folder or a missing permission becomes one :class:`WriteError`. This is
+    how every file of ddmr is written."""
+    path = Path(path)
+    extension = file_extension(path)
+    stem = path.name[: len(path.name) - len(extension)] if extension else path.name
+    temporary = path.with_name(f".{stem}.{uuid.uuid4().hex[:8]}.tmp{extension}")
+    try:
+        with write_errors(path):
+            yield temporary
+            descriptor = os.open(temporary, os.O_RDONLY)
+            try:
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
+            os.replace(temporary, path)
     finally:
         if temporary.exists():
             temporary.unlink()
@@ -106,10 +124,8 @@ def output_lock(path: PathLike) -> Iterator[None]:
     path = Path(path)
     lock = _lock_name(path)
     while True:
-        try:
+        with write_errors(path):
             descriptor = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as error:
-            raise (write_failure(error, path) or error) from None
         try:
             if fcntl is not None:
                 fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -152,39 +168,33 @@ def atomic_directory(path: PathLike, overwrite: bool = True) -> Iterator[Path]:
     """
     path = Path(path)
     check_output_folder(path, overwrite=overwrite, allow_empty=True, probe=False)
-    try:
+    with write_errors(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise (write_failure(error, path) or error) from None
     with output_lock(path):
         if not overwrite and _occupied(path):
             raise InputError(f"{path}: output folder already exists (written by another "
                              "process meanwhile?); pass --overwrite to replace it")
         temporary = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
         try:
-            temporary.mkdir()
-            yield temporary
-            old = None
-            if path.exists():
-                if not overwrite and _occupied(path):
-                    raise InputError(f"{path}: output folder already exists (written by "
-                                     "another process meanwhile); pass --overwrite to "
-                                     "replace it")
-                old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
-                os.replace(path, old)
-            try:
-                os.replace(temporary, path)
-            except BaseException:
+            with write_errors(path):
+                temporary.mkdir()
+                yield temporary
+                old = None
+                if path.exists():
+                    if not overwrite and _occupied(path):
+                        raise InputError(f"{path}: output folder already exists (written by "
+                                         "another process meanwhile); pass --overwrite to "
+                                         "replace it")
+                    old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
+                    os.replace(path, old)
+                try:
+                    os.replace(temporary, path)
+                except BaseException:
+                    if old is not None:
+                        os.replace(old, path)
+                    raise
                 if old is not None:
-                    os.replace(old, path)
-                raise
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        except (OSError, RuntimeError, WriteError) as error:
-            failure = write_failure(error, path)
-            if failure is None:
-                raise
-            raise failure from None
+                    shutil.rmtree(old, ignore_errors=True)
         finally:
             if temporary.exists():
                 shutil.rmtree(temporary, ignore_errors=True)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,7 +90,7 @@ def save_model(path: str | Path, network: UNet, card: dict[str, Any]) -> Path:
     Refuses a network with NaN or Inf weights and a name without ``.safetensors``."""
     from safetensors.torch import save_file
 
-    from ddmr.io.files import write_failure
+    from ddmr.io.files import atomic_path, write_errors
 
     path = Path(path)
     if path.suffix != ".safetensors":
@@ -110,23 +109,12 @@ def save_model(path: str | Path, network: UNet, card: dict[str, Any]) -> Path:
     full_card.pop(CARD_CHECKSUM, None)
     full_card = json.loads(json.dumps(full_card))  # what a reader will see (lists, not tuples)
     full_card[CARD_CHECKSUM] = card_checksum(full_card)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    card_path = path.with_suffix(".json")
-    tmp_card = card_path.with_name(f".{card_path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        save_file(state, str(tmp), metadata={"ddmr_card": json.dumps(full_card)})
-        tmp.replace(path)
-        tmp_card.write_text(json.dumps(full_card, indent=2) + "\n")
-        tmp_card.replace(card_path)
-    except (OSError, RuntimeError) as error:
-        failure = write_failure(error, path)
-        if failure is None:
-            raise
-        raise failure from None
-    finally:
-        tmp.unlink(missing_ok=True)
-        tmp_card.unlink(missing_ok=True)
+    with write_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as temporary:
+        save_file(state, str(temporary), metadata={"ddmr_card": json.dumps(full_card)})
+    with atomic_path(path.with_suffix(".json")) as temporary:
+        temporary.write_text(json.dumps(full_card, indent=2) + "\n")
     return path
 
 

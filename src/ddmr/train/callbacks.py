@@ -4,7 +4,6 @@ two-step fine-tuning."""
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 from collections.abc import Sequence
@@ -15,7 +14,7 @@ import lightning as L
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from ddmr.io.files import write_failure
+from ddmr.io.files import atomic_path, write_errors
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -27,20 +26,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path,
                         storage_options: Any | None = None) -> None:
         path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        try:
+        with write_errors(path):
             path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as handle:
-                torch.save(checkpoint, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except (OSError, RuntimeError) as error:
-            tmp.unlink(missing_ok=True)
-            failure = write_failure(error, path)
-            if failure is None:
-                raise
-            raise failure from None
+        with atomic_path(path) as temporary, open(temporary, "wb") as handle:
+            torch.save(checkpoint, handle)
 
 
 class LastCheckpoint(L.Callback):
