@@ -46,6 +46,7 @@ def run_register(pair, model, out, **kwargs):
     import ddmr
 
     kwargs.setdefault("affine", "none")  # the network's field alone, to test the geometry
+    kwargs.setdefault("engine", False)
     result = ddmr.register(pair / "fixed.nii.gz", pair / "moving.nii.gz",
                            pair / "fixed_seg.nii.gz", pair / "moving_seg.nii.gz",
                            model=pair / model, **kwargs)
@@ -74,10 +75,14 @@ def apply_with_sitk(out, pair, fixed_name="fixed", moving_name="moving") -> np.n
     return sitk.GetArrayFromImage(warped).transpose(2, 1, 0)
 
 
-@pytest.mark.parametrize("model", ["random.safetensors", "shift.safetensors"])
-def test_displacement_file_reproduces_warped_under_ants_and_simpleitk(pair, tmp_path, model):
+@pytest.mark.parametrize(("model", "options"), [
+    ("random.safetensors", {}), ("shift.safetensors", {}),
+    ("shift.safetensors", {"affine": "world", "engine": True}),  # the whole default path
+])
+def test_displacement_file_reproduces_warped_under_ants_and_simpleitk(pair, tmp_path, model,
+                                                                      options):
     out = tmp_path / "out"
-    result = run_register(pair, model, out)
+    result = run_register(pair, model, out, **options)
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted(["warped.nii.gz", "warped_seg.nii.gz", "displacement.nii.gz",
                             "jacobian.nii.gz", "overlay.png", "summary.json"])
@@ -111,7 +116,7 @@ def test_constant_output_is_the_expected_translation_in_mm(pair, tmp_path):
     out = tmp_path / "out"
     result = run_register(pair, "shift.safetensors", out)
     summary = json.loads((out / "summary.json").read_text())
-    model_affine = np.asarray(summary["model_grid"]["affine"])
+    model_affine = np.asarray(summary["model"]["grid"]["affine"])
     expected_ras = model_affine[:3, :3] @ np.array([1.5, -2.0, 1.0])
     assert np.linalg.norm(expected_ras) > 2.0
     # the file holds LPS mm vectors on the fixed grid: read them raw with nibabel
@@ -144,7 +149,8 @@ def test_summary_has_model_runtimes_and_label_metrics(pair, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["model"]["name"] == "random"
     assert len(summary["model"]["sha256"]) == 64
-    assert set(summary["runtime_s"]) >= {"load", "preprocess", "predict", "write", "total"}
+    assert set(summary["runtime_s"]) >= {"load", "preprocess", "network", "engine", "native",
+                                         "write", "total"}
     metrics = summary["metrics"]
     for key in ("dsc", "hd95", "tre", "folding_percent"):
         assert metrics[key] is not None
@@ -160,9 +166,9 @@ def test_array_inputs_give_the_same_result(pair):
 
     fixed = load_image(pair / "fixed.nii.gz")
     moving = load_image(pair / "moving.nii.gz")
-    by_array = ddmr.register(fixed, moving, model=pair / "shift.safetensors")
+    by_array = ddmr.register(fixed, moving, model=pair / "shift.safetensors", engine=False)
     by_path = ddmr.register(pair / "fixed.nii.gz", pair / "moving.nii.gz",
-                            model=str(pair / "shift.safetensors"))
+                            model=str(pair / "shift.safetensors"), engine=False)
     np.testing.assert_allclose(by_array.warped, by_path.warped, atol=1e-5)
     assert by_array.warped_seg is None
     assert by_array.summary["fixed"] == "<fixed array>"
@@ -182,7 +188,7 @@ def test_affine_prealignment_recovers_a_rigid_motion(tmp_path):
     moving = sample_scene(moving_geometry, shift, sharp=True)
     model = save_tiny_model(tmp_path / "zero.safetensors", zero=True)
     result = ddmr.register((fixed, fixed_geometry), (moving, moving_geometry), model=model,
-                           affine="ants")
+                           affine="ants", engine=False)
     assert result.summary["affine_prealignment"]["matrix_ras"] is not None
     error = result.displacement_mm - shift[:, None, None, None]
     inner = (slice(None), slice(8, -8), slice(8, -8), slice(8, -8))
@@ -204,7 +210,7 @@ def test_import_ddmr_is_light_and_register_is_a_documented_function():
             "f = ddmr.register; assert inspect.isfunction(f); "
             "p = inspect.signature(f).parameters; "
             "assert list(p)[:4] == ['fixed', 'moving', 'fixed_seg', 'moving_seg'], list(p); "
-            "text = pydoc.render_doc(f); assert 'refine_spacing' in text and 'fixed_seg' in text; "
+            "text = pydoc.render_doc(f); assert 'engine' in text and 'fixed_seg' in text; "
             "print('ok')")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=False)

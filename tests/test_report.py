@@ -128,18 +128,20 @@ def test_markdown_round_trip():
     assert "<strong>1</strong>" in html and 'text-align:right">2' in html
 
 
-def test_overlays_recompute_refined_methods(evaluated):
+def test_overlays_recompute_engine_methods(evaluated):
+    from ddmr.evaluate.engine_method import split_engine_name
     from ddmr.evaluate.pairs import PairSet
-    from ddmr.evaluate.runner import load_methods, split_refine_name
+    from ddmr.evaluate.runner import load_methods
     from ddmr.report.overlays import pair_overlay_rows
 
-    assert split_refine_name("BL-N+refine50") == ("BL-N", 50)
-    assert split_refine_name("a+refinex") == ("a+refinex", 0)
+    assert split_engine_name("BL-N+engine") == ("BL-N", True)
+    assert split_engine_name("+engine") == ("+engine", False)
+    assert split_engine_name("BL-N") == ("BL-N", False)
     root, _, model = evaluated
     pair = PairSet(root / "pairs")[0]
     loaded = {"BL-N": load_methods([model])[0]}
-    rows, missing = pair_overlay_rows(pair, ["BL-N", "BL-N+refine5", "other+refine5", "none"],
+    rows, missing = pair_overlay_rows(pair, ["BL-N", "BL-N+engine", "other+engine", "none"],
                                       loaded)
-    assert [r.method for r in rows] == ["BL-N", "BL-N+refine5", "none"]
-    assert missing == ["other+refine5"]
-    assert not np.allclose(rows[0].warped, rows[1].warped)  # the refinement moved the field
+    assert [r.method for r in rows] == ["BL-N", "BL-N+engine", "none"]
+    assert missing == ["other+engine"]
+    assert not np.allclose(rows[0].warped, rows[1].warped)  # the engine moved the field

@@ -1,9 +1,9 @@
-"""A few-line Adam for the per-pair optimisations (affine stage, refinement).
+"""A few-line Adam for the per-pair optimisations (the affine stages).
 
 It performs ``torch.optim.Adam``'s update with its defaults, on a handful of tensors with
 a learning rate each. Written out because the first ``torch.optim`` optimiser of a
 process imports ``torch._dynamo``: 2-3 s of start-up, more than a whole affine stage or
-a short refinement of a small pair.
+a small pair's registration.
 """
 
 from __future__ import annotations

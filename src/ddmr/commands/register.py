@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from ddmr.config import SIMILARITIES
+from ddmr.registration.settings import MODES, SIMILARITY_NAMES, EngineSettings
 
 #: Exit status of a registration whose QC verdict failed.
 QC_FAILED = 3
@@ -27,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "[,id]: one output subfolder per pair (default: one pair from "
                         "--fixed/--moving)")
     parser.add_argument("--model", help="shipped model name, model file or training run "
-                        "folder (default: the first shipped model; see `ddmr models`)")
+                        "folder, or none for no network (default: the first shipped model; "
+                        "see `ddmr models`)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument("--threads", type=int, metavar="N",
                         help="threads for torch, scipy and BLAS (default: the cores this "
@@ -38,19 +39,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "model's own where it helps), ants (ANTs' affine registration, kept "
                         "as it is; --affine alone) or none (trust the headers) "
                         "(default: world)")
-    parser.add_argument("--refine", type=int, default=0, metavar="N",
-                        help="refine the network's field on the pair itself for N "
-                        "iterations (default: 0, the network alone)")
-    parser.add_argument("--refine-similarity", choices=SIMILARITIES,
-                        help="similarity of the refinement (default: the model design's "
-                        "NCC; lncc local NCC, gncc global NCC, mi mutual information)")
-    parser.add_argument("--refine-spacing", type=float, metavar="MM",
-                        help="voxel size (mm) of the grid refinement runs on (default: the "
-                        "model's preparation spacing, i.e. its prepared grid)")
-    parser.add_argument("--refine-labels", action="store_true",
-                        help="add a Dice term on --fixed-seg/--moving-seg to the refinement "
-                        "(the reported DSC/TRE then no longer measure it independently; "
-                        "default: off)")
+    parser.add_argument("--fast", action="store_true",
+                        help="the network alone, without the registration engine "
+                        "(default: the engine runs after the network)")
+    parser.add_argument("--engine-iterations", metavar="N,N,N",
+                        help="the most engine steps per level, coarse to fine (default: "
+                        f"{','.join(map(str, EngineSettings().iterations))})")
+    parser.add_argument("--similarity", choices=SIMILARITY_NAMES,
+                        help="the engine's similarity: lncc local NCC, mi mutual "
+                        "information, mind MIND-SSC descriptors (default: lncc)")
+    parser.add_argument("--mode", choices=MODES,
+                        help="the engine's updates: compositive, additive, or svf "
+                        "(stationary velocity, diffeomorphic) (default: compositive)")
     parser.add_argument("--no-qc", action="store_true",
                         help="exit 0 even when the QC verdict fails (default: exit 3)")
     parser.add_argument("--overwrite", action="store_true",
@@ -60,32 +60,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", required=True, help="output folder")
 
 
-def _refine_options(args: argparse.Namespace) -> dict:
+def engine_settings(args: argparse.Namespace):
+    """The engine's :class:`EngineSettings` from the options (False with ``--fast``)."""
+    from dataclasses import replace
+
     from ddmr.errors import ConfigError
 
-    if args.refine < 0:
-        raise ConfigError(f"--refine {args.refine}: the number of iterations must be >= 0")
-    if args.refine == 0 and (args.refine_similarity or args.refine_spacing is not None
-                             or args.refine_labels):
-        raise ConfigError("--refine-similarity/--refine-spacing/--refine-labels need "
-                          "--refine N (N > 0)")
-    return {"refine": args.refine, "refine_similarity": args.refine_similarity,
-            "refine_spacing": args.refine_spacing, "refine_labels": args.refine_labels}
+    if args.fast:
+        if args.engine_iterations or args.similarity or args.mode:
+            raise ConfigError("--fast runs no engine: --engine-iterations, --similarity and "
+                              "--mode need it")
+        return False
+    settings = EngineSettings()
+    changes = {}
+    if args.engine_iterations:
+        try:
+            iterations = tuple(int(v) for v in args.engine_iterations.split(","))
+        except ValueError:
+            raise ConfigError(f"--engine-iterations {args.engine_iterations!r}: expected "
+                              "counts such as 200,100,40") from None
+        if len(iterations) != len(settings.levels) or min(iterations) < 0:
+            raise ConfigError(f"--engine-iterations {args.engine_iterations!r}: expected "
+                              f"{len(settings.levels)} counts >= 0, one per level")
+        changes["iterations"] = iterations
+    if args.similarity:
+        changes["similarity"] = args.similarity
+    if args.mode:
+        changes["mode"] = args.mode
+    return replace(settings, **changes)
 
 
-def _print_result(summary: dict, qc_line: str, output: str) -> None:
+def _print_result(summary: dict, method: str, qc_line: str, output: str) -> None:
     metrics = summary["metrics"]
-    line = (f"registered in {summary['runtime_s']['total']:.1f} s with model "
-            f"{summary['model']['name']}; folding {metrics['folding_percent']:.3f} %")
+    line = (f"registered in {summary['runtime_s']['total']:.1f} s ({method}); folding "
+            f"{metrics['folding_percent']:.3f} %")
     if metrics.get("dsc") is not None:
         line += f"; DSC {metrics['dsc']:.3f}"
     print(line)
-    refinement = summary.get("refinement")
-    if refinement:
-        print(f"refined {refinement['iterations']} iterations in {refinement['seconds']:.1f} s "
-              f"({refinement['similarity']}, {refinement['grid']['spacing_mm'][0]:.3g} mm "
-              f"grid): objective {refinement['objective_before']:.4f} -> "
-              f"{refinement['objective_after']:.4f}")
+    engine = summary.get("engine")
+    if engine:
+        steps = "/".join(str(level["steps"]) for level in engine["levels"])
+        print(f"engine: {steps} steps in {engine['seconds']:.1f} s; {engine['similarity']} "
+              f"{engine['objective_start']:.4f} -> {engine['objective']:.4f}"
+              + (" (the start was better and is kept)" if engine["kept_start"] else ""))
     print(qc_line)
     print(f"outputs in {output}")
 
@@ -96,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     from ddmr.errors import ConfigError
     from ddmr.threads import use_threads
 
-    refine = _refine_options(args)
+    engine = engine_settings(args)
     use_threads(args.threads)
     if args.pairs:
         if args.fixed or args.moving or args.fixed_seg or args.moving_seg:
@@ -104,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         from ddmr.registration.batch import register_pairs
 
         rows = register_pairs(args.pairs, args.output, args.model, args.device, args.affine,
-                              args.overwrite, progress=not args.no_progress, **refine)
+                              args.overwrite, progress=not args.no_progress, engine=engine)
         failed = [row["id"] for row in rows if row["qc"] != "pass"]
         print(f"{len(rows)} pairs registered into {args.output}; QC failed for "
               f"{len(failed)}" + (f": {', '.join(failed)}" if failed else ""))
@@ -116,9 +133,9 @@ def run(args: argparse.Namespace) -> int:
 
     check_output_folder(args.output, args.overwrite)
     result = register(args.fixed, args.moving, args.fixed_seg, args.moving_seg,
-                      args.model, args.device, args.affine, **refine)
+                      args.model, args.device, args.affine, engine)
     result.save(args.output, overwrite=args.overwrite)
-    _print_result(result.summary, result.qc.line(), args.output)
+    _print_result(result.summary, result.method(), result.qc.line(), args.output)
     if not result.qc.passed:
         print(f"ddmr register: {result.qc.line()}", file=sys.stderr)
         return 0 if args.no_qc else QC_FAILED

@@ -5,11 +5,9 @@ warped (trilinear) and its labels (label-exact, :func:`ddmr.spatial.warp.warp_la
 own spatial transformer, and every metric of :mod:`ddmr.evaluate.metrics` is computed.
 Times cover prediction (or registration) plus application of the field.
 
-With ``refine`` iteration counts, every model is also scored after per-pair refinement
-(:mod:`ddmr.registration.refine`) of its field on the pair's grid, as the method
-``<model>+refine<N>`` beside the model alone; the several counts come from one run of
-the largest (the result after N iterations of a longer run is that of an N-iteration
-run), and each one's time is the prediction plus the refinement up to N.
+With ``engine``, every model is also scored after the registration engine
+(:mod:`ddmr.registration.engine`) refines its field on the pair, as ``<model>+engine``;
+the baseline ``engine`` runs it after DDMR's affine stage alone.
 """
 
 from __future__ import annotations
@@ -124,105 +122,36 @@ def score_pair(pair, method: str, displacement: np.ndarray, seconds: float) -> d
             "seconds": seconds, **values}
 
 
-def refine_method_name(model: str, iterations: int) -> str:
-    """The method name of ``model`` refined for ``iterations``: ``UW-NSD+refine50``."""
-    return f"{model}+refine{int(iterations)}"
-
-
-def split_refine_name(method: str) -> tuple[str, int]:
-    """``"UW-NSD+refine50"`` -> ``("UW-NSD", 50)``; a name without the suffix -> (name, 0)."""
-    base, marker, count = method.rpartition("+refine")
-    if marker and base and count.isdigit():
-        return base, int(count)
-    return method, 0
-
-
-def parse_refine(text: str | int | Sequence[int] | None) -> list[int]:
-    """``"0,50,200"`` (or ints) -> sorted distinct positive iteration counts ([50, 200]):
-    0 stands for the model alone, which is always scored."""
-    if text is None or text == "":
-        return []
-    if isinstance(text, int):
-        values = [text]
-    elif isinstance(text, str):
-        try:
-            values = [int(v) for v in text.split(",") if v.strip()]
-        except ValueError:
-            raise ConfigError(f"--refine {text!r}: expected iteration counts such as "
-                              "0,50,200") from None
-    else:
-        values = [int(v) for v in text]
-    if any(v < 0 for v in values):
-        raise ConfigError(f"--refine {text!r}: iteration counts must be >= 0")
-    return sorted({v for v in values if v > 0})
-
-
-def refined_fields(pair, model: ModelMethod, displacement: np.ndarray, stops: list[int],
-                   options: dict[str, Any] | None = None) -> list[Any]:
-    """Refine ``model``'s field (3, D, H, W) on ``pair`` for each iteration count of
-    ``stops`` in one run: :class:`ddmr.registration.refine.RefineResult` per stop.
-    ``options``: ``similarity`` and ``labels`` as :func:`evaluate`'s ``refine_options``."""
-    from ddmr.registration.refine import refine_stops, settings_for
-
-    options = options or {}
-    settings = settings_for(model.design, max(stops), options.get("similarity"),
-                            labels=bool(options.get("labels")))
-    images = [minmax_normalise(torch.from_numpy(np.asarray(a, np.float32))[None, None])
-              .to(model.device) for a in (pair.fixed, pair.moving)]
-    labels = [None, None]
-    if settings.dice_weight > 0 and pair.fixed_labels is not None \
-            and pair.moving_labels is not None:
-        labels = [torch.from_numpy(np.asarray(a))[None, None].to(model.device)
-                  for a in (pair.fixed_labels, pair.moving_labels)]
-    start = torch.from_numpy(np.ascontiguousarray(displacement, np.float32))[None]
-    return refine_stops(*images, start.to(model.device), pair.spacing, settings, stops,
-                        *labels)
-
-
-def _refined_rows(pair, model: ModelMethod, displacement: np.ndarray, seconds: float,
-                  stops: list[int], options: dict[str, Any]) -> list[dict[str, Any]]:
-    """Rows of ``model+refineN`` for each N of ``stops`` (one refinement run)."""
-    rows = []
-    for result in refined_fields(pair, model, displacement, stops, options):
-        row = score_pair(pair, refine_method_name(model.name, result.iterations),
-                         result.displacement[0].float().cpu().numpy(),
-                         seconds + result.seconds)
-        row.update(refine_objective_before=result.objective_before,
-                   refine_objective_after=result.objective_after)
-        rows.append(row)
-    return rows
-
-
 def evaluate(pairs_path: str | Path, models: Sequence[str | Path] = (),
              baselines: Sequence[str] = ("syn", "syncc", "none"),
              ants_settings: dict[str, Any] | None = None, progress: bool = True,
-             device: str = "cpu", refine: str | Sequence[int] | None = None,
-             refine_options: dict[str, Any] | None = None) -> pd.DataFrame:
+             device: str = "cpu", engine: bool = False, engine_settings: Any = None
+             ) -> pd.DataFrame:
     """Score every model and baseline on every stored pair -> per-pair results (one row
     per pair and method). ``ants_settings`` maps "syn"/"syncc" to
     :class:`ddmr.baselines.ants.AntsSettings` (defaults otherwise). Models run on
     ``device``; metrics and baselines on the CPU.
 
-    ``refine`` (iteration counts, e.g. ``"0,50,200"``) adds ``<model>+refine<N>`` rows
-    (see the module docstring); ``refine_options``: ``similarity`` (``ncc``, ``lncc``,
-    ``gncc``, ``mi``; default the model design's NCC) and ``labels`` (add a Dice term on
-    the pair's label maps, which then no longer score the refinement independently)."""
+    ``engine`` adds ``<model>+engine`` rows: the registration engine
+    (:mod:`ddmr.registration.engine`, ``engine_settings`` or its defaults) started from
+    each model's field; the baseline ``engine`` is the engine after DDMR's world-space
+    affine stage alone (:mod:`ddmr.evaluate.engine_method`)."""
     from tqdm.auto import tqdm
 
     from ddmr.baselines.ants import NAMES, run_baseline
+    from ddmr.evaluate.engine_method import (
+        ENGINE,
+        engine_field,
+        engine_method_name,
+    )
     from ddmr.evaluate.pairs import PairSet
     from ddmr.spatial.grid import Geometry
 
-    stops = parse_refine(refine)
-    refine_options = dict(refine_options or {})
-    if refine_options.get("similarity") is not None:
-        from ddmr.registration.refine import RefineSettings
-
-        RefineSettings(similarity=refine_options["similarity"])  # a bad name fails here
     pairs = PairSet(pairs_path)
     methods = load_methods(models, device)
-    names = [m.name for m in methods] + [NAMES[b] for b in baselines]
-    names += [refine_method_name(m.name, k) for m in methods for k in stops]
+    names = [m.name for m in methods] + [ENGINE if b == ENGINE else NAMES[b]
+                                         for b in baselines]
+    names += [engine_method_name(m.name) for m in methods] if engine else []
     if len(set(names)) != len(names):
         raise ConfigError(f"method names collide: {names}")
     if not names:
@@ -244,12 +173,22 @@ def evaluate(pairs_path: str | Path, models: Sequence[str | Path] = (),
                                      "meaningless")
                 rows.append(score_pair(pair, model.name, displacement, seconds))
                 bar.update()
-                if stops:
-                    rows.extend(_refined_rows(pair, model, displacement, seconds, stops,
-                                              refine_options))
-                    bar.update(len(stops))
+                if engine:
+                    field, engine_seconds, result = engine_field(pair, displacement,
+                                                                 engine_settings)
+                    row = score_pair(pair, engine_method_name(model.name), field,
+                                     seconds + engine_seconds)
+                    row.update(engine_objective_start=result.objective_start,
+                               engine_objective=result.objective)
+                    rows.append(row)
+                    bar.update()
             geometry = Geometry(pair.affine, pair.fixed.shape)
             for baseline in baselines:
+                if baseline == ENGINE:
+                    field, engine_seconds, _ = engine_field(pair, None, engine_settings)
+                    rows.append(score_pair(pair, ENGINE, field, engine_seconds))
+                    bar.update()
+                    continue
                 result = run_baseline(baseline, pair.fixed, pair.moving, geometry,
                                       ants_settings.get(baseline))
                 rows.append(score_pair(pair, NAMES[baseline], result.displacement,

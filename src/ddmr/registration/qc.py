@@ -200,3 +200,26 @@ def sample_points(array: np.ndarray, geometry: Geometry, points: np.ndarray,
         return out
     image = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]
     return sample_image(image, torch.from_numpy(index)).numpy()
+
+
+def assess_registration(fixed, moving, masks: tuple[np.ndarray, np.ndarray], native,
+                        jacobian: np.ndarray, point_map: np.ndarray | None,
+                        limits: QCLimits | None = None) -> Verdict:
+    """The :class:`Verdict` of a registration of ``moving`` to ``fixed``
+    (:class:`ddmr.registration.inputs.Volume`) with foregrounds ``masks``: its
+    :class:`ddmr.registration.native.NativeResult` and Jacobian on the fixed grid."""
+    where = subsample(fixed.geometry.shape)
+    index = np.stack(np.meshgrid(*[np.arange(n)[s] for n, s in
+                                   zip(fixed.geometry.shape, where, strict=True)],
+                                 indexing="ij"), -1)
+    shape = index.shape[:3]
+    points = fixed.geometry.index_to_world(index.reshape(-1, 3))
+    moved = points + native.displacement_mm[(slice(None), *where)].reshape(3, -1).T
+    moved = np.where(np.isfinite(moved), moved, 1e9)
+    inputs = QCInputs(
+        fixed.array[where], masks[0][where],
+        sample_points(moving.array, moving.geometry, points).reshape(shape),
+        sample_points(masks[1], moving.geometry, points, nearest=True).reshape(shape),
+        native.warped[where],
+        sample_points(masks[1], moving.geometry, moved, nearest=True).reshape(shape))
+    return assess(inputs, native.displacement_mm, jacobian, point_map, limits)

@@ -29,7 +29,8 @@ OUTPUT_FILES = ("warped.nii.gz", "warped_seg.nii.gz", "displacement.nii.gz",
                 "jacobian.nii.gz", "overlay.png", "summary.json")
 
 #: The parts of ``summary["runtime_s"]`` that add up to its ``total``.
-RUNTIME_PARTS = ("load", "preprocess", "predict", "refine", "metrics", "qc", "write")
+RUNTIME_PARTS = ("load", "preprocess", "network", "engine", "native", "metrics", "qc",
+                 "write")
 
 
 @dataclass
@@ -44,12 +45,13 @@ class RegistrationResult:
     jacobian: (I, J, K) float32, determinant of the transform's Jacobian.
     qc: the quality-control verdict (:mod:`ddmr.registration.qc`).
     summary: what ``summary.json`` holds: inputs, model, affine stages, grids,
-        ``runtime_s`` (seconds: ``load`` read images and model; ``preprocess`` the affine
-        stages and the model's space; ``predict`` the network plus the field's trip to
-        the native grid, warping and Jacobian, of which ``network`` is the forward pass;
-        ``refine``; ``metrics``; ``qc``; ``write``; ``total``), ``refinement``,
-        ``metrics`` (folding %, SDlogJ, Jacobian range, largest displacement in mm; DSC,
-        HD95 mm, centroid TRE mm with both label maps) and ``qc``.
+        ``runtime_s`` (seconds: ``load`` read images and model; ``preprocess``
+        foregrounds and the affine stage; ``network`` the model's space, its own affine
+        stage and the forward pass; ``engine``; ``native`` the field's trip to the fixed
+        grid, warping and the Jacobian; ``metrics``; ``qc``; ``write``; ``total``),
+        ``engine`` (similarity before and after, steps per level), ``metrics`` (folding
+        %, SDlogJ, Jacobian range, largest displacement in mm; DSC, HD95 mm, centroid TRE
+        mm with both label maps) and ``qc``.
     """
 
     geometry: Geometry
@@ -69,6 +71,14 @@ class RegistrationResult:
         from ddmr.spatial.field import mm_to_voxels
 
         return mm_to_voxels(self.displacement_mm, self.geometry)
+
+    def method(self) -> str:
+        """What registered: ``model NAME + engine``, ``model NAME``, ``engine``, ``affine``."""
+        model = self.summary.get("model")
+        parts = [f"model {model['name']}"] if model else []
+        if self.summary.get("engine"):
+            parts.append("engine")
+        return " + ".join(parts) or "affine only"
 
     def write(self, folder: PathLike) -> None:
         """Write every output file into the existing ``folder`` (summary.json last). The
@@ -94,8 +104,8 @@ class RegistrationResult:
             pending = [pool.submit(job, *arguments) for job, *arguments in jobs]
             save_overlay(folder / "overlay.png", self.fixed, self.geometry, self.moving,
                          self.moving_geometry, self.warped, self.jacobian,
-                         title=f"ddmr register, model {self.summary['model']['name']}; "
-                               f"{self.qc.line()}", point_map=self.point_map)
+                         title=f"ddmr register, {self.method()}; {self.qc.line()}",
+                         point_map=self.point_map)
             for job in pending:
                 job.result()
         runtime = self.summary["runtime_s"]

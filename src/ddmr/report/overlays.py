@@ -37,17 +37,19 @@ def pair_overlay_rows(pair: Any, methods: Sequence[str], models: Mapping[str, An
                       ) -> tuple[list[OverlayRow], list[str]]:
     """Rows for the methods that can be recomputed, and the names of those that cannot
     (a model method without a loaded model in ``models``: name -> ModelMethod).
-    ``<model>+refine<N>`` methods are the model's field refined for N iterations with the
-    design's similarity (``ddmr evaluate --refine``'s default)."""
+    ``<model>+engine`` methods are the model's field refined by the registration engine
+    with its default settings, ``engine`` the engine alone (``ddmr evaluate``'s)."""
     from ddmr.baselines.ants import NAMES, run_baseline
-    from ddmr.evaluate.runner import refined_fields, split_refine_name
+    from ddmr.evaluate.engine_method import ENGINE, engine_field, split_engine_name
 
     baselines = {name: key for key, name in NAMES.items()}
     geometry = _geometry(pair)
     rows, missing = [], []
     for method in methods:
-        model_name, iterations = split_refine_name(method)
-        if method in baselines:
+        model_name, refined = split_engine_name(method)
+        if method == ENGINE:
+            displacement = engine_field(pair)[0]
+        elif method in baselines:
             key = baselines[method]
             settings = (ants_settings or {}).get(key)
             displacement = run_baseline(key, pair.fixed, pair.moving, geometry,
@@ -55,9 +57,8 @@ def pair_overlay_rows(pair: Any, methods: Sequence[str], models: Mapping[str, An
         elif model_name in models:
             model = models[model_name]
             displacement = model.predict(pair.fixed, pair.moving, pair.spacing)
-            if iterations:  # refined with the design's similarity, as evaluate's default
-                result = refined_fields(pair, model, displacement, [iterations])[-1]
-                displacement = result.displacement[0].float().cpu().numpy()
+            if refined:
+                displacement = engine_field(pair, displacement)[0]
         else:
             missing.append(method)
             continue
@@ -72,18 +73,17 @@ def overlay_figures(pairs_path: str | Path, methods: Sequence[str],
                     ) -> tuple[list[tuple[Path, str]], list[str]]:
     """Overlay PNGs for the first ``n_pairs`` stored pairs -> [(path, caption)] and the
     methods left out (no model file given, or the file is missing)."""
+    from ddmr.evaluate.engine_method import split_engine_name
     from ddmr.evaluate.pairs import PairSet
     from ddmr.evaluate.runner import load_methods
 
     pairs = PairSet(pairs_path)
-    from ddmr.evaluate.runner import split_refine_name
-
-    wanted = {split_refine_name(m)[0] for m in methods}
+    wanted = {split_engine_name(m)[0] for m in methods}
     loaded = {name: load_methods([path])[0] for name, path in models.items()
               if name in wanted and Path(path).is_file()}
     out: list[tuple[Path, str]] = []
-    missing = [m for m in methods if split_refine_name(m)[0] in models
-               and split_refine_name(m)[0] not in loaded]
+    missing = [m for m in methods if split_engine_name(m)[0] in models
+               and split_engine_name(m)[0] not in loaded]
     for i in range(min(n_pairs, len(pairs))):
         pair = pairs[i]
         rows, missing = pair_overlay_rows(pair, methods, loaded, ants_settings)

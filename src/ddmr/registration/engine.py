@@ -1,0 +1,287 @@
+"""The registration engine: a multi-resolution, smooth, greedy deformable optimiser at the
+images' own resolution, started from the network's field (or from the affine part alone).
+
+The transform it refines is the pipeline's: a fixed world point ``p`` shows the moving
+image at ``P(p + d(p))``, ``P`` the affine point map (fixed world -> moving world, RAS
+mm) and ``d`` a world displacement in mm on a grid over the fixed image's foreground.
+
+Per level, coarse to fine (voxels of ``factor x`` the finest spacing, on RAS-aligned
+grids over each image's own foreground box, both images smoothed against aliasing):
+
+1. warp: the moving level image sampled at ``P(p + d(p))`` (trilinear);
+2. similarity and its gradient with respect to the warped image
+   (:mod:`ddmr.registration.similarity`; local NCC by default), and the force
+   ``f = dS/dW grad W``;
+3. update (the greedy/SyN manner): ``s = G_fluid * f`` scaled so that its largest
+   vector is ``step`` voxels, then ``d <- s + d o (id + s)`` (compositive, default),
+   ``d <- d + s`` (additive), or, in ``svf`` mode, ``v <- v + s`` with ``d = exp(v) - id``
+   (scaling and squaring: diffeomorphic, with the inverse ``exp(-v)``); then
+   ``d <- G_diffusion * d`` (``v`` in ``svf`` mode);
+4. convergence: when the similarity has not risen by ``tolerance`` (relative) for
+   ``patience`` iterations the step halves; the level ends when the step falls below
+   ``min_step`` voxels or after ``iterations`` steps. The best iterate of each level is
+   kept, so a level never ends worse than it started.
+
+At the end the result is compared with the start (the initial field on the finest
+level) by the same similarity and the start is returned if it was better: the engine is
+never worse than its start by its own objective.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ddmr.registration.settings import EngineSettings
+from ddmr.registration.similarity import make_similarity
+from ddmr.spatial.filters import gaussian_smooth
+from ddmr.spatial.grid import Geometry, image_box, intersect, mask_box, normalised, target_grid
+from ddmr.spatial.resample import resample_to
+
+
+@dataclass
+class EngineResult:
+    """grid: the finest level's grid (RAS-aligned, over the fixed foreground);
+    displacement_mm: (3, *grid.shape) world mm, ``d`` of the module docstring;
+    inverse_mm: ``exp(-v)`` on the same grid in ``svf`` mode (None otherwise); objective_start
+    / objective: the similarity of the start and of the result on the finest level;
+    kept_start: the start was better and is returned; levels: per level its spacing,
+    steps taken, whether it converged, its best similarity and seconds; seconds: total."""
+
+    grid: Geometry
+    displacement_mm: torch.Tensor
+    objective_start: float
+    objective: float
+    kept_start: bool
+    levels: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+    inverse_mm: torch.Tensor | None = None
+
+    def grid_points(self) -> torch.Tensor:
+        """World points (3, *grid.shape) of the result's grid (RAS mm)."""
+        return _affine_volume(self.grid.affine, self.grid.shape)
+
+    def summary(self, settings: EngineSettings) -> dict[str, Any]:
+        return {"similarity": settings.similarity, "mode": settings.mode,
+                "objective_start": self.objective_start, "objective": self.objective,
+                "kept_start": self.kept_start, "seconds": round(self.seconds, 3),
+                "levels": self.levels, "grid": {"shape": list(self.grid.shape),
+                                                "spacing_mm": list(self.grid.spacing)},
+                "settings": settings.to_dict()}
+
+
+# -- one level ------------------------------------------------------------------------------
+
+
+def _object_grid(mask: np.ndarray, geometry: Geometry, spacing: float, margin: float
+                 ) -> Geometry:
+    """An RAS-aligned grid of ``spacing`` mm over the world box of ``mask`` (plus
+    ``margin`` mm), inside the image's own box."""
+    box = mask_box(mask, geometry, margin) or image_box(geometry)
+    box = intersect(box, image_box(geometry))
+    size = tuple(max(4, math.ceil(float(e) / spacing)) for e in box[1] - box[0])
+    return target_grid(box, size, spacing, "pad")
+
+
+def _normalised_image(array: np.ndarray, geometry: Geometry, grid: Geometry,
+                      scale: tuple[float, float]) -> torch.Tensor:
+    low, high = scale
+    values = resample_to(array, geometry, grid, order=1, cval=low, antialias=True)
+    return torch.from_numpy(np.clip((values - low) / (high - low), 0.0, 1.0)
+                            .astype(np.float32))
+
+
+def intensity_scale(array: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+    """(low, high) mapped to 0 and 1: the image minimum and the 99.5th percentile inside
+    the foreground (bright outliers do not compress the rest)."""
+    inside = array[mask] if mask.any() else array.ravel()
+    low = float(array.min())
+    high = float(np.percentile(inside, 99.5))
+    return low, high if high > low else float(array.max())
+
+
+class _Level:
+    """One level: the fixed features on ``grid``, the moving features on their own grid,
+    and the map from a displacement on ``grid`` to moving-grid sampling coordinates."""
+
+    def __init__(self, fixed, moving, point_map: np.ndarray, spacing: float,
+                 settings: EngineSettings, similarity) -> None:
+        (f_array, f_geometry, f_mask, f_scale), (m_array, m_geometry, m_mask, m_scale) = \
+            fixed, moving
+        self.grid = _object_grid(f_mask, f_geometry, spacing, settings.margin_mm)
+        moving_grid = _object_grid(m_mask, m_geometry, spacing, settings.margin_mm)
+        self.fixed = similarity.features(_normalised_image(f_array, f_geometry, self.grid,
+                                                           f_scale))
+        self.moving = similarity.features(_normalised_image(m_array, m_geometry, moving_grid,
+                                                            m_scale))[None]
+        self.spacing = torch.tensor(self.grid.spacing, dtype=torch.float32).view(3, 1, 1, 1)
+        # moving-grid index of P(p + d) = A d + q0(x), p the world point of grid voxel x
+        to_moving = np.linalg.inv(moving_grid.affine) @ point_map
+        self.linear = torch.from_numpy(to_moving[:3, :3].astype(np.float32))
+        self.q0 = _affine_volume(to_moving @ self.grid.affine, self.grid.shape)
+        self.moving_shape = moving_grid.shape
+        self.points = _affine_volume(self.grid.affine, self.grid.shape)  # world p (3, ...)
+
+    def warp(self, displacement_mm: torch.Tensor) -> torch.Tensor:
+        """Moving features at ``P(p + d(p))``: (C, *grid.shape)."""
+        index = self.q0 + torch.einsum("ab,b...->a...", self.linear, displacement_mm)
+        grid = normalised(index, self.moving_shape)[None]
+        return F.grid_sample(self.moving, grid, mode="bilinear", padding_mode="border",
+                             align_corners=True)[0]
+
+    def sample(self, field_mm: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+        """A field on this level's grid (3, *shape) interpolated at world points ``at``
+        (3, ...) (trilinear, border values beyond the grid)."""
+        return sample_field(field_mm, self.grid, at)
+
+
+def _affine_volume(matrix: np.ndarray, shape: tuple[int, int, int]) -> torch.Tensor:
+    """(3, *shape) float32: the (4, 4) ``matrix`` applied to every voxel index."""
+    axes = [torch.arange(n, dtype=torch.float64) for n in shape]
+    m = torch.from_numpy(np.array(matrix, dtype=np.float64))
+    out = (m[:3, 0, None, None, None] * axes[0][None, :, None, None]
+           + m[:3, 1, None, None, None] * axes[1][None, None, :, None]
+           + m[:3, 2, None, None, None] * axes[2][None, None, None, :]
+           + m[:3, 3, None, None, None])
+    return out.to(torch.float32)
+
+
+def sample_field(field_mm: torch.Tensor, grid: Geometry, points: torch.Tensor
+                 ) -> torch.Tensor:
+    """A field (3, *grid.shape) on ``grid`` interpolated at world points (3, ...)
+    (trilinear, border values beyond the grid): (3, ...)."""
+    inverse = np.linalg.inv(grid.affine)
+    linear = torch.from_numpy(inverse[:3, :3].astype(np.float32))
+    offset = torch.from_numpy(inverse[:3, 3].astype(np.float32))
+    index = torch.einsum("ab,b...->a...", linear, points) + offset.view(
+        3, *([1] * (points.ndim - 1)))
+    where = normalised(index.reshape(3, 1, 1, -1), grid.shape)[None]
+    out = F.grid_sample(field_mm[None], where, mode="bilinear", padding_mode="border",
+                        align_corners=True)
+    return out.reshape(3, *points.shape[1:])
+
+
+def _gradient(features: torch.Tensor, spacing: torch.Tensor) -> torch.Tensor:
+    """Spatial gradient (C, 3, *S) per mm of features (C, *S), central differences."""
+    grads = torch.gradient(features, dim=(1, 2, 3))
+    return torch.stack(grads, dim=1) / spacing.view(1, 3, 1, 1, 1)
+
+
+def _exp(velocity: torch.Tensor, level: _Level, steps: int) -> torch.Tensor:
+    """``exp(v) - id`` (world mm) of a stationary velocity (3, *S) by scaling and
+    squaring on the level's grid."""
+    displacement = velocity / (2 ** steps)
+    for _ in range(steps):
+        displacement = displacement + level.sample(displacement, level.points + displacement)
+    return displacement
+
+
+def _run_level(level: _Level, start: torch.Tensor, settings: EngineSettings, similarity,
+               iterations: int) -> tuple[torch.Tensor, float, dict[str, Any]]:
+    """Optimise one level from ``start`` (``d``, or ``v`` in ``svf`` mode)."""
+    started = time.perf_counter()
+    variable = start.clone()
+    unit = float(level.spacing.min())  # mm per voxel of the level (isotropic grid)
+    step = settings.step
+    best_value, best_variable, since = -math.inf, variable, 0
+    history: list[float] = []
+    taken = 0
+    converged = False
+    for taken in range(iterations + 1):
+        displacement = (_exp(variable, level, settings.integration_steps)
+                        if settings.mode == "svf" else variable)
+        warped = level.warp(displacement)
+        value, gradient = similarity(level.fixed, warped)
+        history.append(value)
+        if not math.isfinite(best_value) or value > best_value + settings.tolerance * abs(
+                best_value):
+            best_value, best_variable, since = value, variable, 0
+        else:
+            since += 1
+            if since >= settings.patience:
+                step, since = step / 2.0, 0
+                variable = best_variable  # go on from the best iterate, with a smaller step
+                if step < settings.min_step:
+                    converged = True
+                    break
+                continue
+        if taken == iterations:
+            break
+        force = (gradient[:, None] * _gradient(warped, level.spacing)).sum(dim=0)
+        update = gaussian_smooth(force, settings.fluid_sigma)
+        largest = float(update.norm(dim=0).max())
+        if not largest > 0:
+            converged = True
+            break
+        update = update * (step * unit / largest)
+        if settings.mode == "compositive":
+            variable = update + level.sample(variable, level.points + update)
+        else:
+            variable = variable + update
+        if settings.diffusion_sigma > 0:
+            variable = gaussian_smooth(variable, settings.diffusion_sigma)
+    record = {"spacing_mm": round(unit, 4), "steps": taken, "converged": converged,
+              "similarity": best_value, "seconds": round(time.perf_counter() - started, 3)}
+    return best_variable, best_value, record
+
+
+# -- the whole engine -----------------------------------------------------------------------
+
+
+def finest_spacing(geometry: Geometry, settings: EngineSettings) -> float:
+    """The finest level's voxel size (mm)."""
+    if settings.spacing is not None:
+        return float(settings.spacing)
+    return max(min(geometry.spacing), settings.min_spacing)
+
+
+def register_deformable(fixed: np.ndarray, fixed_geometry: Geometry, fixed_mask: np.ndarray,
+                        moving: np.ndarray, moving_geometry: Geometry,
+                        moving_mask: np.ndarray, point_map: np.ndarray,
+                        settings: EngineSettings | None = None,
+                        initial: Callable[[torch.Tensor], torch.Tensor] | None = None
+                        ) -> EngineResult:
+    """Run the engine (module docstring) on two images (I, J, K) on their own grids with
+    their foreground masks, after the affine ``point_map`` (4, 4, RAS, fixed world ->
+    moving world). ``initial(points)`` gives the starting ``d`` (mm) at world points
+    (3, ...) (None: zero, the affine part alone)."""
+    settings = settings or EngineSettings()
+    started = time.perf_counter()
+    similarity = make_similarity(settings.similarity, settings.window)
+    finest = finest_spacing(fixed_geometry, settings)
+    sides = ((fixed, fixed_geometry, fixed_mask, intensity_scale(fixed, fixed_mask)),
+             (moving, moving_geometry, moving_mask, intensity_scale(moving, moving_mask)))
+    with torch.inference_mode(False), torch.no_grad():
+        levels = [_Level(*sides, point_map, finest * factor, settings, similarity)
+                  for factor in settings.levels]
+        variable, records, previous = None, [], None
+        for level, iterations in zip(levels, settings.iterations, strict=True):
+            if variable is None:
+                variable = (initial(level.points) if initial is not None
+                            else torch.zeros_like(level.points))
+            else:
+                variable = sample_field(variable, previous.grid, level.points)
+            variable, value, record = _run_level(level, variable, settings, similarity,
+                                                 iterations)
+            records.append(record)
+            previous = level
+        finest_level = levels[-1]
+        start = (initial(finest_level.points) if initial is not None
+                 else torch.zeros_like(finest_level.points))
+        start_value, _ = similarity(finest_level.fixed, finest_level.warp(start))
+        displacement = (_exp(variable, finest_level, settings.integration_steps)
+                        if settings.mode == "svf" else variable)
+        inverse = (_exp(-variable, finest_level, settings.integration_steps)
+                   if settings.mode == "svf" else None)
+        kept_start = value < start_value
+        if kept_start:
+            displacement, value, inverse = start, start_value, None
+    return EngineResult(finest_level.grid, displacement, float(start_value), float(value),
+                        kept_start, records, time.perf_counter() - started, inverse)

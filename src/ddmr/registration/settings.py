@@ -1,0 +1,65 @@
+"""What the registration engine (:mod:`ddmr.registration.engine`) does, as settings: a
+module without heavy imports, so the command line can state the defaults."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ddmr.errors import ConfigError
+
+#: Similarities of the engine (:mod:`ddmr.registration.similarity`).
+SIMILARITY_NAMES = ("lncc", "mi", "mind")
+
+#: Update modes of :class:`EngineSettings`.
+MODES = ("compositive", "additive", "svf")
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """levels: each level's voxel size as a multiple of the finest (coarse to fine);
+    iterations: the most steps per level; similarity: ``lncc``, ``mi`` or ``mind``;
+    window: LNCC window (voxels); step: the largest update per step (voxels);
+    fluid_sigma: Gaussian (voxels) on each update; diffusion_sigma: on the whole field;
+    mode: ``compositive``, ``additive`` or ``svf``; tolerance, patience, min_step: the
+    convergence rule (module docstring); spacing: the finest voxel size in mm (None: the
+    fixed image's smallest, at least ``min_spacing``); margin_mm: background kept around
+    the fixed foreground box; integration_steps: scaling-and-squaring steps (``svf``)."""
+
+    levels: tuple[int, ...] = (4, 2, 1)
+    iterations: tuple[int, ...] = (200, 100, 40)
+    similarity: str = "lncc"
+    window: int = 9
+    step: float = 1.0
+    fluid_sigma: float = 1.7
+    diffusion_sigma: float = 0.7
+    mode: str = "compositive"
+    tolerance: float = 1e-4
+    patience: int = 6
+    min_step: float = 0.15
+    spacing: float | None = None
+    min_spacing: float = 1.0
+    margin_mm: float = 8.0
+    integration_steps: int = 6
+
+    def __post_init__(self) -> None:
+        if len(self.levels) != len(self.iterations) or not self.levels:
+            raise ConfigError("engine: one iteration count per level is needed")
+        if any(f < 1 for f in self.levels) or any(n < 0 for n in self.iterations):
+            raise ConfigError("engine: level factors must be >= 1 and iterations >= 0")
+        if self.similarity not in SIMILARITY_NAMES:
+            raise ConfigError(f"engine: unknown similarity {self.similarity!r}; choose one of "
+                              f"{', '.join(SIMILARITY_NAMES)}")
+        if self.mode not in MODES:
+            raise ConfigError(f"engine: unknown mode {self.mode!r}; choose one of "
+                              f"{', '.join(MODES)}")
+        if self.window < 1 or self.window % 2 != 1:
+            raise ConfigError(f"engine: window must be an odd number >= 1, got {self.window}")
+        for name in ("step", "min_step", "min_spacing"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"engine: {name} must be > 0")
+        if self.spacing is not None and not self.spacing > 0:
+            raise ConfigError(f"engine: spacing must be > 0 mm, got {self.spacing}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
