@@ -98,7 +98,7 @@ def ddmr_in_process(paths: dict[str, Path], model: str | None) -> tuple[float, d
     result = register(paths["fixed"], paths["moving"], paths["fixed_seg"], paths["moving_seg"],
                       model=model)
     runtime = result.summary["runtime_s"]
-    seconds = runtime["load"] + runtime["preprocess"] + runtime["predict"]
+    seconds = runtime["total"] - runtime["metrics"] - runtime["qc"]
     return seconds, result.summary
 
 

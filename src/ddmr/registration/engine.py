@@ -119,6 +119,7 @@ class _Level:
         moving_grid = _object_grid(m_mask, m_geometry, spacing, settings.margin_mm)
         self.fixed = similarity.features(_normalised_image(f_array, f_geometry, self.grid,
                                                            f_scale))
+        self.similarity = similarity.bind(self.fixed)
         self.moving = similarity.features(_normalised_image(m_array, m_geometry, moving_grid,
                                                             m_scale))[None]
         self.spacing = torch.tensor(self.grid.spacing, dtype=torch.float32).view(3, 1, 1, 1)
@@ -183,12 +184,14 @@ def _exp(velocity: torch.Tensor, level: _Level, steps: int) -> torch.Tensor:
     return displacement
 
 
-def _run_level(level: _Level, start: torch.Tensor, settings: EngineSettings, similarity,
+def _run_level(level: _Level, start: torch.Tensor, settings: EngineSettings,
                iterations: int) -> tuple[torch.Tensor, float, dict[str, Any]]:
     """Optimise one level from ``start`` (``d``, or ``v`` in ``svf`` mode)."""
     started = time.perf_counter()
     variable = start.clone()
     unit = float(level.spacing.min())  # mm per voxel of the level (isotropic grid)
+    fluid = max(settings.fluid_sigma, settings.fluid_mm / unit)
+    diffusion = max(settings.diffusion_sigma, settings.diffusion_mm / unit)
     step = settings.step
     best_value, best_variable, since = -math.inf, variable, 0
     history: list[float] = []
@@ -198,7 +201,7 @@ def _run_level(level: _Level, start: torch.Tensor, settings: EngineSettings, sim
         displacement = (_exp(variable, level, settings.integration_steps)
                         if settings.mode == "svf" else variable)
         warped = level.warp(displacement)
-        value, gradient = similarity(level.fixed, warped)
+        value, gradient = level.similarity(warped)
         history.append(value)
         if not math.isfinite(best_value) or value > best_value + settings.tolerance * abs(
                 best_value):
@@ -215,8 +218,8 @@ def _run_level(level: _Level, start: torch.Tensor, settings: EngineSettings, sim
         if taken == iterations:
             break
         force = (gradient[:, None] * _gradient(warped, level.spacing)).sum(dim=0)
-        update = gaussian_smooth(force, settings.fluid_sigma)
-        largest = float(update.norm(dim=0).max())
+        update = gaussian_smooth(force, fluid)
+        largest = float((update * update).sum(dim=0).max().sqrt())  # (norm(dim=0) is slow)
         if not largest > 0:
             converged = True
             break
@@ -225,8 +228,8 @@ def _run_level(level: _Level, start: torch.Tensor, settings: EngineSettings, sim
             variable = update + level.sample(variable, level.points + update)
         else:
             variable = variable + update
-        if settings.diffusion_sigma > 0:
-            variable = gaussian_smooth(variable, settings.diffusion_sigma)
+        if diffusion > 0:
+            variable = gaussian_smooth(variable, diffusion)
     record = {"spacing_mm": round(unit, 4), "steps": taken, "converged": converged,
               "similarity": best_value, "seconds": round(time.perf_counter() - started, 3)}
     return best_variable, best_value, record
@@ -268,14 +271,13 @@ def register_deformable(fixed: np.ndarray, fixed_geometry: Geometry, fixed_mask:
                             else torch.zeros_like(level.points))
             else:
                 variable = sample_field(variable, previous.grid, level.points)
-            variable, value, record = _run_level(level, variable, settings, similarity,
-                                                 iterations)
+            variable, value, record = _run_level(level, variable, settings, iterations)
             records.append(record)
             previous = level
         finest_level = levels[-1]
         start = (initial(finest_level.points) if initial is not None
                  else torch.zeros_like(finest_level.points))
-        start_value, _ = similarity(finest_level.fixed, finest_level.warp(start))
+        start_value, _ = finest_level.similarity(finest_level.warp(start))
         displacement = (_exp(variable, finest_level, settings.integration_steps)
                         if settings.mode == "svf" else variable)
         inverse = (_exp(-variable, finest_level, settings.integration_steps)

@@ -21,22 +21,26 @@ class EngineSettings:
     iterations: the most steps per level; similarity: ``lncc``, ``mi`` or ``mind``;
     window: LNCC window (voxels); step: the largest update per step (voxels);
     fluid_sigma: Gaussian (voxels) on each update; diffusion_sigma: on the whole field;
+    fluid_mm, diffusion_mm: the same at least this wide in mm (so finer levels are not
+    less regular in physical terms);
     mode: ``compositive``, ``additive`` or ``svf``; tolerance, patience, min_step: the
     convergence rule (module docstring); spacing: the finest voxel size in mm (None: the
     fixed image's smallest, at least ``min_spacing``); margin_mm: background kept around
     the fixed foreground box; integration_steps: scaling-and-squaring steps (``svf``)."""
 
     levels: tuple[int, ...] = (4, 2, 1)
-    iterations: tuple[int, ...] = (200, 100, 40)
+    iterations: tuple[int, ...] = (200, 200, 10)
     similarity: str = "lncc"
     window: int = 9
-    step: float = 1.0
-    fluid_sigma: float = 1.7
-    diffusion_sigma: float = 0.7
+    step: float = 2.0
+    fluid_sigma: float = 1.0
+    diffusion_sigma: float = 1.0
+    fluid_mm: float = 0.0
+    diffusion_mm: float = 4.0
     mode: str = "compositive"
-    tolerance: float = 1e-4
+    tolerance: float = 5e-4
     patience: int = 6
-    min_step: float = 0.15
+    min_step: float = 0.3
     spacing: float | None = None
     min_spacing: float = 1.0
     margin_mm: float = 8.0

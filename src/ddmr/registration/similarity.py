@@ -3,9 +3,11 @@ image.
 
 Each similarity compares fixed and warped *features* on one grid (C, D, H, W): the
 intensities themselves (C = 1) or descriptors computed from them. :meth:`features`
-turns an image (D, H, W) into them; :meth:`__call__` returns the similarity (a float, to
-be maximised) and its gradient with respect to the warped features (C, D, H, W), from
-which the engine forms its force ``sum_c dS/dW_c grad W_c``.
+turns an image (D, H, W) into them; :meth:`bind` takes the fixed features once and
+returns the function of the warped features that gives the similarity (a float, to be
+maximised) and its gradient with respect to them (C, D, H, W), from which the engine
+forms its force ``sum_c dS/dW_c grad W_c``; calling the similarity itself binds and
+evaluates in one go.
 
 * :class:`LocalNCC`: mean over voxels of the squared correlation in a cubic window (the
   CC of ANTs and the WNCC of greedy), box sums by matrix products, gradient in closed
@@ -40,23 +42,33 @@ class LocalNCC:
     def features(self, image: torch.Tensor) -> torch.Tensor:
         return image[None]
 
+    def bind(self, fixed: torch.Tensor):
+        a = fixed[0]
+        count = box_sum(torch.ones_like(a)[None], self.window)[0]
+        sum_a, sum_aa = box_sum(torch.stack([a, a * a]), self.window)
+        mean_a = sum_a / count
+        var_a = (sum_aa - sum_a * mean_a).clamp_min_(0.0)
+
+        def evaluate(warped: torch.Tensor) -> tuple[float, torch.Tensor]:
+            b = warped[0]
+            sum_b, sum_bb, sum_ab = box_sum(torch.stack([b, b * b, a * b]), self.window)
+            mean_b = sum_b / count
+            cov = sum_ab - sum_a * mean_b
+            var_b = (sum_bb - sum_b * mean_b).clamp_min_(0.0)
+            denominator = var_a * var_b + self.eps
+            cc = cov * cov / denominator
+            alpha = 2.0 * cov / denominator
+            beta = 2.0 * cc * var_a / denominator
+            centres = box_sum(torch.stack([alpha, alpha * mean_a, beta, beta * mean_b]),
+                              self.window)
+            gradient = a * centres[0] - centres[1] - b * centres[2] + centres[3]
+            return float(cc.mean()), (gradient / a.numel())[None]
+
+        return evaluate
+
     def __call__(self, fixed: torch.Tensor, warped: torch.Tensor
                  ) -> tuple[float, torch.Tensor]:
-        a, b = fixed[0], warped[0]
-        count = box_sum(torch.ones_like(a)[None], self.window)[0]
-        sums = box_sum(torch.stack([a, b, a * a, b * b, a * b]), self.window)
-        mean_a, mean_b = sums[0] / count, sums[1] / count
-        cov = sums[4] - sums[0] * mean_b
-        var_a = (sums[2] - sums[0] * mean_a).clamp_min_(0.0)
-        var_b = (sums[3] - sums[1] * mean_b).clamp_min_(0.0)
-        denominator = var_a * var_b + self.eps
-        cc = cov * cov / denominator
-        alpha = 2.0 * cov / denominator
-        beta = 2.0 * cc * var_a / denominator
-        centres = box_sum(torch.stack([alpha, alpha * mean_a, beta, beta * mean_b]),
-                          self.window)
-        gradient = a * centres[0] - centres[1] - b * centres[2] + centres[3]
-        return float(cc.mean()), (gradient / a.numel())[None]
+        return self.bind(fixed)(warped)
 
 
 @dataclass(frozen=True)
@@ -70,13 +82,19 @@ class MutualInformation:
     def features(self, image: torch.Tensor) -> torch.Tensor:
         return image[None]
 
+    def bind(self, fixed: torch.Tensor):
+        def evaluate(warped: torch.Tensor) -> tuple[float, torch.Tensor]:
+            with torch.enable_grad():
+                w = warped.detach().requires_grad_(True)
+                value = _mutual_information(fixed.reshape(-1), w.reshape(-1), self.bins)
+                (gradient,) = torch.autograd.grad(value, w)
+            return float(value.detach()), gradient
+
+        return evaluate
+
     def __call__(self, fixed: torch.Tensor, warped: torch.Tensor
                  ) -> tuple[float, torch.Tensor]:
-        with torch.enable_grad():
-            w = warped.detach().requires_grad_(True)
-            value = _mutual_information(fixed.reshape(-1), w.reshape(-1), self.bins)
-            (gradient,) = torch.autograd.grad(value, w)
-        return float(value.detach()), gradient
+        return self.bind(fixed)(warped)
 
 
 def _mutual_information(a: torch.Tensor, b: torch.Tensor, bins: int) -> torch.Tensor:
@@ -126,11 +144,17 @@ class MindSSC:
         descriptor = torch.exp(-distance / variance)
         return descriptor / descriptor.amax(dim=0, keepdim=True).clamp_min(1e-12)
 
+    def bind(self, fixed: torch.Tensor):
+        def evaluate(warped: torch.Tensor) -> tuple[float, torch.Tensor]:
+            difference = fixed - warped
+            value = -float((difference * difference).mean())
+            return value, 2.0 * difference / difference.numel()
+
+        return evaluate
+
     def __call__(self, fixed: torch.Tensor, warped: torch.Tensor
                  ) -> tuple[float, torch.Tensor]:
-        difference = fixed - warped
-        value = -float((difference * difference).mean())
-        return value, 2.0 * difference / difference.numel()
+        return self.bind(fixed)(warped)
 
 
 def _shifted(padded: torch.Tensor, offset: tuple[int, int, int], dilation: int,

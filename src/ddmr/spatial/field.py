@@ -186,6 +186,11 @@ def sdlogj(determinant: np.ndarray | torch.Tensor) -> float:
     """Standard deviation of ``log(max(det J, 1e-9))`` over the voxels."""
     return float(np.std(np.log(np.maximum(np.asarray(determinant), 1e-9))))
 
+def voxels_to_mm(displacement: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """Voxel displacement (3, I, J, K) on ``geometry`` -> RAS mm (3, I, J, K) float32."""
+    return np.einsum("ab,bijk->aijk", geometry.affine[:3, :3], displacement).astype(np.float32)
+
+
 def mm_to_voxels(displacement_mm: np.ndarray, geometry: Geometry) -> np.ndarray:
     """RAS mm displacement (3, I, J, K) -> voxels of ``geometry`` (3, I, J, K) float32."""
     inverse = np.linalg.inv(geometry.affine[:3, :3])
