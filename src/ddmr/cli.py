@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "finetune": ("finetune", "fine-tune a trained model on new data (full or two-step)"),
     "export": ("export", "write a model file from a training run's best or last checkpoint"),
     "register": ("register", "register a moving image to a fixed image in world space"),
+    "apply": ("apply", "apply a saved registration to an image, a label map or points"),
     "models": ("models", "list the shipped models and their cards"),
     "pairs": ("pairs", "make and store test pairs from held-out subjects"),
     "evaluate": ("evaluate", "score models and ANTs baselines on stored test pairs"),

@@ -29,7 +29,7 @@ from ddmr.io.images import (
     _write_nifti,
 )
 from ddmr.spatial.field import displacement_to_lps_mm, lps_mm_to_displacement
-from ddmr.spatial.grid import Geometry, check_geometry
+from ddmr.spatial.grid import LPS_FLIP, Geometry, check_geometry
 
 if TYPE_CHECKING:
     import torch
@@ -102,3 +102,50 @@ def load_displacement(path: PathLike) -> tuple[np.ndarray, Geometry]:
     if not np.all(np.isfinite(data)):
         raise InputError(f"{path}: displacement field contains NaN or Inf")
     return lps_mm_to_displacement(data, geometry).astype(np.float32), geometry
+
+
+def _lps(matrix: np.ndarray) -> np.ndarray:
+    flip = np.eye(4)
+    flip[:3, :3] = LPS_FLIP
+    return flip @ np.asarray(matrix, dtype=np.float64) @ flip
+
+
+def save_affine(path: PathLike, point_map: np.ndarray) -> None:
+    """Write a (4, 4) RAS point map (fixed world -> moving world, as ddmr's affine part)
+    as an ITK affine transform file (``.mat``, the format ANTs writes; ``.txt``/``.tfm``
+    text), atomically: ``antsApplyTransforms -t affine.mat`` and
+    ``ants.apply_transforms(..., [affine.mat])`` apply it (LPS, centre 0)."""
+    import SimpleITK as sitk  # noqa: N813
+
+    lps = _lps(point_map)
+    transform = sitk.AffineTransform(3)
+    transform.SetMatrix(tuple(float(v) for v in lps[:3, :3].ravel()))
+    transform.SetTranslation(tuple(float(v) for v in lps[:3, 3]))
+    path = Path(path)
+    with atomic_path(path) as temporary:
+        sitk.WriteTransform(transform, str(temporary))
+
+
+def load_affine(path: PathLike) -> np.ndarray:
+    """Read an ITK affine transform file (``.mat``, ``.txt``, ``.tfm``; as ANTs writes
+    them) -> the (4, 4) RAS point map (fixed world -> moving world)."""
+    import SimpleITK as sitk  # noqa: N813
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    try:
+        transform = sitk.ReadTransform(str(path))
+        parameters = np.asarray(transform.GetParameters(), dtype=np.float64)
+        centre = np.asarray(transform.GetFixedParameters(), dtype=np.float64)
+        if transform.GetDimension() != 3 or parameters.size != 12 or centre.size != 3:
+            raise ValueError(f"a {transform.GetName()} with {parameters.size} parameters is "
+                             "not a 3D affine transform")
+    except (RuntimeError, ValueError) as error:
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InputError(f"{path}: cannot read an affine transform: {detail}") from None
+    matrix, translation = parameters[:9].reshape(3, 3), parameters[9:]
+    lps = np.eye(4)
+    lps[:3, :3] = matrix
+    lps[:3, 3] = centre + translation - matrix @ centre
+    return _lps(lps)

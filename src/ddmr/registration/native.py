@@ -89,9 +89,12 @@ def _field_on_slab(u: torch.Tensor, to_model: np.ndarray, rows: slice,
 @dataclass
 class NativeResult:
     """Outputs on the fixed image's grid: ``displacement_mm`` (3, I, J, K) float32 RAS mm
-    (``p' - p``), ``warped`` (I, J, K) float32, ``warped_labels`` (I, J, K) uint8 or None."""
+    (``p' - p``, the whole transform), ``residual_mm`` (3, I, J, K) float32 RAS mm (``d``,
+    the non-rigid part before the affine point map: ``p' = P(p + d)``), ``warped``
+    (I, J, K) float32, ``warped_labels`` (I, J, K) uint8 or None."""
 
     displacement_mm: np.ndarray
+    residual_mm: np.ndarray
     warped: np.ndarray
     warped_labels: np.ndarray | None
 
@@ -114,6 +117,7 @@ def to_native(displacement: torch.Tensor, model_grid: Geometry, fixed: Geometry,
     to_model = np.linalg.inv(model_grid.affine) @ fixed.affine
     net_to_world = torch.from_numpy((point[:3, :3] @ model_grid.affine[:3, :3])
                                     .astype(np.float32))
+    net_to_residual = torch.from_numpy(model_grid.affine[:3, :3].astype(np.float32))
     offset_map = point @ fixed.affine
     offset_map[:3, :] -= fixed.affine[:3, :]  # (P - I) A_f: displacement without the net
     to_moving_matrix = np.linalg.inv(moving_geometry.affine)
@@ -128,6 +132,7 @@ def to_native(displacement: torch.Tensor, model_grid: Geometry, fixed: Geometry,
         cells = label_cells(labels)  # background competes too, as any label
     shape = fixed.shape
     out_disp = np.empty((3, *shape), dtype=np.float32)
+    out_residual = np.empty((3, *shape), dtype=np.float32)
     out_warped = np.empty(shape, dtype=np.float32)
     out_labels = np.zeros(shape, dtype=np.uint8) if labels is not None else None
     for sl in _slabs(shape):
@@ -135,6 +140,7 @@ def to_native(displacement: torch.Tensor, model_grid: Geometry, fixed: Geometry,
         disp = _affine_volume(offset_map[:3], sl, shape) + torch.einsum(
             "ab,bijk->aijk", net_to_world, uq)
         out_disp[:, sl] = disp.numpy()
+        out_residual[:, sl] = torch.einsum("ab,bijk->aijk", net_to_residual, uq).numpy()
         moving_index = _affine_volume(to_moving[:3], sl, shape) + torch.einsum(
             "ab,bijk->aijk", net_to_moving, uq)
         out_warped[sl] = sample_image(image, moving_index).numpy()
@@ -142,4 +148,4 @@ def to_native(displacement: torch.Tensor, model_grid: Geometry, fixed: Geometry,
             points = moving_index.reshape(3, -1)
             out_labels[sl] = sample_labels(labels, points, values, cells).numpy().reshape(
                 moving_index.shape[1:])
-    return NativeResult(out_disp, out_warped, out_labels)
+    return NativeResult(out_disp, out_residual, out_warped, out_labels)

@@ -114,6 +114,26 @@ def _engine_settings(engine: Any) -> EngineSettings | None:
     raise ConfigError(f"engine: expected True, False or EngineSettings, got {engine!r}")
 
 
+def _samplers(grid, field, engine):
+    """``d`` at world points from the final field, and ``e`` (``exp(-v)``) in svf mode."""
+    import torch
+
+    from ddmr.registration.engine import sample_field
+
+    linear = torch.from_numpy(grid.affine[:3, :3].astype(np.float32))
+    millimetres = torch.einsum("ab,b...->a...", linear, field[0].float())
+
+    def residual(points):
+        return sample_field(millimetres, grid, points)
+
+    inverse = None
+    if engine is not None and engine.inverse_mm is not None:
+        def inverse(points):
+            return sample_field(engine.inverse_mm, engine.grid, points)
+
+    return residual, inverse
+
+
 def _final_field(network, engine):
     """(grid, voxel field (1, 3, *grid.shape)) that :func:`to_native` brings to the fixed
     grid: the engine's result, else the network's, else none (the affine part alone)."""
@@ -159,6 +179,7 @@ def register(fixed: ImageInput, moving: ImageInput, fixed_seg: ImageInput | None
     from ddmr.model.file import file_sha256
     from ddmr.model.shipped import check_device, load
     from ddmr.registration.engine import register_deformable
+    from ddmr.registration.inverse import invert
     from ddmr.registration.moments import foreground_mask
     from ddmr.registration.native import to_native
     from ddmr.registration.network import predict
@@ -200,6 +221,10 @@ def register(fixed: ImageInput, moving: ImageInput, fixed_seg: ImageInput | None
         native = to_native(field, field_grid, fixed_volume.geometry, moving_volume.array,
                            moving_volume.geometry, moving_volume.labels, alignment.point_map)
         jacobian = jacobian_determinant_mm(native.displacement_mm, fixed_volume.geometry)
+    with timer("inverse"):
+        residual, inverse_residual = _samplers(field_grid, field, engine_result)
+        inverse = invert(residual, alignment.point_map, fixed_volume.geometry,
+                         moving_volume.geometry, inverse_residual)
     with timer("metrics"):
         metrics: dict[str, Any] = field_metrics(jacobian, native.displacement_mm)
         if fixed_volume.labels is not None and native.warped_labels is not None:
@@ -207,13 +232,13 @@ def register(fixed: ImageInput, moving: ImageInput, fixed_seg: ImageInput | None
                                          fixed_volume.geometry.spacing))
     with timer("qc"):
         verdict = assess_registration(fixed_volume, moving_volume, masks, native, jacobian,
-                                      alignment.point_map, qc_limits)
+                                      alignment.point_map, qc_limits, inverse.error_mean)
 
     from ddmr import __version__
 
     runtime = {name: round(timer.seconds.get(name, 0.0), 3)
-               for name in ("load", "preprocess", "network", "engine", "native", "metrics",
-                            "qc")}
+               for name in ("load", "preprocess", "network", "engine", "native", "inverse",
+                            "metrics", "qc")}
     runtime["total"] = round(sum(runtime.values()), 3)
     model_record = None
     if loaded is not None:
@@ -234,6 +259,7 @@ def register(fixed: ImageInput, moving: ImageInput, fixed_seg: ImageInput | None
                        "spacing_mm": list(fixed_volume.geometry.spacing)},
         "displacement": "displacement.nii.gz: ITK/ANTs displacement field on the fixed grid, "
                         "LPS mm, maps fixed points to moving points (full transform)",
+        "inverse": inverse.summary(),
         "runtime_s": runtime,
         "metrics": metrics,
         "qc": verdict.to_dict(),
@@ -241,4 +267,5 @@ def register(fixed: ImageInput, moving: ImageInput, fixed_seg: ImageInput | None
     return RegistrationResult(fixed_volume.geometry, native.warped, native.warped_labels,
                               native.displacement_mm, jacobian.astype(np.float32), verdict,
                               summary, fixed_volume.array, moving_volume.array,
-                              moving_volume.geometry, alignment.point_map)
+                              moving_volume.geometry, alignment.point_map,
+                              native.residual_mm, inverse.displacement_mm)

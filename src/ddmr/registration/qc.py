@@ -36,7 +36,8 @@ class QCLimits:
     """min_overlap: foreground Dice after registration; max_similarity_drop: how much
     lower NCC after may be than before; max_folding_percent; jacobian_range: allowed
     (0.1 percentile, 99.9 percentile) of det J; scale_range: allowed affine scales;
-    max_shear: allowed affine shear (off-diagonal of the stretch, relative)."""
+    max_shear: allowed affine shear (off-diagonal of the stretch, relative);
+    max_inverse_error: mean ``|phi(phi^-1(q)) - q|`` (moving voxels) of the inverse."""
 
     min_overlap: float = 0.5
     max_similarity_drop: float = 0.02
@@ -44,6 +45,7 @@ class QCLimits:
     jacobian_range: tuple[float, float] = (0.02, 50.0)
     scale_range: tuple[float, float] = (0.5, 2.0)
     max_shear: float = 0.3
+    max_inverse_error: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -128,10 +130,12 @@ class QCInputs:
 
 
 def assess(inputs: QCInputs, displacement_mm: np.ndarray, jacobian: np.ndarray,
-           point_map: np.ndarray | None, limits: QCLimits | None = None) -> Verdict:
+           point_map: np.ndarray | None, limits: QCLimits | None = None,
+           inverse_error: float | None = None) -> Verdict:
     """The :class:`Verdict` of a registration: ``displacement_mm`` (3, I, J, K) and
     ``jacobian`` (I, J, K) on the whole fixed grid, ``point_map`` (4, 4) its affine part
-    (None: identity)."""
+    (None: identity), ``inverse_error`` the mean error of its inverse in moving voxels
+    (None: no inverse checked)."""
     from scipy import ndimage
 
     limits = limits or QCLimits()
@@ -180,6 +184,12 @@ def assess(inputs: QCInputs, displacement_mm: np.ndarray, jacobian: np.ndarray,
     ok = shear <= limits.max_shear
     checks.append(Check("affine_shear", ok, f"shear {shear:.2f}"
                         + ("" if ok else f" (over {limits.max_shear:g})")))
+    if inverse_error is not None:
+        measures["inverse_error_voxels"] = inverse_error
+        ok = bool(inverse_error <= limits.max_inverse_error)
+        checks.append(Check("inverse", ok, f"inverse error {inverse_error:.3f} voxel"
+                            + ("" if ok else f" (over {limits.max_inverse_error:g}: "
+                                             "inverse_displacement.nii.gz is inexact)")))
     return Verdict(checks, measures)
 
 
@@ -204,7 +214,8 @@ def sample_points(array: np.ndarray, geometry: Geometry, points: np.ndarray,
 
 def assess_registration(fixed, moving, masks: tuple[np.ndarray, np.ndarray], native,
                         jacobian: np.ndarray, point_map: np.ndarray | None,
-                        limits: QCLimits | None = None) -> Verdict:
+                        limits: QCLimits | None = None,
+                        inverse_error: float | None = None) -> Verdict:
     """The :class:`Verdict` of a registration of ``moving`` to ``fixed``
     (:class:`ddmr.registration.inputs.Volume`) with foregrounds ``masks``: its
     :class:`ddmr.registration.native.NativeResult` and Jacobian on the fixed grid."""
@@ -222,4 +233,4 @@ def assess_registration(fixed, moving, masks: tuple[np.ndarray, np.ndarray], nat
         sample_points(masks[1], moving.geometry, points, nearest=True).reshape(shape),
         native.warped[where],
         sample_points(masks[1], moving.geometry, moved, nearest=True).reshape(shape))
-    return assess(inputs, native.displacement_mm, jacobian, point_map, limits)
+    return assess(inputs, native.displacement_mm, jacobian, point_map, limits, inverse_error)

@@ -1,10 +1,18 @@
 """What a registration returns, and the files it writes.
 
-Outputs (:meth:`RegistrationResult.save`, built in a temporary folder and renamed):
-``warped.nii.gz``, ``warped_seg.nii.gz`` (with a moving label map), ``displacement.nii.gz``
-(ITK/ANTs displacement field, LPS mm, fixed grid, so that ``antsApplyTransforms`` /
-SimpleITK reproduce ``warped.nii.gz``), ``jacobian.nii.gz``, ``overlay.png`` and
-``summary.json`` (written last).
+Outputs (:meth:`RegistrationResult.save`, built in a temporary folder and renamed;
+``docs/outputs.md`` says how to use each in ANTs, ITK-SNAP, 3D Slicer and SimpleITK):
+
+* ``warped.nii.gz``, ``warped_seg.nii.gz`` (with a moving label map), ``jacobian.nii.gz``,
+  ``overlay.png`` on the fixed grid;
+* ``displacement.nii.gz``: the whole transform as an ITK/ANTs displacement field (LPS mm,
+  fixed grid), so ``antsApplyTransforms`` / SimpleITK reproduce ``warped.nii.gz``;
+* ``affine.mat`` (the affine part, an ITK transform file) and
+  ``residual_displacement.nii.gz`` (the non-rigid part, fixed grid): the same transform
+  as ANTs writes it, ``[residual_displacement.nii.gz, affine.mat]``;
+* ``inverse_displacement.nii.gz``: the inverse on the moving grid (moving points to
+  fixed points), which maps the fixed image onto the moving one;
+* ``summary.json``, written last.
 """
 
 from __future__ import annotations
@@ -25,12 +33,13 @@ from ddmr.spatial.grid import Geometry
 
 PathLike = str | os.PathLike[str]
 
-OUTPUT_FILES = ("warped.nii.gz", "warped_seg.nii.gz", "displacement.nii.gz",
+OUTPUT_FILES = ("warped.nii.gz", "warped_seg.nii.gz", "displacement.nii.gz", "affine.mat",
+                "residual_displacement.nii.gz", "inverse_displacement.nii.gz",
                 "jacobian.nii.gz", "overlay.png", "summary.json")
 
 #: The parts of ``summary["runtime_s"]`` that add up to its ``total``.
-RUNTIME_PARTS = ("load", "preprocess", "network", "engine", "native", "metrics", "qc",
-                 "write")
+RUNTIME_PARTS = ("load", "preprocess", "network", "engine", "native", "inverse", "metrics",
+                 "qc", "write")
 
 
 @dataclass
@@ -65,6 +74,8 @@ class RegistrationResult:
     moving: np.ndarray = field(repr=False)
     moving_geometry: Geometry = field(repr=False)
     point_map: np.ndarray | None = field(default=None, repr=False)
+    residual_mm: np.ndarray | None = field(default=None, repr=False)
+    inverse_mm: np.ndarray | None = field(default=None, repr=False)
 
     def displacement_voxels(self) -> np.ndarray:
         """The displacement (3, I, J, K) in voxels of the fixed grid (ddmr convention)."""
@@ -85,9 +96,10 @@ class RegistrationResult:
         files are compressed on parallel threads (zlib releases the GIL)."""
         from concurrent.futures import ThreadPoolExecutor
 
-        from ddmr.io.fields import save_displacement
+        from ddmr.io.fields import save_affine, save_displacement
         from ddmr.io.images import GZIP_LEVEL_FIELDS, save_image, save_labels
         from ddmr.overlay import save_overlay
+        from ddmr.spatial.field import mm_to_voxels
         from ddmr.threads import workers
 
         folder = Path(folder)
@@ -100,6 +112,15 @@ class RegistrationResult:
         if self.warped_seg is not None:
             jobs.append((save_labels, folder / "warped_seg.nii.gz", self.warped_seg,
                          self.geometry))
+        if self.residual_mm is not None:
+            jobs.append((save_displacement, folder / "residual_displacement.nii.gz",
+                         mm_to_voxels(self.residual_mm, self.geometry), self.geometry))
+        if self.inverse_mm is not None:
+            jobs.append((save_displacement, folder / "inverse_displacement.nii.gz",
+                         mm_to_voxels(self.inverse_mm, self.moving_geometry),
+                         self.moving_geometry))
+        if self.point_map is not None:
+            jobs.append((save_affine, folder / "affine.mat", self.point_map))
         with ThreadPoolExecutor(max_workers=min(len(jobs), workers())) as pool:
             pending = [pool.submit(job, *arguments) for job, *arguments in jobs]
             save_overlay(folder / "overlay.png", self.fixed, self.geometry, self.moving,
