@@ -246,7 +246,8 @@ def agreement(result: PeerResult, moving: Image, fixed: Image) -> float:
 # --------------------------------------------------------------------------------------
 
 
-def syn(fixed: Image, moving: Image, seed: int | None = None, **options: Any) -> PeerResult:
+def syn(fixed: Image, moving: Image, seed: int | None = None, type_of_transform: str = "SyN",
+        **options: Any) -> PeerResult:
     """ANTs SyN with antspyx's defaults (``ants.registration(type_of_transform="SyN")``:
     centre-of-mass start, affine with Mattes MI, then SyN with Mattes MI, 40x20x0).
 
@@ -265,7 +266,8 @@ def syn(fixed: Image, moving: Image, seed: int | None = None, **options: Any) ->
     try:
         with tempfile.TemporaryDirectory(prefix="ddmr-syn-") as tmp:
             start = time.perf_counter()
-            output = ants.registration(fixed_image, moving_image, type_of_transform="SyN",
+            output = ants.registration(fixed_image, moving_image,
+                                       type_of_transform=type_of_transform,
                                        outprefix=str(Path(tmp) / "syn_"), **options)
             seconds = time.perf_counter() - start
             start = time.perf_counter()

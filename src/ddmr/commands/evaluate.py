@@ -24,6 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine-iterations", metavar="N,N,N",
                         help="the most engine steps per level, coarse to fine (default: the "
                         "engine's own)")
+    parser.add_argument("--landmarks", type=Path, metavar="FOLDER",
+                        help="landmark files FOLDER/<subject>.csv (id and coordinates, as "
+                        "ddmr apply --points reads them) for landmark TRE on inter-subject "
+                        "pairs (default: none; label centroids give TRE)")
     parser.add_argument("--ants-iterations", metavar="AFFINE/SYN",
                         help="ANTs iterations per level, e.g. 100x50/20x10 (default: "
                         "2100x1200x1200x10 affine; SyN 40x20x0, SyNCC 100x70x50x20)")
@@ -54,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     models = [resolve_model(model)[1] for model in args.models]
     results = evaluate(args.pairs, models, baselines, settings,
                        progress=not args.no_progress, device=args.device,
-                       engine=args.engine, engine_settings=engine)
+                       engine=args.engine, engine_settings=engine, landmarks=args.landmarks)
     write_results(results, args.output, overwrite=args.overwrite,
                   title=f"Evaluation on {args.pairs} ({results['pair'].nunique()} pairs)")
     print((args.output / SUMMARY_MD).read_text(), end="")

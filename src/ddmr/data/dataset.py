@@ -18,7 +18,7 @@ from ddmr.spatial.grid import Geometry
 from ddmr.spatial.resample import resample_to
 
 
-def _dataset_file(path: str | Path) -> Path:
+def dataset_file(path: str | Path) -> Path:
     """The ``dataset.h5`` of a prepared dataset (its folder, or the file itself), checked
     to be a readable HDF5 file that ``ddmr prepare`` wrote."""
     path = Path(path)
@@ -68,7 +68,7 @@ def read_split(path: str | Path) -> dict[str, list[str]]:
     against the subjects the HDF5 file holds."""
     import h5py
 
-    h5_path = _dataset_file(path)
+    h5_path = dataset_file(path)
     split_file = h5_path.parent / "split.json"
     if not split_file.is_file():
         raise InputError(f"{split_file}: no such file (a prepared dataset needs its split; "
@@ -108,7 +108,7 @@ def subject_geometries(path: str | Path, ident: str) -> tuple[Geometry, Geometry
     """``(prepared, native)`` geometries of subject ``ident`` of a prepared dataset."""
     import h5py
 
-    with h5py.File(_dataset_file(path), "r") as h5:
+    with h5py.File(dataset_file(path), "r") as h5:
         if ident not in h5:
             raise InputError(f"{path}: no subject {ident!r} in the prepared dataset")
         attrs = h5[ident].attrs
@@ -138,7 +138,7 @@ class PreparedDataset(Dataset):
                  require_labels: bool = False) -> None:
         import h5py
 
-        self.file = _dataset_file(path)
+        self.file = dataset_file(path)
         if split is not None and split not in SPLITS:
             raise InputError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
         with h5py.File(self.file, "r") as h5:

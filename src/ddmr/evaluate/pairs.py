@@ -138,8 +138,8 @@ def _write_pairs(folder: Path, data: str | Path, split: str, n: int, seed: int,
 
 
 def make_pairs(data: str | Path, output: str | Path, n: int, seed: int, split: str = "test",
-               config: Any = None, overwrite: bool = False, progress: bool = True
-               ) -> dict[str, Any]:
+               config: Any = None, overwrite: bool = False, progress: bool = True,
+               mode: str = "same-subject") -> dict[str, Any]:
     """Make ``n`` test pairs from the subjects of ``split`` of a prepared dataset and store
     them in the folder ``output`` (written under a temporary name, then renamed).
 
@@ -147,9 +147,22 @@ def make_pairs(data: str | Path, output: str | Path, n: int, seed: int, split: s
     pair's moving image comes from the :class:`ddmr.augment.AugmentationLayer` with
     ``config`` (default :class:`ddmr.augment.AugmentationConfig`) seeded by ``seed``.
     Refuses an existing ``output`` unless ``overwrite``. Returns the index (pairs.json).
+
+    ``mode="inter-subject"`` stores instead every ordered pair of distinct subjects of the
+    split on their own grids (:mod:`ddmr.evaluate.inter`; ``n``, ``seed`` and ``config``
+    are not used).
     """
     from ddmr.augment import AugmentationConfig
+    from ddmr.evaluate.inter import MODE, write_inter_pairs
 
+    if mode not in ("same-subject", MODE):
+        raise ConfigError(f"--mode {mode}: choose same-subject or {MODE}")
+    if mode == MODE:
+        output = check_output_folder(output, overwrite)
+        with atomic_directory(output, overwrite) as temporary:
+            index = write_inter_pairs(temporary, data, split, progress)
+        logger.info("wrote %d inter-subject pairs to %s", len(index["pairs"]), output)
+        return index
     if n < 1:
         raise ConfigError(f"the number of pairs must be at least 1, got {n}")
     output = check_output_folder(output, overwrite)
@@ -198,7 +211,11 @@ class PairSet:
         arrays = self.path / ARRAYS
         try:
             with h5py.File(arrays, "r") as h5:
-                missing = [name for name in self.names if name not in h5]
+                if self.index.get("mode", "same-subject") == "same-subject":
+                    missing = [name for name in self.names if name not in h5]
+                else:
+                    wanted = {p[k] for p in self.index["pairs"] for k in ("fixed", "moving")}
+                    missing = sorted(wanted - set(h5.get("subjects", {})))
         except Exception as error:  # h5py raises OSError, and others for damaged metadata
             detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
             raise InputError(f"{arrays}: cannot read (truncated or corrupt?): "
@@ -207,15 +224,26 @@ class PairSet:
             raise InputError(f"{arrays}: pairs listed in {INDEX} are missing: "
                              f"{', '.join(missing[:3])}")
 
+    @property
+    def mode(self) -> str:
+        """``same-subject`` (synthetic pairs with a ground truth) or ``inter-subject``."""
+        return self.index.get("mode", "same-subject")
+
     def __len__(self) -> int:
         return len(self.names)
 
-    def __getitem__(self, i: int) -> StoredPair:
+    def __getitem__(self, i: int):
+        """The i-th pair: a :class:`StoredPair`, or an
+        :class:`ddmr.evaluate.inter.InterPair` in inter-subject mode."""
         import h5py
 
         name = self.names[i]
         try:
             with h5py.File(self.path / ARRAYS, "r") as h5:
+                if self.mode != "same-subject":
+                    from ddmr.evaluate.inter import read_inter_pair
+
+                    return read_inter_pair(h5, self.index["pairs"][i])
                 group = h5[name]
 
                 def optional(key: str) -> np.ndarray | None:

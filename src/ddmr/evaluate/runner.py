@@ -45,6 +45,7 @@ class ModelMethod:
     path: Path
     device: str = "cpu"
     design: dict[str, Any] | None = None
+    card: Any = None
 
     @torch.inference_mode()
     def predict(self, fixed: np.ndarray, moving: np.ndarray,
@@ -93,7 +94,7 @@ def load_methods(paths: Sequence[str | Path], device: str = "cpu") -> list[Model
         used.add(name)
         methods.append(ModelMethod(name, Predictor(model.network, model.card.prealigns),
                                    model.card.input_size, Path(model.path), device,
-                                   model.card.design_fields))
+                                   model.card.design_fields, model.card))
     return methods
 
 
@@ -125,8 +126,8 @@ def score_pair(pair, method: str, displacement: np.ndarray, seconds: float) -> d
 def evaluate(pairs_path: str | Path, models: Sequence[str | Path] = (),
              baselines: Sequence[str] = ("syn", "syncc", "none"),
              ants_settings: dict[str, Any] | None = None, progress: bool = True,
-             device: str = "cpu", engine: bool = False, engine_settings: Any = None
-             ) -> pd.DataFrame:
+             device: str = "cpu", engine: bool = False, engine_settings: Any = None,
+             landmarks: str | Path | None = None) -> pd.DataFrame:
     """Score every model and baseline on every stored pair -> per-pair results (one row
     per pair and method). ``ants_settings`` maps "syn"/"syncc" to
     :class:`ddmr.baselines.ants.AntsSettings` (defaults otherwise). Models run on
@@ -135,7 +136,11 @@ def evaluate(pairs_path: str | Path, models: Sequence[str | Path] = (),
     ``engine`` adds ``<model>+engine`` rows: the registration engine
     (:mod:`ddmr.registration.engine`, ``engine_settings`` or its defaults) started from
     each model's field; the baseline ``engine`` is the engine after DDMR's world-space
-    affine stage alone (:mod:`ddmr.evaluate.engine_method`)."""
+    affine stage alone (:mod:`ddmr.evaluate.engine_method`).
+
+    Inter-subject pairs (``ddmr pairs --mode inter-subject``) are registered in world space
+    by every method (:mod:`ddmr.evaluate.inter`), with landmark TRE from the files
+    ``landmarks/<subject>.csv`` where given."""
     from tqdm.auto import tqdm
 
     from ddmr.baselines.ants import NAMES, run_baseline
@@ -145,6 +150,7 @@ def evaluate(pairs_path: str | Path, models: Sequence[str | Path] = (),
         engine_method_name,
     )
     from ddmr.evaluate.pairs import PairSet
+    from ddmr.model.file import LoadedModel
     from ddmr.spatial.grid import Geometry
 
     pairs = PairSet(pairs_path)
@@ -160,6 +166,25 @@ def evaluate(pairs_path: str | Path, models: Sequence[str | Path] = (),
     rows = []
     bar = tqdm(total=len(pairs) * len(names), desc="evaluate", disable=not progress)
     try:
+        if pairs.mode != "same-subject":
+            from ddmr.evaluate.inter import baseline_inter, register_inter, score_inter
+
+            for pair in pairs:
+                for model in methods:
+                    loaded = LoadedModel(model.predictor.network, model.card, model.path)
+                    runs = [(model.name, False)] + ([(engine_method_name(model.name),
+                                                      engine_settings or True)]
+                                                    if engine else [])
+                    for name, engine_option in runs:
+                        field, seconds = register_inter(pair, loaded, engine_option)
+                        rows.append(score_inter(pair, name, field, seconds, landmarks))
+                        bar.update()
+                for baseline in baselines:
+                    field, seconds = baseline_inter(pair, baseline, engine_settings or True)
+                    rows.append(score_inter(pair, ENGINE if baseline == ENGINE
+                                            else NAMES[baseline], field, seconds, landmarks))
+                    bar.update()
+            return pd.DataFrame(rows)
         for pair in pairs:
             for model in methods:
                 start = time.perf_counter()

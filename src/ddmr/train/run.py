@@ -53,9 +53,9 @@ def data_summary(data: str | Path) -> dict[str, Any]:
     """Split sizes, label values (union over subjects) and spacing of a prepared dataset."""
     import h5py
 
-    from ddmr.data.dataset import _dataset_file, read_split
+    from ddmr.data.dataset import dataset_file, read_split
 
-    h5_path = _dataset_file(data)
+    h5_path = dataset_file(data)
     split = read_split(h5_path)
     values: set[int] = set()
     spacings = []
