@@ -139,7 +139,7 @@ def test_batch_records_each_verdict_and_goes_on(tmp_path, capsys):
     status = main(["register", "--pairs", str(pairs), "--affine", "none", "--no-progress",
                    "--model", str(model), "-o", str(out)])
     assert status == 3
-    with open(out / "summary.csv") as handle:
+    with open(out / "batch.csv") as handle:
         rows = {row["id"]: row for row in csv.DictReader(handle)}
     assert rows["same"]["qc"] == "pass"
     assert rows["apart"]["qc"] == "fail" and "foreground_overlap" in rows["apart"]["qc_failed"]

@@ -136,24 +136,63 @@ def test_batch_mode_one_folder_per_pair(files, tmp_path, capsys):
     assert (out / "a" / "warped_seg.nii.gz").is_file()
     assert (out / "b" / "displacement.nii.gz").is_file()
     assert not (out / "b" / "warped_seg.nii.gz").exists()
-    with open(out / "summary.csv") as handle:
+    with open(out / "batch.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert [r["id"] for r in rows] == ["a", "b"]
     assert rows[0]["dsc"] and not rows[1]["dsc"]
 
 
-def test_batch_mode_with_a_bad_pair_leaves_nothing(files, tmp_path, capsys):
+def test_batch_mode_records_a_bad_pair_and_goes_on(files, tmp_path, capsys):
+    """A pair whose image is bad is recorded in batch.csv with its message, the others are
+    registered (a batch folder is resumable: nothing done is thrown away), and the
+    command ends with status 2 and one line naming it."""
     pairs = tmp_path / "pairs.csv"
     _write_pairs(pairs, [
-        {"fixed": str(files / "fixed.nii.gz"), "moving": str(files / "moving.nii.gz")},
-        {"fixed": str(files / "fixed.nii.gz"), "moving": str(files / "nan.nii.gz")},
+        {"fixed": str(files / "fixed.nii.gz"), "moving": str(files / "moving.nii.gz"),
+         "id": "good"},
+        {"fixed": str(files / "fixed.nii.gz"), "moving": str(files / "nan.nii.gz"),
+         "id": "bad"},
     ])
     out = tmp_path / "batch"
     status = main(["register", "--pairs", str(pairs), "--model",
-                   str(files / "tiny.safetensors"), "--no-progress", "-o", str(out)])
+                   str(files / "tiny.safetensors"), "--no-progress", "--fast", "-o", str(out)])
     assert status == 2
-    assert "NaN" in capsys.readouterr().err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["pairs.csv"]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bad: " in err[0] and "NaN" in err[0]
+    assert (out / "good" / "summary.json").is_file() and not (out / "bad").exists()
+    with open(out / "batch.csv") as handle:
+        rows = {row["id"]: row for row in csv.DictReader(handle)}
+    assert rows["bad"]["qc"] == "error" and rows["good"]["qc"] in ("pass", "fail")
+
+
+def test_shards_resume_and_merge(files, tmp_path, capsys):
+    import json
+
+    pairs = tmp_path / "pairs.csv"
+    _write_pairs(pairs, [{"fixed": str(files / "fixed.nii.gz"),
+                          "moving": str(files / "moving.nii.gz"), "id": f"p{k}"}
+                         for k in range(5)])
+    out = tmp_path / "batch"
+    base = ["register", "--pairs", str(pairs), "--model", str(files / "tiny.safetensors"),
+            "--no-progress", "--fast", "--no-qc", "-o", str(out)]
+    assert main([*base, "--shard", "1/2"]) == 0
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["p0", "p2", "p4"]
+    assert main(["register", "--merge", str(out)]) == 2  # shard 2 not run yet
+    assert "2 of 5 pairs are not done" in capsys.readouterr().err
+    stamp = (out / "p0" / "summary.json").stat().st_mtime_ns
+    assert main([*base, "--shard", "1/2"]) == 0  # a rerun skips what is done
+    assert (out / "p0" / "summary.json").stat().st_mtime_ns == stamp
+    assert main([*base, "--shard", "2/2"]) == 0
+    assert main(["register", "--merge", str(out)]) == 0
+    with open(out / "batch.csv") as handle:
+        assert [row["id"] for row in csv.DictReader(handle)] == [f"p{k}" for k in range(5)]
+    assert json.loads((out / ".ddmr-batch.json").read_text())["ids"] == \
+        [f"p{k}" for k in range(5)]
+    _write_pairs(pairs, [{"fixed": str(files / "fixed.nii.gz"),
+                          "moving": str(files / "moving.nii.gz"), "id": "other"}])
+    assert main(base) == 2  # another CSV into this batch folder is refused
+    assert "other pairs" in capsys.readouterr().err
+    assert main(["register", "--pairs", str(pairs), "--shard", "3/2", "-o", str(out)]) == 2
 
 
 def test_cuda_without_a_gpu_is_one_line(files, tmp_path, capsys):

@@ -57,7 +57,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="replace an existing OUT (default: refuse)")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bar with --pairs (default: shown)")
-    parser.add_argument("-o", "--output", required=True, help="output folder")
+    parser.add_argument("--shard", metavar="I/N",
+                        help="with --pairs: register every N-th pair from the I-th (a job "
+                        "array of N processes; default: 1/1, all pairs); done pairs are "
+                        "skipped, so a batch resumes")
+    parser.add_argument("--merge", metavar="OUT",
+                        help="join the shards of the batch folder OUT into OUT/batch.csv "
+                        "once every pair is done (default: no merge)")
+    parser.add_argument("-o", "--output", help="output folder (required unless --merge)")
 
 
 def engine_settings(args: argparse.Namespace):
@@ -113,18 +120,40 @@ def run(args: argparse.Namespace) -> int:
     from ddmr.errors import ConfigError
     from ddmr.threads import use_threads
 
+    if args.merge:
+        from ddmr.registration.batch import merge
+
+        if args.pairs or args.fixed or args.moving or args.output:
+            raise ConfigError("--merge OUT stands alone: no --pairs, --fixed, --moving or -o")
+        rows = merge(args.merge)
+        failed = [row["id"] for row in rows if row["qc"] != "pass"]
+        print(f"{len(rows)} pairs merged into {args.merge}/batch.csv; QC failed for "
+              f"{len(failed)}" + (f": {', '.join(failed)}" if failed else ""))
+        return 0
+    if not args.output:
+        raise ConfigError("-o OUT is required (the output folder)")
     engine = engine_settings(args)
     use_threads(args.threads)
+    if args.shard and not args.pairs:
+        raise ConfigError("--shard I/N needs --pairs PAIRS.csv")
     if args.pairs:
         if args.fixed or args.moving or args.fixed_seg or args.moving_seg:
             raise ConfigError("--pairs replaces --fixed/--moving/--fixed-seg/--moving-seg")
-        from ddmr.registration.batch import register_pairs
+        from ddmr.registration.batch import parse_shard, register_pairs
 
         rows = register_pairs(args.pairs, args.output, args.model, args.device, args.affine,
-                              args.overwrite, progress=not args.no_progress, engine=engine)
-        failed = [row["id"] for row in rows if row["qc"] != "pass"]
-        print(f"{len(rows)} pairs registered into {args.output}; QC failed for "
+                              args.overwrite, progress=not args.no_progress,
+                              shard=parse_shard(args.shard), engine=engine)
+        errors = [row for row in rows if row["qc"] == "error"]
+        failed = [row["id"] for row in rows if row["qc"] == "fail"]
+        print(f"{len(rows) - len(errors)} pairs registered into {args.output}; QC failed for "
               f"{len(failed)}" + (f": {', '.join(failed)}" if failed else ""))
+        if errors:
+            print(f"ddmr register: error: {len(errors)} pair(s) not registered (see "
+                  f"{args.output}/batch.csv): " + "; ".join(
+                      f"{row['id']}: {row['qc_failed']}" for row in errors[:3]),
+                  file=sys.stderr)
+            return 2
         return QC_FAILED if failed and not args.no_qc else 0
     if not args.fixed or not args.moving:
         raise ConfigError("give --fixed and --moving (or --pairs PAIRS.csv)")

@@ -103,9 +103,9 @@ def invert(residual: Sampler, point_map: np.ndarray, fixed: Geometry, moving: Ge
             error = (to_moving[:3, :3] @ (mapped - q[:, inside])).norm(dim=0)
             errors.append(error.numpy())
     error = np.concatenate(errors) if errors else np.array([np.nan])
-    with np.errstate(all="ignore"):
-        stats = (float(np.nanmean(error)), float(np.nanpercentile(error, 95)),
-                 float(np.nanmax(error)))
+    error = error[np.isfinite(error)]
+    stats = ((float(error.mean()), float(np.percentile(error, 95)), float(error.max()))
+             if error.size else (float("nan"),) * 3)
     return Inverse(out.reshape(3, *moving.shape),
                    "exp(-v)" if inverse_residual is not None else "fixed point", *stats,
                    inside_total / size)
