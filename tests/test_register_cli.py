@@ -235,3 +235,24 @@ def test_read_pairs_resolves_relative_paths_and_checks_rows(tmp_path):
     pairs.write_text("fixed,moving\nf.nii.gz,absent.nii.gz\n")
     with pytest.raises(InputError, match=r"absent\.nii\.gz: no such file"):
         read_pairs(pairs)
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"fixed,moving,id\nf.nii.gz,m.nii.gz,batch.csv\n", "name of a file DDMR writes"),
+    (b"fixed,moving,id\nf.nii.gz,m.nii.gz,batch-1-of-2.csv\n", "name of a file DDMR writes"),
+    (b"fixed,moving,id\nf.nii.gz,m.nii.gz," + b"x" * 300 + b"\n", "300 characters is too long"),
+    (b"fixed,moving,id\nf.nii.gz,m.nii.gz,caf\xe9\n", "not UTF-8 text"),
+    (b"fixed,moving,id\nf.nii.gz,m.nii.gz,../up\n", "not a safe folder name"),
+])
+def test_pair_ids_are_checked_before_any_work(files, tmp_path, capsys, content, message):
+    """Issue 19, defect 11: ids that cannot name a pair's folder are refused in one line
+    before anything is registered or written."""
+    (tmp_path / "f.nii.gz").write_bytes((files / "fixed.nii.gz").read_bytes())
+    (tmp_path / "m.nii.gz").write_bytes((files / "moving.nii.gz").read_bytes())
+    (tmp_path / "pairs.csv").write_bytes(content)
+    status = main(["register", "--pairs", str(tmp_path / "pairs.csv"), "--model",
+                   str(files / "tiny.safetensors"), "-o", str(tmp_path / "out")])
+    assert status == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err
+    assert not (tmp_path / "out").exists()

@@ -238,6 +238,32 @@ def _run_level(level: _Level, start: torch.Tensor, settings: EngineSettings,
 # -- the whole engine -----------------------------------------------------------------------
 
 
+#: Float32 volumes of the finest level the engine holds at once (measured peak: images,
+#: world points, the field, its update, LNCC's statistics and their box sums), plus four
+#: per feature channel beyond the first.
+ENGINE_VOLUMES = 40
+
+
+def check_engine_memory(fixed_geometry: Geometry, fixed_mask: np.ndarray,
+                        settings: EngineSettings) -> None:
+    """Raise :class:`ddmr.errors.InputError` before anything is allocated when the
+    engine's finest level would need more memory than this process can have."""
+    from ddmr.errors import InputError
+    from ddmr.io.images import available_memory
+
+    grid = _object_grid(fixed_mask, fixed_geometry, finest_spacing(fixed_geometry, settings),
+                        settings.margin_mm)
+    channels = 12 if settings.similarity == "mind" else 1
+    needed = int(np.prod(grid.shape)) * 4 * (ENGINE_VOLUMES + 4 * (channels - 1))
+    available = available_memory()
+    if needed > available:
+        raise InputError(
+            f"the registration engine needs about {needed / 1e9:.1f} GB for its finest grid "
+            f"of {'x'.join(map(str, grid.shape))} voxels of {grid.spacing[0]:g} mm, "
+            f"{available / 1e9:.1f} GB is available; use --fast (the network alone), or "
+            "images of coarser voxels")
+
+
 def finest_spacing(geometry: Geometry, settings: EngineSettings) -> float:
     """The finest level's voxel size (mm)."""
     if settings.spacing is not None:
@@ -256,6 +282,7 @@ def register_deformable(fixed: np.ndarray, fixed_geometry: Geometry, fixed_mask:
     moving world). ``initial(points)`` gives the starting ``d`` (mm) at world points
     (3, ...) (None: zero, the affine part alone)."""
     settings = settings or EngineSettings()
+    check_engine_memory(fixed_geometry, fixed_mask, settings)
     started = time.perf_counter()
     similarity = make_similarity(settings.similarity, settings.window)
     finest = finest_spacing(fixed_geometry, settings)
