@@ -1,2 +1,3 @@
-"""Pieces of native-space registration (:func:`ddmr.register`): the model's space, the
-trip of the predicted field back to the fixed image's grid, affine pre-alignment."""
+"""Registration of two images in world space (:func:`ddmr.register`): the steps of
+:mod:`~ddmr.registration.pipeline`, each in its own module, and applying a saved result
+(:mod:`~ddmr.registration.apply`)."""
