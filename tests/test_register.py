@@ -84,8 +84,9 @@ def test_displacement_file_reproduces_warped_under_ants_and_simpleitk(pair, tmp_
     out = tmp_path / "out"
     result = run_register(pair, model, out, **options)
     names = sorted(p.name for p in out.iterdir())
-    assert names == sorted(["warped.nii.gz", "warped_seg.nii.gz", "displacement.nii.gz",
-                            "jacobian.nii.gz", "overlay.png", "summary.json"])
+    from ddmr.registration.result import OUTPUT_FILES
+
+    assert names == sorted(OUTPUT_FILES)
     warped, geometry = load_image(out / "warped.nii.gz")
     assert geometry.isclose(oblique_fixed(), 1e-4)
     np.testing.assert_allclose(warped, result.warped, atol=1e-4)

@@ -3,6 +3,8 @@ the training preprocessing would have put it."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 
 import numpy as np
@@ -31,8 +33,10 @@ def test_fixed_image_matches_prepare_then_preprocess(tmp_path, options):
     save_image(tmp_path / "fixed.nii.gz", sample_scene(oblique_fixed()), oblique_fixed())
     image, geometry = load_image(tmp_path / "fixed.nii.gz")  # float32 sform, as prepare
     card = _card(**options)
-    prepared = prepare_subject(Source("a", "a", tmp_path / "fixed.nii.gz"),
-                               card.preparation)
+    recipe = card.preparation
+    if recipe.resize == "fit":  # registration keeps the trained spacing (issue 24)
+        recipe = dataclasses.replace(recipe, resize="pad")
+    prepared = prepare_subject(Source("a", "a", tmp_path / "fixed.nii.gz"), recipe)
     expected, _, _ = preprocess(torch.from_numpy(prepared.image)[None, None],
                                 prepared.geometry.spacing, (24, 24, 24))
     space = model_space(geometry, card)
@@ -58,10 +62,15 @@ def test_crop_labels_use_the_fixed_label_map(tmp_path):
     card = _card(crop_labels=[2], crop_margin=2.0, spacing=0.5)
     whole = model_space(geometry, card)
     cropped = model_space(geometry, card, labels)
-    assert cropped.prepared.spacing[0] < whole.prepared.spacing[0]
+    # both at the trained voxel size; the crop's grid is centred on the label's box
+    assert cropped.prepared.spacing == whole.prepared.spacing
+    centre = geometry.index_to_world(np.argwhere(labels == 2).mean(axis=0))
+    middle = cropped.prepared.index_to_world((np.asarray(cropped.prepared.shape) - 1) / 2)
+    assert np.linalg.norm(middle - centre) < np.linalg.norm(
+        whole.prepared.index_to_world((np.asarray(whole.prepared.shape) - 1) / 2) - centre)
     save_labels(tmp_path / "l.nii.gz", labels, geometry)
     prepared = prepare_subject(Source("a", "a", tmp_path / "f.nii.gz", tmp_path / "l.nii.gz"),
-                               card.preparation)
+                               dataclasses.replace(card.preparation, resize="pad"))
     assert cropped.prepared.isclose(prepared.geometry, 1e-9)
 
 
@@ -83,3 +92,24 @@ def test_moving_outside_the_fixed_field_of_view_is_refused():
     space = model_space(fixed_geometry, _card())
     with pytest.raises(InputError, match=r"moving\.nii\.gz: image is constant inside"):
         to_model_space(sample_scene(moved), moved, space, "moving.nii.gz")
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (2.0, 2.0, 2.0), (0.9, 0.9, 4.0)])
+def test_the_network_sees_its_trained_spacing_whatever_the_field_of_view(spacing):
+    """Issue 24: 1 mm, 2 mm and anisotropic fixed images of different fields of view all
+    reach the network at the voxel size its training data had (the card's 1.5 mm prepared
+    grid resized 40 -> 24), the field of view cropped or padded, and recorded."""
+    from register_helpers import grid
+
+    card = _card()  # trained on 40^3 voxels of 1.5 mm
+    trained = 1.5 * 39 / 23
+    for shape in ((60, 70, 50), (200, 220, 40), (30, 30, 30)):
+        geometry = grid(shape, spacing, np.eye(3), (5.0, -3.0, 2.0))
+        space = model_space(geometry, card)
+        np.testing.assert_allclose(space.grid.spacing, trained, rtol=1e-9)
+        coverage = space.coverage
+        extent = np.asarray(shape) * np.asarray(spacing)
+        np.testing.assert_allclose(coverage["box_mm"], extent, atol=0.01)
+        np.testing.assert_allclose(np.asarray(coverage["cropped_mm"])
+                                   - np.asarray(coverage["padded_mm"]), extent - 60.0,
+                                   atol=0.02)

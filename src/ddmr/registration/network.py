@@ -84,5 +84,6 @@ def predict(loaded, fixed: Volume, moving: Volume, point_map: np.ndarray, own_st
         field = loaded.network(fixed_input.to(device), moving_input.to(device))
     record = {"model_stage": stage, "grid": {"shape": list(space.grid.shape),
                                              "spacing_mm": list(space.grid.spacing),
-                                             "affine": space.grid.affine.tolist()}}
+                                             "affine": space.grid.affine.tolist()},
+              "coverage": space.coverage}
     return NetworkField(space.grid, field.float().cpu()), point_map, record

@@ -13,6 +13,7 @@ displacement predicted by the network is in voxels of that grid.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -37,15 +38,20 @@ logger = logging.getLogger(__name__)
 class ModelSpace:
     """The prepared grid of one fixed image and the network's grid over it.
 
-    prepared: the grid ``ddmr prepare`` would have made for the fixed image (RAS mm).
+    prepared: the grid ``ddmr prepare`` would have made for the fixed image (RAS mm), at
+        the voxel size the training data had (a larger field of view is cropped, a
+        smaller one padded, rather than the voxels made coarser).
     grid: ``input_size`` voxels over the same extent (corners aligned); the network's
         displacement is in voxels of this grid, channels (i, j, k).
     options: the preparation options (CT window, ...).
+    coverage: what ``summary.json`` records: the fixed box's and the grid's extents (mm),
+        and how much of the box was cropped or padded along each axis (mm).
     """
 
     prepared: Geometry
     grid: Geometry
     options: PrepareOptions
+    coverage: dict | None = None
 
 
 def model_space(fixed_geometry: Geometry, card: ModelCard,
@@ -56,6 +62,9 @@ def model_space(fixed_geometry: Geometry, card: ModelCard,
     label map is given, the grid covers the same crop; otherwise the whole image.
     """
     options = card.preparation
+    trained = trained_spacing(card, options)
+    if options.resize == "fit":  # the spacing training had, the field of view as it comes
+        options = dataclasses.replace(options, spacing=trained, resize="pad")
     if options.crop_labels and fixed_labels is None:
         logger.warning("the model was trained on crops around labels %s; without a fixed "
                        "label map the whole fixed image is used", list(options.crop_labels))
@@ -65,7 +74,34 @@ def model_space(fixed_geometry: Geometry, card: ModelCard,
                        "map has none of them, so the whole fixed image is used",
                        list(options.crop_labels))
         prepared = prepared_grid(fixed_geometry, options)
-    return ModelSpace(prepared, resized_grid(prepared, card.input_size), options)
+    return ModelSpace(prepared, resized_grid(prepared, card.input_size), options,
+                      _coverage(fixed_geometry, options, fixed_labels, prepared))
+
+
+def trained_spacing(card: ModelCard, options: PrepareOptions) -> float:
+    """The prepared voxel size (mm) of the model's training data: the card's data summary
+    (``data.spacing_mm``), else the preparation option."""
+    spacing = (card.get("data") or {}).get("spacing_mm")
+    if isinstance(spacing, list | tuple) and len(spacing) == 3:
+        return float(max(spacing))
+    return float(options.spacing)
+
+
+def _coverage(geometry: Geometry, options: PrepareOptions, labels, prepared: Geometry
+              ) -> dict:
+    from ddmr.spatial.grid import image_box, intersect, mask_box
+
+    box = image_box(geometry)
+    if options.crop_labels and labels is not None:
+        crop = mask_box(np.isin(labels, options.crop_labels), geometry, options.crop_margin)
+        box = box if crop is None else intersect(crop, box)
+    extent = box[1] - box[0]
+    grid_extent = np.asarray(prepared.shape) * np.asarray(prepared.spacing)
+    return {"box_mm": np.round(extent, 2).tolist(),
+            "grid_mm": np.round(grid_extent, 2).tolist(),
+            "cropped_mm": np.round(np.maximum(extent - grid_extent, 0), 2).tolist(),
+            "padded_mm": np.round(np.maximum(grid_extent - extent, 0), 2).tolist(),
+            "prepared_spacing_mm": float(prepared.spacing[0])}
 
 
 #: Largest difference (source voxels) between the anti-aliasing a :class:`SplineSource`
