@@ -4,7 +4,6 @@ the training preprocessing would have put it."""
 from __future__ import annotations
 
 import dataclasses
-
 import json
 
 import numpy as np
