@@ -53,7 +53,9 @@ class EngineResult:
     inverse_mm: ``exp(-v)`` on the same grid in ``svf`` mode (None otherwise); objective_start
     / objective: the similarity of the start and of the result on the finest level;
     kept_start: the start was better and is returned; levels: per level its spacing,
-    steps taken, whether it converged, its best similarity and seconds; seconds: total."""
+    steps taken, whether it converged, its best similarity and seconds; seconds: total;
+    started_from: ``network`` (the initial field) or ``affine`` (the zero field, when it
+    scored better on the coarsest level than the initial field, or with none)."""
 
     grid: Geometry
     displacement_mm: torch.Tensor
@@ -63,6 +65,7 @@ class EngineResult:
     levels: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     inverse_mm: torch.Tensor | None = None
+    started_from: str = "affine"
 
     def grid_points(self) -> torch.Tensor:
         """World points (3, *grid.shape) of the result's grid (RAS mm)."""
@@ -71,7 +74,8 @@ class EngineResult:
     def summary(self, settings: EngineSettings) -> dict[str, Any]:
         return {"similarity": settings.similarity, "mode": settings.mode,
                 "objective_start": self.objective_start, "objective": self.objective,
-                "kept_start": self.kept_start, "seconds": round(self.seconds, 3),
+                "kept_start": self.kept_start, "started_from": self.started_from,
+                "seconds": round(self.seconds, 3),
                 "levels": self.levels, "grid": {"shape": list(self.grid.shape),
                                                 "spacing_mm": list(self.grid.spacing)},
                 "settings": settings.to_dict()}
@@ -292,17 +296,22 @@ def register_deformable(fixed: np.ndarray, fixed_geometry: Geometry, fixed_mask:
         levels = [_Level(*sides, point_map, finest * factor, settings, similarity)
                   for factor in settings.levels]
         variable, records, previous = None, [], None
+        started_from = "affine"
         for level, iterations in zip(levels, settings.iterations, strict=True):
             if variable is None:
-                variable = (initial(level.points) if initial is not None
-                            else torch.zeros_like(level.points))
+                variable = torch.zeros_like(level.points)
+                if initial is not None:  # the network's start, unless the affine part's
+                    given = initial(level.points)  # is better by the engine's similarity
+                    if level.similarity(level.warp(given))[0] >= \
+                            level.similarity(level.warp(variable))[0]:
+                        variable, started_from = given, "network"
             else:
                 variable = sample_field(variable, previous.grid, level.points)
             variable, value, record = _run_level(level, variable, settings, iterations)
             records.append(record)
             previous = level
         finest_level = levels[-1]
-        start = (initial(finest_level.points) if initial is not None
+        start = (initial(finest_level.points) if started_from == "network"
                  else torch.zeros_like(finest_level.points))
         start_value, _ = finest_level.similarity(finest_level.warp(start))
         displacement = (_exp(variable, finest_level, settings.integration_steps)
@@ -313,4 +322,5 @@ def register_deformable(fixed: np.ndarray, fixed_geometry: Geometry, fixed_mask:
         if kept_start:
             displacement, value, inverse = start, start_value, None
     return EngineResult(finest_level.grid, displacement, float(start_value), float(value),
-                        kept_start, records, time.perf_counter() - started, inverse)
+                        kept_start, records, time.perf_counter() - started, inverse,
+                        started_from)
