@@ -84,6 +84,13 @@ class ModelCard(Mapping[str, Any]):
         return [int(v) for v in self._fields.get("label_values", [])]
 
     @property
+    def expects(self) -> dict[str, Any]:
+        """What input the model was trained on (``anatomy``, ``modality``,
+        ``skull_stripped``, ``note``); {} when the card does not say."""
+        expects = self._fields.get("expects")
+        return dict(expects) if isinstance(expects, dict) else {}
+
+    @property
     def weights_sha256(self) -> str | None:
         return self._fields.get("sha256")
 

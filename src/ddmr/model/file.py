@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -272,3 +273,32 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
                          f"({str(error).splitlines()[0]})") from None
     network.to(device).eval()
     return LoadedModel(network, ModelCard(card), path)
+
+
+def rewrite_card(path: str | Path, update: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Change a model file's card in place, the safetensors header only (the tensor bytes
+    stay byte for byte, so the weights' checksum still holds): ``update(card)`` edits the
+    card dict, then ``format_version`` 2 and ``card_sha256`` are set anew and the ``.json``
+    copy rewritten. Returns the new card (the file is verified by loading it)."""
+    import struct
+
+    from ddmr.io.files import atomic_path
+
+    path = Path(path)
+    raw = path.read_bytes()
+    (length,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + length])
+    card = json.loads(header["__metadata__"]["ddmr_card"])
+    update(card)
+    card["format_version"] = FORMAT_VERSION
+    card.pop(CARD_CHECKSUM, None)
+    card[CARD_CHECKSUM] = card_checksum(card)
+    header["__metadata__"]["ddmr_card"] = json.dumps(card)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the tensor data stays 8-byte aligned
+    with atomic_path(path) as temporary:
+        temporary.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + length:])
+    with atomic_path(path.with_suffix(".json")) as temporary:
+        temporary.write_text(json.dumps(card, indent=2) + "\n")
+    load_model(path)  # both checksums verify
+    return card

@@ -4,9 +4,14 @@ The affine stage starts from these, so that two images whose headers place them 
 apart (scanner origins hundreds of mm away, other axis orders) are found before anything
 is resampled. Everything is in RAS mm of each image's own world space.
 
-Foreground: Otsu's threshold on the intensity histogram (one home for it here), then the
-largest connected component with its holes filled, so that dark structures enclosed by
-the object (ventricles, bowel gas) count and background specks do not.
+Foreground: a threshold (Otsu's on the intensity histogram, or a tenth of the way from
+the minimum to the 99th percentile where that is lower, so dark tissue such as CSF counts),
+then the connected components of at least a twentieth of the largest (the brain and the
+scalp around a dark skull are two; background specks are dropped) with their holes filled,
+in 3D and slice by slice
+along each axis (a head cut open by the field of view is still filled), so that dark
+structures enclosed by the object (ventricles, the skull, bowel gas) count and background
+specks do not.
 """
 
 from __future__ import annotations
@@ -46,14 +51,22 @@ def foreground_mask(array: np.ndarray) -> np.ndarray:
     threshold keeps nothing connected falls back to every voxel above it."""
     from scipy import ndimage
 
-    above = array > otsu_threshold(array)
-    labelled, count = ndimage.label(above)
+    low = float(array.min())
+    level = min(otsu_threshold(array), low + 0.1 * (float(np.percentile(array, 99)) - low))
+    labelled, count = ndimage.label(array > level)
     if count == 0:
         return np.ones(array.shape, dtype=bool)
     sizes = np.bincount(labelled.ravel())
     sizes[0] = 0
-    largest = labelled == int(np.argmax(sizes))
-    return ndimage.binary_fill_holes(largest)
+    kept = np.nonzero(sizes >= sizes.max() / 20)[0]
+    mask = ndimage.binary_fill_holes(np.isin(labelled, kept))
+    for axis in range(3):
+        mask = np.moveaxis(mask, axis, 0)
+        for index in range(mask.shape[0]):
+            if mask[index].any():
+                mask[index] = ndimage.binary_fill_holes(mask[index])
+        mask = np.moveaxis(mask, 0, axis)
+    return mask
 
 
 @dataclass(frozen=True)
@@ -88,6 +101,18 @@ def moments(mask: np.ndarray, geometry: Geometry) -> Moments:
     covariance = np.cov(points, rowvar=False) if len(points) > 1 else np.eye(3)
     voxel_ml = abs(float(np.linalg.det(geometry.affine[:3, :3]))) / 1000.0
     return Moments(centre, np.atleast_2d(covariance), float(mask.sum()) * voxel_ml)
+
+
+#: A foreground of more than this (mL) is a whole head, not a skull-stripped brain (a
+#: brain with its CSF is about 1100-1900 mL; the bundled heads 1300-1900 mL).
+WHOLE_HEAD_ML = 2300.0
+
+
+def looks_like_whole_head(mask: np.ndarray, geometry: Geometry) -> tuple[bool, float]:
+    """Whether a head image's foreground is too large for a skull-stripped brain, and its
+    volume in mL."""
+    volume = float(mask.sum()) * abs(float(np.linalg.det(geometry.affine[:3, :3]))) / 1000.0
+    return volume > WHOLE_HEAD_ML, volume
 
 
 def candidate_linear_maps(fixed: Moments, moving: Moments) -> list[tuple[str, np.ndarray]]:

@@ -87,6 +87,27 @@ def _warn_about_labels(fixed: Volume, moving: Volume) -> None:
                        "but DSC/HD95/TRE need --fixed-seg too")
 
 
+def _check_model_input(card, volumes: tuple[Volume, Volume],
+                       masks: tuple[np.ndarray, np.ndarray]) -> list[str]:
+    """One warning line per image that does not look like what the model was trained on
+    (a whole head given to a skull-stripped model); the lines, for ``summary.json``."""
+    from ddmr.registration.moments import looks_like_whole_head
+
+    lines = []
+    if card.expects.get("skull_stripped"):
+        for volume, mask, side in zip(volumes, masks, ("fixed", "moving"), strict=True):
+            whole, millilitres = looks_like_whole_head(mask, volume.geometry)
+            if whole:
+                lines.append(f"{volume.name}: the {side} image looks like a whole head "
+                             f"(foreground {millilitres:.0f} mL; a skull-stripped brain is "
+                             "1100-1900 mL) but the model was trained on skull-stripped "
+                             "brains: skull-strip it, or use --model none (the engine "
+                             "starts from the affine part wherever the network is worse)")
+    for line in lines:
+        logger.warning("%s", line)
+    return lines
+
+
 def _affine_part(fixed: Volume, moving: Volume, masks: tuple[np.ndarray, np.ndarray],
                  stage: str) -> _Alignment:
     if stage == "none":
@@ -201,11 +222,15 @@ def register(fixed: ImageInput, moving: ImageInput, fixed_seg: ImageInput | None
         masks = (foreground_mask(fixed_volume.array), foreground_mask(moving_volume.array))
         alignment = _affine_part(fixed_volume, moving_volume, masks, affine)
     network = network_record = None
+    warnings = []
     if loaded is not None:
+        warnings = _check_model_input(loaded.card, (fixed_volume, moving_volume), masks)
         with timer("network"):
+            # the model's own affine stage only on input like its training data's: on a
+            # whole head it tilts what the world-space stage found (issue 24)
             network, alignment.point_map, network_record = predict(
-                loaded, fixed_volume, moving_volume, alignment.point_map, affine == "world",
-                device)
+                loaded, fixed_volume, moving_volume, alignment.point_map,
+                affine == "world" and not warnings, device)
             alignment.model_stage = network_record.pop("model_stage")
             if alignment.model_stage and alignment.model_stage["used"]:
                 alignment.stages.append("model's own affine stage")
@@ -246,12 +271,14 @@ def register(fixed: ImageInput, moving: ImageInput, fixed_seg: ImageInput | None
                         "path": str(Path(loaded.path).resolve()),
                         "sha256": file_sha256(loaded.path),
                         "weights_sha256": loaded.card.weights_sha256,
-                        "design": loaded.card.design_name, **network_record}
+                        "design": loaded.card.design_name, "expects": loaded.card.expects,
+                        **network_record}
     summary = {
         "ddmr_version": __version__,
         "fixed": fixed_volume.name, "moving": moving_volume.name,
         "fixed_seg": fixed_volume.labels_name, "moving_seg": moving_volume.labels_name,
         "model": model_record,
+        "warnings": warnings,
         "device": str(device),
         "affine_prealignment": alignment.summary(),
         "engine": None if engine_result is None else engine_result.summary(settings),
