@@ -46,14 +46,15 @@ def demo_folder(tmp_path_factory):
 def test_brain_demo_report(demo_folder, capsys):
     report = demo_folder / "report.html"
     html = report.read_text()
-    for method in ("BL-N", "UW-NSD", "SyN", "none"):
+    methods = {"BL-N", "BL-N+engine", "UW-NSD", "UW-NSD+engine", "SyN", "none"}
+    for method in methods:
         assert f">{method}<" in html
     assert "radiological" in html and "TRE (mm)" in html and "Tukey HSD" in html
     images, links = _figures(report)
     # box plots + 1 overlay + 4 training plots per run (BL-N, UW-NSD)
     assert images == len(links) == 1 + 1 + 4 * 2
     results = pd.read_csv(demo_folder / "brain" / "results" / "per_pair.csv")
-    assert set(results["method"]) == {"BL-N", "UW-NSD", "SyN", "none"}
+    assert set(results["method"]) == methods
     assert results["pair"].nunique() == 2
     record = json.loads((demo_folder / "demo.json").read_text())
     assert record["experiments"]["brain"]["steps"] == 2
@@ -82,7 +83,8 @@ def test_transfer_demo_reuses_brain_model(demo_folder, monkeypatch, capsys):
     printed = capsys.readouterr().out
     assert "reused the brain demo's" in printed
     results = pd.read_csv(demo_folder / "transfer" / "results" / "per_pair.csv")
-    names = ["from scratch", "fine-tuned (full)", "fine-tuned (two-step)", "SyN", "none"]
+    models = ["from scratch", "fine-tuned (full)", "fine-tuned (two-step)"]
+    names = [n for m in models for n in (m, f"{m}+engine")] + ["SyN", "none"]
     assert list(dict.fromkeys(results["method"])) == names
     card = json.loads((demo_folder / "transfer" / "runs" / "two-step" / "model.json")
                       .read_text())

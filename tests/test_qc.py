@@ -128,16 +128,26 @@ def test_a_non_finite_field_is_a_qc_failure(tmp_path):
 
 
 def test_batch_records_each_verdict_and_goes_on(tmp_path, capsys):
+    import nibabel as nib
+
+    # the fixed head moved 60 mm to the right in its header: the two still overlap in
+    # world space (so the pair can be registered), and with no affine stage, no engine
+    # and an identity network the heads stay apart, which QC must catch
+    fixed = nib.load(PAIR["fixed"])
+    affine = fixed.affine.copy()
+    affine[0, 3] += 60.0
+    shifted = tmp_path / "shifted.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(fixed.dataobj), affine, fixed.header), shifted)
     pairs = tmp_path / "pairs.csv"
     with open(pairs, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["id", "fixed", "moving"])
         writer.writerow(["same", PAIR["fixed"], PAIR["fixed"]])
-        writer.writerow(["apart", PAIR["fixed"], PAIR["moving"]])
+        writer.writerow(["apart", PAIR["fixed"], shifted])
     out = tmp_path / "batch"
     model = save_tiny_model(tmp_path / "zero.safetensors", zero=True)  # identity network
-    status = main(["register", "--pairs", str(pairs), "--affine", "none", "--no-progress",
-                   "--model", str(model), "-o", str(out)])
+    status = main(["register", "--pairs", str(pairs), "--affine", "none", "--fast",
+                   "--no-progress", "--model", str(model), "-o", str(out)])
     assert status == 3
     with open(out / "batch.csv") as handle:
         rows = {row["id"]: row for row in csv.DictReader(handle)}

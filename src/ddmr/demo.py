@@ -46,7 +46,9 @@ class DemoSettings:
     size, spacing: prepared grid (size^3 voxels of ``spacing`` mm) = the network input.
     unet: overrides of the cpu profile's U-Net (e.g. ``{"encoder": [8, 8]}``).
     profile: further cpu-profile overrides (e.g. ``{"val_pairs": 1}``), applied last.
-    n_pairs, pair_seed: stored test pairs. baselines: of syn, syncc, none.
+    n_pairs, pair_seed: stored test pairs. baselines: of syn, syncc, none, affine, engine.
+    engine: also score each model refined by the registration engine (``<model>+engine``,
+    what ``ddmr register`` does).
     ants_affine, ants_syn: ANTs iterations per level (None: ANTs defaults of ddmr).
     transfer_design, transfer_steps, phantoms, phantom_shape, phantom_spacing,
     ct_spacing: the transfer study. overlay_pairs: pairs drawn per section.
@@ -61,6 +63,7 @@ class DemoSettings:
     n_pairs: int = 8
     pair_seed: int = 7
     baselines: tuple[str, ...] = ("syn", "syncc", "none")
+    engine: bool = True
     ants_affine: tuple[int, ...] | None = (200, 100, 50)
     ants_syn: tuple[int, ...] | None = (40, 20, 0)
     transfer_design: str = "UW-NSD"
@@ -222,6 +225,7 @@ class Demo:
     def evaluate(self, pairs: Path, models: dict[str, Path], outdir: Path) -> Path:
         import pandas as pd
 
+        from ddmr.evaluate.engine_method import engine_method_name, split_engine_name
         from ddmr.evaluate.runner import evaluate, write_results
 
         if (outdir / "per_pair.csv").is_file():
@@ -229,13 +233,18 @@ class Demo:
             if not (outdir / "stats_tre.md").is_file():
                 write_statistics(outdir)
             return outdir
-        names = list(models) + [b for b in self.settings.baselines]
+        engine = self.settings.engine
+        names = [n for m in models
+                 for n in ([m, engine_method_name(m)] if engine else [m])]
+        names += list(self.settings.baselines)
         self.say(f"evaluating {', '.join(names)} on {self.settings.n_pairs} pairs")
         ants = _ants_settings(self.settings)
         frames = []
         for name, path in models.items():
-            frame = evaluate(pairs, [path], (), progress=False)
-            frames.append(frame.assign(method=name))
+            frame = evaluate(pairs, [path], (), progress=False, engine=engine)
+            refined = frame["method"].map(lambda method: split_engine_name(method)[1])
+            frames.append(frame.assign(method=refined.map(
+                lambda r, name=name: engine_method_name(name) if r else name)))
         if self.settings.baselines:
             frames.append(evaluate(pairs, [], self.settings.baselines, ants, progress=False))
         results = pd.concat(frames, ignore_index=True)
@@ -340,11 +349,13 @@ class Demo:
             title="DDMR demo report",
             introduction=[
                 "Made by `ddmr demo` on a CPU with the small `cpu` training profile and few "
-                "training steps. These models are demonstrations of the pipeline, not "
-                "trained registration models: the cpu profile's affine stage does most of "
-                "their work and their networks have barely started to learn, so expect "
-                "ANTs to win (`ddmr models` shows the shipped model, trained for longer). "
-                "Every method is scored by the same code on the same stored pairs."])
+                "training steps. These networks are demonstrations of the training "
+                "pipeline and have barely started to learn: the cpu profile's affine stage "
+                "does most of their work. `<model>+engine` rows are what `ddmr register` "
+                "does: the network's field refined by the registration engine at the "
+                "images' own resolution; compare those with ANTs (`ddmr models` shows the "
+                "shipped model, trained for longer). Every method is scored by the same "
+                "code on the same stored pairs."])
         html, _ = build_report(self.folder / "report.html", sections,
                                [r for r in runs if r.is_dir()], options)
         return html
