@@ -11,6 +11,7 @@ import pytest
 
 import ddmr.demo
 from ddmr.cli import main
+from ddmr.data.cohort import cohort_ids
 from ddmr.demo import QUICK, Demo
 from ddmr.errors import ConfigError, InputError
 
@@ -86,6 +87,8 @@ def test_transfer_demo_reuses_brain_model(demo_folder, monkeypatch, capsys):
     models = ["from scratch", "fine-tuned (full)", "fine-tuned (two-step)"]
     names = [n for m in models for n in (m, f"{m}+engine")] + ["SyN", "none"]
     assert list(dict.fromkeys(results["method"])) == names
+    pairs = json.loads((demo_folder / "transfer" / "pairs" / "pairs.json").read_text())
+    assert {p["subject"] for p in pairs["pairs"]} <= set(cohort_ids("ct"))  # real CT
     card = json.loads((demo_folder / "transfer" / "runs" / "two-step" / "model.json")
                       .read_text())
     assert card["finetune"]["mode"] == "two-step"

@@ -81,3 +81,28 @@ def test_ddmr_stats_command(tmp_path, capsys):
     assert (tmp_path / "stats_tre_contrasts.csv").is_file()
     assert main(["stats", str(tmp_path), "--contrast", "UW-NSD:nope"]) == 2
     assert main(["stats", str(tmp_path / "missing")]) == 2
+
+
+def test_none_is_reported_apart_and_no_longer_hides_differences(tmp_path):
+    """A far-off ``none`` (TRE ~ 15 mm, sd 6) inflates Tukey's pooled variance: with it,
+    the 0.8 mm gap between two models is not significant; reported apart, it is."""
+    rng = np.random.default_rng(3)
+    n = 30
+    rows = [{"pair": i, "method": m, "tre": float(t)}
+            for m, values in [("BL-N", rng.normal(3.0, 0.6, n)),
+                              ("UW-NSD", rng.normal(2.2, 0.6, n)),
+                              ("none", rng.normal(15.0, 6.0, n))]
+            for i, t in enumerate(values)]
+    frame = pd.DataFrame(rows)
+    pooled = stats.tukey_hsd(frame, "tre")
+    pair = (pooled["group1"] == "BL-N") & (pooled["group2"] == "UW-NSD")
+    assert not pooled.loc[pair, "reject"].item()  # the failure issue 23 describes
+    text = stats.write_statistics(frame, tmp_path, "tre")
+    apart = pd.read_csv(tmp_path / "stats_tre_tukey.csv")
+    assert "none" not in set(apart["group1"]) | set(apart["group2"])
+    assert apart.loc[(apart["group1"] == "BL-N") & (apart["group2"] == "UW-NSD"),
+                     "reject"].item()
+    versus = pd.read_csv(tmp_path / "stats_tre_vs_none.csv")
+    assert list(versus["contrast"]) == ["BL-N vs none", "UW-NSD vs none"]
+    assert versus["significant"].all()
+    assert "Against no registration" in text

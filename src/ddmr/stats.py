@@ -20,6 +20,9 @@ import pandas as pd
 ALPHA = 0.05
 #: Methods that are not learned models (names written by ``ddmr evaluate``).
 BASELINES = ("SyN", "SyNCC", "none", "affine")
+#: No registration: far from every method, it would widen every Tukey interval (a pooled
+#: variance) until no comparison says anything, so it is reported apart.
+UNREGISTERED = "none"
 
 
 @dataclass(frozen=True)
@@ -175,9 +178,11 @@ def contrasts_markdown(table: pd.DataFrame) -> str:
 def write_statistics(results: pd.DataFrame, folder: Path, metric: str = "tre",
                      alpha: float = 0.05, contrasts: Sequence[Contrast] | None = None,
                      source: str | None = None) -> str:
-    """Write ``stats_<metric>.md`` (Tukey HSD across methods, one-sided Mann-Whitney U for
-    ``contrasts`` with Benjamini-Hochberg correction), ``stats_<metric>_contrasts.csv`` and
-    ``stats_<metric>_tukey.csv`` into ``folder`` (atomically); returns the Markdown.
+    """Write ``stats_<metric>.md`` (Tukey HSD across the methods that register, one-sided
+    Mann-Whitney U for ``contrasts`` with Benjamini-Hochberg correction, and apart from
+    them each method against :data:`UNREGISTERED`), ``stats_<metric>_contrasts.csv``,
+    ``stats_<metric>_tukey.csv`` and ``stats_<metric>_vs_none.csv`` into ``folder``
+    (atomically); returns the Markdown.
 
     ``results`` holds one row per pair and method (``ddmr evaluate``'s per_pair.csv);
     ``contrasts`` default to :func:`default_contrasts` of the methods present.
@@ -191,24 +196,38 @@ def write_statistics(results: pd.DataFrame, folder: Path, metric: str = "tre",
     higher = HIGHER_IS_BETTER.get(metric, HIGHER_IS_BETTER.get(metric.split("_")[0], False))
     title = f"# Statistics on {metric}" + (f" ({source})" if source else "")
     sections = [title, ""]
+    registered = [m for m in methods if m != UNREGISTERED]
     try:
-        tukey = tukey_hsd(results, metric, alpha)
+        tukey = tukey_hsd(results, metric, alpha, registered)
     except ValueError as error:
         tukey = None
         sections += ["## Tukey HSD", "", f"not computed: {error}", ""]
     else:
-        sections += [f"## Tukey HSD across methods (alpha {alpha})", "",
-                     tukey_markdown(tukey), ""]
+        sections += [f"## Tukey HSD across the methods that register (alpha {alpha}; "
+                     f"`{UNREGISTERED}` apart, below)", "", tukey_markdown(tukey), ""]
+    better = "higher" if higher else "lower"
     tests = contrast_tests(results, contrasts, metric, higher, alpha)
     sections += [f"## One-sided Mann-Whitney U, Benjamini-Hochberg corrected "
-                 f"({'higher' if higher else 'lower'} is better)", "",
+                 f"({better} is better)", "",
                  contrasts_markdown(tests) if len(tests) else "no contrasts", ""]
+    unregistered = None
+    if UNREGISTERED in methods and registered:
+        start = _samples(results, UNREGISTERED, metric)
+        unregistered = contrast_tests(results, [Contrast(m, UNREGISTERED) for m in registered],
+                                      metric, higher, alpha)
+        sections += [f"## Against no registration (`{UNREGISTERED}`: mean {start.mean():.3f}, "
+                     f"sd {start.std(ddof=1) if start.size > 1 else float('nan'):.3f}, "
+                     f"n {start.size}), one-sided Mann-Whitney U, Benjamini-Hochberg "
+                     "corrected apart", "", contrasts_markdown(unregistered), ""]
     text = "\n".join(sections)
     stem = f"stats_{metric}"
     outputs = [(folder / f"{stem}.md", text),
                (folder / f"{stem}_contrasts.csv", tests.to_csv(index=False))]
     if tukey is not None:
         outputs.append((folder / f"{stem}_tukey.csv", tukey.to_csv(index=False)))
+    if unregistered is not None:
+        outputs.append((folder / f"{stem}_vs_{UNREGISTERED}.csv",
+                        unregistered.to_csv(index=False)))
     for path, content in outputs:
         with atomic_path(path) as temporary:
             temporary.write_text(content)

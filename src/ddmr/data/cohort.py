@@ -22,7 +22,7 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -59,52 +59,67 @@ class Subject:
     metadata: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
-def _root() -> Traversable:
-    return resources.files("ddmr.data") / "sample" / "brain"
+def _root(name: str = "brain") -> Traversable:
+    return resources.files("ddmr.data") / "sample" / name
 
 
-@lru_cache(maxsize=1)
-def cohort_metadata() -> dict[str, Any]:
-    """The parsed ``cohort.json`` (label names, subjects, sources, processing)."""
-    meta = _root() / "cohort.json"
+@cache
+def cohort_metadata(name: str = "brain") -> dict[str, Any]:
+    """The parsed ``sample/<name>/cohort.json`` (label names, subjects, sources,
+    processing) of the bundled ``brain`` cohort or the ``ct`` abdominal CTs."""
+    meta = _root(name) / "cohort.json"
     if not meta.is_file():
-        raise InputError(f"{meta}: the bundled cohort is missing (broken installation?)")
+        raise InputError(f"{meta}: the bundled {name} data is missing (broken installation?)")
     return json.loads(meta.read_text(encoding="utf-8"))
 
 
-def cohort_label_names() -> dict[int, str]:
+def cohort_label_names(name: str = "brain") -> dict[int, str]:
     """Label value -> name, the same for every subject (0 is background)."""
-    return {int(k): v for k, v in cohort_metadata()["labels"].items()}
+    return {int(k): v for k, v in cohort_metadata(name)["labels"].items()}
 
 
-def cohort_ids() -> list[str]:
+def cohort_ids(name: str = "brain") -> list[str]:
     """Subject ids in the order of cohort.json."""
-    return [s["id"] for s in cohort_metadata()["subjects"]]
+    return [s["id"] for s in cohort_metadata(name)["subjects"]]
 
 
 def sample_cohort_dir() -> Path:
-    """Filesystem folder with images/ and labels/ (the ``folder`` layout of ddmr prepare).
+    """Filesystem folder of the brain cohort with images/ and labels/ (the ``folder``
+    layout of ddmr prepare), cohort.json and split.json (see :func:`bundled_dir`)."""
+    return bundled_dir("brain")
 
-    For a normal (unzipped) installation this is the package folder itself; otherwise the
-    files are copied once into a temporary folder, removed when the process exits.
-    """
-    root = _root()
+
+def sample_ct_dir() -> Path:
+    """Filesystem folder of the bundled abdominal CTs (``sample/ct``: two real CTs from
+    TotalSegmentator's test files in Hounsfield units, with its automatic 117-class
+    labels, 5 = liver; ``ct/cohort.json`` names the classes present), in the same layout
+    as :func:`sample_cohort_dir`; ``scripts/build_sample_ct.py`` rebuilds it."""
+    return bundled_dir("ct")
+
+
+def bundled_dir(name: str) -> Path:
+    """The folder ``sample/<name>`` on the filesystem: the package folder itself for a
+    normal (unzipped) installation, else a copy made once into a temporary folder that is
+    removed when the process exits."""
+    root = _root(name)
     if isinstance(root, Path):
         return root
-    return _extracted()
+    return _extracted(name)
 
 
-@lru_cache(maxsize=1)
-def _extracted() -> Path:
-    dest = Path(tempfile.mkdtemp(prefix="ddmr-sample-cohort-"))
+@cache
+def _extracted(name: str) -> Path:
+    dest = Path(tempfile.mkdtemp(prefix=f"ddmr-sample-{name}-"))
     atexit.register(shutil.rmtree, dest, ignore_errors=True)
-    root = _root()
-    for sub in ("images", "labels"):
-        (dest / sub).mkdir()
-        for item in (root / sub).iterdir():
-            (dest / sub / item.name).write_bytes(item.read_bytes())
-    (dest / "cohort.json").write_bytes((root / "cohort.json").read_bytes())
-    log.debug("sample cohort copied to %s", dest)
+    root = _root(name)
+    for item in root.iterdir():
+        if item.is_dir():
+            (dest / item.name).mkdir()
+            for child in item.iterdir():
+                (dest / item.name / child.name).write_bytes(child.read_bytes())
+        else:
+            (dest / item.name).write_bytes(item.read_bytes())
+    log.debug("sample %s copied to %s", name, dest)
     return dest
 
 
