@@ -52,11 +52,17 @@ def test_brain_demo_report(demo_folder, capsys):
         assert f">{method}<" in html
     assert "radiological" in html and "TRE (mm)" in html and "Tukey HSD" in html
     images, links = _figures(report)
-    # box plots + 1 overlay + 4 training plots per run (BL-N, UW-NSD)
-    assert images == len(links) == 1 + 1 + 4 * 2
+    # box plots + 1 overlay, inter-subject box plots, 4 training plots per run (BL-N, UW-NSD)
+    assert images == len(links) == 1 + 1 + 1 + 4 * 2
     results = pd.read_csv(demo_folder / "brain" / "results" / "per_pair.csv")
     assert set(results["method"]) == methods
     assert results["pair"].nunique() == 2
+    # between people: the two held-out heads registered to each other, both ways
+    inter = pd.read_csv(demo_folder / "brain" / "results-inter" / "per_pair.csv")
+    assert set(inter["method"]) == methods
+    assert set(inter["subject"]) == {"pycortex-s1<-itk-kmeans", "itk-kmeans<-pycortex-s1"}
+    assert inter["dsc"].notna().all()
+    assert "Brain MRI between people" in html
     record = json.loads((demo_folder / "demo.json").read_text())
     assert record["experiments"]["brain"]["steps"] == 2
 
@@ -97,5 +103,5 @@ def test_transfer_demo_reuses_brain_model(demo_folder, monkeypatch, capsys):
     for name in names:
         assert f">{name}<" in html
     images, links = _figures(demo_folder / "report.html")
-    # brain: 1 + 1 + 8; transfer: 1 + 1 + 4 * 3
-    assert images == len(links) == 10 + 2 + 12
+    # brain: 1 + 1 + 1 + 8; transfer: 1 + 1 + 4 * 3
+    assert images == len(links) == 11 + 2 + 12

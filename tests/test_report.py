@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -145,3 +146,15 @@ def test_overlays_recompute_engine_methods(evaluated):
     assert [r.method for r in rows] == ["BL-N", "BL-N+engine", "none"]
     assert missing == ["other+engine"]
     assert not np.allclose(rows[0].warped, rows[1].warped)  # the engine moved the field
+
+
+def test_box_plots_keep_a_method_without_finite_values(tmp_path):
+    """Between people, ``none`` has no HD95 (its labels do not overlap): its box is empty
+    and the figure is still drawn."""
+    from ddmr.report.figures import boxplot_metrics
+
+    frame = pd.DataFrame({"method": ["SyN", "SyN", "none", "none"],
+                          "dsc": [0.84, 0.83, 0.0, 0.0],
+                          "hd95": [2.3, 2.4, float("nan"), float("nan")]})
+    path = boxplot_metrics(frame, tmp_path / "box.png")
+    assert path is not None and path.stat().st_size > 1000

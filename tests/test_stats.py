@@ -106,3 +106,11 @@ def test_none_is_reported_apart_and_no_longer_hides_differences(tmp_path):
     assert list(versus["contrast"]) == ["BL-N vs none", "UW-NSD vs none"]
     assert versus["significant"].all()
     assert "Against no registration" in text
+
+
+def test_none_without_finite_values_is_left_out(tmp_path):
+    frame = pd.DataFrame({"method": ["A"] * 3 + ["B"] * 3 + ["none"] * 3,
+                          "tre": [1.0, 1.2, 1.1, 2.0, 2.2, 2.1] + [float("nan")] * 3})
+    text = stats.write_statistics(frame, tmp_path, "tre")
+    assert "Against no registration" not in text and "Tukey" in text
+    assert not (tmp_path / "stats_tre_vs_none.csv").exists()

@@ -211,8 +211,8 @@ def write_statistics(results: pd.DataFrame, folder: Path, metric: str = "tre",
                  f"({better} is better)", "",
                  contrasts_markdown(tests) if len(tests) else "no contrasts", ""]
     unregistered = None
-    if UNREGISTERED in methods and registered:
-        start = _samples(results, UNREGISTERED, metric)
+    start = _samples(results, UNREGISTERED, metric)
+    if start.size and registered:
         unregistered = contrast_tests(results, [Contrast(m, UNREGISTERED) for m in registered],
                                       metric, higher, alpha)
         sections += [f"## Against no registration (`{UNREGISTERED}`: mean {start.mean():.3f}, "

@@ -40,7 +40,8 @@ class ResultsSection:
     default: the path named in summary.md's title, when it exists). models: method name
     -> model file, to recompute model fields for the overlays. notes: paragraphs shown
     under the heading. ants_settings: the ANTs settings of this evaluation (default: the
-    report's), used when SyN/SyNCC are re-run for the overlays.
+    report's), used when SyN/SyNCC are re-run for the overlays. overlays: False leaves
+    them out (pairs on their own grids, e.g. inter-subject pairs).
     """
 
     results: Path
@@ -49,6 +50,7 @@ class ResultsSection:
     models: Mapping[str, Path] = field(default_factory=dict)
     notes: Sequence[str] = ()
     ants_settings: Mapping[str, Any] | None = None
+    overlays: bool = True
 
 
 @dataclass
@@ -111,7 +113,7 @@ def _results_blocks(section: ResultsSection, results: pd.DataFrame, files: Path,
                    Figure(box, "Per-pair metrics by method (boxes: quartiles and median; "
                           "points: pairs). Units on the axes.")]
     pairs = section.pairs or pairs_from_summary(section.results)
-    if options.overlay_pairs > 0:
+    if options.overlay_pairs > 0 and section.overlays:
         blocks.append(Heading("Example registrations", 3))
         if pairs is None or not (Path(pairs) / "pairs.json").is_file():
             blocks.append(Paragraph("No overlays: the stored pairs were not found (give "

@@ -76,8 +76,9 @@ def boxplot_metrics(results: pd.DataFrame, path: str | Path,
             data.append(values[np.isfinite(values)])
         ax.boxplot(data, showfliers=False)
         for k, values in enumerate(data, start=1):
-            jitter = np.linspace(-0.12, 0.12, len(values)) if len(values) > 1 else [0.0]
-            ax.plot(k + np.asarray(jitter), values, "o", ms=3, alpha=0.6, color="tab:blue")
+            jitter = np.linspace(-0.12, 0.12, len(values)) if len(values) > 1 else 0.0
+            if len(values):  # a method may have no finite value (e.g. no overlap at all)
+                ax.plot(k + jitter, values, "o", ms=3, alpha=0.6, color="tab:blue")
         ax.set_xticks(range(1, len(methods) + 1), methods, rotation=30, ha="right", fontsize=8)
         ax.set_ylabel(metric_label(metric), fontsize=8)
         ax.set_title(COLUMNS.get(metric, metric), fontsize=10)
