@@ -297,8 +297,17 @@ def table(args: argparse.Namespace) -> None:
     summary["pairs"] = frame.groupby("method").size()
     syn = summary.loc["syn", "seconds"] if "syn" in summary.index else np.nan
     summary["x SyN time"] = syn / summary["seconds"]
+    if "syn" in summary.index:  # paired with SyN on the pairs both have
+        both = frame.pivot_table(index="pair", columns="method", values="dsc")
+        difference = both.sub(both["syn"], axis=0)
+        summary["dDSC vs SyN"] = difference.median()
+        summary["better than SyN"] = [
+            f"{int((difference[m] > 0).sum())}/{int(difference[m].notna().sum())}"
+            for m in summary.index]
+    summary["load"] = frame.groupby("method")["load_before"].median()
     order = [m for m in METHODS if m in summary.index]
-    print(f"{args.kind}: medians over pairs ({frame['pair'].nunique()} pairs)\n")
+    print(f"{args.kind}: medians over pairs ({frame['pair'].nunique()} pairs; dDSC: median "
+          "of the per-pair difference to SyN; load: 1-minute load average before each run)\n")
     print(summary.loc[order].to_markdown(floatfmt=".3f"))
     for row in errors:
         print(f"error: {row['pair']} {row['method']}: {row['error']}")

@@ -14,6 +14,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-every", type=int, help="optimiser steps between validations")
     parser.add_argument("--accumulate", type=int, help="gradients accumulated per step")
     parser.add_argument("--seed", type=int, help="random seed")
+    parser.add_argument("--pairing", choices=("same-subject", "inter-subject", "mixed"),
+                        help="training pairs: a subject and an augmented copy of itself (the "
+                        "paper's; default), two different training subjects, or either with "
+                        "equal odds each step")
     parser.add_argument("--resume", action="store_true", help="continue from last.ckpt")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run")
     parser.add_argument("--devices", type=int, default=1, help="devices per node (DDP if > 1)")
@@ -24,7 +28,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 def profile_overrides(args: argparse.Namespace) -> dict:
     return {"max_steps": args.max_steps, "val_every": args.val_every,
-            "accumulate": args.accumulate, "seed": args.seed}
+            "accumulate": args.accumulate, "seed": args.seed, "pairing": args.pairing}
 
 
 def run_options(args: argparse.Namespace):

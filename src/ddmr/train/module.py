@@ -32,6 +32,19 @@ def field_error_mm2(prediction: torch.Tensor, truth: torch.Tensor, spacing: Sequ
     return error.mean() if squared else error.sqrt().mean()
 
 
+def between_subjects(fixed: AugmentedPair, moving: AugmentedPair) -> AugmentedPair:
+    """A pair of two subjects: ``fixed``'s fixed image and labels, ``moving``'s moving image
+    and labels (each made by the augmentation layer from its own subject, on the same
+    grid). No field relates them: ``displacement`` and ``generating_displacement`` are NaN,
+    so no term that needs the known field is computed."""
+    if fixed.fixed.shape != moving.moving.shape:
+        raise ValueError(f"subjects on different grids: {tuple(fixed.fixed.shape)} and "
+                         f"{tuple(moving.moving.shape)}")
+    unknown = torch.full_like(fixed.displacement, float("nan"))
+    return dataclasses.replace(fixed, moving=moving.moving, moving_labels=moving.moving_labels,
+                               displacement=unknown, generating_displacement=unknown)
+
+
 class RegistrationModule(L.LightningModule):
     """Trains a :class:`~ddmr.nn.UNet` on pairs made by the augmentation layer.
 
@@ -51,6 +64,9 @@ class RegistrationModule(L.LightningModule):
         if self.design.needs_segmentations and len(self.label_values) < 2:
             raise ConfigError(f"design {self.design.name} needs label maps with at least one "
                               "foreground label")
+        if self.profile.pairing == "inter-subject" and self.design.supervised_weight > 0:
+            raise ConfigError("inter-subject pairs have no known field: the supervised term "
+                              "needs supervised_weight 0 (or pairing mixed)")
         self.network = UNet(self.profile.unet)
         self.loss = DesignLoss(self.design)
         self.augmentation = AugmentationLayer(self.profile.augmentation,
@@ -105,8 +121,32 @@ class RegistrationModule(L.LightningModule):
             displacement=alignment.residual(pair.displacement))
 
     def make_pair(self, batch: dict[str, Any], generator: torch.Generator) -> AugmentedPair:
-        """The training pair: augmented, then pre-aligned when the profile says so."""
-        return self.prealign(self.augment_pair(batch, generator))
+        """The training pair: augmented, then pre-aligned when the profile says so; with
+        ``profile.pairing`` inter-subject (or mixed, half the time) the moving image is
+        another training subject's, augmented in its turn (:func:`between_subjects`)."""
+        pair = self.augment_pair(batch, generator)
+        pairing = self.profile.pairing
+        if pairing == "inter-subject" or (
+                pairing == "mixed" and bool(torch.rand(1, generator=generator) < 0.5)):
+            partner = self.augment_pair(self._partner(batch, generator), generator)
+            pair = between_subjects(pair, partner)
+        return self.prealign(pair)
+
+    def _partner(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, Any]:
+        """A batch of other training subjects, one per subject of ``batch``, drawn with
+        ``generator``."""
+        from torch.utils.data import default_collate
+
+        dataset = self.trainer.datamodule.datasets["train"]
+        if len(dataset) < 2:
+            raise ConfigError(f"pairing {self.profile.pairing} needs two training subjects; "
+                              f"the data has {len(dataset)}")
+        items = []
+        for ident in batch["id"]:
+            own = dataset.ids.index(ident)
+            other = int(torch.randint(len(dataset) - 1, (1,), generator=generator))
+            items.append(dataset[other + (other >= own)])
+        return default_collate(items)
 
     def pair_loss(self, pair: AugmentedPair) -> tuple[torch.Tensor, dict[str, torch.Tensor],
                                                        torch.Tensor]:
@@ -119,7 +159,7 @@ class RegistrationModule(L.LightningModule):
             warped_oh = warp_image(one_hot(pair.moving_labels, self.label_values), displacement)
         total, terms = self.loss(pair.fixed, warped, displacement, fixed_oh, warped_oh,
                                  spacing=pair.spacing)
-        if self.design.supervised_weight > 0:
+        if self.design.supervised_weight > 0 and bool(torch.isfinite(pair.displacement).all()):
             terms["field"] = field_error_mm2(displacement, pair.displacement, pair.spacing)
             total = total + self.design.supervised_weight * terms["field"]
         return total, terms, displacement

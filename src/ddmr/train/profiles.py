@@ -15,6 +15,9 @@ from ddmr.augment.config import AugmentationConfig
 from ddmr.errors import ConfigError, InputError
 from ddmr.nn.unet import UNetConfig
 
+#: The kinds of training pairs (:attr:`TrainingProfile.pairing`).
+PAIRINGS = ("same-subject", "inter-subject", "mixed")
+
 
 @dataclass(frozen=True)
 class TrainingProfile:
@@ -32,6 +35,11 @@ class TrainingProfile:
     lr_drop_steps: optimiser steps after which the learning rate is multiplied by
         ``plateau_factor`` once each (a fast start, then a finer rate in the same run), on
         top of the plateau schedule.
+    pairing: the training pairs. ``same-subject`` (the paper's): a subject and an
+        augmented copy of itself, with the known field. ``inter-subject``: a subject and
+        another training subject, each augmented (no known field, so no supervised term).
+        ``mixed``: each step draws one of the two with equal odds. Validation pairs stay
+        same-subject (their field error needs the known field).
     """
 
     name: str
@@ -53,8 +61,11 @@ class TrainingProfile:
     seed: int = 0
     prealign: bool = False
     lr_drop_steps: tuple[int, ...] = ()
+    pairing: str = "same-subject"
 
     def __post_init__(self) -> None:
+        if self.pairing not in PAIRINGS:
+            raise ConfigError(f"pairing {self.pairing!r}: choose {', '.join(PAIRINGS)}")
         steps = tuple(self.lr_drop_steps)
         if any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in steps):
             raise ConfigError(f"lr_drop_steps must be positive step counts, got {steps}")
