@@ -51,7 +51,10 @@ TISSUE = (1, 2, 3)  # the bundled cohort's CSF, grey and white matter (Atropos c
 DDMR = {"ddmr": (None, {}), "ddmr-fast": (None, None), "ddmr-engine": ("none", {}),
         "ddmr-engine-short": ("none", {"iterations": (60, 40, 0)}),
         "ddmr-engine-long": ("none", {"iterations": (400, 400, 40), "tolerance": 1e-4,
-                                      "min_step": 0.15})}
+                                      "min_step": 0.15}),
+        # the engine's default before issue 21's 1 mm finding: the whole field smoothed by
+        # at least 4 mm each step
+        "ddmr-engine-diff4": ("none", {"diffusion_mm": 4.0})}
 PEERS = ("syn", "greedy", "elastix", "convexadam")
 METHODS = ("none", *PEERS, *DDMR)
 

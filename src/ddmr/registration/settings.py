@@ -21,8 +21,10 @@ class EngineSettings:
     iterations: the most steps per level; similarity: ``lncc``, ``mi`` or ``mind``;
     window: LNCC window (voxels); step: the largest update per step (voxels);
     fluid_sigma: Gaussian (voxels) on each update; diffusion_sigma: on the whole field;
-    fluid_mm, diffusion_mm: the same at least this wide in mm (so finer levels are not
-    less regular in physical terms);
+    fluid_mm, diffusion_mm: the same at least this wide in mm (0: off; a width in mm
+    makes finer levels as regular in physical terms, but smoothing the whole field by
+    several voxels each step also shrinks it, so a 1 mm level then cannot improve:
+    benchmarks/RESULTS.md, issue 21);
     mode: ``compositive``, ``additive`` or ``svf``; tolerance, patience, min_step: the
     convergence rule (module docstring); spacing: the finest voxel size in mm (None: the
     fixed image's smallest, at least ``min_spacing``); margin_mm: background kept around
@@ -36,7 +38,7 @@ class EngineSettings:
     fluid_sigma: float = 1.0
     diffusion_sigma: float = 1.0
     fluid_mm: float = 0.0
-    diffusion_mm: float = 4.0
+    diffusion_mm: float = 0.0
     mode: str = "compositive"
     tolerance: float = 5e-4
     patience: int = 6
