@@ -95,10 +95,10 @@ RECIPE_PROFILE: dict[str, Any] = {"input_size": [48, 48, 48], "learning_rate": 1
                                   "lr_drop_steps": [200], "val_every": 50, "val_pairs": 4,
                                   "checkpoint_every": 25}
 RECIPE_UNET: dict[str, Any] = {"input_features": "demons", "match_histograms": True}
-#: ``ddmr demo``: the paper study (docs/paper-study.md): all six designs and the three
-#: transfer runs with the shipped model's recipe for 400 steps each (its validation Dice
-#: levels off by step 200 of 2000), about 70 minutes on 2 cores.
-FULL = DemoSettings(steps=400, transfer_steps=400, profile=RECIPE_PROFILE, unet=RECIPE_UNET)
+#: ``ddmr demo``: the paper study (docs/paper-study.md): all six designs with the shipped
+#: model's recipe for 400 steps each (its validation Dice levels off by step 200 of 2000)
+#: and the three transfer runs for 200 steps each; about 1.5 hours on a busy 2-core machine.
+FULL = DemoSettings(steps=400, transfer_steps=200, profile=RECIPE_PROFILE, unet=RECIPE_UNET)
 #: ``ddmr demo --quick``: a few minutes on 2 cores.
 QUICK = DemoSettings(designs=("BL-N", "UW-NSD"), steps=15, n_pairs=4,
                      ants_affine=(50, 25), ants_syn=(10, 5, 0), transfer_steps=15,
