@@ -49,7 +49,13 @@ def test_loads_with_its_checksum_verified(shipped, tmp_path):
 
 def test_ddmr_models_lists_it(shipped, capsys):
     assert main(["models"]) == 0
-    assert shipped.name in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert shipped.name in out
+    # its scores between the two held-out people, beside the same-subject ones (issue 21)
+    between = shipped.card().summary()["inter_subject"]
+    assert {"network", "SyN", "none"} <= set(between)
+    assert 0.5 < between["network"]["dsc"] <= 1.0
+    assert "between     network" in out
 
 
 def test_recovers_a_known_deformation_of_a_held_out_head(shipped):

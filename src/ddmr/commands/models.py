@@ -37,9 +37,12 @@ def run(args: argparse.Namespace) -> int:
         if summary["best_val_loss"] is not None or validation:
             print(f"  validation  best loss {_number(summary['best_val_loss'])}"
                   + (f"; {validation}" if validation else ""))
-        for method, scores in summary["evaluation"].items():
-            print(f"  held-out    {method:<8} DSC {_number(scores.get('dsc'))}, centroid TRE "
-                  f"{_number(scores.get('tre'))} mm, folding {_number(scores.get('folding'))} %")
+        for label, scores_of in (("held-out", summary["evaluation"]),
+                                 ("between", summary["inter_subject"])):
+            for method, scores in scores_of.items():
+                print(f"  {label:<11} {method:<8} DSC {_number(scores.get('dsc'))}, centroid "
+                      f"TRE {_number(scores.get('tre'))} mm, folding "
+                      f"{_number(scores.get('folding'))} %")
         print(f"  training    {_number(summary['steps'])} steps, {_number(summary['hours'])} h; "
               f"{summary['command'] or '-'}")
         print(f"  file        {model.path}")

@@ -129,7 +129,8 @@ class ModelCard(Mapping[str, Any]):
 
     def summary(self) -> dict[str, Any]:
         """What ``ddmr models`` shows: design, input size, validation loss, training
-        steps and hours, evaluation scores and the command that made it."""
+        steps and hours, evaluation scores (same-subject, and between people when the card
+        has them) and the command that made it."""
         validation = self._fields.get("validation") or {}
         training = self._fields.get("training") or {}
         size = self._fields.get("input_size") or []
@@ -144,6 +145,8 @@ class ModelCard(Mapping[str, Any]):
             "steps": training.get("steps"),
             "hours": training.get("training_hours_total"),
             "evaluation": (self._fields.get("evaluation") or {}).get("methods", {}),
+            "inter_subject": ((self._fields.get("evaluation") or {}).get("inter_subject")
+                              or {}).get("methods", {}),
             "command": self._fields.get("command"),
             "created": self._fields.get("created"),
         }
