@@ -81,7 +81,7 @@ def main() -> None:
                 walls.append(wall)
                 cpus.append(cpu)
             results[load, threads, policy] = statistics.median(walls)
-            label = f"{load:6s} threads {threads or f'default ({cores})':12s} {policy:8s}"
+            label = f"{load:6s} threads {threads or f'default ({cores})'!s:12s} {policy:8s}"
             print(f"{label} wall {statistics.median(walls):6.1f} s  CPU "
                   f"{statistics.median(cpus):6.1f} s", flush=True)
     for policy in ("PASSIVE", "ACTIVE"):
