@@ -172,7 +172,7 @@ def assess(inputs: QCInputs, displacement_mm: np.ndarray, jacobian: np.ndarray,
                         + ("" if ok else f" (over {limits.max_folding_percent:g} %)")))
     lo, hi = limits.jacobian_range
     ok = lo <= low and high <= hi
-    checks.append(Check("jacobian", ok, f"det J {low:.2f}..{high:.2f}"
+    checks.append(Check("jacobian", ok, f"det J {low:.2f}..{high:.2f} (0.1-99.9th percentile)"
                         + ("" if ok else f" (outside {lo:g}..{hi:g}: extreme local volume "
                                          "change)")))
     scales, shear = affine_shape(np.eye(4) if point_map is None else point_map)
