@@ -5,6 +5,7 @@ code (issue 21): ANTs SyN, greedy, elastix, ConvexAdam and DDMR's variants.
     python benchmarks/bench_peers.py run --kind same [--pairs test|all]
     python benchmarks/bench_peers.py process            # whole processes: ddmr and SyN
     python benchmarks/bench_peers.py table [--kind inter]   # the tables and Pareto plot
+    python benchmarks/bench_peers.py write-same FOLDER   # the first 1 mm pair as files
 
 Pair kinds:
 
@@ -345,6 +346,20 @@ def table(args: argparse.Namespace) -> None:
     print(f"\nplot: {OUT / f'pareto-{args.kind}.png'}")
 
 
+def write_same(args: argparse.Namespace) -> None:
+    """The first same-subject 1 mm pair as files (fixed, moving and their labels), for
+    measuring whole ``ddmr register`` processes on it (memory: RESULTS.md)."""
+    from ddmr.io.images import save_image, save_labels
+
+    pair = same_pairs("test")[0]
+    folder = Path(args.folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for side in ("fixed", "moving"):
+        save_image(folder / f"{side}.nii.gz", pair[side][0], pair[side][1])
+        save_labels(folder / f"{side}-seg.nii.gz", pair[f"{side}_labels"], pair[side][1])
+    print(f"{pair['id']} -> {folder}/{{fixed,moving}}{{,-seg}}.nii.gz")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -356,8 +371,11 @@ def main() -> None:
     process_parser.add_argument("--repeats", type=int, default=2)
     table_parser = sub.add_parser("table")
     table_parser.add_argument("--kind", choices=("inter", "same"), default="inter")
+    write_parser = sub.add_parser("write-same")
+    write_parser.add_argument("folder")
     args = parser.parse_args()
-    {"run": run, "process": process, "table": table}[args.command](args)
+    {"run": run, "process": process, "table": table, "write-same": write_same}[
+        args.command](args)
 
 
 if __name__ == "__main__":

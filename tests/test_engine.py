@@ -10,7 +10,7 @@ import torch
 from scipy import ndimage
 
 from ddmr.errors import ConfigError
-from ddmr.registration.engine import register_deformable, sample_field
+from ddmr.registration.engine import _Level, register_deformable, sample_field
 from ddmr.registration.moments import foreground_mask
 from ddmr.registration.settings import EngineSettings
 from ddmr.registration.similarity import LocalNCC, MindSSC, MutualInformation
@@ -68,6 +68,34 @@ def test_sample_field_matches_map_coordinates():
     for c in range(3):
         reference = ndimage.map_coordinates(field[c].numpy(), index.T, order=1, mode="nearest")
         np.testing.assert_allclose(ours[c], reference, atol=1e-5)
+
+
+def test_filters_in_place_equal_the_plain_ones():
+    x = torch.rand(3, 9, 10, 8, generator=torch.Generator().manual_seed(5))
+    for plain, in_place in ((box_sum(x, 5), box_sum(y := x.clone(), 5, out=y)),
+                            (gaussian_smooth(x, 1.2), gaussian_smooth(z := x.clone(), 1.2,
+                                                                      out=z))):
+        np.testing.assert_allclose(in_place.numpy(), plain.numpy(), atol=1e-6)
+
+
+def test_level_samples_a_displaced_field_like_sample_field_and_scipy():
+    geometry = Geometry(np.array([[1.5, 0, 0, -10.0], [0, 2.0, 0, 5.0], [0, 0, 1.0, 3.0],
+                                  [0, 0, 0, 1.0]]), (14, 12, 16))  # RAS-aligned, anisotropic
+    image = torch.rand(14, 12, 16, generator=torch.Generator().manual_seed(6)).numpy()
+    mask = np.ones(image.shape, bool)
+    side = (image, geometry, mask, (0.0, 1.0))
+    level = _Level(side, side, np.eye(4), 1.0, EngineSettings(), LocalNCC(5))
+    generator = torch.Generator().manual_seed(7)
+    field = torch.rand(3, *level.grid.shape, generator=generator)
+    shift = 2.0 * torch.rand(3, *level.grid.shape, generator=generator) - 1.0
+    ours = level.displaced(field, shift)
+    np.testing.assert_allclose(ours.numpy(), sample_field(field, level.grid,
+                                                          level.points() + shift).numpy(),
+                               atol=1e-4)
+    index = np.linalg.inv(level.grid.affine) @ np.vstack(
+        [(level.points() + shift).reshape(3, -1).numpy(), np.ones(shift[0].numel())])
+    reference = ndimage.map_coordinates(field[1].numpy(), index[:3], order=1, mode="nearest")
+    np.testing.assert_allclose(ours[1].numpy().ravel(), reference, atol=1e-4)
 
 
 def _pair(shift_mm: float = 3.0, seed: int = 4):

@@ -65,3 +65,38 @@ def test_resize_displacement_keeps_physical_translation():
     u[:, 0] = 2.0  # 2 voxels of the 9-grid = 1/4 of the extent
     up = resize_displacement(u, (17, 17, 17))
     assert torch.allclose(up[:, 0], torch.full_like(up[:, 0], 4.0), atol=1e-5)
+
+
+def test_field_unit_changes_equal_the_float64_matrix_product():
+    """voxels <-> mm <-> LPS go through one lean per-component product; it must equal
+    the plain float64 einsum rounded to float32 (any layout, rotations; signs exactly)."""
+    from ddmr.spatial.field import (
+        displacement_to_lps_mm,
+        lps_mm_to_displacement,
+        mm_to_voxels,
+        voxels_to_mm,
+    )
+    from ddmr.spatial.grid import LPS_FLIP, Geometry
+
+    rng = np.random.default_rng(0)
+    field = rng.normal(size=(3, 5, 6, 7)).astype(np.float32)
+    affine = np.eye(4)
+    affine[:3, :3] = rng.normal(size=(3, 3))
+    geometry = Geometry(affine, (5, 6, 7))
+
+    def reference(matrix, vectors):
+        return np.einsum("ab,bijk->aijk", matrix, vectors.astype(np.float64)).astype(np.float32)
+
+    np.testing.assert_allclose(voxels_to_mm(field, geometry), reference(affine[:3, :3], field),
+                               rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(mm_to_voxels(field, geometry),
+                               reference(np.linalg.inv(affine[:3, :3]), field), rtol=1e-6,
+                               atol=1e-7)
+    lps = displacement_to_lps_mm(field, geometry)
+    np.testing.assert_allclose(lps, np.moveaxis(reference(LPS_FLIP @ affine[:3, :3], field),
+                                                0, -1), rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(displacement_to_lps_mm(field, geometry, "mm"),
+                                  np.moveaxis(field * np.array([-1, -1, 1], np.float32)[:, None,
+                                                                                    None, None],
+                                              0, -1))
+    np.testing.assert_allclose(lps_mm_to_displacement(lps, geometry), field, atol=1e-4)

@@ -38,12 +38,13 @@ PathLike = str | os.PathLike[str]
 
 
 def save_displacement(path: PathLike, displacement_vox: np.ndarray | torch.Tensor,
-                      geometry: Geometry) -> None:
+                      geometry: Geometry, units: str = "voxels") -> None:
     """Write a ddmr voxel displacement as an ITK/ANTs displacement field (atomic).
 
     ``displacement_vox`` is (3, I, J, K) (or (1, 3, I, J, K)) in voxels of ``geometry``,
-    channels (i, j, k), pull-back. The file is a NIfTI vector image (I, J, K, 1, 3),
-    intent 1007, holding LPS offsets in mm; see the module docstring.
+    channels (i, j, k), pull-back (``units="mm"``: the same field as RAS mm vectors).
+    The file is a NIfTI vector image (I, J, K, 1, 3), intent 1007, holding LPS offsets
+    in mm; see the module docstring.
     """
     array = _as_numpy(displacement_vox)
     if array.ndim == 5 and array.shape[0] == 1:
@@ -57,7 +58,7 @@ def save_displacement(path: PathLike, displacement_vox: np.ndarray | torch.Tenso
     if file_extension(path) not in NIFTI_EXTENSIONS:
         raise InputError(f"{path}: displacement fields are written as .nii.gz or .nii")
     _check_writable(path)
-    vectors = displacement_to_lps_mm(array, geometry).astype(np.float32)
+    vectors = displacement_to_lps_mm(array, geometry, units)
     vectors = vectors.reshape(*geometry.shape, 1, 3)
 
     def vector_intent(header) -> None:

@@ -39,10 +39,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ddmr.memory import release_free_memory
 from ddmr.registration.settings import EngineSettings
 from ddmr.registration.similarity import make_similarity
 from ddmr.spatial.filters import gaussian_smooth
-from ddmr.spatial.grid import Geometry, image_box, intersect, mask_box, normalised, target_grid
+from ddmr.spatial.grid import (
+    Geometry,
+    image_box,
+    intersect,
+    mask_box,
+    sampling_matrix,
+    target_grid,
+)
 from ddmr.spatial.resample import resample_to
 
 
@@ -128,55 +136,99 @@ class _Level:
                                                             m_scale))[None]
         self.spacing = torch.tensor(self.grid.spacing, dtype=torch.float32).view(3, 1, 1, 1)
         # moving-grid index of P(p + d) = A d + q0(x), p the world point of grid voxel x
-        to_moving = np.linalg.inv(moving_grid.affine) @ point_map
+        # ... and the same as grid_sample coordinates, (*grid.shape, 3) = A' d + q0'
+        to_moving = sampling_matrix(moving_grid.shape) @ np.linalg.inv(moving_grid.affine) \
+            @ point_map
         self.linear = torch.from_numpy(to_moving[:3, :3].astype(np.float32))
-        self.q0 = _affine_volume(to_moving @ self.grid.affine, self.grid.shape)
-        self.moving_shape = moving_grid.shape
-        self.points = _affine_volume(self.grid.affine, self.grid.shape)  # world p (3, ...)
+        self.q0 = _affine_volume(to_moving @ self.grid.affine, self.grid.shape,
+                                 channels_last=True)
+        # p + u(p) as grid_sample coordinates on this grid: L u + (the identity's)
+        to_own = sampling_matrix(self.grid.shape) @ np.linalg.inv(self.grid.affine)
+        self.own_linear = torch.from_numpy(to_own[:3, :3].astype(np.float32))
+        self.own_identity = _identity_axes(self.grid.shape)
+
+    def points(self) -> torch.Tensor:
+        """World points p (3, *grid.shape) of this level's grid (RAS mm): made when asked
+        (a full-size grid at the finest level)."""
+        return _affine_volume(self.grid.affine, self.grid.shape)
 
     def warp(self, displacement_mm: torch.Tensor) -> torch.Tensor:
         """Moving features at ``P(p + d(p))``: (C, *grid.shape)."""
-        index = self.q0 + torch.einsum("ab,b...->a...", self.linear, displacement_mm)
-        grid = normalised(index, self.moving_shape)[None]
-        return F.grid_sample(self.moving, grid, mode="bilinear", padding_mode="border",
-                             align_corners=True)[0]
+        grid = _apply_linear(self.linear, displacement_mm).add_(self.q0)
+        return F.grid_sample(self.moving, grid[None], mode="bilinear",
+                             padding_mode="border", align_corners=True)[0]
 
-    def sample(self, field_mm: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
-        """A field on this level's grid (3, *shape) interpolated at world points ``at``
-        (3, ...) (trilinear, border values beyond the grid)."""
-        return sample_field(field_mm, self.grid, at)
+    def displaced(self, field_mm: torch.Tensor, displacement_mm: torch.Tensor
+                  ) -> torch.Tensor:
+        """A field on this level's grid (3, *shape) interpolated at ``p + u(p)`` for the
+        grid's points p, ``u`` a displacement (3, *shape) mm (trilinear, border values
+        beyond the grid): ``field o (id + u)`` without a grid of world points."""
+        where = _apply_linear(self.own_linear, displacement_mm)
+        for channel, axis in enumerate(self.own_identity):
+            where[..., channel] += axis
+        return F.grid_sample(field_mm[None], where[None], mode="bilinear",
+                             padding_mode="border", align_corners=True)[0]
 
 
-def _affine_volume(matrix: np.ndarray, shape: tuple[int, int, int]) -> torch.Tensor:
-    """(3, *shape) float32: the (4, 4) ``matrix`` applied to every voxel index."""
-    axes = [torch.arange(n, dtype=torch.float64) for n in shape]
-    m = torch.from_numpy(np.array(matrix, dtype=np.float64))
-    out = (m[:3, 0, None, None, None] * axes[0][None, :, None, None]
-           + m[:3, 1, None, None, None] * axes[1][None, None, :, None]
-           + m[:3, 2, None, None, None] * axes[2][None, None, None, :]
-           + m[:3, 3, None, None, None])
-    return out.to(torch.float32)
+def _identity_axes(shape: tuple[int, int, int]) -> list[torch.Tensor]:
+    """The grid_sample coordinates (x, y, z) of a grid's own voxels, each as a
+    broadcastable (D, H, W)-shaped axis vector (x varies along the last axis)."""
+    matrix = sampling_matrix(shape)
+    axes = []
+    for channel in range(3):
+        axis = 2 - channel
+        values = torch.arange(shape[axis], dtype=torch.float64) * matrix[channel, axis] \
+            + matrix[channel, 3]
+        axes.append(values.to(torch.float32).view([-1 if a == axis else 1 for a in range(3)]))
+    return axes
+
+
+def _affine_volume(matrix: np.ndarray, shape: tuple[int, int, int],
+                   channels_last: bool = False) -> torch.Tensor:
+    """(3, *shape) float32 (``channels_last``: (*shape, 3)): the (4, 4) ``matrix``
+    applied to every voxel index, in float64 one channel at a time."""
+    i, j, k = (torch.arange(n, dtype=torch.float64) for n in shape)
+    m = np.array(matrix, dtype=np.float64)
+    out = torch.empty((*shape, 3) if channels_last else (3, *shape), dtype=torch.float32)
+    for channel in range(3):
+        target = out[..., channel] if channels_last else out[channel]
+        target.copy_(m[channel, 0] * i[:, None, None] + m[channel, 1] * j[None, :, None]
+                     + m[channel, 2] * k[None, None, :] + m[channel, 3])
+    return out
+
+
+def _apply_linear(linear: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+    """``linear`` (3, 3) applied to vectors (3, *S): (*S, 3), channels last (the layout
+    ``grid_sample`` takes), in one matrix product without copies of ``vectors``."""
+    return (vectors.reshape(3, -1).T @ linear.T).reshape(*vectors.shape[1:], 3)
 
 
 def sample_field(field_mm: torch.Tensor, grid: Geometry, points: torch.Tensor
                  ) -> torch.Tensor:
     """A field (3, *grid.shape) on ``grid`` interpolated at world points (3, ...)
     (trilinear, border values beyond the grid): (3, ...)."""
-    inverse = np.linalg.inv(grid.affine)
-    linear = torch.from_numpy(inverse[:3, :3].astype(np.float32))
-    offset = torch.from_numpy(inverse[:3, 3].astype(np.float32))
-    index = torch.einsum("ab,b...->a...", linear, points) + offset.view(
-        3, *([1] * (points.ndim - 1)))
-    where = normalised(index.reshape(3, 1, 1, -1), grid.shape)[None]
-    out = F.grid_sample(field_mm[None], where, mode="bilinear", padding_mode="border",
-                        align_corners=True)
+    to_sampling = sampling_matrix(grid.shape) @ np.linalg.inv(grid.affine)
+    linear = torch.from_numpy(to_sampling[:3, :3].astype(np.float32))
+    offset = torch.from_numpy(to_sampling[:3, 3].astype(np.float32))
+    where = _apply_linear(linear, points.reshape(3, 1, 1, -1)).add_(offset)
+    out = F.grid_sample(field_mm[None], where[None], mode="bilinear",
+                        padding_mode="border", align_corners=True)
     return out.reshape(3, *points.shape[1:])
 
 
-def _gradient(features: torch.Tensor, spacing: torch.Tensor) -> torch.Tensor:
-    """Spatial gradient (C, 3, *S) per mm of features (C, *S), central differences."""
-    grads = torch.gradient(features, dim=(1, 2, 3))
-    return torch.stack(grads, dim=1) / spacing.view(1, 3, 1, 1, 1)
+def _force(gradient: torch.Tensor, features: torch.Tensor, spacing: torch.Tensor
+           ) -> torch.Tensor:
+    """The force (3, *S) ``sum_c dS/dW_c grad W_c``: ``gradient`` dS/dW (C, *S) times
+    the spatial gradient per mm of the warped features (C, *S) (central differences),
+    one axis and channel at a time."""
+    force = torch.zeros((3, *features.shape[1:]), dtype=features.dtype,
+                        device=features.device)
+    for axis in range(3):
+        for channel in range(features.shape[0]):
+            (derivative,) = torch.gradient(features[channel], dim=axis)
+            force[axis].addcmul_(derivative, gradient[channel],
+                                 value=1.0 / float(spacing[axis]))
+    return force
 
 
 def _exp(velocity: torch.Tensor, level: _Level, steps: int) -> torch.Tensor:
@@ -184,7 +236,7 @@ def _exp(velocity: torch.Tensor, level: _Level, steps: int) -> torch.Tensor:
     squaring on the level's grid."""
     displacement = velocity / (2 ** steps)
     for _ in range(steps):
-        displacement = displacement + level.sample(displacement, level.points + displacement)
+        displacement = displacement + level.displaced(displacement, displacement)
     return displacement
 
 
@@ -221,19 +273,24 @@ def _run_level(level: _Level, start: torch.Tensor, settings: EngineSettings,
                 continue
         if taken == iterations:
             break
-        force = (gradient[:, None] * _gradient(warped, level.spacing)).sum(dim=0)
-        update = gaussian_smooth(force, fluid)
-        largest = float((update * update).sum(dim=0).max().sqrt())  # (norm(dim=0) is slow)
+        # in place wherever a volume is used once (memory: benchmarks/RESULTS.md)
+        update = _force(gradient, warped, level.spacing)
+        gaussian_smooth(update, fluid, out=update)
+        squared = update[0] * update[0]
+        squared.addcmul_(update[1], update[1]).addcmul_(update[2], update[2])
+        largest = float(squared.max().sqrt())  # (norm(dim=0) is slow)
+        del squared
         if not largest > 0:
             converged = True
             break
-        update = update * (step * unit / largest)
+        update.mul_(step * unit / largest)
         if settings.mode == "compositive":
-            variable = update + level.sample(variable, level.points + update)
+            variable = level.displaced(variable, update).add_(update)
         else:
             variable = variable + update
-        if diffusion > 0:
-            variable = gaussian_smooth(variable, diffusion)
+        del update, warped, gradient
+        if diffusion > 0:  # variable is a new tensor here, never best_variable
+            gaussian_smooth(variable, diffusion, out=variable)
     record = {"spacing_mm": round(unit, 4), "steps": taken, "converged": converged,
               "similarity": best_value, "seconds": round(time.perf_counter() - started, 3)}
     return best_variable, best_value, record
@@ -242,9 +299,10 @@ def _run_level(level: _Level, start: torch.Tensor, settings: EngineSettings,
 # -- the whole engine -----------------------------------------------------------------------
 
 
-#: Float32 volumes of the finest level the engine holds at once (measured peak: images,
-#: world points, the field, its update, LNCC's statistics and their box sums), plus four
-#: per feature channel beyond the first.
+#: Float32 volumes of the finest level the engine holds at once, an upper bound (images,
+#: the map to the moving grid, the field, its update, LNCC's statistics and box sums:
+#: measured 32 on a 1 mm whole head, benchmarks/RESULTS.md), plus four per feature
+#: channel beyond the first.
 ENGINE_VOLUMES = 40
 
 
@@ -293,26 +351,27 @@ def register_deformable(fixed: np.ndarray, fixed_geometry: Geometry, fixed_mask:
     sides = ((fixed, fixed_geometry, fixed_mask, intensity_scale(fixed, fixed_mask)),
              (moving, moving_geometry, moving_mask, intensity_scale(moving, moving_mask)))
     with torch.inference_mode(False), torch.no_grad():
-        levels = [_Level(*sides, point_map, finest * factor, settings, similarity)
-                  for factor in settings.levels]
         variable, records, previous = None, [], None
         started_from = "affine"
-        for level, iterations in zip(levels, settings.iterations, strict=True):
+        for factor, iterations in zip(settings.levels, settings.iterations, strict=True):
+            # each level built when it starts, the one before it freed when it ends
+            level = _Level(*sides, point_map, finest * factor, settings, similarity)
             if variable is None:
-                variable = torch.zeros_like(level.points)
+                variable = torch.zeros((3, *level.grid.shape))
                 if initial is not None:  # the network's start, unless the affine part's
-                    given = initial(level.points)  # is better by the engine's similarity
+                    given = initial(level.points())  # is better by the engine's similarity
                     if level.similarity(level.warp(given))[0] >= \
                             level.similarity(level.warp(variable))[0]:
                         variable, started_from = given, "network"
             else:
-                variable = sample_field(variable, previous.grid, level.points)
+                variable = sample_field(variable, previous.grid, level.points())
             variable, value, record = _run_level(level, variable, settings, iterations)
             records.append(record)
             previous = level
-        finest_level = levels[-1]
-        start = (initial(finest_level.points) if started_from == "network"
-                 else torch.zeros_like(finest_level.points))
+            release_free_memory()
+        finest_level = level
+        start = (initial(finest_level.points()) if started_from == "network"
+                 else torch.zeros((3, *finest_level.grid.shape)))
         start_value, _ = finest_level.similarity(finest_level.warp(start))
         displacement = (_exp(variable, finest_level, settings.integration_steps)
                         if settings.mode == "svf" else variable)

@@ -99,13 +99,13 @@ class RegistrationResult:
         from ddmr.io.fields import save_affine, save_displacement
         from ddmr.io.images import GZIP_LEVEL_FIELDS, save_image, save_labels
         from ddmr.overlay import save_overlay
-        from ddmr.spatial.field import mm_to_voxels
         from ddmr.threads import workers
 
         folder = Path(folder)
         started = time.perf_counter()
-        jobs = [(save_displacement, folder / "displacement.nii.gz", self.displacement_voxels(),
-                 self.geometry),
+        # the fields go to the files in mm as they are (no voxel copies held meanwhile)
+        jobs = [(save_displacement, folder / "displacement.nii.gz", self.displacement_mm,
+                 self.geometry, "mm"),
                 (save_image, folder / "warped.nii.gz", self.warped, self.geometry),
                 (save_image, folder / "jacobian.nii.gz", self.jacobian, self.geometry,
                  GZIP_LEVEL_FIELDS)]
@@ -114,11 +114,10 @@ class RegistrationResult:
                          self.geometry))
         if self.residual_mm is not None:
             jobs.append((save_displacement, folder / "residual_displacement.nii.gz",
-                         mm_to_voxels(self.residual_mm, self.geometry), self.geometry))
+                         self.residual_mm, self.geometry, "mm"))
         if self.inverse_mm is not None:
             jobs.append((save_displacement, folder / "inverse_displacement.nii.gz",
-                         mm_to_voxels(self.inverse_mm, self.moving_geometry),
-                         self.moving_geometry))
+                         self.inverse_mm, self.moving_geometry, "mm"))
         if self.point_map is not None:
             jobs.append((save_affine, folder / "affine.mat", self.point_map))
         with ThreadPoolExecutor(max_workers=min(len(jobs), workers())) as pool:

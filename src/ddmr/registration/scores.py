@@ -71,6 +71,14 @@ def field_metrics(jacobian: np.ndarray, displacement_mm: np.ndarray) -> dict[str
         "sdlogj": sdlogj(jacobian),
         "jacobian_min": float(jacobian.min()),
         "jacobian_max": float(jacobian.max()),
-        "displacement_max_mm": float(np.sqrt((displacement_mm.astype(np.float64) ** 2)
-                                             .sum(axis=0)).max()),
+        "displacement_max_mm": _largest_vector(displacement_mm),
     }
+
+
+def _largest_vector(field: np.ndarray) -> float:
+    """The largest vector length of a field (3, ...), summed in float64 one component at
+    a time (one volume of temporaries)."""
+    squared = np.square(field[0], dtype=np.float64)
+    for component in field[1:]:
+        squared += np.square(component, dtype=np.float64)
+    return float(np.sqrt(squared.max()))

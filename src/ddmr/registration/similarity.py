@@ -45,24 +45,35 @@ class LocalNCC:
     def bind(self, fixed: torch.Tensor):
         a = fixed[0]
         count = box_sum(torch.ones_like(a)[None], self.window)[0]
-        sum_a, sum_aa = box_sum(torch.stack([a, a * a]), self.window)
+        stats = torch.stack([a, a * a])
+        sum_a, var_a = box_sum(stats, self.window, out=stats)  # var_a: sum_aa, then
         mean_a = sum_a / count
-        var_a = (sum_aa - sum_a * mean_a).clamp_min_(0.0)
+        var_a.sub_(sum_a * mean_a).clamp_min_(0.0)
 
         def evaluate(warped: torch.Tensor) -> tuple[float, torch.Tensor]:
+            # in place where a statistic is used once: the finest level of a 1 mm head
+            # holds about ten volumes here instead of thirty (benchmarks/RESULTS.md)
             b = warped[0]
-            sum_b, sum_bb, sum_ab = box_sum(torch.stack([b, b * b, a * b]), self.window)
+            stats = torch.stack([b, b, a])
+            stats[1].mul_(b)
+            stats[2].mul_(b)
+            sum_b, sum_bb, cov = box_sum(stats, self.window, out=stats)  # cov: sum_ab
             mean_b = sum_b / count
-            cov = sum_ab - sum_a * mean_b
-            var_b = (sum_bb - sum_b * mean_b).clamp_min_(0.0)
-            denominator = var_a * var_b + self.eps
-            cc = cov * cov / denominator
-            alpha = 2.0 * cov / denominator
-            beta = 2.0 * cc * var_a / denominator
-            centres = box_sum(torch.stack([alpha, alpha * mean_a, beta, beta * mean_b]),
-                              self.window)
-            gradient = a * centres[0] - centres[1] - b * centres[2] + centres[3]
-            return float(cc.mean()), (gradient / a.numel())[None]
+            cov.sub_(sum_a * mean_b)
+            denominator = sum_bb.sub_(sum_b.mul_(mean_b)).clamp_min_(0.0)  # var_b
+            denominator.mul_(var_a).add_(self.eps)
+            cc = (cov * cov).div_(denominator)
+            value = float(cc.mean())
+            centres = torch.empty((4, *b.shape), dtype=b.dtype, device=b.device)
+            alpha = torch.div(cov, denominator, out=centres[0]).mul_(2.0)
+            torch.mul(alpha, mean_a, out=centres[1])
+            beta = torch.mul(cc, var_a, out=centres[2]).div_(denominator).mul_(2.0)
+            torch.mul(beta, mean_b, out=centres[3])
+            del stats, sum_b, sum_bb, cov, denominator, cc, mean_b, alpha, beta
+            box_sum(centres, self.window, out=centres)
+            gradient = a * centres[0]
+            gradient.sub_(centres[1]).addcmul_(b, centres[2], value=-1.0).add_(centres[3])
+            return value, gradient.div_(a.numel())[None]
 
         return evaluate
 

@@ -186,23 +186,52 @@ def sdlogj(determinant: np.ndarray | torch.Tensor) -> float:
     """Standard deviation of ``log(max(det J, 1e-9))`` over the voxels."""
     return float(np.std(np.log(np.maximum(np.asarray(determinant), 1e-9))))
 
+
+def _apply_matrix(matrix: np.ndarray, field: np.ndarray, channels_last_in: bool = False,
+                  channels_last_out: bool = False) -> np.ndarray:
+    """The (3, 3) ``matrix`` applied to the vectors of a field (3, *S) (or (*S, 3) with
+    ``channels_last_in``): float32 (3, *S) (or (*S, 3)), summed in float64 one component
+    at a time, so a 1 mm head's field needs no float64 copy of itself."""
+    shape = field.shape[:-1] if channels_last_in else field.shape[1:]
+    out = np.empty((*shape, 3) if channels_last_out else (3, *shape), dtype=np.float32)
+    for row in range(3):
+        target = out[..., row] if channels_last_out else out[row]
+        columns = np.flatnonzero(matrix[row])
+        if len(columns) == 1 and abs(matrix[row, columns[0]]) == 1:  # a sign: exact
+            column = int(columns[0])
+            source = field[..., column] if channels_last_in else field[column]
+            np.multiply(source, matrix[row, column], out=target, casting="unsafe")
+            continue
+        total = np.zeros(shape, dtype=np.float64)
+        for column in range(3):
+            if matrix[row, column] != 0:
+                total += matrix[row, column] * (field[..., column] if channels_last_in
+                                                else field[column])
+        target[...] = total
+    return out
+
+
 def voxels_to_mm(displacement: np.ndarray, geometry: Geometry) -> np.ndarray:
     """Voxel displacement (3, I, J, K) on ``geometry`` -> RAS mm (3, I, J, K) float32."""
-    return np.einsum("ab,bijk->aijk", geometry.affine[:3, :3], displacement).astype(np.float32)
+    return _apply_matrix(geometry.affine[:3, :3], displacement)
 
 
 def mm_to_voxels(displacement_mm: np.ndarray, geometry: Geometry) -> np.ndarray:
     """RAS mm displacement (3, I, J, K) -> voxels of ``geometry`` (3, I, J, K) float32."""
-    inverse = np.linalg.inv(geometry.affine[:3, :3])
-    return np.einsum("ab,bijk->aijk", inverse, displacement_mm).astype(np.float32)
+    return _apply_matrix(np.linalg.inv(geometry.affine[:3, :3]), displacement_mm)
 
-def displacement_to_lps_mm(displacement_vox: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """Voxel displacement (3, I, J, K) -> physical LPS vectors in mm (I, J, K, 3)."""
-    matrix = LPS_FLIP @ geometry.affine[:3, :3]
-    return np.einsum("ab,bijk->ijka", matrix, displacement_vox.astype(np.float64))
+
+def displacement_to_lps_mm(displacement: np.ndarray, geometry: Geometry,
+                           units: str = "voxels") -> np.ndarray:
+    """A displacement (3, I, J, K), in voxels of ``geometry`` or (``units="mm"``) in RAS
+    mm, -> physical LPS vectors in mm (I, J, K, 3) float32."""
+    if units not in ("voxels", "mm"):
+        raise ValueError(f"units must be 'voxels' or 'mm', got {units!r}")
+    linear = geometry.affine[:3, :3] if units == "voxels" else np.eye(3)
+    return _apply_matrix(LPS_FLIP @ linear, displacement, channels_last_out=True)
 
 
 def lps_mm_to_displacement(vectors_lps: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """Physical LPS vectors in mm (I, J, K, 3) -> voxel displacement (3, I, J, K)."""
-    matrix = np.linalg.inv(LPS_FLIP @ geometry.affine[:3, :3])
-    return np.einsum("ab,ijkb->aijk", matrix, vectors_lps.astype(np.float64))
+    """Physical LPS vectors in mm (I, J, K, 3) -> voxel displacement (3, I, J, K) float32."""
+    return _apply_matrix(np.linalg.inv(LPS_FLIP @ geometry.affine[:3, :3]), vectors_lps,
+                         channels_last_in=True)

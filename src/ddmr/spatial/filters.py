@@ -47,36 +47,45 @@ def _gaussian_matrix(n: int, sigma: float, device: str, dtype: torch.dtype) -> t
     return (weights / weights.sum(dim=1, keepdim=True)).to(dtype)
 
 
-def separable(volume: torch.Tensor, matrices: list[torch.Tensor | None]) -> torch.Tensor:
+def separable(volume: torch.Tensor, matrices: list[torch.Tensor | None],
+              out: torch.Tensor | None = None) -> torch.Tensor:
     """``volume`` (C, D, H, W) with ``matrices[a]`` (n_a, n_a) applied along each spatial
-    axis ``a`` (None: that axis untouched): ``out[., i, ., .] = sum_k M[i, k] v[., k, ., .]``."""
+    axis ``a`` (None: that axis untouched): ``out[., i, ., .] = sum_k M[i, k] v[., k, ., .]``.
+    With ``out`` (C, D, H, W; may be ``volume`` itself) the channels are filtered one at
+    a time into it: two volumes of temporaries instead of two per channel."""
+    if out is not None:
+        for channel in range(volume.shape[0]):
+            out[channel] = separable(volume[channel:channel + 1], matrices)[0]
+        return out
     channels, depth, height, width = volume.shape
-    out = volume
+    result = volume
     if matrices[2] is not None:
-        out = out @ matrices[2].T
+        result = result @ matrices[2].T
     if matrices[1] is not None:
-        out = torch.matmul(matrices[1], out)
+        result = torch.matmul(matrices[1], result)
     if matrices[0] is not None:
-        out = torch.matmul(matrices[0], out.reshape(channels, depth, height * width))
-        out = out.reshape(channels, depth, height, width)
-    return out
+        result = torch.matmul(matrices[0], result.reshape(channels, depth, height * width))
+        result = result.reshape(channels, depth, height, width)
+    return result
 
 
-def box_sum(volume: torch.Tensor, window: int) -> torch.Tensor:
+def box_sum(volume: torch.Tensor, window: int, out: torch.Tensor | None = None
+            ) -> torch.Tensor:
     """Sum of (C, D, H, W) over a cubic ``window`` (odd, voxels) around each voxel, zero
-    beyond the grid (so only voxels inside it count)."""
+    beyond the grid (so only voxels inside it count); ``out``: as :func:`separable`."""
     radius = window // 2
     device = str(volume.device)
     return separable(volume, [_box_matrix(int(n), radius, device, volume.dtype)
-                              for n in volume.shape[1:]])
+                              for n in volume.shape[1:]], out)
 
 
-def gaussian_smooth(volume: torch.Tensor, sigma: float | tuple[float, float, float]
-                    ) -> torch.Tensor:
+def gaussian_smooth(volume: torch.Tensor, sigma: float | tuple[float, float, float],
+                    out: torch.Tensor | None = None) -> torch.Tensor:
     """(C, D, H, W) smoothed by a Gaussian of ``sigma`` voxels (per axis; 0: none),
-    truncated at 4 sigma and renormalised at the borders (a constant stays constant)."""
+    truncated at 4 sigma and renormalised at the borders (a constant stays constant);
+    ``out``: as :func:`separable`."""
     sigmas = (sigma,) * 3 if isinstance(sigma, int | float) else tuple(sigma)
     device = str(volume.device)
     return separable(volume, [_gaussian_matrix(int(n), float(s), device, volume.dtype)
                               if s > 0 else None
-                              for n, s in zip(volume.shape[1:], sigmas, strict=True)])
+                              for n, s in zip(volume.shape[1:], sigmas, strict=True)], out)

@@ -269,12 +269,26 @@ def resized_spacing(spacing: Sequence[float], shape: Sequence[int], new_shape: S
                  for s, n, m in zip(spacing, shape, new_shape, strict=True))
 
 
+def _sampling_scale(shape: Sequence[int]) -> list[float]:
+    """Per axis, ``grid_sample``'s unit per voxel index (aligned corners)."""
+    return [2.0 / max(int(n) - 1, 1) for n in shape]
+
+
 def normalised(index, shape: Sequence[int]):
     """Voxel indices (3, *S) (torch, channels i, j, k) of a grid of ``shape`` -> the
     ``grid_sample`` coordinates (*S, 3) of the same points: [-1, 1] with aligned corners,
     last axis first (k, j, i)."""
     import torch
 
-    scale = torch.tensor([2.0 / max(int(n) - 1, 1) for n in shape], dtype=index.dtype,
+    scale = torch.tensor(_sampling_scale(shape), dtype=index.dtype,
                          device=index.device).view(3, *([1] * (index.ndim - 1)))
     return (index * scale - 1.0).movedim(0, -1).flip(-1)
+
+
+def sampling_matrix(shape: Sequence[int]) -> np.ndarray:
+    """(4, 4) float64: :func:`normalised` as a matrix, voxel index (i, j, k) of a grid of
+    ``shape`` -> ``grid_sample`` coordinates (x, y, z), to be folded into other affine
+    maps."""
+    matrix = np.diag([*_sampling_scale(shape), 1.0])
+    matrix[:3, 3] = -1.0
+    return matrix[[2, 1, 0, 3]]
