@@ -82,11 +82,12 @@ def test_whole_heads_register_like_the_skull_stripped_pair():
     assert result.summary["metrics"]["dsc"] == pytest.approx(
         stripped.summary["metrics"]["dsc"], abs=0.02)
     ours = np.asarray(result.summary["affine_prealignment"]["matrix_ras"])
-    # ANTs' own affine varies by about a degree from run to run (multithreaded, even
-    # seeded: 0.7-2.0 degrees from ours over repeated runs), so the reference is the
-    # median of three of its runs
-    differences = [rotation_degrees(ours, ants_affine(fixed, moving)) for _ in range(3)]
-    assert float(np.median(differences)) < 2.0, differences
+    # ANTs' own affine varies from run to run, seeded or not, on one thread or more (0.7 to
+    # 2.3 degrees from ours over repeated runs), so the reference is the mean of five of
+    # its runs (the rotation of their mean matrix)
+    runs = [ants_affine(fixed, moving) for _ in range(5)]
+    assert rotation_degrees(ours, np.mean(runs, axis=0)) < 2.0, [
+        rotation_degrees(ours, run) for run in runs]
 
 
 def ants_affine(fixed, moving) -> np.ndarray:
