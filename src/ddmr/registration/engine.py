@@ -135,8 +135,8 @@ class _Level:
         self.moving = similarity.features(_normalised_image(m_array, m_geometry, moving_grid,
                                                             m_scale))[None]
         self.spacing = torch.tensor(self.grid.spacing, dtype=torch.float32).view(3, 1, 1, 1)
-        # moving-grid index of P(p + d) = A d + q0(x), p the world point of grid voxel x
-        # ... and the same as grid_sample coordinates, (*grid.shape, 3) = A' d + q0'
+        # grid_sample coordinates on the moving grid of P(p + d) = A d + q0(x), p the world
+        # point of grid voxel x: A (3, 3) and q0 (*grid.shape, 3)
         to_moving = sampling_matrix(moving_grid.shape) @ np.linalg.inv(moving_grid.affine) \
             @ point_map
         self.linear = torch.from_numpy(to_moving[:3, :3].astype(np.float32))

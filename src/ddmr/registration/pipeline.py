@@ -260,9 +260,8 @@ def register(fixed: ImageInput, moving: ImageInput, fixed_seg: ImageInput | None
         inverse = invert(residual, alignment.point_map, fixed_volume.geometry,
                          moving_volume.geometry, inverse_residual)
         # the fields on the engine's grid are no longer needed (a 1 mm head: 0.1-0.3 GB)
-        del field, residual, inverse_residual
-        if engine_result is not None:
-            engine_result.displacement_mm = engine_result.inverse_mm = None
+        engine_summary = None if engine_result is None else engine_result.summary(settings)
+        del field, residual, inverse_residual, engine_result
     with timer("metrics"):
         metrics: dict[str, Any] = field_metrics(jacobian, native.displacement_mm)
         if fixed_volume.labels is not None and native.warped_labels is not None:
@@ -294,7 +293,7 @@ def register(fixed: ImageInput, moving: ImageInput, fixed_seg: ImageInput | None
         "warnings": warnings,
         "device": str(device),
         "affine_prealignment": alignment.summary(),
-        "engine": None if engine_result is None else engine_result.summary(settings),
+        "engine": engine_summary,
         "fixed_grid": {"shape": list(fixed_volume.geometry.shape),
                        "spacing_mm": list(fixed_volume.geometry.spacing)},
         "displacement": "displacement.nii.gz: ITK/ANTs displacement field on the fixed grid, "
