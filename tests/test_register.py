@@ -283,3 +283,33 @@ def test_jacobian_in_slabs_equals_the_whole_volume(monkeypatch):
     monkeypatch.setattr(field, "SLAB_VOXELS", 9 * 8 * 4)  # 4 slices per slab, last 1
     np.testing.assert_allclose(field.jacobian_determinant_mm(field_mm, geometry), whole,
                                rtol=1e-5, atol=1e-5)
+
+
+def test_a_default_registration_imports_no_training_dataset_or_evaluation_code(tmp_path):
+    """``ddmr register`` (default model and engine) on a small pair, in a fresh process:
+    none of the training, dataset, augmentation or evaluation modules is imported."""
+    import subprocess
+    import sys
+
+    from ddmr.io.images import save_image
+    from register_helpers import grid, rotation
+
+    fixed_geometry = grid((36, 40, 34), (2.0, 2.0, 2.0), rotation((0, 0, 1), 8), (0, 0, 0))
+    moving_geometry = grid((38, 36, 36), (2.0, 2.0, 2.0), np.eye(3), (3.0, -2.0, 1.0))
+    save_image(tmp_path / "fixed.nii.gz", sample_scene(fixed_geometry), fixed_geometry)
+    save_image(tmp_path / "moving.nii.gz", sample_scene(moving_geometry, (2.0, 1.0, 0.0)),
+               moving_geometry)
+    code = ("import sys; from ddmr.cli import main; "
+            f"status = main(['register', '--fixed', {str(tmp_path / 'fixed.nii.gz')!r}, "
+            f"'--moving', {str(tmp_path / 'moving.nii.gz')!r}, '-o', "
+            f"{str(tmp_path / 'out')!r}]); "
+            "print('\\n', status, *sorted(m for m in sys.modules if m.startswith('ddmr')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=False)
+    status, *modules = done.stdout.strip().splitlines()[-1].split()
+    assert status == "0", done.stderr
+    assert (tmp_path / "out" / "inverse_displacement.nii.gz").exists()
+    forbidden = ("ddmr.train", "ddmr.data", "ddmr.augment", "ddmr.evaluate", "ddmr.baselines",
+                 "ddmr.report", "ddmr.losses.dice", "ddmr.losses.ssim")
+    assert "ddmr.registration.engine" in modules
+    assert not [m for m in modules if m.startswith(forbidden)]

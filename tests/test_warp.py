@@ -1,10 +1,11 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from scipy import ndimage
 
 from conftest import smooth_field, smooth_volume
-from ddmr.spatial.warp import warp_image, warp_labels
+from ddmr.spatial.warp import grid_sample_3d, warp_image, warp_labels
 
 
 def test_zero_displacement_is_identity(volume):
@@ -65,3 +66,22 @@ def test_batch_broadcast():
     out = warp_image(vol, fields)
     assert out.shape == (3, 1, 16, 16, 16)
     assert torch.allclose(out[1:2], warp_image(vol, fields[1:2]))
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("padding", ["border", "zeros"])
+def test_grid_sample_split_over_threads_equals_one_call(threads, padding):
+    # points split into one batch per thread, with a remainder that does not divide
+    generator = torch.Generator().manual_seed(7)
+    volume = torch.rand(1, 3, 9, 10, 11, generator=generator)
+    grid = torch.rand(1, 23, 19, 31, 3, generator=generator) * 2.4 - 1.2
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        ours = grid_sample_3d(volume, grid, padding)
+    finally:
+        torch.set_num_threads(previous)
+    reference = F.grid_sample(volume, grid, mode="bilinear", padding_mode=padding,
+                              align_corners=True)
+    assert ours.shape == reference.shape
+    torch.testing.assert_close(ours, reference, rtol=0, atol=0)

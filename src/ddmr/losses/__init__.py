@@ -1,8 +1,7 @@
 """Losses for registration: similarity, overlap, distance, regularisers and their weighting.
 
-Every loss returns a scalar to minimise (mean over the batch). The Hausdorff loss (and
-the design loss that may use it) are imported on first use, as they pull in scipy:
-commands that need only a similarity (``ddmr register``) start faster.
+Every loss returns a scalar to minimise (mean over the batch). Each is imported on first
+use: commands that need only a similarity (``ddmr register``) start faster.
 """
 
 from __future__ import annotations
@@ -10,14 +9,14 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from ddmr.losses.dice import DiceLoss, dice_score, one_hot
-from ddmr.losses.mutual_information import MutualInformationLoss, mutual_information
-from ddmr.losses.ncc import NCCLoss, global_ncc, local_ncc
-from ddmr.losses.regularisers import BendingEnergy, GradientL2
-from ddmr.losses.ssim import SSIMLoss, ssim3d
-from ddmr.losses.weighting import UncertaintyWeighting
-
-_LAZY = {"DesignLoss": "design_loss", "HausdorffDTLoss": "hausdorff"}
+# public name -> module under ddmr.losses; every loss is imported on first use, so that
+# ``ddmr register`` (which needs global NCC alone) imports no training losses
+_LAZY = {"BendingEnergy": "regularisers", "DesignLoss": "design_loss", "DiceLoss": "dice",
+         "GradientL2": "regularisers", "HausdorffDTLoss": "hausdorff",
+         "MutualInformationLoss": "mutual_information", "NCCLoss": "ncc",
+         "SSIMLoss": "ssim", "UncertaintyWeighting": "weighting", "dice_score": "dice",
+         "global_ncc": "ncc", "local_ncc": "ncc",
+         "mutual_information": "mutual_information", "one_hot": "dice", "ssim3d": "ssim"}
 
 __all__ = [
     "BendingEnergy",

@@ -160,12 +160,12 @@ def _positive_ints(value: Any, count: int | None = None) -> bool:
             and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value))
 
 
-def check_card(card: dict[str, Any], path: str | Path) -> UNetConfig:
+def check_card(card: dict[str, Any], path: str | Path, training: bool = False) -> UNetConfig:
     """Check the fields of a card that change what a model does (architecture, input
-    size, design, label values, training profile) without building anything; returns
-    the architecture. Raises :class:`InputError` naming ``path`` and the field."""
+    size, design, label values; with ``training``, the training profile that fine-tuning
+    goes on with) without building anything; returns the architecture. Raises
+    :class:`InputError` naming ``path`` and the field."""
     from ddmr.config import Design
-    from ddmr.train.profiles import TrainingProfile
 
     architecture = card.get("architecture")
     if not isinstance(architecture, dict):
@@ -194,7 +194,12 @@ def check_card(card: dict[str, Any], path: str | Path) -> UNetConfig:
     if not isinstance(labels, list) or not all(
             isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in labels):
         raise InputError(f"{path}: the card's label_values {labels!r} are not labels 0..255")
-    for key, kind in (("design", Design), ("profile", TrainingProfile)):
+    kinds: list[tuple[str, Any]] = [("design", Design)]
+    if training:  # (training code: not imported to register)
+        from ddmr.train.profiles import TrainingProfile
+
+        kinds.append(("profile", TrainingProfile))
+    for key, kind in kinds:
         if card.get(key) is None:
             continue
         try:
@@ -248,15 +253,16 @@ def check_weights_match_card(path: str | Path, config: UNetConfig) -> None:
     raise InputError(f"{path}: the card's architecture does not match the weights ({detail})")
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
-    """Load and verify a model file: the card (checksum, fields), the weights' names and
-    shapes against its architecture (from the header, before anything is built), the
-    weights' checksum, then the network."""
+def load_model(path: str | Path, device: str | torch.device = "cpu",
+               training: bool = False) -> LoadedModel:
+    """Load and verify a model file: the card (checksum, fields; the training profile
+    too with ``training``), the weights' names and shapes against its architecture (from
+    the header, before anything is built), the weights' checksum, then the network."""
     from safetensors.torch import load_file
 
     path = Path(path)
     card = read_card(path)
-    config = check_card(card, path)
+    config = check_card(card, path, training)
     check_weights_match_card(path, config)
     try:
         state = load_file(str(path))

@@ -150,8 +150,10 @@ class UNet(nn.Module):
             self.head.append(_conv(channels, filters, slope, config.fast_cpu_conv))
             channels = filters
         self.output = Conv3d(channels, 3, config.fast_cpu_conv)
-        nn.init.normal_(self.output.weight, std=config.output_init_std)
-        nn.init.zeros_(self.output.bias)
+        if not self.output.weight.is_meta:  # (on the meta device this imports torch's
+            # compiler, 1.5 s: model files are checked against a meta-device U-Net)
+            nn.init.normal_(self.output.weight, std=config.output_init_std)
+            nn.init.zeros_(self.output.bias)
 
     @property
     def multiple(self) -> int:

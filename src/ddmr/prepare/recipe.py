@@ -27,8 +27,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ddmr.data.adapters import LAYOUTS
-from ddmr.data.split import check_fractions
 from ddmr.errors import ConfigError, InputError
 from ddmr.spatial.grid import (
     RESIZE_MODES,
@@ -75,10 +73,17 @@ class PrepareOptions:
     atlas_syn_iterations: tuple[int, ...] = (40, 20, 0)
     atlas_affine_iterations: tuple[int, ...] = (200, 100, 50)
 
-    def validate(self) -> None:
-        """Raise :class:`ConfigError` for an impossible option."""
-        if self.layout not in LAYOUTS:
-            raise ConfigError(f"--layout {self.layout}: choose one of {', '.join(LAYOUTS)}")
+    def validate(self, dataset: bool = True) -> None:
+        """Raise :class:`ConfigError` for an impossible option; ``dataset``: the options
+        about a dataset's files too (layout, split), not only those that make an image."""
+        if dataset:  # (dataset code: not imported to register)
+            from ddmr.data.adapters import LAYOUTS
+            from ddmr.data.split import check_fractions
+
+            if self.layout not in LAYOUTS:
+                raise ConfigError(f"--layout {self.layout}: choose one of "
+                                  f"{', '.join(LAYOUTS)}")
+            check_fractions(self.split)
         if len(self.size) != 3 or any(int(n) < 2 for n in self.size):
             raise ConfigError(f"--size {self.size}: need three sizes of at least 2 voxels")
         if not np.isfinite(self.spacing) or self.spacing <= 0:
@@ -95,7 +100,6 @@ class PrepareOptions:
             raise ConfigError("--atlas and --atlas-labels go together")
         if self.dtype not in ("float32", "float16"):
             raise ConfigError(f"--dtype {self.dtype}: choose float32 or float16")
-        check_fractions(self.split)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}

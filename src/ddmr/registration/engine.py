@@ -37,7 +37,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ddmr.memory import release_free_memory
 from ddmr.registration.settings import EngineSettings
@@ -52,6 +51,7 @@ from ddmr.spatial.grid import (
     target_grid,
 )
 from ddmr.spatial.resample import resample_to
+from ddmr.spatial.warp import grid_sample_3d
 
 
 @dataclass
@@ -142,10 +142,7 @@ class _Level:
         self.linear = torch.from_numpy(to_moving[:3, :3].astype(np.float32))
         self.q0 = _affine_volume(to_moving @ self.grid.affine, self.grid.shape,
                                  channels_last=True)
-        # p + u(p) as grid_sample coordinates on this grid: L u + (the identity's)
-        to_own = sampling_matrix(self.grid.shape) @ np.linalg.inv(self.grid.affine)
-        self.own_linear = torch.from_numpy(to_own[:3, :3].astype(np.float32))
-        self.own_identity = _identity_axes(self.grid.shape)
+        self.displaced = GridComposition(self.grid)
 
     def points(self) -> torch.Tensor:
         """World points p (3, *grid.shape) of this level's grid (RAS mm): made when asked
@@ -155,19 +152,27 @@ class _Level:
     def warp(self, displacement_mm: torch.Tensor) -> torch.Tensor:
         """Moving features at ``P(p + d(p))``: (C, *grid.shape)."""
         grid = _apply_linear(self.linear, displacement_mm).add_(self.q0)
-        return F.grid_sample(self.moving, grid[None], mode="bilinear",
-                             padding_mode="border", align_corners=True)[0]
+        return grid_sample_3d(self.moving, grid[None])[0]
 
-    def displaced(self, field_mm: torch.Tensor, displacement_mm: torch.Tensor
-                  ) -> torch.Tensor:
-        """A field on this level's grid (3, *shape) interpolated at ``p + u(p)`` for the
-        grid's points p, ``u`` a displacement (3, *shape) mm (trilinear, border values
-        beyond the grid): ``field o (id + u)`` without a grid of world points."""
-        where = _apply_linear(self.own_linear, displacement_mm)
-        for channel, axis in enumerate(self.own_identity):
+
+
+class GridComposition:
+    """``field o (id + u)`` for fields on one grid: a field (3, *shape) interpolated at
+    ``p + u(p)`` for the grid's points p, ``u`` a displacement (3, *shape) mm (trilinear,
+    border values beyond the grid), without a grid of world points."""
+
+    def __init__(self, grid: Geometry) -> None:
+        # p + u(p) as grid_sample coordinates on this grid: L u + (the identity's)
+        to_own = sampling_matrix(grid.shape) @ np.linalg.inv(grid.affine)
+        self.linear = torch.from_numpy(to_own[:3, :3].astype(np.float32))
+        self.identity = _identity_axes(grid.shape)
+
+    def __call__(self, field_mm: torch.Tensor, displacement_mm: torch.Tensor
+                 ) -> torch.Tensor:
+        where = _apply_linear(self.linear, displacement_mm)
+        for channel, axis in enumerate(self.identity):
             where[..., channel] += axis
-        return F.grid_sample(field_mm[None], where[None], mode="bilinear",
-                             padding_mode="border", align_corners=True)[0]
+        return grid_sample_3d(field_mm[None], where[None])[0]
 
 
 def _identity_axes(shape: tuple[int, int, int]) -> list[torch.Tensor]:
@@ -211,8 +216,7 @@ def sample_field(field_mm: torch.Tensor, grid: Geometry, points: torch.Tensor
     linear = torch.from_numpy(to_sampling[:3, :3].astype(np.float32))
     offset = torch.from_numpy(to_sampling[:3, 3].astype(np.float32))
     where = _apply_linear(linear, points.reshape(3, 1, 1, -1)).add_(offset)
-    out = F.grid_sample(field_mm[None], where[None], mode="bilinear",
-                        padding_mode="border", align_corners=True)
+    out = grid_sample_3d(field_mm[None], where[None])
     return out.reshape(3, *points.shape[1:])
 
 

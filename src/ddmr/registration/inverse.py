@@ -5,10 +5,14 @@ The forward transform maps a fixed world point ``p`` to the moving point
 ``phi(p) = P(p + d(p))`` (:mod:`ddmr.registration.native`). Its inverse takes a moving
 point ``q`` to the ``p`` with ``p + d(p) = y``, ``y = P^-1 q``:
 
-* in the engine's ``svf`` mode ``id + d = exp(v)``, so ``p = y + e(y)`` with
-  ``e = exp(-v) - id`` (integrated by the engine);
-* otherwise by fixed-point iteration ``p <- y - d(p)`` from ``p = y - d(y)``, which
-  converges while ``d`` contracts (no folding, moderate gradients).
+by fixed-point iteration ``p <- y - d(p)``, which converges while ``d`` contracts (no
+folding, moderate gradients), at each moving voxel until it settles, started from
+``p = y + e(y)``:
+
+* in the engine's ``svf`` mode ``id + d = exp(v)``, and ``e = exp(-v) - id``
+  (integrated by the engine) is the inverse up to the integration's error;
+* otherwise ``e`` comes from the same iteration run on the grid of ``d``
+  (:func:`grid_inverse`: fewer points, so most of the iterations cost less).
 
 The inverse displacement ``p - q`` (RAS mm) is given on the moving grid, with its error:
 ``|phi(p) - q|`` in voxels of the moving grid, over the moving voxels whose ``p`` falls
@@ -65,47 +69,60 @@ def _points(geometry: Geometry, start: int, stop: int) -> torch.Tensor:
     return (affine[:3, :3] @ index.double() + affine[:3, 3:4]).float()
 
 
+def grid_inverse(field_mm: torch.Tensor, grid: Geometry) -> torch.Tensor:
+    """The inverse of ``id + d`` on the grid of ``d`` (3, *grid.shape) mm: ``e`` (same
+    shape, mm) with ``e(y) = -d(y + e(y))`` at the grid's points, by fixed-point
+    iteration on the grid (border values beyond it): a start for :func:`invert` that
+    costs a grid's worth of samples per iteration instead of a moving image's."""
+    from ddmr.registration.engine import GridComposition
+
+    compose = GridComposition(grid)
+    inverse = -field_mm
+    for _ in range(ITERATIONS):
+        updated = compose(field_mm, inverse).neg_()
+        change = float((updated - inverse).abs().mean())
+        inverse = updated
+        if change < TOLERANCE_MM:
+            break
+    return inverse
+
+
 def invert(residual: Sampler, point_map: np.ndarray, fixed: Geometry, moving: Geometry,
-           inverse_residual: Sampler | None = None) -> Inverse:
+           start: Sampler | None = None, method: str = "fixed point") -> Inverse:
     """The inverse (module docstring) of ``phi(p) = P(p + d(p))``: ``residual(points)``
-    gives ``d`` (mm) at world points (3, n); ``inverse_residual`` gives ``e`` when the
-    transform is ``exp(v)`` (svf)."""
-    inverse_map = torch.from_numpy(np.linalg.inv(point_map).astype(np.float32))
-    forward_map = torch.from_numpy(np.asarray(point_map, dtype=np.float32))
-    to_moving = torch.from_numpy(np.linalg.inv(moving.affine).astype(np.float32))
+    gives ``d`` (mm) at world points (3, n); ``start(points)`` an approximate ``e``
+    (``exp(-v)`` in svf mode, :func:`grid_inverse` otherwise; None: ``-d``) from which
+    the fixed-point iteration goes on until its mean change is below the tolerance."""
+    forward_map = np.asarray(point_map, dtype=np.float64)
+    inverse_map = torch.from_numpy(np.linalg.inv(forward_map).astype(np.float32))
+    # phi(p) - q = A (p + d(p) - y), A the point map's linear part: in moving voxels
+    to_error = torch.from_numpy((np.linalg.inv(moving.affine)[:3, :3] @ forward_map[:3, :3])
+                                .astype(np.float32))
     to_fixed = torch.from_numpy(np.linalg.inv(fixed.affine).astype(np.float32))
     size = int(np.prod(moving.shape))
     out = np.empty((3, size), dtype=np.float32)
     errors, inside_total = [], 0
-    for start in range(0, size, CHUNK):
-        stop = min(start + CHUNK, size)
-        q = _points(moving, start, stop)
+    for begin in range(0, size, CHUNK):
+        stop = min(begin + CHUNK, size)
+        q = _points(moving, begin, stop)
         y = inverse_map[:3, :3] @ q + inverse_map[:3, 3:4]
-        if inverse_residual is not None:
-            p = y + inverse_residual(y)
-        else:
-            p = y - residual(y)
-            for _ in range(ITERATIONS):
-                updated = y - residual(p)
-                change = float((updated - p).abs().mean())
-                p = updated
-                if change < TOLERANCE_MM:
-                    break
-        out[:, start:stop] = (p - q).numpy()
+        p = y + start(y) if start is not None else y - residual(y)
+        for iteration in range(ITERATIONS + 1):
+            moved = residual(p)
+            mismatch = moved.add_(p).sub_(y)  # p + d(p) - y: zero at the inverse
+            if float(mismatch.abs().mean()) < TOLERANCE_MM or iteration == ITERATIONS:
+                break
+            p = p - mismatch  # y - d(p)
+        out[:, begin:stop] = (p - q).numpy()
         index = to_fixed[:3, :3] @ p + to_fixed[:3, 3:4]
         inside = torch.ones(p.shape[1], dtype=torch.bool)
         for axis, n in enumerate(fixed.shape):
             inside &= (index[axis] >= -0.5) & (index[axis] <= n - 0.5)
         inside_total += int(inside.sum())
         if inside.any():
-            mapped = forward_map[:3, :3] @ (p[:, inside] + residual(p[:, inside])) \
-                + forward_map[:3, 3:4]
-            error = (to_moving[:3, :3] @ (mapped - q[:, inside])).norm(dim=0)
-            errors.append(error.numpy())
+            errors.append((to_error @ mismatch[:, inside]).norm(dim=0).numpy())
     error = np.concatenate(errors) if errors else np.array([np.nan])
     error = error[np.isfinite(error)]
     stats = ((float(error.mean()), float(np.percentile(error, 95)), float(error.max()))
              if error.size else (float("nan"),) * 3)
-    return Inverse(out.reshape(3, *moving.shape),
-                   "exp(-v)" if inverse_residual is not None else "fixed point", *stats,
-                   inside_total / size)
+    return Inverse(out.reshape(3, *moving.shape), method, *stats, inside_total / size)

@@ -22,11 +22,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ddmr.spatial.field import SLAB_VOXELS
 from ddmr.spatial.grid import Geometry, normalised
-from ddmr.spatial.warp import label_cells, sample_image, sample_labels
+from ddmr.spatial.warp import grid_sample_3d, label_cells, sample_image, sample_labels
 
 
 def _slabs(shape: tuple[int, int, int]) -> Iterator[slice]:
@@ -82,8 +81,7 @@ def _field_on_slab(u: torch.Tensor, to_model: np.ndarray, rows: slice,
         return torch.einsum("kw,cijw->cijk", w[2], field)
     q = _affine_volume(to_model[:3], rows, shape)
     grid = normalised(q, model_shape)[None]
-    return F.grid_sample(u, grid, mode="bilinear", padding_mode="border",
-                         align_corners=True)[0]
+    return grid_sample_3d(u, grid)[0]
 
 
 @dataclass

@@ -140,10 +140,13 @@ def _engine_settings(engine: Any) -> EngineSettings | None:
 
 
 def _samplers(grid, field, engine):
-    """``d`` at world points from the final field, and ``e`` (``exp(-v)``) in svf mode."""
+    """``d`` at world points from the final field, and the start of its inverse with the
+    name of the method: ``exp(-v)`` in svf mode, the inverse on the engine's grid
+    otherwise, none without the engine (:mod:`ddmr.registration.inverse`)."""
     import torch
 
     from ddmr.registration.engine import sample_field
+    from ddmr.registration.inverse import grid_inverse
 
     if engine is not None:  # the engine's own field in mm, not a converted copy
         millimetres = engine.displacement_mm
@@ -154,12 +157,16 @@ def _samplers(grid, field, engine):
     def residual(points):
         return sample_field(millimetres, grid, points)
 
-    inverse = None
-    if engine is not None and engine.inverse_mm is not None:
-        def inverse(points):
-            return sample_field(engine.inverse_mm, engine.grid, points)
+    if engine is None:
+        return residual, None, "fixed point"
+    on_grid, method = ((engine.inverse_mm, "exp(-v)") if engine.inverse_mm is not None
+                       else (grid_inverse(engine.displacement_mm, engine.grid),
+                             "fixed point"))
 
-    return residual, inverse
+    def start(points):
+        return sample_field(on_grid, engine.grid, points)
+
+    return residual, start, method
 
 
 def _final_field(network, engine):
@@ -256,12 +263,12 @@ def register(fixed: ImageInput, moving: ImageInput, fixed_seg: ImageInput | None
         if engine_result is not None:
             field = None  # the samplers take the engine's field in mm
     with timer("inverse"):
-        residual, inverse_residual = _samplers(field_grid, field, engine_result)
+        residual, start, method = _samplers(field_grid, field, engine_result)
         inverse = invert(residual, alignment.point_map, fixed_volume.geometry,
-                         moving_volume.geometry, inverse_residual)
+                         moving_volume.geometry, start, method)
         # the fields on the engine's grid are no longer needed (a 1 mm head: 0.1-0.3 GB)
         engine_summary = None if engine_result is None else engine_result.summary(settings)
-        del field, residual, inverse_residual, engine_result
+        del field, residual, start, engine_result
     with timer("metrics"):
         metrics: dict[str, Any] = field_metrics(jacobian, native.displacement_mm)
         if fixed_volume.labels is not None and native.warped_labels is not None:

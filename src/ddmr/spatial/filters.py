@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import torch
@@ -27,65 +28,116 @@ def box_mean(x: torch.Tensor, window: int) -> torch.Tensor:
     return x
 
 
-# -- separable filters as matrix products ---------------------------------------------------
-# Along one axis of n voxels a box sum or a Gaussian is an (n, n) matrix; applied to a
-# (C, D, H, W) volume it is one batched matrix product per axis, which BLAS runs faster on
-# a CPU than shifted sums or 1D convolutions for the sizes of registration grids.
+# -- separable filters on (C, D, H, W) volumes, one channel and one axis at a time ---------
+# A box sum along an axis is a difference of two cumulative sums (two passes whatever the
+# window); a truncated Gaussian is a sum of shifted, weighted copies (2 * 4 sigma + 1
+# passes). Both read and write whole volumes a few times, where a dense (n, n) matrix
+# product along the axis costs n multiply-adds per voxel (benchmarks/RESULTS.md, issue 28).
+
+
+def _box_axis(source: torch.Tensor, dim: int, radius: int, out: torch.Tensor,
+              scratch: torch.Tensor) -> None:
+    """``out`` = the sum of ``source`` over ``i - radius .. i + radius`` along ``dim``
+    (zero beyond the grid); ``scratch`` (same shape) holds the cumulative sums."""
+    n = source.shape[dim]
+    torch.cumsum(source, dim, out=scratch)
+    if n <= 2 * radius + 1:  # every window reaches a border: index the sums
+        index = torch.arange(n, device=source.device)
+        high = scratch.index_select(dim, torch.clamp(index + radius, max=n - 1))
+        low_index = index - radius - 1
+        low = scratch.index_select(dim, low_index.clamp(min=0))
+        low.mul_((low_index >= 0).to(low.dtype).view([-1 if d == dim else 1
+                                                      for d in range(low.dim())]))
+        torch.sub(high, low, out=out)
+        return
+    window = 2 * radius + 1
+    # interior: c[i + r] - c[i - r - 1]; head: c[i + r]; tail: c[n - 1] - c[i - r - 1]
+    torch.sub(scratch.narrow(dim, window, n - window), scratch.narrow(dim, 0, n - window),
+              out=out.narrow(dim, radius + 1, n - window))
+    out.narrow(dim, 0, radius + 1).copy_(scratch.narrow(dim, radius, radius + 1))
+    torch.sub(scratch.narrow(dim, n - 1, 1), scratch.narrow(dim, n - window, radius),
+              out=out.narrow(dim, n - radius, radius))
 
 
 @lru_cache(maxsize=64)
-def _box_matrix(n: int, radius: int, device: str, dtype: torch.dtype) -> torch.Tensor:
-    index = torch.arange(n, device=device)
-    return ((index[:, None] - index[None, :]).abs() <= radius).to(dtype)
+def _gaussian_taps(sigma: float, n: int) -> tuple[tuple[float, ...], dict[int, float]]:
+    """Weights of taps 0..R (R = floor(4 sigma), at most n - 1; symmetric, summing to 1
+    over -R..R) and, for the voxels whose taps reach beyond the grid, the weight of
+    those inside it."""
+    radius = min(math.floor(4.0 * sigma), n - 1)
+    weights = [math.exp(-k * k / (2.0 * sigma * sigma)) for k in range(radius + 1)]
+    total = weights[0] + 2.0 * sum(weights[1:])
+    weights = [w / total for w in weights]
+    inside = {}
+    for i in [*range(min(radius, n)), *range(max(radius, n - radius), n)]:
+        kept = sum(weights[abs(k)] for k in range(-min(i, radius), min(n - 1 - i, radius) + 1))
+        inside[i] = kept
+    return tuple(weights), inside
 
 
-@lru_cache(maxsize=64)
-def _gaussian_matrix(n: int, sigma: float, device: str, dtype: torch.dtype) -> torch.Tensor:
-    index = torch.arange(n, dtype=torch.float64, device=device)
-    weights = torch.exp(-((index[:, None] - index[None, :]) ** 2) / (2.0 * sigma * sigma))
-    weights[(index[:, None] - index[None, :]).abs() > 4.0 * sigma] = 0.0
-    return (weights / weights.sum(dim=1, keepdim=True)).to(dtype)
+def _gaussian_axis(source: torch.Tensor, dim: int, sigma: float, out: torch.Tensor) -> None:
+    """``out`` = ``source`` smoothed along ``dim`` by a Gaussian of ``sigma`` voxels cut
+    at 4 sigma, each voxel divided by the weight of its taps inside the grid."""
+    n = source.shape[dim]
+    weights, inside = _gaussian_taps(sigma, n)
+    torch.mul(source, weights[0], out=out)
+    for shift, weight in enumerate(weights[1:], start=1):
+        length = n - shift
+        out.narrow(dim, shift, length).add_(source.narrow(dim, 0, length), alpha=weight)
+        out.narrow(dim, 0, length).add_(source.narrow(dim, shift, length), alpha=weight)
+    for i, kept in inside.items():
+        out.select(dim, i).div_(kept)
 
 
-def separable(volume: torch.Tensor, matrices: list[torch.Tensor | None],
-              out: torch.Tensor | None = None) -> torch.Tensor:
-    """``volume`` (C, D, H, W) with ``matrices[a]`` (n_a, n_a) applied along each spatial
-    axis ``a`` (None: that axis untouched): ``out[., i, ., .] = sum_k M[i, k] v[., k, ., .]``.
-    With ``out`` (C, D, H, W; may be ``volume`` itself) the channels are filtered one at
-    a time into it: two volumes of temporaries instead of two per channel."""
-    if out is not None:
-        for channel in range(volume.shape[0]):
-            out[channel] = separable(volume[channel:channel + 1], matrices)[0]
-        return out
-    channels, depth, height, width = volume.shape
-    result = volume
-    if matrices[2] is not None:
-        result = result @ matrices[2].T
-    if matrices[1] is not None:
-        result = torch.matmul(matrices[1], result)
-    if matrices[0] is not None:
-        result = torch.matmul(matrices[0], result.reshape(channels, depth, height * width))
-        result = result.reshape(channels, depth, height, width)
+def _per_channel(volume: torch.Tensor, axis_filters: list, out: torch.Tensor | None
+                 ) -> torch.Tensor:
+    """Apply ``axis_filters[a](source, dim, target, scratch)`` (None: skip) along each
+    spatial axis of every channel of (C, D, H, W); into ``out`` (may be ``volume``) or a
+    new tensor. Two volumes of one channel as temporaries, whatever C."""
+    result = torch.empty_like(volume) if out is None else out
+    active = [(axis, apply) for axis, apply in enumerate(axis_filters) if apply is not None]
+    if not active:
+        return result if result is volume else result.copy_(volume)
+    spares = [torch.empty_like(volume[0]), torch.empty_like(volume[0])]
+    for channel in range(volume.shape[0]):
+        source, final = volume[channel], result[channel]
+        for index, (axis, apply) in enumerate(active):
+            last = index == len(active) - 1
+            target = final if last and source.data_ptr() != final.data_ptr() \
+                else spares[index % 2]
+            # the scratch: a buffer that is neither read nor written by this pass (the
+            # channel's own slot once its input has been read)
+            used = {source.data_ptr(), target.data_ptr()}
+            scratch = next(b for b in (*spares, final) if b.data_ptr() not in used)
+            apply(source, axis, target, scratch)
+            source = target
+        if source.data_ptr() != final.data_ptr():  # one pass in place: copied back
+            final.copy_(source)
     return result
 
 
 def box_sum(volume: torch.Tensor, window: int, out: torch.Tensor | None = None
             ) -> torch.Tensor:
     """Sum of (C, D, H, W) over a cubic ``window`` (odd, voxels) around each voxel, zero
-    beyond the grid (so only voxels inside it count); ``out``: as :func:`separable`."""
+    beyond the grid (so only voxels inside it count). With ``out`` (C, D, H, W; may be
+    ``volume`` itself) the result is written there, one channel at a time."""
     radius = window // 2
-    device = str(volume.device)
-    return separable(volume, [_box_matrix(int(n), radius, device, volume.dtype)
-                              for n in volume.shape[1:]], out)
+
+    def along(source, dim, target, scratch):
+        _box_axis(source, dim, radius, target, scratch)
+
+    return _per_channel(volume, [along if radius > 0 else None] * 3, out)
 
 
 def gaussian_smooth(volume: torch.Tensor, sigma: float | tuple[float, float, float],
                     out: torch.Tensor | None = None) -> torch.Tensor:
     """(C, D, H, W) smoothed by a Gaussian of ``sigma`` voxels (per axis; 0: none),
     truncated at 4 sigma and renormalised at the borders (a constant stays constant);
-    ``out``: as :func:`separable`."""
+    ``out``: as :func:`box_sum`."""
     sigmas = (sigma,) * 3 if isinstance(sigma, int | float) else tuple(sigma)
-    device = str(volume.device)
-    return separable(volume, [_gaussian_matrix(int(n), float(s), device, volume.dtype)
-                              if s > 0 else None
-                              for n, s in zip(volume.shape[1:], sigmas, strict=True)], out)
+
+    def along(s):
+        return lambda source, dim, target, scratch: _gaussian_axis(source, dim, s, target)
+
+    return _per_channel(volume, [along(float(s)) if s > 0 and n > 1 else None
+                                 for s, n in zip(sigmas, volume.shape[1:], strict=True)], out)

@@ -58,6 +58,35 @@ def _check_pair(image: torch.Tensor, displacement: torch.Tensor) -> None:
         raise ValueError(f"batch sizes differ: {image.shape[0]} vs {displacement.shape[0]}")
 
 
+def grid_sample_3d(volume: torch.Tensor, grid: torch.Tensor, padding: Padding = "border",
+                   mode: Literal["bilinear", "nearest"] = "bilinear") -> torch.Tensor:
+    """``F.grid_sample`` (aligned corners) of ``volume`` (1, C, D, H, W) at the
+    coordinates ``grid`` (1, *S, 3): (1, C, *S). On a CPU the points are split into one
+    batch per torch thread, since its 3D kernel runs the batch in parallel and nothing
+    else (twice as fast on two cores; the values are the same)."""
+    threads = torch.get_num_threads()
+    points = grid[0].numel() // 3
+    if volume.device.type != "cpu" or threads < 2 or volume.shape[0] != 1 or \
+            points < 4096 * threads:
+        return F.grid_sample(volume, grid, mode=mode, padding_mode=padding,
+                             align_corners=True)
+    channels, shape = volume.shape[1], grid.shape[1:-1]
+    flat = grid.reshape(-1, 3)
+    per_batch = points // threads
+    split = per_batch * threads
+    out = torch.empty((channels, points), dtype=volume.dtype, device=volume.device)
+    sampled = F.grid_sample(volume.expand(threads, *volume.shape[1:]),
+                            flat[:split].view(threads, per_batch, 1, 1, 3), mode=mode,
+                            padding_mode=padding, align_corners=True)
+    out[:, :split].view(channels, threads, per_batch).copy_(
+        sampled.view(threads, channels, per_batch).transpose(0, 1))
+    if split < points:
+        out[:, split:] = F.grid_sample(volume, flat[split:].view(1, -1, 1, 1, 3), mode=mode,
+                                       padding_mode=padding, align_corners=True
+                                       ).view(channels, -1)
+    return out.view(1, channels, *shape)
+
+
 def warp_image(
     image: torch.Tensor,
     displacement: torch.Tensor,
@@ -213,8 +242,7 @@ def sample_image(image: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     (ITK/ANTs' linear interpolator with default value 0)."""
     shape = tuple(image.shape[2:])
     grid = normalised(index.reshape(3, 1, 1, -1), shape)[None].to(image.dtype)
-    values = F.grid_sample(image, grid, mode="bilinear", padding_mode="border",
-                           align_corners=True).reshape(index.shape[1:])
+    values = grid_sample_3d(image, grid).reshape(index.shape[1:])
     return torch.where(inside(index, shape), values, torch.zeros_like(values))
 
 

@@ -38,7 +38,7 @@ def finetune(model: str | Path, data: str | Path, options: RunOptions, mode: str
     from ddmr.model.file import check_finite_weights, load_model
 
     check_mode(mode)
-    loaded = load_model(model)
+    loaded = load_model(model, training=True)
     check_finite_weights(loaded.network.state_dict(), model)
     if loaded.card.profile_fields is None:
         raise InputError(f"{model}: the model card has no training profile to fine-tune with")
