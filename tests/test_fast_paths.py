@@ -106,6 +106,36 @@ def test_threaded_spline_resampling_equals_scipy():
     np.testing.assert_allclose(ours[inside], expected[inside], atol=1e-5)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_linear_resampling_by_grid_sample_equals_scipy(threads):
+    # oblique, anisotropic, partly outside: the values of ndimage.affine_transform
+    # (order 1, edge values), cval beyond half a voxel, the same voxels outside
+    rng = np.random.default_rng(3)
+    image = ndimage.gaussian_filter(rng.random((31, 27, 24)), 1.5).astype(np.float32)
+    source = Geometry(np.diag([1.2, 1.0, 1.4, 1.0]), image.shape)
+    target_affine = np.eye(4)
+    target_affine[:3, :3] = Rotation.from_rotvec([0.3, -0.2, 0.25]).as_matrix() * 1.3
+    target_affine[:3, 3] = [-4.0, 6.0, 2.0]
+    target = Geometry(target_affine, (29, 25, 30))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        ours = resample_to(image, source, target, order=1, cval=-1.0)
+    finally:
+        torch.set_num_threads(previous)
+    transform = np.linalg.inv(source.affine) @ target.affine
+    expected = ndimage.affine_transform(image, transform[:3, :3], transform[:3, 3],
+                                        output_shape=target.shape, order=1, mode="nearest")
+    index = np.einsum("ab,bijk->aijk", transform[:3, :3], np.indices(target.shape)) \
+        + transform[:3, 3, None, None, None]
+    inside = np.all([(index[a] >= -0.5 - 1e-4) & (index[a] <= n - 0.5 + 1e-4)
+                     for a, n in enumerate(image.shape)], axis=0)  # (ITK's rule)
+    assert 0.2 < inside.mean() < 0.95
+    assert ours.dtype == np.float32
+    np.testing.assert_array_equal(ours == -1.0, ~inside)
+    np.testing.assert_allclose(ours[inside], expected[inside], atol=1e-5)
+
+
 def test_centroids_and_dice_by_bincount_equal_scipy():
     a = blocky_labels((20, 18, 16), seed=5)
     b = np.roll(a, 2, axis=1)

@@ -117,6 +117,7 @@ def _print_result(summary: dict, method: str, qc_line: str, output: str) -> None
 def run(args: argparse.Namespace) -> int:
     import sys
 
+    from ddmr.clock import process_seconds
     from ddmr.errors import ConfigError
     from ddmr.threads import use_threads
 
@@ -161,8 +162,11 @@ def run(args: argparse.Namespace) -> int:
     from ddmr.registration.pipeline import register
 
     check_output_folder(args.output, args.overwrite)
+    started = process_seconds()  # the interpreter, its start-up and the command's imports
     result = register(args.fixed, args.moving, args.fixed_seg, args.moving_seg,
                       args.model, args.device, args.affine, engine)
+    result.summary["runtime_s"]["process_start"] = \
+        None if started is None else round(started, 3)
     result.save(args.output, overwrite=args.overwrite)
     _print_result(result.summary, result.method(), result.qc.line(), args.output)
     if not result.qc.passed:

@@ -51,7 +51,7 @@ from ddmr.spatial.grid import (
     target_grid,
 )
 from ddmr.spatial.resample import resample_to
-from ddmr.spatial.warp import grid_sample_3d
+from ddmr.spatial.warp import affine_volume, grid_sample_3d
 
 
 @dataclass
@@ -77,7 +77,7 @@ class EngineResult:
 
     def grid_points(self) -> torch.Tensor:
         """World points (3, *grid.shape) of the result's grid (RAS mm)."""
-        return _affine_volume(self.grid.affine, self.grid.shape)
+        return affine_volume(self.grid.affine, self.grid.shape)
 
     def summary(self, settings: EngineSettings) -> dict[str, Any]:
         return {"similarity": settings.similarity, "mode": settings.mode,
@@ -140,14 +140,14 @@ class _Level:
         to_moving = sampling_matrix(moving_grid.shape) @ np.linalg.inv(moving_grid.affine) \
             @ point_map
         self.linear = torch.from_numpy(to_moving[:3, :3].astype(np.float32))
-        self.q0 = _affine_volume(to_moving @ self.grid.affine, self.grid.shape,
+        self.q0 = affine_volume(to_moving @ self.grid.affine, self.grid.shape,
                                  channels_last=True)
         self.displaced = GridComposition(self.grid)
 
     def points(self) -> torch.Tensor:
         """World points p (3, *grid.shape) of this level's grid (RAS mm): made when asked
         (a full-size grid at the finest level)."""
-        return _affine_volume(self.grid.affine, self.grid.shape)
+        return affine_volume(self.grid.affine, self.grid.shape)
 
     def warp(self, displacement_mm: torch.Tensor) -> torch.Tensor:
         """Moving features at ``P(p + d(p))``: (C, *grid.shape)."""
@@ -186,20 +186,6 @@ def _identity_axes(shape: tuple[int, int, int]) -> list[torch.Tensor]:
             + matrix[channel, 3]
         axes.append(values.to(torch.float32).view([-1 if a == axis else 1 for a in range(3)]))
     return axes
-
-
-def _affine_volume(matrix: np.ndarray, shape: tuple[int, int, int],
-                   channels_last: bool = False) -> torch.Tensor:
-    """(3, *shape) float32 (``channels_last``: (*shape, 3)): the (4, 4) ``matrix``
-    applied to every voxel index, in float64 one channel at a time."""
-    i, j, k = (torch.arange(n, dtype=torch.float64) for n in shape)
-    m = np.array(matrix, dtype=np.float64)
-    out = torch.empty((*shape, 3) if channels_last else (3, *shape), dtype=torch.float32)
-    for channel in range(3):
-        target = out[..., channel] if channels_last else out[channel]
-        target.copy_(m[channel, 0] * i[:, None, None] + m[channel, 1] * j[None, :, None]
-                     + m[channel, 2] * k[None, None, :] + m[channel, 3])
-    return out
 
 
 def _apply_linear(linear: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:

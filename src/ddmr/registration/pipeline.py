@@ -211,22 +211,23 @@ def register(fixed: ImageInput, moving: ImageInput, fixed_seg: ImageInput | None
     grid, ``qc`` verdict, ``summary``). A failed QC does not raise: check
     ``result.qc.passed``. Bad input raises :class:`ddmr.DDMRError` with a one-line message.
     """
-    from ddmr.model.file import file_sha256
-    from ddmr.model.shipped import check_device, load
-    from ddmr.registration.engine import register_deformable
-    from ddmr.registration.inverse import invert
-    from ddmr.registration.moments import foreground_mask
-    from ddmr.registration.native import to_native
-    from ddmr.registration.network import predict
-    from ddmr.registration.qc import assess_registration
-    from ddmr.registration.scores import field_metrics, label_metrics
-    from ddmr.spatial.field import jacobian_determinant_mm
+    timer = _Timer()
+    with timer("imports"):  # torch and the numeric modules, on the first call
+        from ddmr.model.file import file_sha256
+        from ddmr.model.shipped import check_device, load
+        from ddmr.registration.engine import register_deformable
+        from ddmr.registration.inverse import invert
+        from ddmr.registration.moments import foreground_mask
+        from ddmr.registration.native import to_native
+        from ddmr.registration.network import predict
+        from ddmr.registration.qc import assess_registration
+        from ddmr.registration.scores import field_metrics, label_metrics
+        from ddmr.spatial.field import jacobian_determinant_mm
 
     if affine not in AFFINE_STAGES:
         raise ConfigError(f"--affine {affine!r}: choose one of {', '.join(AFFINE_STAGES)}")
     settings = _engine_settings(engine)
     check_device(device)
-    timer = _Timer()
     with timer("load"):
         loaded = None if model == NO_MODEL else load(model, device)  # before the images
         fixed_volume = read_pair_side(fixed, fixed_seg, "fixed")
@@ -279,10 +280,10 @@ def register(fixed: ImageInput, moving: ImageInput, fixed_seg: ImageInput | None
                                       alignment.point_map, qc_limits, inverse.error_mean)
 
     from ddmr import __version__
+    from ddmr.registration.result import RUNTIME_PARTS
 
     runtime = {name: round(timer.seconds.get(name, 0.0), 3)
-               for name in ("load", "preprocess", "network", "engine", "native", "inverse",
-                            "metrics", "qc")}
+               for name in RUNTIME_PARTS if name != "write"}
     runtime["total"] = round(sum(runtime.values()), 3)
     model_record = None
     if loaded is not None:

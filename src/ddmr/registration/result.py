@@ -38,8 +38,8 @@ OUTPUT_FILES = ("warped.nii.gz", "warped_seg.nii.gz", "displacement.nii.gz", "af
                 "jacobian.nii.gz", "overlay.png", "summary.json")
 
 #: The parts of ``summary["runtime_s"]`` that add up to its ``total``.
-RUNTIME_PARTS = ("load", "preprocess", "network", "engine", "native", "inverse", "metrics",
-                 "qc", "write")
+RUNTIME_PARTS = ("imports", "load", "preprocess", "network", "engine", "native", "inverse",
+                 "metrics", "qc", "write")
 
 
 @dataclass
@@ -54,10 +54,14 @@ class RegistrationResult:
     jacobian: (I, J, K) float32, determinant of the transform's Jacobian.
     qc: the quality-control verdict (:mod:`ddmr.registration.qc`).
     summary: what ``summary.json`` holds: inputs, model, affine stages, grids,
-        ``runtime_s`` (seconds: ``load`` read images and model; ``preprocess``
-        foregrounds and the affine stage; ``network`` the model's space, its own affine
-        stage and the forward pass; ``engine``; ``native`` the field's trip to the fixed
-        grid, warping and the Jacobian; ``metrics``; ``qc``; ``write``; ``total``),
+        ``runtime_s`` (seconds: ``imports`` torch and the numeric modules on the first
+        call; ``load`` read images and model; ``preprocess`` foregrounds and the affine
+        stage; ``network`` the model's space, its own affine stage and the forward pass;
+        ``engine``; ``native`` the field's trip to the fixed grid, warping and the
+        Jacobian; ``inverse``; ``metrics``; ``qc``; ``write``; ``total`` their sum; from
+        ``ddmr register`` also ``process_start``, the process's age when the
+        registration began (interpreter start, the command's imports), and ``process``,
+        its age when the last file but ``summary.json`` was written: the whole process),
         ``engine`` (similarity before and after, steps per level), ``metrics`` (folding
         %, SDlogJ, Jacobian range, largest displacement in mm; DSC, HD95 mm, centroid TRE
         mm with both label maps) and ``qc``.
@@ -131,6 +135,10 @@ class RegistrationResult:
         runtime = self.summary["runtime_s"]
         runtime["write"] = round(time.perf_counter() - started, 3)
         runtime["total"] = round(sum(runtime.get(k, 0.0) for k in RUNTIME_PARTS), 3)
+        if "process_start" in runtime:  # a command's own process: its whole time so far
+            from ddmr.clock import process_seconds
+
+            runtime["process"] = _rounded(process_seconds())
         (folder / "summary.json").write_text(json.dumps(json_safe(self.summary), indent=2)
                                              + "\n")
 
@@ -140,6 +148,10 @@ class RegistrationResult:
         with atomic_directory(outdir, overwrite) as folder:
             self.write(folder)
         return Path(outdir)
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 3)
 
 
 def json_safe(value: Any) -> Any:

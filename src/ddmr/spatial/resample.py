@@ -299,7 +299,35 @@ def resample_to(array: np.ndarray, geometry_from: Geometry, geometry_to: Geometr
     if order == 1:
         source, _ = _smoothed(array, antialias_sigma(geometry_from, geometry_to)
                               if antialias else None)
+    if order == 1:
+        return _linear(source, geometry_from, geometry_to, cval)
     output = ndimage.affine_transform(source, matrix, offset, output_shape=geometry_to.shape,
                                       order=order, mode="nearest")
     output[~_inside(geometry_from, geometry_to)] = cval
     return output
+
+
+def _linear(source: np.ndarray, geometry_from: Geometry, geometry_to: Geometry, cval: float
+            ) -> np.ndarray:
+    """Trilinear resampling of the float32 ``source`` (edge values up to half a voxel
+    beyond its grid, ``cval`` further out) by ``grid_sample`` on every torch thread: the
+    numbers of ``ndimage.affine_transform(order=1, mode="nearest")`` to float32 rounding,
+    several times faster."""
+    import torch
+
+    from ddmr.spatial.grid import sampling_matrix
+    from ddmr.spatial.warp import affine_volume, grid_sample_3d
+
+    transform = np.linalg.inv(geometry_from.affine) @ geometry_to.affine
+    grid = affine_volume(sampling_matrix(source.shape) @ transform, geometry_to.shape,
+                         channels_last=True)
+    volume = torch.from_numpy(np.ascontiguousarray(source, dtype=np.float32))[None, None]
+    output = grid_sample_3d(volume, grid[None])[0, 0]
+    outside = torch.zeros(geometry_to.shape, dtype=torch.bool)
+    for channel, n in enumerate(reversed(source.shape)):  # x, y, z: the last axis first
+        unit = 2.0 / max(n - 1, 1)  # grid_sample's unit per voxel (aligned corners)
+        low, high = -1.0 - (0.5 + 1e-4) * unit, -1.0 + (n - 0.5 + 1e-4) * unit
+        coordinate = grid[..., channel]
+        outside |= (coordinate < low) | (coordinate > high)
+    output[outside] = cval
+    return output.numpy()

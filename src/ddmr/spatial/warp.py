@@ -13,6 +13,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -56,6 +57,20 @@ def _check_pair(image: torch.Tensor, displacement: torch.Tensor) -> None:
         )
     if image.shape[0] != displacement.shape[0] and image.shape[0] != 1:
         raise ValueError(f"batch sizes differ: {image.shape[0]} vs {displacement.shape[0]}")
+
+
+def affine_volume(matrix: np.ndarray, shape: tuple[int, int, int],
+                  channels_last: bool = False) -> torch.Tensor:
+    """(3, *shape) float32 (``channels_last``: (*shape, 3)): the (4, 4) ``matrix``
+    applied to every voxel index, in float64 one channel at a time."""
+    i, j, k = (torch.arange(n, dtype=torch.float64) for n in shape)
+    m = np.array(matrix, dtype=np.float64)
+    out = torch.empty((*shape, 3) if channels_last else (3, *shape), dtype=torch.float32)
+    for channel in range(3):
+        target = out[..., channel] if channels_last else out[channel]
+        target.copy_(m[channel, 0] * i[:, None, None] + m[channel, 1] * j[None, :, None]
+                     + m[channel, 2] * k[None, None, :] + m[channel, 3])
+    return out
 
 
 def grid_sample_3d(volume: torch.Tensor, grid: torch.Tensor, padding: Padding = "border",
