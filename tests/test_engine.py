@@ -10,7 +10,7 @@ import torch
 from scipy import ndimage
 
 from ddmr.errors import ConfigError
-from ddmr.registration.engine import _Level, register_deformable, sample_field
+from ddmr.registration.engine import _Level, _Side, register_deformable, sample_field
 from ddmr.registration.moments import foreground_mask
 from ddmr.registration.settings import EngineSettings
 from ddmr.registration.similarity import LocalNCC, MindSSC, MutualInformation
@@ -121,7 +121,7 @@ def test_level_samples_a_displaced_field_like_sample_field_and_scipy():
                                   [0, 0, 0, 1.0]]), (14, 12, 16))  # RAS-aligned, anisotropic
     image = torch.rand(14, 12, 16, generator=torch.Generator().manual_seed(6)).numpy()
     mask = np.ones(image.shape, bool)
-    side = (image, geometry, mask, (0.0, 1.0))
+    side = _Side(image, geometry, (0.0, 1.0), mask, geometry)
     level = _Level(side, side, np.eye(4), 1.0, EngineSettings(), LocalNCC(5))
     generator = torch.Generator().manual_seed(7)
     field = torch.rand(3, *level.grid.shape, generator=generator)

@@ -213,6 +213,23 @@ def test_pairs_and_single_pair_options_exclude_each_other(files, tmp_path, capsy
     assert "--moving" in capsys.readouterr().err
 
 
+def test_engine_spacing_option_reaches_the_engine_and_is_checked(files, tmp_path, capsys):
+    import argparse
+
+    from ddmr.commands.register import add_arguments, engine_settings
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert engine_settings(parser.parse_args(["--engine-spacing", "1.5"])).spacing == 1.5
+    assert engine_settings(parser.parse_args([])).spacing is None
+    for bad in ("0", "-1", "nan", "inf"):
+        assert main(_args(files, tmp_path / "out", "--engine-spacing", bad)) == 2
+        assert "spacing" in capsys.readouterr().err
+    assert main(_args(files, tmp_path / "out", "--fast", "--engine-spacing", "2")) == 2
+    assert "--engine-spacing" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_read_pairs_resolves_relative_paths_and_checks_rows(tmp_path):
     from ddmr.errors import InputError
     from ddmr.registration.batch import read_pairs

@@ -50,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
                           "is the baseline 'engine')")
     settings = settings_from_iterations(args.ants_iterations, baselines)
     engine = engine_settings(argparse.Namespace(fast=False, similarity=None, mode=None,
-                                                engine_iterations=args.engine_iterations))
+                                                engine_iterations=args.engine_iterations,
+                                                engine_spacing=None))
     # checked before hours of registrations: the output can be written, the models exist
     check_output_folder(args.output, args.overwrite)
     if not args.output.absolute().parent.is_dir():

@@ -45,6 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine-iterations", metavar="N,N,N",
                         help="the most engine steps per level, coarse to fine (default: "
                         f"{','.join(map(str, EngineSettings().iterations))})")
+    parser.add_argument("--engine-spacing", type=float, metavar="MM",
+                        help="the engine's finest voxel size in mm (default: the fixed "
+                        "image's smallest, at least "
+                        f"{EngineSettings().min_spacing:g} mm)")
     parser.add_argument("--similarity", choices=SIMILARITY_NAMES,
                         help="the engine's similarity: lncc local NCC, mi mutual "
                         "information, mind MIND-SSC descriptors (default: lncc)")
@@ -74,9 +78,9 @@ def engine_settings(args: argparse.Namespace):
     from ddmr.errors import ConfigError
 
     if args.fast:
-        if args.engine_iterations or args.similarity or args.mode:
-            raise ConfigError("--fast runs no engine: --engine-iterations, --similarity and "
-                              "--mode need it")
+        if args.engine_iterations or args.engine_spacing or args.similarity or args.mode:
+            raise ConfigError("--fast runs no engine: --engine-iterations, --engine-spacing, "
+                              "--similarity and --mode need it")
         return False
     settings = EngineSettings()
     changes = {}
@@ -90,6 +94,8 @@ def engine_settings(args: argparse.Namespace):
             raise ConfigError(f"--engine-iterations {args.engine_iterations!r}: expected "
                               f"{len(settings.levels)} counts >= 0, one per level")
         changes["iterations"] = iterations
+    if args.engine_spacing is not None:
+        changes["spacing"] = args.engine_spacing  # (checked by EngineSettings)
     if args.similarity:
         changes["similarity"] = args.similarity
     if args.mode:

@@ -30,6 +30,7 @@ from ddmr.registration.moments import (
     Moments,
     candidate_linear_maps,
     foreground_mask,
+    intensity_scale,
     moments,
     point_map,
 )
@@ -105,15 +106,6 @@ def _level(array: np.ndarray, geometry: Geometry, mask: np.ndarray, spacing: flo
     return _Level(torch.from_numpy(values)[None, None], grid)
 
 
-def _intensity_scale(array: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
-    """(low, high) for [0, 1]: the image minimum and the 99.5th percentile inside the
-    foreground (bright outliers do not compress the rest)."""
-    inside = array[mask] if mask.any() else array.ravel()
-    low = float(array.min())
-    high = float(np.percentile(inside, 99.5))
-    return low, high if high > low else float(array.max())
-
-
 def _ncc(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     a = a - a.mean()
     b = b - b.mean()
@@ -183,16 +175,16 @@ def world_affine(fixed: np.ndarray, fixed_geometry: Geometry, moving: np.ndarray
     fixed_moments: Moments = moments(fixed_mask, fixed_geometry)
     moving_moments: Moments = moments(moving_mask, moving_geometry)
     c_f, c_m = fixed_moments.centre, moving_moments.centre
-    scales = (_intensity_scale(fixed, fixed_mask), _intensity_scale(moving, moving_mask))
+    scales = (intensity_scale(fixed, fixed_mask), intensity_scale(moving, moving_mask))
+    levels = [(_level(fixed, fixed_geometry, fixed_mask, s, settings.margin_mm, scales[0]),
+               _level(moving, moving_geometry, moving_mask, s, settings.margin_mm, scales[1]))
+              for s in settings.levels_mm]  # resampled on every thread
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small problems: one thread is faster than several here
     try:
         with torch.inference_mode(False), torch.enable_grad():
-            problems = [_Problem(_level(fixed, fixed_geometry, fixed_mask, s,
-                                        settings.margin_mm, scales[0]),
-                                 _level(moving, moving_geometry, moving_mask, s,
-                                        settings.margin_mm, scales[1]), c_f)
-                        for s in settings.levels_mm]
+            problems = [_Problem(fixed_level, moving_level, c_f)
+                        for fixed_level, moving_level in levels]
             starts = candidate_linear_maps(fixed_moments, moving_moments)
             if not settings.rotations:
                 starts = starts[:1]

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from ddmr.memory import release_free_memory
+from ddmr.registration.moments import intensity_scale
 from ddmr.registration.settings import EngineSettings
 from ddmr.registration.similarity import make_similarity
 from ddmr.spatial.filters import gaussian_smooth
@@ -102,38 +103,48 @@ def _object_grid(mask: np.ndarray, geometry: Geometry, spacing: float, margin: f
     return target_grid(box, size, spacing, "pad")
 
 
-def _normalised_image(array: np.ndarray, geometry: Geometry, grid: Geometry,
-                      scale: tuple[float, float]) -> torch.Tensor:
-    low, high = scale
-    values = resample_to(array, geometry, grid, order=1, cval=low, antialias=True)
-    return torch.from_numpy(np.clip((values - low) / (high - low), 0.0, 1.0)
-                            .astype(np.float32))
+@dataclass(frozen=True)
+class _Side:
+    """One image as the levels see it: ``image`` (I, J, K) on ``geometry`` with the
+    intensities ``scale`` maps to 0 and 1, and the foreground ``mask`` on
+    ``mask_geometry`` (the image's own grid) that places each level's grid."""
 
+    image: np.ndarray
+    geometry: Geometry
+    scale: tuple[float, float]
+    mask: np.ndarray
+    mask_geometry: Geometry
 
-def intensity_scale(array: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
-    """(low, high) mapped to 0 and 1: the image minimum and the 99.5th percentile inside
-    the foreground (bright outliers do not compress the rest)."""
-    inside = array[mask] if mask.any() else array.ravel()
-    low = float(array.min())
-    high = float(np.percentile(inside, 99.5))
-    return low, high if high > low else float(array.max())
+    def on(self, grid: Geometry) -> torch.Tensor:
+        """The image on ``grid`` (trilinear, smoothed first where ``grid`` is coarser),
+        its intensities mapped to [0, 1]: (*grid.shape) float32."""
+        low, high = self.scale
+        values = self.image if self.geometry.isclose(grid) else resample_to(
+            self.image, self.geometry, grid, order=1, cval=low, antialias=True)
+        return torch.from_numpy(np.clip((values - low) / (high - low), 0.0, 1.0)
+                                .astype(np.float32))
+
+    def level_grid(self, spacing: float, margin: float) -> Geometry:
+        return _object_grid(self.mask, self.mask_geometry, spacing, margin)
+
+    def at(self, spacing: float, margin: float) -> _Side:
+        """The same side with its image resampled once onto its grid of ``spacing`` mm,
+        the source of every coarser level (a smaller volume to smooth than the scan)."""
+        grid = self.level_grid(spacing, margin)
+        return _Side(self.on(grid).numpy(), grid, (0.0, 1.0), self.mask, self.mask_geometry)
 
 
 class _Level:
     """One level: the fixed features on ``grid``, the moving features on their own grid,
     and the map from a displacement on ``grid`` to moving-grid sampling coordinates."""
 
-    def __init__(self, fixed, moving, point_map: np.ndarray, spacing: float,
+    def __init__(self, fixed: _Side, moving: _Side, point_map: np.ndarray, spacing: float,
                  settings: EngineSettings, similarity) -> None:
-        (f_array, f_geometry, f_mask, f_scale), (m_array, m_geometry, m_mask, m_scale) = \
-            fixed, moving
-        self.grid = _object_grid(f_mask, f_geometry, spacing, settings.margin_mm)
-        moving_grid = _object_grid(m_mask, m_geometry, spacing, settings.margin_mm)
-        self.fixed = similarity.features(_normalised_image(f_array, f_geometry, self.grid,
-                                                           f_scale))
+        self.grid = fixed.level_grid(spacing, settings.margin_mm)
+        moving_grid = moving.level_grid(spacing, settings.margin_mm)
+        self.fixed = similarity.features(fixed.on(self.grid))
         self.similarity = similarity.bind(self.fixed)
-        self.moving = similarity.features(_normalised_image(m_array, m_geometry, moving_grid,
-                                                            m_scale))[None]
+        self.moving = similarity.features(moving.on(moving_grid))[None]
         self.spacing = torch.tensor(self.grid.spacing, dtype=torch.float32).view(3, 1, 1, 1)
         # grid_sample coordinates on the moving grid of P(p + d) = A d + q0(x), p the world
         # point of grid voxel x: A (3, 3) and q0 (*grid.shape, 3)
@@ -338,8 +349,12 @@ def register_deformable(fixed: np.ndarray, fixed_geometry: Geometry, fixed_mask:
     started = time.perf_counter()
     similarity = make_similarity(settings.similarity, settings.window)
     finest = finest_spacing(fixed_geometry, settings)
-    sides = ((fixed, fixed_geometry, fixed_mask, intensity_scale(fixed, fixed_mask)),
-             (moving, moving_geometry, moving_mask, intensity_scale(moving, moving_mask)))
+    # both images on their finest level's grid first: the coarser levels are made from
+    # them (a smaller volume to smooth and resample than the scans)
+    sides = [_Side(array, geometry, intensity_scale(array, mask), mask, geometry)
+             .at(finest, settings.margin_mm)
+             for array, geometry, mask in ((fixed, fixed_geometry, fixed_mask),
+                                           (moving, moving_geometry, moving_mask))]
     with torch.inference_mode(False), torch.no_grad():
         variable, records, previous = None, [], None
         started_from = "affine"

@@ -87,6 +87,16 @@ def fill_holes(mask: np.ndarray, slice_axis: int | None = None) -> np.ndarray:
     return ~outside[labelled]
 
 
+def intensity_scale(array: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+    """(low, high) mapped to 0 and 1 by the affine stage and the engine: the image
+    minimum and the 99.5th percentile inside the foreground ``mask`` (bright outliers do
+    not compress the rest)."""
+    inside = array[mask] if mask.any() else array.ravel()
+    low = float(array.min())
+    high = float(np.percentile(inside, 99.5))
+    return low, high if high > low else float(array.max())
+
+
 @dataclass(frozen=True)
 class Moments:
     """centre: (3,) RAS mm; covariance: (3, 3) mm^2 of the foreground's world positions;

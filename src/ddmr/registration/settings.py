@@ -3,6 +3,7 @@ module without heavy imports, so the command line can state the defaults."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -64,7 +65,7 @@ class EngineSettings:
         for name in ("step", "min_step", "min_spacing"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"engine: {name} must be > 0")
-        if self.spacing is not None and not self.spacing > 0:
+        if self.spacing is not None and not 0 < self.spacing < math.inf:
             raise ConfigError(f"engine: spacing must be > 0 mm, got {self.spacing}")
 
     def to_dict(self) -> dict[str, Any]:

@@ -60,33 +60,39 @@ def _box_axis(source: torch.Tensor, dim: int, radius: int, out: torch.Tensor,
 
 
 @lru_cache(maxsize=64)
-def _gaussian_taps(sigma: float, n: int) -> tuple[tuple[float, ...], dict[int, float]]:
+def _gaussian_taps(sigma: float, n: int) -> tuple[tuple[float, ...], torch.Tensor]:
     """Weights of taps 0..R (R = floor(4 sigma), at most n - 1; symmetric, summing to 1
-    over -R..R) and, for the voxels whose taps reach beyond the grid, the weight of
-    those inside it."""
+    over -R..R) and, per voxel of the axis, one over the weight of its taps inside the
+    grid (n,) float64 (1 but within R of either end)."""
     radius = min(math.floor(4.0 * sigma), n - 1)
     weights = [math.exp(-k * k / (2.0 * sigma * sigma)) for k in range(radius + 1)]
     total = weights[0] + 2.0 * sum(weights[1:])
     weights = [w / total for w in weights]
-    inside = {}
+    scale = torch.ones(n, dtype=torch.float64)
     for i in [*range(min(radius, n)), *range(max(radius, n - radius), n)]:
-        kept = sum(weights[abs(k)] for k in range(-min(i, radius), min(n - 1 - i, radius) + 1))
-        inside[i] = kept
-    return tuple(weights), inside
+        scale[i] = 1.0 / sum(weights[abs(k)]
+                             for k in range(-min(i, radius), min(n - 1 - i, radius) + 1))
+    return tuple(weights), scale
 
 
 def _gaussian_axis(source: torch.Tensor, dim: int, sigma: float, out: torch.Tensor) -> None:
     """``out`` = ``source`` smoothed along ``dim`` by a Gaussian of ``sigma`` voxels cut
     at 4 sigma, each voxel divided by the weight of its taps inside the grid."""
     n = source.shape[dim]
-    weights, inside = _gaussian_taps(sigma, n)
+    weights, scale = _gaussian_taps(sigma, n)
     torch.mul(source, weights[0], out=out)
     for shift, weight in enumerate(weights[1:], start=1):
         length = n - shift
         out.narrow(dim, shift, length).add_(source.narrow(dim, 0, length), alpha=weight)
         out.narrow(dim, 0, length).add_(source.narrow(dim, shift, length), alpha=weight)
-    for i, kept in inside.items():
-        out.select(dim, i).div_(kept)
+    edge = len(weights) - 1  # the voxels whose taps reach beyond either end
+    shape = [-1 if d == dim else 1 for d in range(source.dim())]
+    factor = scale.to(out.dtype)
+    if 2 * edge >= n:
+        out.mul_(factor.view(shape))
+    elif edge:
+        out.narrow(dim, 0, edge).mul_(factor[:edge].view(shape))
+        out.narrow(dim, n - edge, edge).mul_(factor[n - edge:].view(shape))
 
 
 def _per_channel(volume: torch.Tensor, axis_filters: list, out: torch.Tensor | None
