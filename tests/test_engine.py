@@ -105,6 +105,20 @@ def test_sample_field_matches_map_coordinates():
         np.testing.assert_allclose(ours[c], reference, atol=1e-5)
 
 
+def test_field_on_another_grid_equals_sampling_at_its_world_points():
+    from ddmr.registration.engine import field_on
+    from ddmr.spatial.warp import affine_volume
+
+    source = grid((10, 12, 9), (2.0, 1.5, 3.0), rotation((1, 0, 1), 25), (5.0, -3.0, 2.0))
+    target = grid((13, 8, 11), (1.1, 2.2, 1.7), rotation((0, 1, 1), -10), (7.0, -1.0, 4.0))
+    field = torch.rand(3, *source.shape, generator=torch.Generator().manual_seed(8))
+    ours = field_on(field, source, target)
+    assert ours.shape == (3, *target.shape)
+    points = affine_volume(target.affine, target.shape)
+    np.testing.assert_allclose(ours.numpy(), sample_field(field, source, points).numpy(),
+                               atol=1e-5)
+
+
 def test_filters_in_place_equal_the_plain_ones():
     x = torch.rand(3, 9, 10, 8, generator=torch.Generator().manual_seed(5))
     for plain, in_place in ((box_sum(x, 5), box_sum(y := x.clone(), 5, out=y)),

@@ -70,11 +70,12 @@ def test_batch_broadcast():
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("padding", ["border", "zeros"])
-def test_grid_sample_split_over_threads_equals_one_call(threads, padding):
-    # points split into one batch per thread, with a remainder that does not divide
+@pytest.mark.parametrize(("channels", "depth"), [(3, 23), (1, 23), (1, 24), (3, 24)])
+def test_grid_sample_split_over_threads_equals_one_call(threads, padding, channels, depth):
+    # points split into one batch per thread, with or without a remainder
     generator = torch.Generator().manual_seed(7)
-    volume = torch.rand(1, 3, 9, 10, 11, generator=generator)
-    grid = torch.rand(1, 23, 19, 31, 3, generator=generator) * 2.4 - 1.2
+    volume = torch.rand(1, channels, 9, 10, 11, generator=generator)
+    grid = torch.rand(1, depth, 19, 31, 3, generator=generator) * 2.4 - 1.2
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

@@ -26,9 +26,9 @@ from ddmr.io.images import (
     _check_readable,
     _check_writable,
     _quiet_nibabel,
-    _write_nifti,
+    _write_nifti_volumes,
 )
-from ddmr.spatial.field import displacement_to_lps_mm, lps_mm_to_displacement
+from ddmr.spatial.field import lps_mm_components, lps_mm_to_displacement
 from ddmr.spatial.grid import LPS_FLIP, Geometry, check_geometry
 
 if TYPE_CHECKING:
@@ -58,14 +58,14 @@ def save_displacement(path: PathLike, displacement_vox: np.ndarray | torch.Tenso
     if file_extension(path) not in NIFTI_EXTENSIONS:
         raise InputError(f"{path}: displacement fields are written as .nii.gz or .nii")
     _check_writable(path)
-    vectors = displacement_to_lps_mm(array, geometry, units)
-    vectors = vectors.reshape(*geometry.shape, 1, 3)
 
     def vector_intent(header) -> None:
         header.set_intent("vector", (), "")
 
-    with atomic_path(path) as temporary:
-        _write_nifti(temporary, vectors, geometry, vector_intent, GZIP_LEVEL_FIELDS)
+    with atomic_path(path) as temporary:  # one LPS component in memory at a time
+        _write_nifti_volumes(temporary, (*geometry.shape, 1, 3),
+                             lps_mm_components(array, geometry, units), geometry,
+                             vector_intent, GZIP_LEVEL_FIELDS)
 
 
 def load_displacement(path: PathLike) -> tuple[np.ndarray, Geometry]:

@@ -11,7 +11,7 @@ import os
 import re
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -369,6 +369,40 @@ def _write_nifti(path: Path, array: np.ndarray, geometry: Geometry,
     with open(path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw,
                                                 compresslevel=gzip_level, mtime=0) as handle:
         image.to_file_map({"image": FileHolder(fileobj=handle)})
+
+
+def _write_nifti_volumes(path: Path, shape: tuple[int, ...], volumes: Iterable[np.ndarray],
+                         geometry: Geometry,
+                         prepare_header: Callable[[Any], None] | None = None,
+                         gzip_level: int = GZIP_LEVEL) -> None:
+    """:func:`_write_nifti` of a float32 array of ``shape`` (I, J, K, ...) given as its
+    (I, J, K) volumes in file order (the last axes slowest), one at a time: the same
+    bytes, without the whole array in memory."""
+    import contextlib
+    import gzip
+    import io
+
+    import nibabel as nib
+
+    dummy = np.broadcast_to(np.zeros((), dtype=np.float32), shape)  # shape only, no data
+    image = nib.Nifti1Image(dummy, geometry.affine)
+    image.header.set_qform(geometry.affine, code=1)
+    image.header.set_sform(geometry.affine, code=1)
+    image.header.set_xyzt_units("mm", "sec")
+    if prepare_header is not None:
+        prepare_header(image.header)
+    image.update_header()
+    header = image.header.copy()
+    header.set_slope_inter(1.0, 0.0)  # what nibabel writes for float32 data
+    block = io.BytesIO()
+    header.write_to(block)  # the header and the empty extension flag
+    compressed = str(path).lower().endswith(".gz")
+    with open(path, "wb") as raw, (
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=gzip_level,
+                          mtime=0) if compressed else contextlib.nullcontext(raw)) as handle:
+        handle.write(block.getvalue().ljust(int(header["vox_offset"]), b"\0"))
+        for volume in volumes:  # Fortran order: the first axis fastest
+            handle.write(np.ascontiguousarray(volume.T, dtype=np.float32).data)
 
 
 def _save_volume(path: PathLike, array: np.ndarray, geometry: Geometry,

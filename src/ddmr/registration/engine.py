@@ -119,6 +119,8 @@ class _Side:
         """The image on ``grid`` (trilinear, smoothed first where ``grid`` is coarser),
         its intensities mapped to [0, 1]: (*grid.shape) float32."""
         low, high = self.scale
+        if self.geometry.isclose(grid) and (low, high) == (0.0, 1.0):
+            return torch.from_numpy(self.image)  # already in [0, 1] (:meth:`at`): shared
         values = self.image if self.geometry.isclose(grid) else resample_to(
             self.image, self.geometry, grid, order=1, cval=low, antialias=True)
         return torch.from_numpy(np.clip((values - low) / (high - low), 0.0, 1.0)
@@ -180,10 +182,15 @@ class GridComposition:
 
     def __call__(self, field_mm: torch.Tensor, displacement_mm: torch.Tensor
                  ) -> torch.Tensor:
+        # the coordinates passed as a temporary: freed before the samples are copied
+        return grid_sample_3d(field_mm[None], self._coordinates(displacement_mm))[0]
+
+    def _coordinates(self, displacement_mm: torch.Tensor) -> torch.Tensor:
+        """(1, *shape, 3) ``grid_sample`` coordinates of ``p + u(p)``."""
         where = _apply_linear(self.linear, displacement_mm)
         for channel, axis in enumerate(self.identity):
             where[..., channel] += axis
-        return grid_sample_3d(field_mm[None], where[None])[0]
+        return where[None]
 
 
 def _identity_axes(shape: tuple[int, int, int]) -> list[torch.Tensor]:
@@ -212,9 +219,18 @@ def sample_field(field_mm: torch.Tensor, grid: Geometry, points: torch.Tensor
     to_sampling = sampling_matrix(grid.shape) @ np.linalg.inv(grid.affine)
     linear = torch.from_numpy(to_sampling[:3, :3].astype(np.float32))
     offset = torch.from_numpy(to_sampling[:3, 3].astype(np.float32))
-    where = _apply_linear(linear, points.reshape(3, 1, 1, -1)).add_(offset)
-    out = grid_sample_3d(field_mm[None], where[None])
+    out = grid_sample_3d(field_mm[None], _apply_linear(linear, points.reshape(3, 1, 1, -1))
+                         .add_(offset)[None])  # (a temporary: freed before the copy)
     return out.reshape(3, *points.shape[1:])
+
+
+def field_on(field_mm: torch.Tensor, grid: Geometry, target: Geometry) -> torch.Tensor:
+    """A field (3, *grid.shape) on ``grid`` interpolated at the voxels of ``target``
+    (trilinear, border values beyond ``grid``): (3, *target.shape), without a volume of
+    world points."""
+    to_sampling = sampling_matrix(grid.shape) @ np.linalg.inv(grid.affine) @ target.affine
+    return grid_sample_3d(field_mm[None], affine_volume(to_sampling, target.shape,
+                                                        channels_last=True)[None])[0]
 
 
 def _force(gradient: torch.Tensor, features: torch.Tensor, spacing: torch.Tensor
@@ -369,7 +385,7 @@ def register_deformable(fixed: np.ndarray, fixed_geometry: Geometry, fixed_mask:
                             level.similarity(level.warp(variable))[0]:
                         variable, started_from = given, "network"
             else:
-                variable = sample_field(variable, previous.grid, level.points())
+                variable = field_on(variable, previous.grid, level.grid)
             variable, value, record = _run_level(level, variable, settings, iterations)
             records.append(record)
             previous = level

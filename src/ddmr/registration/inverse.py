@@ -34,7 +34,7 @@ from ddmr.spatial.grid import Geometry
 ITERATIONS = 30
 TOLERANCE_MM = 1e-3
 #: Moving-grid voxels handled at once.
-CHUNK = 1 << 20
+CHUNK = 1 << 18
 
 Sampler = Callable[[torch.Tensor], torch.Tensor]
 
@@ -76,20 +76,19 @@ def grid_inverse(field_mm: torch.Tensor, grid: Geometry) -> torch.Tensor:
     every other voxel (recursively, down to 16 voxels an axis): a start for
     :func:`invert` that costs a grid's worth of samples per iteration, and few of them,
     instead of a moving image's."""
-    from ddmr.registration.engine import GridComposition, sample_field
-    from ddmr.spatial.warp import affine_volume
+    from ddmr.registration.engine import GridComposition, field_on
 
     if min(grid.shape) >= 32:
         coarse_grid = Geometry(grid.affine @ np.diag([2.0, 2.0, 2.0, 1.0]),
                                tuple(field_mm[0, ::2, ::2, ::2].shape))
-        coarse = grid_inverse(field_mm[:, ::2, ::2, ::2].contiguous(), coarse_grid)
-        inverse = sample_field(coarse, coarse_grid, affine_volume(grid.affine, grid.shape))
+        inverse = field_on(grid_inverse(field_mm[:, ::2, ::2, ::2].contiguous(), coarse_grid),
+                           coarse_grid, grid)
     else:
-        inverse = -field_mm
+        inverse = -field_mm  # (a new tensor: the iteration changes it in place)
     compose = GridComposition(grid)
     for _ in range(ITERATIONS):
         updated = compose(field_mm, inverse).neg_()
-        change = float((updated - inverse).abs().mean())
+        change = float(inverse.sub_(updated).abs_().mean())  # (in place: one field less)
         inverse = updated
         if change < TOLERANCE_MM:
             break
@@ -110,7 +109,8 @@ def invert(residual: Sampler, point_map: np.ndarray, fixed: Geometry, moving: Ge
     to_fixed = torch.from_numpy(np.linalg.inv(fixed.affine).astype(np.float32))
     size = int(np.prod(moving.shape))
     out = np.empty((3, size), dtype=np.float32)
-    errors, inside_total = [], 0
+    errors = np.empty(size, dtype=np.float32)  # of the voxels inside, in order
+    inside_total = 0
     for begin in range(0, size, CHUNK):
         stop = min(begin + CHUNK, size)
         q = _points(moving, begin, stop)
@@ -127,12 +127,15 @@ def invert(residual: Sampler, point_map: np.ndarray, fixed: Geometry, moving: Ge
         inside = torch.ones(p.shape[1], dtype=torch.bool)
         for axis, n in enumerate(fixed.shape):
             inside &= (index[axis] >= -0.5) & (index[axis] <= n - 0.5)
-        inside_total += int(inside.sum())
-        if inside.any():
+        count = int(inside.sum())
+        if count:
             error = to_error @ mismatch[:, inside]
-            errors.append(error.square_().sum(dim=0).sqrt_().numpy())  # (norm(dim=0): slow)
-    error = np.concatenate(errors) if errors else np.array([np.nan])
-    error = error[np.isfinite(error)]
-    stats = ((float(error.mean()), float(np.percentile(error, 95)), float(error.max()))
+            errors[inside_total:inside_total + count] = \
+                error.square_().sum(dim=0).sqrt_().numpy()  # (norm(dim=0): slow)
+        inside_total += count
+    error = errors[:inside_total]
+    error = error[np.isfinite(error)] if not np.isfinite(error).all() else error
+    stats = ((float(error.mean(dtype=np.float64)),
+              float(np.percentile(error, 95, overwrite_input=True)), float(error.max()))
              if error.size else (float("nan"),) * 3)
     return Inverse(out.reshape(3, *moving.shape), method, *stats, inside_total / size)

@@ -145,6 +145,7 @@ def _samplers(grid, field, engine):
     otherwise, none without the engine (:mod:`ddmr.registration.inverse`)."""
     import torch
 
+    from ddmr.memory import release_free_memory
     from ddmr.registration.engine import sample_field
     from ddmr.registration.inverse import grid_inverse
 
@@ -162,6 +163,7 @@ def _samplers(grid, field, engine):
     on_grid, method = ((engine.inverse_mm, "exp(-v)") if engine.inverse_mm is not None
                        else (grid_inverse(engine.displacement_mm, engine.grid),
                              "fixed point"))
+    release_free_memory()  # the grid iteration's volumes, before the moving grid's
 
     def start(points):
         return sample_field(on_grid, engine.grid, points)
@@ -260,7 +262,6 @@ def register(fixed: ImageInput, moving: ImageInput, fixed_seg: ImageInput | None
         field_grid, field = _final_field(network, engine_result)
         native = to_native(field, field_grid, fixed_volume.geometry, moving_volume.array,
                            moving_volume.geometry, moving_volume.labels, alignment.point_map)
-        jacobian = jacobian_determinant_mm(native.displacement_mm, fixed_volume.geometry)
         if engine_result is not None:
             field = None  # the samplers take the engine's field in mm
     with timer("inverse"):
@@ -270,6 +271,8 @@ def register(fixed: ImageInput, moving: ImageInput, fixed_seg: ImageInput | None
         # the fields on the engine's grid are no longer needed (a 1 mm head: 0.1-0.3 GB)
         engine_summary = None if engine_result is None else engine_result.summary(settings)
         del field, residual, start, engine_result
+    with timer("native"):  # (after the inverse: one volume less at its peak)
+        jacobian = jacobian_determinant_mm(native.displacement_mm, fixed_volume.geometry)
     with timer("metrics"):
         metrics: dict[str, Any] = field_metrics(jacobian, native.displacement_mm)
         if fixed_volume.labels is not None and native.warped_labels is not None:

@@ -24,7 +24,7 @@ determinant.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from functools import lru_cache
 
 import numpy as np
@@ -187,6 +187,27 @@ def sdlogj(determinant: np.ndarray | torch.Tensor) -> float:
     return float(np.std(np.log(np.maximum(np.asarray(determinant), 1e-9))))
 
 
+def _apply_row(row: np.ndarray, field: np.ndarray, channels_last_in: bool = False,
+               out: np.ndarray | None = None) -> np.ndarray:
+    """One output component of a (3, 3) matrix applied to a field: ``sum_b row[b]
+    field_b`` (*S) float32 (into ``out`` when given), exact for a row that is a sign,
+    otherwise summed in float64."""
+    shape = field.shape[:-1] if channels_last_in else field.shape[1:]
+    out = np.empty(shape, dtype=np.float32) if out is None else out
+    columns = np.flatnonzero(row)
+    if len(columns) == 1 and abs(row[columns[0]]) == 1:  # a sign: exact
+        column = int(columns[0])
+        source = field[..., column] if channels_last_in else field[column]
+        np.multiply(source, row[column], out=out, casting="unsafe")
+        return out
+    total = np.zeros(shape, dtype=np.float64)
+    for column in range(3):
+        if row[column] != 0:
+            total += row[column] * (field[..., column] if channels_last_in else field[column])
+    out[...] = total
+    return out
+
+
 def _apply_matrix(matrix: np.ndarray, field: np.ndarray, channels_last_in: bool = False,
                   channels_last_out: bool = False) -> np.ndarray:
     """The (3, 3) ``matrix`` applied to the vectors of a field (3, *S) (or (*S, 3) with
@@ -195,19 +216,8 @@ def _apply_matrix(matrix: np.ndarray, field: np.ndarray, channels_last_in: bool 
     shape = field.shape[:-1] if channels_last_in else field.shape[1:]
     out = np.empty((*shape, 3) if channels_last_out else (3, *shape), dtype=np.float32)
     for row in range(3):
-        target = out[..., row] if channels_last_out else out[row]
-        columns = np.flatnonzero(matrix[row])
-        if len(columns) == 1 and abs(matrix[row, columns[0]]) == 1:  # a sign: exact
-            column = int(columns[0])
-            source = field[..., column] if channels_last_in else field[column]
-            np.multiply(source, matrix[row, column], out=target, casting="unsafe")
-            continue
-        total = np.zeros(shape, dtype=np.float64)
-        for column in range(3):
-            if matrix[row, column] != 0:
-                total += matrix[row, column] * (field[..., column] if channels_last_in
-                                                else field[column])
-        target[...] = total
+        _apply_row(matrix[row], field, channels_last_in,
+                   out[..., row] if channels_last_out else out[row])
     return out
 
 
@@ -225,10 +235,25 @@ def displacement_to_lps_mm(displacement: np.ndarray, geometry: Geometry,
                            units: str = "voxels") -> np.ndarray:
     """A displacement (3, I, J, K), in voxels of ``geometry`` or (``units="mm"``) in RAS
     mm, -> physical LPS vectors in mm (I, J, K, 3) float32."""
+    return _apply_matrix(_to_lps(geometry, units), displacement, channels_last_out=True)
+
+
+def lps_mm_components(displacement: np.ndarray, geometry: Geometry,
+                      units: str = "voxels") -> Iterator[np.ndarray]:
+    """The LPS mm components of :func:`displacement_to_lps_mm`, one (I, J, K) float32
+    array at a time (a file written from them holds one component in memory, not a
+    copy of the whole field)."""
+    matrix = _to_lps(geometry, units)
+    for row in matrix:
+        yield _apply_row(row, displacement)
+
+
+def _to_lps(geometry: Geometry, units: str) -> np.ndarray:
+    """(3, 3): a displacement in ``units`` (``voxels`` of ``geometry`` or RAS ``mm``) ->
+    LPS mm."""
     if units not in ("voxels", "mm"):
         raise ValueError(f"units must be 'voxels' or 'mm', got {units!r}")
-    linear = geometry.affine[:3, :3] if units == "voxels" else np.eye(3)
-    return _apply_matrix(LPS_FLIP @ linear, displacement, channels_last_out=True)
+    return LPS_FLIP @ (geometry.affine[:3, :3] if units == "voxels" else np.eye(3))
 
 
 def lps_mm_to_displacement(vectors_lps: np.ndarray, geometry: Geometry) -> np.ndarray:

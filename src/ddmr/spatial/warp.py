@@ -89,16 +89,20 @@ def grid_sample_3d(volume: torch.Tensor, grid: torch.Tensor, padding: Padding = 
     flat = grid.reshape(-1, 3)
     per_batch = points // threads
     split = per_batch * threads
-    out = torch.empty((channels, points), dtype=volume.dtype, device=volume.device)
     sampled = F.grid_sample(volume.expand(threads, *volume.shape[1:]),
                             flat[:split].view(threads, per_batch, 1, 1, 3), mode=mode,
                             padding_mode=padding, align_corners=True)
+    if channels == 1 and split == points:  # already in order: no copy
+        return sampled.view(1, 1, *shape)
+    rest = None if split == points else F.grid_sample(
+        volume, flat[split:].view(1, -1, 1, 1, 3), mode=mode, padding_mode=padding,
+        align_corners=True).view(channels, -1)
+    del grid, flat  # (freed here when the caller passed a temporary: one volume less)
+    out = torch.empty((channels, points), dtype=volume.dtype, device=volume.device)
     out[:, :split].view(channels, threads, per_batch).copy_(
         sampled.view(threads, channels, per_batch).transpose(0, 1))
-    if split < points:
-        out[:, split:] = F.grid_sample(volume, flat[split:].view(1, -1, 1, 1, 3), mode=mode,
-                                       padding_mode=padding, align_corners=True
-                                       ).view(channels, -1)
+    if rest is not None:
+        out[:, split:] = rest
     return out.view(1, channels, *shape)
 
 
