@@ -9,14 +9,17 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-# public name -> module under ddmr.losses; every loss is imported on first use, so that
-# ``ddmr register`` (which needs global NCC alone) imports no training losses
+# the function that shares its module's name, bound now: importing the submodule would
+# otherwise leave the package attribute naming the module
+from ddmr.losses.mutual_information import mutual_information
+
+# public name -> module under ddmr.losses; every other loss is imported on first use, so
+# that ``ddmr register`` (which needs global NCC alone) imports no training losses
 _LAZY = {"BendingEnergy": "regularisers", "DesignLoss": "design_loss", "DiceLoss": "dice",
          "GradientL2": "regularisers", "HausdorffDTLoss": "hausdorff",
          "MutualInformationLoss": "mutual_information", "NCCLoss": "ncc",
          "SSIMLoss": "ssim", "UncertaintyWeighting": "weighting", "dice_score": "dice",
-         "global_ncc": "ncc", "local_ncc": "ncc",
-         "mutual_information": "mutual_information", "one_hot": "dice", "ssim3d": "ssim"}
+         "global_ncc": "ncc", "local_ncc": "ncc", "one_hot": "dice", "ssim3d": "ssim"}
 
 __all__ = [
     "BendingEnergy",
