@@ -25,28 +25,30 @@ Methods, each one process with ``OMP_NUM_THREADS`` = ``ITK_GLOBAL_DEFAULT_NUMBER
     antspyx's defaults) and writes its field as an ITK displacement field, last.
 
 Per row: ``seconds`` wall time of the whole process (launch to exit), ``cpu_s`` its user +
-system CPU seconds, ``peak_mb`` its peak resident memory (MB, ``ru_maxrss`` from
-``os.wait4``), the scores of ``bench_peers.score`` from the written field (computed after,
-untimed: DSC over all labels, tissue and subcortical apart, HD95 mm, centroid TRE mm,
-folding %), ddmr's ``runtime_s`` (seconds per stage, from ``summary.json``) and
-``start_imports_s`` (wall time outside ``runtime_s``: interpreter start and imports), the
-peers' ``call_seconds`` (their own registration call), the 1-minute load average before and
-after. Rows go to ``benchmarks/speed/KIND.jsonl`` (``--out``); a rerun skips (pair, method, repeat)
-rows already there unless ``--force``. ``table`` prints medians over repeats, then over
-pairs, as markdown (for ``benchmarks/RESULTS.md``).
+system CPU seconds, ``peak_mb`` its peak resident memory (MB, ``ru_maxrss``, reported by a
+fresh ``python -S`` that launches it: see :data:`LAUNCHER`), the scores of
+``bench_peers.score`` from the written field (computed after, untimed: DSC over all labels,
+tissue and subcortical apart, HD95 mm, centroid TRE mm, folding %), ddmr's ``runtime_s``
+(seconds per stage, from ``summary.json``) and ``start_imports_s`` (wall time outside
+``runtime_s``: interpreter start and imports), the peers' ``call_seconds`` (their own
+registration call), the 1-minute load average before and after. Rows go to
+``benchmarks/speed/KIND.jsonl`` (``--out``); a rerun skips (pair, method, repeat) rows
+already there unless ``--force``. ``table`` prints medians over repeats, then over pairs, as
+markdown (for ``benchmarks/RESULTS.md``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -68,23 +70,40 @@ def child_env() -> dict[str, str]:
     return dict(os.environ, OMP_NUM_THREADS=threads, ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=threads)
 
 
+#: Runs a command as the child of a fresh, small Python and prints that child's rusage:
+#: a process forked from this one would count this one's memory in its peak (the kernel
+#: carries the larger address space's high-water mark over ``exec``).
+LAUNCHER = """import json, os, sys
+pid = os.fork()
+if pid == 0:
+    os.dup2(1, 2)  # the command's errors to its log, beside its output
+    os.execvp(sys.argv[1], sys.argv[1:])
+_, status, usage = os.wait4(pid, 0)
+print(json.dumps({"status": status, "cpu_s": usage.ru_utime + usage.ru_stime,
+                  "maxrss_kb": usage.ru_maxrss}), file=sys.stderr)
+"""
+
+
 def timed(command: list[str], log: Path, timeout: float = TIMEOUT) -> dict:
     """Run ``command`` (output to ``log``): wall seconds from launch to exit, CPU seconds,
-    peak resident memory (MB) of that process, exit code."""
+    peak resident memory (MB) of that process, exit code. It is started by a fresh
+    ``python -S`` (a few MB; ~30 ms of the wall time) that reports its rusage."""
     with open(log, "wb") as handle:
         start = time.perf_counter()
-        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT,
-                                   env=child_env())
-        timer = threading.Timer(timeout, process.kill)
-        timer.start()
+        process = subprocess.Popen([sys.executable, "-S", "-c", LAUNCHER, *command],
+                                   stdout=handle, stderr=subprocess.PIPE, env=child_env(),
+                                   start_new_session=True)
         try:
-            _, status, usage = os.wait4(process.pid, 0)
-        finally:
-            timer.cancel()
+            _, report = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)  # the launcher and the command
+            process.communicate()
+            return {"seconds": time.perf_counter() - start, "cpu_s": math.nan,
+                    "peak_mb": math.nan, "returncode": -signal.SIGKILL}
         seconds = time.perf_counter() - start
-    process.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
-    return {"seconds": seconds, "cpu_s": usage.ru_utime + usage.ru_stime,
-            "peak_mb": usage.ru_maxrss / 1024, "returncode": process.returncode}
+    usage = json.loads(report.decode().strip().splitlines()[-1])
+    return {"seconds": seconds, "cpu_s": usage["cpu_s"], "peak_mb": usage["maxrss_kb"] / 1024,
+            "returncode": os.waitstatus_to_exitcode(usage["status"])}
 
 
 def read_field(path: Path, fixed_geometry) -> np.ndarray:
