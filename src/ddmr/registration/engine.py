@@ -168,7 +168,6 @@ class _Level:
         return grid_sample_3d(self.moving, grid[None])[0]
 
 
-
 class GridComposition:
     """``field o (id + u)`` for fields on one grid: a field (3, *shape) interpolated at
     ``p + u(p)`` for the grid's points p, ``u`` a displacement (3, *shape) mm (trilinear,
