@@ -348,6 +348,21 @@ GZIP_LEVEL = 1
 GZIP_LEVEL_FIELDS = 0
 
 
+def _nifti_image(array: np.ndarray, geometry: Geometry,
+                 prepare_header: Callable[[Any], None] | None = None):
+    """A ``Nifti1Image`` of ``array`` on ``geometry`` with the header DDMR writes: qform and
+    sform (code 1) from the affine, mm and seconds, then ``prepare_header(header)``."""
+    import nibabel as nib
+
+    image = nib.Nifti1Image(array, geometry.affine)
+    image.header.set_qform(geometry.affine, code=1)
+    image.header.set_sform(geometry.affine, code=1)
+    image.header.set_xyzt_units("mm", "sec")
+    if prepare_header is not None:
+        prepare_header(image.header)
+    return image
+
+
 def _write_nifti(path: Path, array: np.ndarray, geometry: Geometry,
                  prepare_header: Callable[[Any], None] | None = None,
                  gzip_level: int = GZIP_LEVEL) -> None:
@@ -356,12 +371,7 @@ def _write_nifti(path: Path, array: np.ndarray, geometry: Geometry,
     import nibabel as nib
     from nibabel.fileholders import FileHolder
 
-    image = nib.Nifti1Image(array, geometry.affine)
-    image.header.set_qform(geometry.affine, code=1)
-    image.header.set_sform(geometry.affine, code=1)
-    image.header.set_xyzt_units("mm", "sec")
-    if prepare_header is not None:
-        prepare_header(image.header)
+    image = _nifti_image(array, geometry, prepare_header)
     if not str(path).lower().endswith(".gz"):
         nib.save(image, str(path))
         return
@@ -382,15 +392,8 @@ def _write_nifti_volumes(path: Path, shape: tuple[int, ...], volumes: Iterable[n
     import gzip
     import io
 
-    import nibabel as nib
-
     dummy = np.broadcast_to(np.zeros((), dtype=np.float32), shape)  # shape only, no data
-    image = nib.Nifti1Image(dummy, geometry.affine)
-    image.header.set_qform(geometry.affine, code=1)
-    image.header.set_sform(geometry.affine, code=1)
-    image.header.set_xyzt_units("mm", "sec")
-    if prepare_header is not None:
-        prepare_header(image.header)
+    image = _nifti_image(dummy, geometry, prepare_header)
     image.update_header()
     header = image.header.copy()
     header.set_slope_inter(1.0, 0.0)  # what nibabel writes for float32 data
