@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from ddmr.optim import Adam
 from ddmr.registration.moments import (
     Moments,
+    Scale,
     candidate_linear_maps,
     foreground_mask,
     intensity_scale,
@@ -164,10 +165,12 @@ def _optimise(problem: _Problem, centre: np.ndarray, linear: np.ndarray,
 
 def world_affine(fixed: np.ndarray, fixed_geometry: Geometry, moving: np.ndarray,
                  moving_geometry: Geometry, settings: AffineSettings | None = None,
-                 masks: tuple[np.ndarray, np.ndarray] | None = None) -> AffineResult:
+                 masks: tuple[np.ndarray, np.ndarray] | None = None,
+                 scales: tuple[Scale, Scale] | None = None
+                 ) -> AffineResult:
     """The affine point map from the fixed to the moving world (module docstring) of
-    two images (I, J, K) on their own grids; ``masks`` their foregrounds when already
-    known (:func:`ddmr.registration.moments.foreground_mask`)."""
+    two images (I, J, K) on their own grids; ``masks`` their foregrounds and ``scales``
+    their :func:`~ddmr.registration.moments.intensity_scale` when already known."""
     settings = settings or AffineSettings()
     if len(settings.levels_mm) != len(settings.iterations) or not settings.levels_mm:
         raise ValueError("one iteration count per pyramid level is needed")
@@ -175,7 +178,8 @@ def world_affine(fixed: np.ndarray, fixed_geometry: Geometry, moving: np.ndarray
     fixed_moments: Moments = moments(fixed_mask, fixed_geometry)
     moving_moments: Moments = moments(moving_mask, moving_geometry)
     c_f, c_m = fixed_moments.centre, moving_moments.centre
-    scales = (intensity_scale(fixed, fixed_mask), intensity_scale(moving, moving_mask))
+    scales = scales or (intensity_scale(fixed, fixed_mask),
+                        intensity_scale(moving, moving_mask))
     levels = [(_level(fixed, fixed_geometry, fixed_mask, s, settings.margin_mm, scales[0]),
                _level(moving, moving_geometry, moving_mask, s, settings.margin_mm, scales[1]))
               for s in settings.levels_mm]  # resampled on every thread

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from ddmr.memory import release_free_memory
-from ddmr.registration.moments import intensity_scale
+from ddmr.registration.moments import Scale, intensity_scale
 from ddmr.registration.settings import EngineSettings
 from ddmr.registration.similarity import make_similarity
 from ddmr.spatial.filters import gaussian_smooth
@@ -353,12 +353,14 @@ def register_deformable(fixed: np.ndarray, fixed_geometry: Geometry, fixed_mask:
                         moving: np.ndarray, moving_geometry: Geometry,
                         moving_mask: np.ndarray, point_map: np.ndarray,
                         settings: EngineSettings | None = None,
-                        initial: Callable[[torch.Tensor], torch.Tensor] | None = None
+                        initial: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                        scales: tuple[Scale, Scale] | None = None
                         ) -> EngineResult:
     """Run the engine (module docstring) on two images (I, J, K) on their own grids with
     their foreground masks, after the affine ``point_map`` (4, 4, RAS, fixed world ->
     moving world). ``initial(points)`` gives the starting ``d`` (mm) at world points
-    (3, ...) (None: zero, the affine part alone)."""
+    (3, ...) (None: zero, the affine part alone). ``scales``: the images'
+    :func:`~ddmr.registration.moments.intensity_scale` when already known."""
     settings = settings or EngineSettings()
     check_engine_memory(fixed_geometry, fixed_mask, settings)
     started = time.perf_counter()
@@ -366,10 +368,13 @@ def register_deformable(fixed: np.ndarray, fixed_geometry: Geometry, fixed_mask:
     finest = finest_spacing(fixed_geometry, settings)
     # both images on their finest level's grid first: the coarser levels are made from
     # them (a smaller volume to smooth and resample than the scans)
-    sides = [_Side(array, geometry, intensity_scale(array, mask), mask, geometry)
-             .at(finest, settings.margin_mm)
-             for array, geometry, mask in ((fixed, fixed_geometry, fixed_mask),
-                                           (moving, moving_geometry, moving_mask))]
+    scales = scales or (intensity_scale(fixed, fixed_mask),
+                        intensity_scale(moving, moving_mask))
+    sides = [_Side(array, geometry, scale, mask, geometry).at(finest, settings.margin_mm)
+             for array, geometry, mask, scale in ((fixed, fixed_geometry, fixed_mask,
+                                                   scales[0]),
+                                                  (moving, moving_geometry, moving_mask,
+                                                   scales[1]))]
     with torch.inference_mode(False), torch.no_grad():
         variable, records, previous = None, [], None
         started_from = "affine"

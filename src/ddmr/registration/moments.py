@@ -87,7 +87,11 @@ def fill_holes(mask: np.ndarray, slice_axis: int | None = None) -> np.ndarray:
     return ~outside[labelled]
 
 
-def intensity_scale(array: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+#: (low, high) intensities mapped to 0 and 1.
+Scale = tuple[float, float]
+
+
+def intensity_scale(array: np.ndarray, mask: np.ndarray) -> Scale:
     """(low, high) mapped to 0 and 1 by the affine stage and the engine: the image
     minimum and the 99.5th percentile inside the foreground ``mask`` (bright outliers do
     not compress the rest)."""

@@ -113,7 +113,7 @@ def _check_model_input(card, volumes: tuple[Volume, Volume],
 
 
 def _affine_part(fixed: Volume, moving: Volume, masks: tuple[np.ndarray, np.ndarray],
-                 stage: str) -> _Alignment:
+                 stage: str, scales) -> _Alignment:
     if stage == "none":
         return _Alignment(np.eye(4), ["none (headers as they are)"])
     if stage == "ants":
@@ -125,7 +125,7 @@ def _affine_part(fixed: Volume, moving: Volume, masks: tuple[np.ndarray, np.ndar
     from ddmr.registration.affine import world_affine
 
     result = world_affine(fixed.array, fixed.geometry, moving.array, moving.geometry,
-                          masks=masks)
+                          masks=masks, scales=scales)
     return _Alignment(result.point_map, ["world affine"], world=result.summary())
 
 
@@ -219,7 +219,7 @@ def register(fixed: ImageInput, moving: ImageInput, fixed_seg: ImageInput | None
         from ddmr.model.shipped import check_device, load
         from ddmr.registration.engine import register_deformable
         from ddmr.registration.inverse import invert
-        from ddmr.registration.moments import foreground_mask
+        from ddmr.registration.moments import foreground_mask, intensity_scale
         from ddmr.registration.native import to_native
         from ddmr.registration.network import predict
         from ddmr.registration.qc import assess_registration
@@ -237,7 +237,11 @@ def register(fixed: ImageInput, moving: ImageInput, fixed_seg: ImageInput | None
         _warn_about_labels(fixed_volume, moving_volume)
     with timer("preprocess"):
         masks = (foreground_mask(fixed_volume.array), foreground_mask(moving_volume.array))
-        alignment = _affine_part(fixed_volume, moving_volume, masks, affine)
+        # the intensities mapped to [0, 1], once for the affine stage and the engine
+        scales = tuple(intensity_scale(volume.array, mask) for volume, mask
+                       in zip((fixed_volume, moving_volume), masks, strict=True)) \
+            if affine == "world" or settings is not None else None
+        alignment = _affine_part(fixed_volume, moving_volume, masks, affine, scales)
     network = network_record = None
     warnings = []
     if loaded is not None:
@@ -257,7 +261,7 @@ def register(fixed: ImageInput, moving: ImageInput, fixed_seg: ImageInput | None
             engine_result = register_deformable(
                 fixed_volume.array, fixed_volume.geometry, masks[0], moving_volume.array,
                 moving_volume.geometry, masks[1], alignment.point_map, settings,
-                None if network is None else network.displacement_at)
+                None if network is None else network.displacement_at, scales)
     with timer("native"):
         field_grid, field = _final_field(network, engine_result)
         native = to_native(field, field_grid, fixed_volume.geometry, moving_volume.array,
