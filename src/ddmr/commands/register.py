@@ -141,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("-o OUT is required (the output folder)")
     engine = engine_settings(args)
     use_threads(args.threads)
-    if args.shard and not args.pairs:
+    if args.shard is not None and not args.pairs:
         raise ConfigError("--shard I/N needs --pairs PAIRS.csv")
     if args.pairs:
         if args.fixed or args.moving or args.fixed_seg or args.moving_seg:
@@ -153,13 +153,17 @@ def run(args: argparse.Namespace) -> int:
                               shard=parse_shard(args.shard), engine=engine)
         errors = [row for row in rows if row["qc"] == "error"]
         failed = [row["id"] for row in rows if row["qc"] == "fail"]
-        print(f"{len(rows) - len(errors)} pairs registered into {args.output}; QC failed for "
-              f"{len(failed)}" + (f": {', '.join(failed)}" if failed else ""))
+        reused = sum(row["reused"] for row in rows)
+        print(f"{len(rows) - len(errors)} of {len(rows)} pairs done in {args.output}: "
+              f"{len(rows) - len(errors) - reused} registered now, {reused} done before and "
+              f"reused; QC failed for {len(failed)}"
+              + (f": {', '.join(failed)}" if failed else ""))
         if errors:
             print(f"ddmr register: error: {len(errors)} pair(s) not registered (see "
                   f"{args.output}/batch.csv): " + "; ".join(
-                      f"{row['id']}: {row['qc_failed']}" for row in errors[:3]),
-                  file=sys.stderr)
+                      f"{row['id']}: {row['qc_failed']}" for row in errors[:3])
+                  + "; fix them and run the same command again to register them (done pairs "
+                  "are skipped)", file=sys.stderr)
             return 2
         return QC_FAILED if failed and not args.no_qc else 0
     if not args.fixed or not args.moving:

@@ -25,7 +25,6 @@ Every adapter returns a list of :class:`Source` (one per image), sorted by id. L
 
 from __future__ import annotations
 
-import csv
 import json
 import re
 from collections.abc import Callable
@@ -33,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ddmr.errors import InputError
-from ddmr.io.files import file_extension, strip_extension
+from ddmr.io.files import file_extension, read_csv_records, strip_extension
 from ddmr.io.images import READ_EXTENSIONS
 
 LAYOUTS = ("auto", "folder", "csv", "ixi", "msd", "learn2reg")
@@ -102,12 +101,8 @@ def csv_layout(manifest: Path, labels_dir: Path | None = None) -> list[Source]:
         if len(candidates) != 1:
             raise InputError(f"{manifest}: expected exactly one .csv manifest in the folder")
         manifest = candidates[0]
-    try:
-        with manifest.open(newline="") as handle:
-            rows = list(csv.DictReader(handle))
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise InputError(f"{manifest}: cannot read manifest: {error}") from None
-    if not rows or not {"id", "image"} <= set(rows[0]):
+    header, rows = read_csv_records(manifest)  # UTF-8, with or without a byte-order mark
+    if not rows or not {"id", "image"} <= set(header):
         raise InputError(f"{manifest}: manifest needs a header with columns id,image[,labels]")
     base = manifest.parent
     sources = []

@@ -29,8 +29,9 @@ def _pairs_from_json(path: Path) -> list[tuple[object, object]]:
 
 
 def _pairs_from_csv(path: Path) -> list[tuple[object, object]]:
-    with path.open(newline="") as handle:
-        rows = [r for r in csv.reader(handle) if r and any(c.strip() for c in r)]
+    from ddmr.io.files import read_csv
+
+    rows = [r for r in read_csv(path) if r and any(c.strip() for c in r)]
     if rows and not rows[0][0].strip().lstrip("-").isdigit():
         rows = rows[1:]  # header
     if any(len(r) < 2 for r in rows):

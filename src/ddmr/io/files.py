@@ -3,12 +3,15 @@ checked before the work, and full or read-only disks reported in one line.
 
 Every writer of ddmr writes under a temporary name in the same folder and renames it
 into place (:func:`atomic_path`, :func:`atomic_directory`), so an interrupted or failed
-write leaves the old output untouched and nothing half-written.
+write leaves the old output untouched and nothing half-written. Every CSV that ddmr
+reads is read by :func:`read_csv` (UTF-8, with or without a byte-order mark).
 """
 
 from __future__ import annotations
 
+import csv
 import errno
+import io
 import os
 import shutil
 import uuid
@@ -281,3 +284,35 @@ def check_output_file(path: PathLike, overwrite: bool = False) -> Path:
         raise InputError(f"{path}: folder {path.parent} does not exist")
     _probe_writable(folder, path)
     return path
+
+
+def read_csv(path: PathLike) -> list[list[str]]:
+    """The rows of the CSV file ``path``, each a list of its cells as written. The text
+    is UTF-8, with or without the byte-order mark that Excel's "CSV UTF-8" writes (it is
+    not part of the first cell). Every CSV that ddmr reads is read through this.
+    :class:`InputError` for a file that cannot be read, is not UTF-8 (naming the byte and
+    its offset) or is not a CSV."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise InputError(f"{path}: not UTF-8 text (byte 0x{error.object[error.start]:02x} "
+                         f"at offset {error.start})") from None
+    except OSError as error:
+        reason = os.strerror(error.errno) if error.errno else str(error)
+        raise InputError(f"{path}: cannot read: {reason}") from None
+    try:
+        return list(csv.reader(io.StringIO(text, newline="")))
+    except csv.Error as error:
+        raise InputError(f"{path}: not a readable CSV ({error})") from None
+
+
+def read_csv_records(path: PathLike) -> tuple[list[str], list[dict[str, str]]]:
+    """The header (names stripped of spaces) and the rows of the CSV file ``path`` as
+    mappings of those names to the cells (stripped; ``""`` for a cell the row lacks), read
+    with :func:`read_csv`; rows without any text are left out."""
+    rows = read_csv(path)
+    header = [name.strip() for name in rows[0]] if rows else []
+    records = [{name: (row[k].strip() if k < len(row) else "") for k, name in enumerate(header)}
+               for row in rows[1:] if any(cell.strip() for cell in row)]
+    return header, records

@@ -146,11 +146,9 @@ def read_points(path: PathLike) -> PointTable:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
-    try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            table = list(csv.reader(handle))
-    except (UnicodeDecodeError, csv.Error) as error:
-        raise InputError(f"{path}: not a readable UTF-8 CSV ({error})") from None
+    from ddmr.io.files import read_csv
+
+    table = read_csv(path)  # UTF-8, with or without a byte-order mark
     if not table:
         raise InputError(f"{path}: empty file")
     header = [name.strip() for name in table[0]]
