@@ -50,7 +50,13 @@ def test_brain_demo_report(demo_folder, capsys):
     methods = {"BL-N", "BL-N+engine", "UW-NSD", "UW-NSD+engine", "SyN", "none"}
     for method in methods:
         assert f">{method}<" in html
-    assert "radiological" in html and "TRE (mm)" in html and "Tukey HSD" in html
+    assert "radiological" in html and "TRE (mm)" in html
+    # 2 pairs per section: no tests, and why (between people: 1 pair of heads, 2 orderings)
+    assert "Tukey HSD" not in html and "No tests: these results hold 2 independent" in html
+    assert "1 independent pair of heads (the two orderings" in html
+    # both sections ran ANTs with the demo's reduced settings (issue 33, item 4), and say so
+    assert html.count("ANTs as run in this section: SyN: affine 5 then Mattes MI SyN 2 "
+                      "iterations per level (reduced") == 2
     images, links = _figures(report)
     # box plots + 1 overlay, inter-subject box plots, 4 training plots per run (BL-N, UW-NSD)
     assert images == len(links) == 1 + 1 + 1 + 4 * 2

@@ -24,13 +24,16 @@ import dataclasses
 import json
 import logging
 import shutil
+import signal
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ddmr.errors import ConfigError, InputError
+from ddmr.errors import ConfigError, InputError, Interrupted
 
 logger = logging.getLogger(__name__)
 
@@ -141,11 +144,16 @@ class Demo:
     """One demo folder; :meth:`run` does an experiment, reusing finished steps."""
 
     def __init__(self, folder: str | Path, settings: DemoSettings,
-                 progress: Progress | None = None, overwrite: bool = False) -> None:
+                 progress: Progress | None = None, overwrite: bool = False,
+                 command: str | None = None) -> None:
+        """``command``: what runs this demo again (without ``--overwrite``), named by the
+        line that an interruption prints."""
         self.folder = Path(folder)
         self.settings = settings
+        self.command = command
         self._progress = progress or (lambda text: logger.info("%s", text))
         self._start = time.perf_counter()
+        self._doing = "starting"
         self._open(overwrite)
 
     # -- folder and bookkeeping ---------------------------------------------------------
@@ -181,7 +189,39 @@ class Demo:
             temporary.write_text(json.dumps(record, indent=2) + "\n")
 
     def say(self, text: str) -> None:
+        self._doing = text
         self._progress(f"[{time.perf_counter() - self._start:6.0f} s] {text}")
+
+    # -- interruptions ----------------------------------------------------------------------
+    def _continue_with(self) -> str:
+        again = self.command or f"the same demo on {self.folder} again"
+        return (f"the finished steps are kept in {self.folder}; continue with: {again}")
+
+    def _interrupted(self, stop: Interrupted) -> Interrupted:
+        """The demo's one line for an interruption: what training said it kept (its own
+        resume command is not the demo's), or the step under way; how to continue."""
+        kept = str(stop).partition("; continue with:")[0]
+        return Interrupted(f"{kept} ({self._doing}); {self._continue_with()}",
+                           stop.signal_number)
+
+    @contextmanager
+    def _stop_on_signals(self) -> Iterator[None]:
+        """SIGINT and SIGTERM end the demo with :class:`Interrupted` (one line, exit
+        status 128 + the signal); training installs its own handlers over these, which
+        finish the step under way and save a checkpoint first."""
+        def stop(number: int, frame: Any) -> None:
+            raise Interrupted(f"interrupted by {signal.Signals(number).name}", number)
+
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signals reach the main thread only
+            return
+        previous = {number: signal.signal(number, stop)
+                    for number in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
 
     # -- steps ----------------------------------------------------------------------------
     def prepare(self, source: Path, outdir: Path, **options: Any) -> Path:
@@ -246,7 +286,8 @@ class Demo:
         import pandas as pd
 
         from ddmr.evaluate.engine_method import engine_method_name, split_engine_name
-        from ddmr.evaluate.runner import evaluate, write_results
+        from ddmr.evaluate.pairs import PairSet
+        from ddmr.evaluate.runner import baseline_notes, evaluate, write_results
 
         if (outdir / "per_pair.csv").is_file():
             self.say(f"evaluation: reused {outdir}")
@@ -257,7 +298,7 @@ class Demo:
         names = [n for m in models
                  for n in ([m, engine_method_name(m)] if engine else [m])]
         names += list(self.settings.baselines)
-        self.say(f"evaluating {', '.join(names)} on {self.settings.n_pairs} pairs")
+        self.say(f"evaluating {', '.join(names)} on {len(PairSet(pairs))} pairs")
         ants = _ants_settings(self.settings)
         frames = []
         for name, path in models.items():
@@ -270,7 +311,8 @@ class Demo:
         results = pd.concat(frames, ignore_index=True)
         n = results["pair"].nunique()
         write_results(results, outdir, overwrite=True,
-                      title=f"Evaluation on {pairs.resolve()} ({n} pairs)")
+                      title=f"Evaluation on {pairs.resolve()} ({n} pairs)",
+                      baselines=baseline_notes(pairs, self.settings.baselines, ants))
         write_statistics(outdir)
         return outdir
 
@@ -349,8 +391,12 @@ class Demo:
         the folder holds; returns the report's path."""
         if experiment not in EXPERIMENTS:
             raise ConfigError(f"--experiment {experiment}: choose brain or transfer")
-        getattr(self, experiment)()
-        return self.report()
+        try:
+            with self._stop_on_signals():
+                getattr(self, experiment)()
+                return self.report()
+        except Interrupted as stop:
+            raise self._interrupted(stop) from None
 
     def report(self) -> Path:
         from ddmr.report import ReportOptions, ResultsSection, build_report
@@ -416,8 +462,7 @@ def _brain_note(settings: dict[str, Any]) -> str:
             f"{settings.get('spacing')} mm; designs {', '.join(settings.get('designs', []))} "
             f"trained for {settings.get('steps')} steps each with the cpu profile; "
             f"{settings.get('n_pairs')} stored pairs made by the augmentation layer from the "
-            "held-out heads; ANTs with reduced iterations "
-            f"(affine {settings.get('ants_affine')}, SyN {settings.get('ants_syn')}).")
+            "held-out heads.")
 
 
 def _transfer_note(settings: dict[str, Any]) -> str:

@@ -23,6 +23,12 @@ BASELINES = ("SyN", "SyNCC", "none", "affine")
 #: No registration: far from every method, it would widen every Tukey interval (a pooled
 #: variance) until no comparison says anything, so it is reported apart.
 UNREGISTERED = "none"
+#: Fewer independent pairs than this and no test is run: with 2 against 2 values the
+#: smallest one-sided Mann-Whitney p is 1/6, and Tukey's pooled variance of a handful of
+#: values makes tiny differences "significant".
+MIN_INDEPENDENT_PAIRS = 5
+#: How an inter-subject pair names its subjects in the ``subject`` column (fixed<-moving).
+INTER_ARROW = "<-"
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,19 @@ class Contrast:
 def _samples(results: pd.DataFrame, method: str, metric: str) -> np.ndarray:
     values = results.loc[results["method"] == method, metric].to_numpy(dtype=np.float64)
     return values[np.isfinite(values)]
+
+
+def independent_pairs(results: pd.DataFrame) -> int:
+    """How many independent observations the results hold: the unordered pairs of heads
+    for inter-subject pairs (``subject`` written ``fixed<-moving``: the two orderings of
+    one pair of heads are one observation, not two), else the distinct pairs."""
+    if "subject" in results:
+        subjects = results["subject"].astype(str)
+        if subjects.str.contains(INTER_ARROW, regex=False).all():
+            return len({frozenset(s.split(INTER_ARROW, 1)) for s in subjects})
+    if "pair" in results:
+        return int(results["pair"].nunique())
+    return int(results["method"].value_counts().max()) if len(results) else 0
 
 
 def benjamini_hochberg(pvalues: Sequence[float], alpha: float = ALPHA
@@ -175,9 +194,24 @@ def contrasts_markdown(table: pd.DataFrame) -> str:
     return markdown_table(["contrast (one-sided)", "n", "p", "p (BH)"], rows)
 
 
+def _too_few(results: pd.DataFrame, n: int, min_pairs: int) -> str:
+    """Why no test was run, in one paragraph."""
+    inter = ("subject" in results and len(results)
+             and results["subject"].astype(str).str.contains(INTER_ARROW, regex=False).all())
+    unit = (f"{n} independent pair{'s' if n != 1 else ''} of heads (the two orderings of one "
+            "pair of heads, A<-B and B<-A, are one observation, not two)" if inter else
+            f"{n} independent pair{'s' if n != 1 else ''}")
+    return (f"No tests: these results hold {unit}, fewer than {min_pairs}. With so few, "
+            "a p-value says nothing (with 2 values against 2 the smallest one-sided "
+            "Mann-Whitney p is 0.17, and Tukey's pooled variance of a handful of values "
+            "calls tiny differences significant). Compare the means in the summary table, "
+            "or evaluate more pairs.")
+
+
 def write_statistics(results: pd.DataFrame, folder: Path, metric: str = "tre",
                      alpha: float = 0.05, contrasts: Sequence[Contrast] | None = None,
-                     source: str | None = None) -> str:
+                     source: str | None = None,
+                     min_pairs: int = MIN_INDEPENDENT_PAIRS) -> str:
     """Write ``stats_<metric>.md`` (Tukey HSD across the methods that register, one-sided
     Mann-Whitney U for ``contrasts`` with Benjamini-Hochberg correction, and apart from
     them each method against :data:`UNREGISTERED`), ``stats_<metric>_contrasts.csv``,
@@ -185,7 +219,9 @@ def write_statistics(results: pd.DataFrame, folder: Path, metric: str = "tre",
     (atomically); returns the Markdown.
 
     ``results`` holds one row per pair and method (``ddmr evaluate``'s per_pair.csv);
-    ``contrasts`` default to :func:`default_contrasts` of the methods present.
+    ``contrasts`` default to :func:`default_contrasts` of the methods present. With fewer
+    than ``min_pairs`` :func:`independent_pairs`, no test is run: ``stats_<metric>.md``
+    says why, and the CSVs of an earlier run are removed.
     """
     from ddmr.evaluate.metrics import HIGHER_IS_BETTER
     from ddmr.io.files import atomic_path
@@ -195,6 +231,15 @@ def write_statistics(results: pd.DataFrame, folder: Path, metric: str = "tre",
         contrasts = default_contrasts(methods)
     higher = HIGHER_IS_BETTER.get(metric, HIGHER_IS_BETTER.get(metric.split("_")[0], False))
     title = f"# Statistics on {metric}" + (f" ({source})" if source else "")
+    stem = f"stats_{metric}"
+    n = independent_pairs(results)
+    if n < min_pairs:
+        text = "\n".join([title, "", _too_few(results, n, min_pairs), ""])
+        for suffix in ("contrasts", "tukey", f"vs_{UNREGISTERED}"):  # an earlier run's tests
+            (folder / f"{stem}_{suffix}.csv").unlink(missing_ok=True)
+        with atomic_path(folder / f"{stem}.md") as temporary:
+            temporary.write_text(text)
+        return text
     sections = [title, ""]
     registered = [m for m in methods if m != UNREGISTERED]
     try:
@@ -220,7 +265,6 @@ def write_statistics(results: pd.DataFrame, folder: Path, metric: str = "tre",
                      f"n {start.size}), one-sided Mann-Whitney U, Benjamini-Hochberg "
                      "corrected apart", "", contrasts_markdown(unregistered), ""]
     text = "\n".join(sections)
-    stem = f"stats_{metric}"
     outputs = [(folder / f"{stem}.md", text),
                (folder / f"{stem}_contrasts.csv", tests.to_csv(index=False))]
     if tukey is not None:

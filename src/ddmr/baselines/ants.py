@@ -8,8 +8,9 @@ ignores the affine iteration, shrink and smoothing settings and was unstable on 
 volumes. ANTs' transforms (affine, then warp) are composed by ``antsApplyTransforms``
 into one displacement field on the fixed grid, read back with
 :func:`ddmr.io.fields.load_displacement` as a voxel pull-back field (3, D, H, W) such that
-``warp_image(moving, u)`` reproduces ANTs' warped image. The fixed and moving images
-must lie on the same grid (as stored test pairs do).
+``warp_image(moving, u)`` reproduces ANTs' warped image. :func:`register_ants` takes two
+images on one grid (as stored test pairs are); :func:`register_ants_world` two images
+each on its own grid (inter-subject pairs), with the same stages and settings.
 """
 
 from __future__ import annotations
@@ -126,22 +127,18 @@ def _registration(ants, fixed, moving, method: str, settings: AntsSettings, fold
     return transforms, syn["warpedmovout"]
 
 
-def register_ants(fixed: np.ndarray, moving: np.ndarray, geometry: Geometry,
-                  method: str = "syn", settings: AntsSettings | None = None
-                  ) -> BaselineResult:
-    """Register ``moving`` to ``fixed`` (both (D, H, W) on ``geometry``) with ANTs
-    ``method`` ("syn" or "syncc"); returns the composed field in DDMR's convention."""
+def _run_ants(fixed_image, moving_image, method: str, settings: AntsSettings | None
+              ) -> tuple[np.ndarray, Geometry, np.ndarray, float]:
+    """The two stages of ``method`` on two ``ants.ANTsImage`` (each on its own grid, in
+    world space), seeded -> (voxel displacement (3, I, J, K) on the field's grid, that
+    grid, ANTs' warped moving image, seconds)."""
     import ants
 
-    from ddmr.io.convert import to_ants
     from ddmr.io.fields import load_displacement
 
-    _check_grid(fixed, moving, geometry)
-    settings = settings or default_settings(method)
     if method not in ("syn", "syncc"):
         raise ConfigError(f"unknown ANTs method {method!r}; choose syn or syncc")
-    fixed_image = to_ants(fixed, geometry)
-    moving_image = to_ants(moving, geometry)
+    settings = settings or default_settings(method)
     previous_seed = ants.config._random_seed  # antspyx reads its seed from here
     ants.config._random_seed = settings.seed
     try:
@@ -155,11 +152,40 @@ def register_ants(fixed: np.ndarray, moving: np.ndarray, geometry: Geometry,
             seconds = time.perf_counter() - start
     finally:
         ants.config._random_seed = previous_seed
+    logger.debug("%s took %.2f s", method, seconds)
+    return (displacement.astype(np.float32), field_geometry,
+            warped.numpy().astype(np.float32), seconds)
+
+
+def register_ants(fixed: np.ndarray, moving: np.ndarray, geometry: Geometry,
+                  method: str = "syn", settings: AntsSettings | None = None
+                  ) -> BaselineResult:
+    """Register ``moving`` to ``fixed`` (both (D, H, W) on ``geometry``) with ANTs
+    ``method`` ("syn" or "syncc"); returns the composed field in DDMR's convention."""
+    from ddmr.io.convert import to_ants
+
+    _check_grid(fixed, moving, geometry)
+    displacement, field_geometry, warped, seconds = _run_ants(
+        to_ants(fixed, geometry), to_ants(moving, geometry), method, settings)
     if not field_geometry.isclose(geometry):
         raise RuntimeError(f"ANTs returned a field on {field_geometry}, expected {geometry}")
-    logger.debug("%s took %.2f s", method, seconds)
-    return BaselineResult(displacement.astype(np.float32),
-                          warped.numpy().astype(np.float32), seconds)
+    return BaselineResult(displacement, warped, seconds)
+
+
+def register_ants_world(fixed: tuple[np.ndarray, Geometry], moving: tuple[np.ndarray, Geometry],
+                        method: str = "syn", settings: AntsSettings | None = None
+                        ) -> tuple[np.ndarray, float]:
+    """:func:`register_ants` for two images each on its own grid (array, geometry), in
+    world space (ANTs starts from the centres of mass) -> (RAS mm displacement
+    (3, I, J, K) on the fixed grid, seconds): the same two stages and ``settings``."""
+    from ddmr.io.convert import to_ants
+    from ddmr.spatial.field import voxels_to_mm
+
+    displacement, field_geometry, _, seconds = _run_ants(
+        to_ants(*fixed), to_ants(*moving), method, settings)
+    if not field_geometry.isclose(fixed[1]):
+        raise RuntimeError(f"ANTs returned a field on {field_geometry}, expected {fixed[1]}")
+    return voxels_to_mm(displacement, field_geometry), seconds
 
 
 def run_baseline(method: str, fixed: np.ndarray, moving: np.ndarray, geometry: Geometry,
@@ -170,6 +196,29 @@ def run_baseline(method: str, fixed: np.ndarray, moving: np.ndarray, geometry: G
     if method == "affine":
         return affine_only(fixed, moving, geometry)
     return register_ants(fixed, moving, geometry, method, settings)
+
+
+def describe(method: str, settings: AntsSettings | None, same_grid: bool = True) -> str:
+    """How ``method`` ("syn", "syncc") runs with ``settings``, in words for reports: the two
+    stages' iterations per level, and whether they are fewer than the defaults; with no
+    settings on two grids (``same_grid=False``), antspyx's one-call defaults."""
+    if settings is None and not same_grid:
+        return (f"{NAMES[method]}: antspyx's one-call "
+                f"{'SyN' if method == 'syn' else 'SyNCC'} at its own defaults")
+    default = default_settings(method)
+    settings = settings or default
+
+    def levels(values: Sequence[int]) -> str:
+        return "x".join(str(v) for v in values)
+
+    fewer = (sum(settings.affine_iterations) < sum(default.affine_iterations)
+             or sum(settings.syn_iterations) < sum(default.syn_iterations))
+    return (f"{NAMES[method]}: affine {levels(settings.affine_iterations)} then "
+            f"{'Mattes MI' if method == 'syn' else 'CC'} SyN "
+            f"{levels(settings.syn_iterations)} iterations per level"
+            + (" (reduced from the defaults "
+               f"{levels(default.affine_iterations)} / {levels(default.syn_iterations)})"
+               if fewer else " (the defaults)" if settings == default else ""))
 
 
 def parse_methods(text: str | Sequence[str]) -> list[str]:

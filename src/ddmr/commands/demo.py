@@ -21,6 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import shlex
     import time
 
     from ddmr.demo import FULL, QUICK, Demo
@@ -29,8 +30,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"ddmr demo ({'quick' if args.quick else 'full'}, {args.experiment}) in "
           f"{args.output.resolve()}", flush=True)
     start = time.perf_counter()
+    again = shlex.join(["ddmr", "demo", *(["--quick"] if args.quick else []),
+                        *(["--experiment", args.experiment]
+                          if args.experiment != "brain" else []), "-o", str(args.output)])
     demo = Demo(args.output, settings, progress=lambda text: print(text, flush=True),
-                overwrite=args.overwrite)
+                overwrite=args.overwrite, command=again)
     report = demo.run(args.experiment)
     print(f"done in {time.perf_counter() - start:.0f} s")
     print(f"report -> {report.resolve()}")

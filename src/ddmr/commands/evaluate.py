@@ -29,8 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "ddmr apply --points reads them) for landmark TRE on inter-subject "
                         "pairs (default: none; label centroids give TRE)")
     parser.add_argument("--ants-iterations", metavar="AFFINE/SYN",
-                        help="ANTs iterations per level, e.g. 100x50/20x10 (default: "
-                        "2100x1200x1200x10 affine; SyN 40x20x0, SyNCC 100x70x50x20)")
+                        help="ANTs iterations per level, e.g. 100x50/20x10, for every "
+                        "kind of pairs (default: 2100x1200x1200x10 affine; SyN 40x20x0, "
+                        "SyNCC 100x70x50x20; on inter-subject pairs antspyx's one-call "
+                        "defaults)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from ddmr.commands.register import engine_settings
     from ddmr.errors import ConfigError, InputError
     from ddmr.evaluate.engine_method import ENGINE
-    from ddmr.evaluate.runner import SUMMARY_MD, evaluate, write_results
+    from ddmr.evaluate.runner import SUMMARY_MD, baseline_notes, evaluate, write_results
     from ddmr.io.files import check_output_folder
     from ddmr.model.shipped import resolve_model
 
@@ -61,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
                        progress=not args.no_progress, device=args.device,
                        engine=args.engine, engine_settings=engine, landmarks=args.landmarks)
     write_results(results, args.output, overwrite=args.overwrite,
-                  title=f"Evaluation on {args.pairs} ({results['pair'].nunique()} pairs)")
+                  title=f"Evaluation on {args.pairs} ({results['pair'].nunique()} pairs)",
+                  baselines=baseline_notes(args.pairs, baselines, settings))
     print((args.output / SUMMARY_MD).read_text(), end="")
     print(f"results -> {args.output}")
     return 0

@@ -175,16 +175,20 @@ def landmark_tre(fixed_points: dict[str, np.ndarray], moving_points: dict[str, n
 
 def score_inter(pair: InterPair, method: str, displacement_mm: np.ndarray, seconds: float,
                 landmarks: str | Path | None = None) -> dict[str, Any]:
-    """One row of results for a method's world displacement (3, *fixed shape) on a pair."""
+    """One row of results for a method's world displacement (3, *fixed shape) on a pair;
+    ``seconds`` plus the time of warping the moving image and labels through it (what
+    :func:`ddmr.evaluate.runner.score_pair` counts on same-subject pairs)."""
     from ddmr.baselines.peers import warp
     from ddmr.evaluate.metrics import pair_metrics
     from ddmr.spatial.field import mm_to_voxels
 
+    start = time.perf_counter()
     warped = warp((pair.moving, pair.moving_geometry), displacement_mm, pair.fixed_geometry)
     warped_labels = None
     if pair.moving_labels is not None:
         warped_labels = warp((pair.moving_labels, pair.moving_geometry), displacement_mm,
                              pair.fixed_geometry, labels=True)
+    seconds += time.perf_counter() - start
 
     def scaled(image: np.ndarray) -> np.ndarray:
         low, high = float(np.min(pair.fixed)), float(np.percentile(pair.fixed, 99.5))
@@ -192,7 +196,7 @@ def score_inter(pair: InterPair, method: str, displacement_mm: np.ndarray, secon
 
     values = pair_metrics(scaled(pair.fixed), scaled(warped), pair.fixed_geometry.spacing,
                           mm_to_voxels(displacement_mm, pair.fixed_geometry),
-                          pair.fixed_labels, warped_labels)
+                          pair.fixed_labels, warped_labels, moving_labels=pair.moving_labels)
     fixed_points = read_landmarks(landmarks, pair.fixed_subject)
     moving_points = read_landmarks(landmarks, pair.moving_subject)
     values["landmark_tre"] = (landmark_tre(fixed_points, moving_points, displacement_mm,
@@ -216,18 +220,24 @@ def register_inter(pair: InterPair, model: Any, engine: Any) -> tuple[np.ndarray
     return result.displacement_mm, seconds
 
 
-def baseline_inter(pair: InterPair, name: str, engine_settings: Any = None
-                   ) -> tuple[np.ndarray, float]:
+def baseline_inter(pair: InterPair, name: str, engine_settings: Any = None,
+                   ants_settings: Any = None) -> tuple[np.ndarray, float]:
     """A baseline on an inter-subject pair -> (displacement mm, seconds): ``none`` (the
     headers as they are), ``affine`` (DDMR's world-space affine stage), ``engine`` (that
-    stage and the engine), ``syn`` / ``syncc`` (antspyx's SyN / SyNCC defaults)."""
+    stage and the engine), ``syn`` / ``syncc``: with ``ants_settings`` (an
+    :class:`ddmr.baselines.ants.AntsSettings`), DDMR's two ANTs stages with those
+    settings (:func:`ddmr.baselines.ants.register_ants_world`, as on same-subject pairs);
+    without, antspyx's one-call SyN / SyNCC at its own defaults."""
     from ddmr.baselines import peers
+    from ddmr.baselines.ants import register_ants_world
 
     fixed, moving = (pair.fixed, pair.fixed_geometry), (pair.moving, pair.moving_geometry)
     if name == "none":
         return np.zeros((3, *pair.fixed_geometry.shape), np.float32), 0.0
     if name in ("affine", "engine"):
         return register_inter(pair, "none", engine_settings if name == "engine" else False)
+    if name in ("syn", "syncc") and ants_settings is not None:
+        return register_ants_world(fixed, moving, name, ants_settings)
     if name in ("syn", "syncc"):
         result = peers.syn(fixed, moving, type_of_transform="SyN" if name == "syn"
                            else "SyNCC")

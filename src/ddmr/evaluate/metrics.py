@@ -11,7 +11,11 @@ Definitions
 * SSIM: 3D SSIM, Gaussian window sigma 1.5, data range 1 (:func:`ddmr.losses.ssim3d`).
 * DSC per label: ``2|A n B| / (|A| + |B|)`` of the binary masks of that label in the
   fixed and the warped map; NaN when the label is absent from both. The mean skips NaN.
-  Background (0) is never scored.
+  Background (0) is never scored. ``dsc`` is the mean over the fixed map's labels (the
+  scored labels); ``dsc_shared`` (:func:`shared_labels`) the mean over those the moving map
+  has too: a label the moving map lacks scores 0 whatever the registration does, so
+  when the two maps label different structures (a 61-label CT against a 31-label one)
+  ``dsc`` mixes the registration's quality with the maps' difference.
 * Surfaces: a mask's surface is the set of its voxels that a 6-connected binary
   erosion removes (voxels on the array border count as surface). The distance from a
   surface voxel of A to surface B is the Euclidean distance in mm (voxel centres scaled
@@ -41,13 +45,13 @@ import torch
 
 #: Metric names of :func:`pair_metrics`, with their units (for table headers).
 UNITS: dict[str, str] = {
-    "ncc": "", "ssim": "", "dsc": "", "hd": "mm", "hd95": "mm", "tre": "mm",
-    "dense_tre": "mm", "folding": "%", "sdlogj": "",
+    "ncc": "", "ssim": "", "dsc": "", "dsc_shared": "", "hd": "mm", "hd95": "mm",
+    "tre": "mm", "dense_tre": "mm", "folding": "%", "sdlogj": "",
 }
 #: Whether a larger value is better, per metric.
 HIGHER_IS_BETTER: dict[str, bool] = {
-    "ncc": True, "ssim": True, "dsc": True, "hd": False, "hd95": False, "tre": False,
-    "dense_tre": False, "folding": False, "sdlogj": False,
+    "ncc": True, "ssim": True, "dsc": True, "dsc_shared": True, "hd": False, "hd95": False,
+    "tre": False, "dense_tre": False, "folding": False, "sdlogj": False,
 }
 
 
@@ -161,6 +165,22 @@ def dice_per_label(fixed_labels: Any, warped_labels: Any,
     total = (np.bincount(a, minlength=size) + np.bincount(b, minlength=size))[index]
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(total > 0, 2 * inter / np.maximum(total, 1), np.nan)
+
+
+def shared_labels(scored: Sequence[int], moving_labels: Any) -> list[int]:
+    """The labels of ``scored`` (the fixed map's) that the moving map has too."""
+    present = set(foreground_labels(moving_labels))
+    return [v for v in scored if v in present]
+
+
+def mean_over(per_label: np.ndarray, values: Sequence[int], subset: Sequence[int]) -> float:
+    """The mean of ``per_label`` (one value per label of ``values``) over the labels of
+    ``subset``, NaN values skipped; NaN when none is finite."""
+    wanted = set(subset)
+    chosen = np.asarray([x for v, x in zip(values, per_label, strict=True) if v in wanted],
+                        dtype=np.float64)
+    finite = chosen[np.isfinite(chosen)]
+    return float(finite.mean()) if finite.size else math.nan
 
 
 # -- surface distances ---------------------------------------------------------------------
@@ -315,11 +335,14 @@ def sdlogj(displacement: Any) -> float:
 def pair_metrics(fixed: Any, warped: Any, spacing: Sequence[float], displacement: Any,
                  fixed_labels: Any = None, warped_labels: Any = None,
                  labels: Sequence[int] | None = None, true_displacement: Any = None,
-                 mask: Any = None) -> dict[str, float]:
+                 mask: Any = None, moving_labels: Any = None) -> dict[str, float]:
     """Every metric of one pair -> {name: value} (names in :data:`UNITS`, plus
-    ``dsc_<label>`` per label). ``dsc``, ``hd`` and ``hd95`` are means over the labels
-    (NaN labels skipped). Label metrics are NaN without label maps, ``dense_tre`` is
-    NaN without a ground-truth field; its mask defaults to the fixed foreground."""
+    ``dsc_<label>`` per label and ``labels_scored`` / ``labels_shared``, how many labels
+    ``dsc`` and ``dsc_shared`` are means over). ``dsc``, ``hd`` and ``hd95`` are means
+    over the labels (NaN labels skipped); ``dsc_shared`` over those of them that
+    ``moving_labels`` (the moving map before warping; default: the warped map) has too.
+    Label metrics are NaN without label maps, ``dense_tre`` is NaN without a ground-truth
+    field; its mask defaults to the fixed foreground."""
     out = {"ncc": ncc(fixed, warped), "ssim": ssim(fixed, warped)}
     if fixed_labels is not None and warped_labels is not None:
         values = [v for v in (labels if labels is not None
@@ -332,10 +355,15 @@ def pair_metrics(fixed: Any, warped: Any, spacing: Sequence[float], displacement
             out["hd"] = float(np.nanmean(hd)) if np.isfinite(hd).any() else math.nan
             out["hd95"] = float(np.nanmean(hd95)) if np.isfinite(hd95).any() else math.nan
         out["tre"] = centroid_tre(fixed_labels, warped_labels, spacing, values)
+        shared = shared_labels(values, warped_labels if moving_labels is None
+                               else moving_labels)
+        out["dsc_shared"] = mean_over(dice, values, shared)
+        out["labels_scored"], out["labels_shared"] = len(values), len(shared)
         for value, score in zip(values, dice, strict=True):
             out[f"dsc_{value}"] = float(score)
     else:
-        out.update(dsc=math.nan, hd=math.nan, hd95=math.nan, tre=math.nan)
+        out.update(dsc=math.nan, dsc_shared=math.nan, hd=math.nan, hd95=math.nan,
+                   tre=math.nan)
     if true_displacement is not None:
         if mask is None and fixed_labels is not None:
             mask = _volume(fixed_labels, "fixed labels") > 0

@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 SUMMARY_CSV = "summary.csv"
 SUMMARY_MD = "summary.md"
+#: How each ANTs baseline of an evaluation ran ({method: words}), for the report.
+BASELINES_JSON = "baselines.json"
 
 
 @dataclass
@@ -118,7 +120,8 @@ def score_pair(pair, method: str, displacement: np.ndarray, seconds: float) -> d
     seconds += time.perf_counter() - start
     values = pair_metrics(pair.fixed, warped, pair.spacing, displacement,
                           pair.fixed_labels, warped_labels,
-                          true_displacement=pair.displacement)
+                          true_displacement=pair.displacement,
+                          moving_labels=pair.moving_labels)
     return {"pair": pair.name, "subject": pair.subject, "method": method,
             "seconds": seconds, **values}
 
@@ -130,8 +133,9 @@ def evaluate(pairs_path: str | Path, models: Sequence[str | Path] = (),
              landmarks: str | Path | None = None) -> pd.DataFrame:
     """Score every model and baseline on every stored pair -> per-pair results (one row
     per pair and method). ``ants_settings`` maps "syn"/"syncc" to
-    :class:`ddmr.baselines.ants.AntsSettings` (defaults otherwise). Models run on
-    ``device``; metrics and baselines on the CPU.
+    :class:`ddmr.baselines.ants.AntsSettings`, for both kinds of pairs (defaults otherwise:
+    :func:`ddmr.baselines.ants.default_settings` on same-subject pairs, antspyx's own on
+    inter-subject pairs). Models run on ``device``; metrics and baselines on the CPU.
 
     ``engine`` adds ``<model>+engine`` rows: the registration engine
     (:mod:`ddmr.registration.engine`, ``engine_settings`` or its defaults) started from
@@ -180,7 +184,8 @@ def evaluate(pairs_path: str | Path, models: Sequence[str | Path] = (),
                         rows.append(score_inter(pair, name, field, seconds, landmarks))
                         bar.update()
                 for baseline in baselines:
-                    field, seconds = baseline_inter(pair, baseline, engine_settings or True)
+                    field, seconds = baseline_inter(pair, baseline, engine_settings or True,
+                                                    ants_settings.get(baseline))
                     rows.append(score_inter(pair, ENGINE if baseline == ENGINE
                                             else NAMES[baseline], field, seconds, landmarks))
                     bar.update()
@@ -224,11 +229,27 @@ def evaluate(pairs_path: str | Path, models: Sequence[str | Path] = (),
     return pd.DataFrame(rows)
 
 
+def baseline_notes(pairs_path: str | Path, baselines: Sequence[str],
+                   ants_settings: dict[str, Any] | None = None) -> dict[str, str]:
+    """How each ANTs baseline of :func:`evaluate` runs on these pairs with these
+    settings, {display name: words} (:func:`ddmr.baselines.ants.describe`)."""
+    from ddmr.baselines.ants import NAMES, describe
+    from ddmr.evaluate.pairs import PairSet
+
+    same_grid = PairSet(pairs_path).mode == "same-subject"
+    settings = ants_settings or {}
+    return {NAMES[b]: describe(b, settings.get(b), same_grid) for b in baselines
+            if b in ("syn", "syncc")}
+
+
 def write_results(results: pd.DataFrame, output: str | Path, overwrite: bool = False,
-                  title: str | None = None) -> Path:
+                  title: str | None = None, baselines: dict[str, str] | None = None) -> Path:
     """Write per_pair.csv, summary.csv and summary.md into the folder ``output``
     (built under a temporary name, then renamed; an existing folder only with
-    ``overwrite``)."""
+    ``overwrite``), and ``baselines.json`` when ``baselines`` (:func:`baseline_notes`) says
+    how the ANTs baselines ran."""
+    import json
+
     from ddmr.evaluate.tables import PER_PAIR, summarise, summary_markdown
 
     output = check_output_folder(output, overwrite)
@@ -239,4 +260,6 @@ def write_results(results: pd.DataFrame, output: str | Path, overwrite: bool = F
         summary = summarise(results)
         summary.to_csv(temporary / SUMMARY_CSV, index=False)
         (temporary / SUMMARY_MD).write_text(summary_markdown(summary, title=title))
+        if baselines:
+            (temporary / BASELINES_JSON).write_text(json.dumps(baselines, indent=2) + "\n")
     return output

@@ -32,20 +32,34 @@ def read_per_pair(path: Path) -> tuple[pd.DataFrame, Path]:
 
 #: Columns of the Markdown table, in order, with their header labels.
 COLUMNS: dict[str, str] = {
-    "dsc": "DSC", "hd": "HD", "hd95": "HD95", "tre": "TRE", "dense_tre": "dense TRE",
+    "dsc": "DSC", "dsc_shared": "DSC shared", "hd": "HD", "hd95": "HD95", "tre": "TRE",
+    "dense_tre": "dense TRE",
     "ncc": "NCC", "ssim": "SSIM", "folding": "folding", "sdlogj": "SDlogJ", "seconds": "Time",
 }
 _UNITS = {**UNITS, "seconds": "s"}
 _HIGHER = {**HIGHER_IS_BETTER, "seconds": False}
 
 
+def shown_metrics(results: pd.DataFrame) -> list[str]:
+    """The metrics of :data:`COLUMNS` that per-pair ``results`` hold, less ``dsc_shared``
+    when it is ``dsc`` on every row (the moving maps have every label that is scored)."""
+    metrics = [m for m in COLUMNS if m in results]
+    if "dsc_shared" in metrics and {"labels_scored", "labels_shared"} <= set(results):
+        scored = results["labels_scored"].to_numpy(np.float64)
+        shared = results["labels_shared"].to_numpy(np.float64)
+        if np.array_equal(scored, shared):
+            metrics.remove("dsc_shared")
+    return metrics
+
+
 def summarise(results: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd.DataFrame:
-    """Mean, standard deviation (ddof 1) and count of finite values per method and metric.
+    """Mean, standard deviation (ddof 1) and count of finite values per method and metric
+    (default: :func:`shown_metrics`).
 
     Returns one row per method (in order of appearance) with columns ``<metric>_mean``,
     ``<metric>_std``, ``<metric>_n``.
     """
-    metrics = list(metrics) if metrics is not None else [m for m in COLUMNS if m in results]
+    metrics = list(metrics) if metrics is not None else shown_metrics(results)
     methods = list(dict.fromkeys(results["method"]))
     rows = []
     for method in methods:

@@ -70,6 +70,25 @@ def read_results(folder: Path) -> pd.DataFrame:
     return read_per_pair(folder)[0]
 
 
+def baselines_as_run(folder: Path) -> dict[str, str]:
+    """How the ANTs baselines of a results folder ran (``baselines.json``, written by
+    :func:`ddmr.evaluate.runner.write_results`); {} when it was not recorded."""
+    import json
+
+    from ddmr.evaluate.runner import BASELINES_JSON
+
+    path = folder / BASELINES_JSON
+    if not path.is_file():
+        return {}
+    try:
+        notes = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise InputError(f"{path}: cannot read: {error}") from None
+    if not isinstance(notes, dict):
+        raise InputError(f"{path}: expected an object of method names and descriptions")
+    return {str(k): str(v) for k, v in notes.items()}
+
+
 def pairs_from_summary(folder: Path) -> Path | None:
     """The pairs folder named in summary.md's title by ``ddmr evaluate``, if it exists."""
     summary = folder / "summary.md"
@@ -91,8 +110,27 @@ def _summary_table(results: pd.DataFrame) -> str:
     return summary_markdown(summarise(results)).strip()
 
 
-def _results_blocks(section: ResultsSection, results: pd.DataFrame, files: Path, stem: str,
-                    options: ReportOptions) -> list:
+def _labels_note(results: pd.DataFrame) -> str | None:
+    """Which labels DSC and DSC shared are means over, when the two differ."""
+    from ddmr.evaluate.tables import shown_metrics
+
+    if "dsc_shared" not in shown_metrics(results):
+        return None
+
+    def counts(column: str) -> str:
+        values = sorted({int(v) for v in results[column].dropna()})
+        return " to ".join(str(v) for v in (values[0], values[-1])) if len(values) > 1 \
+            else str(values[0])
+
+    return (f"DSC is the mean over the fixed map's labels ({counts('labels_scored')} per "
+            f"pair); DSC shared over those of them the moving map has too "
+            f"({counts('labels_shared')}): a label the moving map lacks scores 0 whatever "
+            "the registration does. Per-label DSC: the `dsc_<label>` columns of "
+            "per_pair.csv.")
+
+
+def _results_blocks(section: ResultsSection, results: pd.DataFrame, ants: dict[str, str],
+                    files: Path, stem: str, options: ReportOptions) -> list:
     from ddmr.report.figures import CONVENTION, boxplot_metrics, metric_label
 
     methods = list(dict.fromkeys(results["method"]))
@@ -101,12 +139,16 @@ def _results_blocks(section: ResultsSection, results: pd.DataFrame, files: Path,
     blocks += [Paragraph(note) for note in section.notes]
     blocks.append(Paragraph(f"Methods: {', '.join(methods)}; {n_pairs} stored test pairs; "
                             f"results from `{section.results}`."))
+    shown = [text for name, text in ants.items() if name in methods]
+    if shown:
+        blocks.append(Paragraph("ANTs as run in this section: " + "; ".join(shown) + "."))
     blocks += [Heading("Summary (mean ± standard deviation over pairs)", 3),
                Paragraph("Units in the headers; ↑ higher is better, ↓ lower is better; the "
                          "best mean of each column in bold. TRE is the mean distance between "
                          "label centroids; time covers prediction (or registration) and "
                          "applying the field."),
                Table(_summary_table(results))]
+    blocks += [Paragraph(text) for text in [_labels_note(results)] if text]
     box = boxplot_metrics(results, files / f"{stem}_boxplots.png")
     if box is not None:
         blocks += [Heading("Distributions over pairs", 3),
@@ -139,9 +181,10 @@ def _results_blocks(section: ResultsSection, results: pd.DataFrame, files: Path,
         else:
             parsed.insert(0, Heading(f"Statistics ({stats_file.stem})", 3))
         metric = stats_file.stem.removeprefix("stats_")
-        parsed.insert(1, Paragraph(f"Metric: {metric_label(metric)}. Mean differences and "
-                                   "confidence intervals are in the metric's unit; "
-                                   "p-values in bold are significant."))
+        tested = any(isinstance(block, Table) for block in parsed)
+        parsed.insert(1, Paragraph(f"Metric: {metric_label(metric)}." + (
+            " Mean differences and confidence intervals are in the metric's unit; "
+            "p-values in bold are significant." if tested else "")))
         blocks += parsed
     return blocks
 
@@ -213,26 +256,29 @@ def build_report(output: str | Path, sections: Sequence[ResultsSection],
         raise InputError("nothing to report: give a results folder or run folders")
     check_output_file(output, overwrite=True)
     tables = [read_results(section.results) for section in sections]
+    ants = [baselines_as_run(section.results) for section in sections]
     runs = [check_run_folder(Path(r)) for r in runs]
     files = output.with_name(output.stem + "_files")
     markdown = output.with_suffix(".md")
     try:
-        return _write_report(output, files, markdown, sections, tables, runs, options)
+        return _write_report(output, files, markdown, sections, tables, ants, runs, options)
     except WriteError as error:
         raise error.naming(output) from None
 
 
 def _write_report(output: Path, files: Path, markdown: Path,
                   sections: Sequence[ResultsSection], tables: Sequence[pd.DataFrame],
-                  runs: Sequence[Path], options: ReportOptions) -> tuple[Path, Path]:
+                  ants: Sequence[dict[str, str]], runs: Sequence[Path],
+                  options: ReportOptions) -> tuple[Path, Path]:
     """The writing half of :func:`build_report` (inputs read and checked)."""
     from ddmr.io.files import atomic_directory, atomic_path
 
     with atomic_directory(files) as staging:
         document = Document(options.title)
         document.add(*[Paragraph(text) for text in options.introduction])
-        for k, (section, results) in enumerate(zip(sections, tables, strict=True)):
-            document.add(*_results_blocks(section, results, staging, f"s{k}", options))
+        for k, (section, results, notes) in enumerate(zip(sections, tables, ants,
+                                                          strict=True)):
+            document.add(*_results_blocks(section, results, notes, staging, f"s{k}", options))
         if runs:
             document.add(*_run_blocks(runs, staging))
         html = to_html(document)  # the figures embedded, read from the staging folder

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ddmr.evaluate.metrics import HIGHER_IS_BETTER, UNITS
-from ddmr.evaluate.tables import COLUMNS
+from ddmr.evaluate.tables import COLUMNS, shown_metrics
 from ddmr.io.files import atomic_path
 from ddmr.spatial.grid import Geometry
 from ddmr.spatial.resample import resample_to
@@ -27,7 +27,8 @@ CONVENTION = ("Axial slices through the centre of the fixed image, in radiologic
               "convention: the patient's right on the image's left, anterior at the top.")
 
 _AXIS_UNITS = {**UNITS, "seconds": "s"}
-_UNITLESS = {"dsc": "ratio", "ncc": "unitless", "ssim": "unitless", "sdlogj": "unitless"}
+_UNITLESS = {"dsc": "ratio", "dsc_shared": "ratio", "ncc": "unitless", "ssim": "unitless",
+             "sdlogj": "unitless"}
 
 
 def _pyplot():
@@ -59,7 +60,7 @@ def boxplot_metrics(results: pd.DataFrame, path: str | Path,
     """One box plot per metric (methods on the x axis, all pairs as points); None when no
     metric has finite values."""
     plt = _pyplot()
-    candidates = metrics or [m for m in COLUMNS if m in results]
+    candidates = metrics or shown_metrics(results)
     shown = [m for m in candidates
              if np.isfinite(results[m].to_numpy(dtype=np.float64)).any()]
     if not shown:
@@ -82,15 +83,26 @@ def boxplot_metrics(results: pd.DataFrame, path: str | Path,
         ax.set_xticks(range(1, len(methods) + 1), methods, rotation=30, ha="right", fontsize=8)
         ax.set_ylabel(metric_label(metric), fontsize=8)
         ax.set_title(COLUMNS.get(metric, metric), fontsize=10)
-        if metric == "seconds" and all(len(v) for v in data):
-            low = min(float(v.min()) for v in data)
-            if low > 0 and max(float(v.max()) for v in data) / low > 100:
-                ax.set_yscale("log")
+        if metric == "seconds":
+            _time_axis(ax, data)
         ax.grid(axis="y", alpha=0.3)
     for ax in list(axes.flat)[len(shown):]:
         ax.set_visible(False)
     figure.tight_layout()
     return _save(figure, Path(path))
+
+
+def _time_axis(ax, data: Sequence[np.ndarray]) -> None:
+    """Times on a log axis in every section (they span orders of magnitude: no
+    registration against ANTs); a symmetric-log axis, linear below the smallest positive
+    time, when some time is 0 (results that did not count warping)."""
+    positive = [float(v[v > 0].min()) for v in data if (v > 0).any()]
+    if not positive:
+        return
+    if any((v <= 0).any() for v in data):
+        ax.set_yscale("symlog", linthresh=min(positive))
+    else:
+        ax.set_yscale("log")
 
 
 def axial_slice(volume: np.ndarray, geometry: Geometry) -> np.ndarray:
