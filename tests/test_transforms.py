@@ -79,6 +79,20 @@ def test_the_inverse_undoes_the_forward_map_and_ants_reads_it(registered, tmp_pa
     assert correlation(ours, moving.numpy(), head) > 0.6
 
 
+def test_a_registered_folder_passes_apply_s_checks_by_a_wide_margin(registered):
+    """Issue 33 item 16: the checks that refuse a damaged field or another run's inverse
+    (``tests/test_issue33_apply.py``) against what ``ddmr register`` writes: forward then
+    inverse comes back within 0.05 mm (median; the limit is a voxel, 2 mm here), and the
+    field varies by well under its limit."""
+    from ddmr.registration.apply import MAX_FIELD_SPREAD, SavedTransform, field_of_view
+
+    transform = SavedTransform.load(registered)
+    assert transform.check_round_trip() < 0.05
+    for field, grid in (transform.field(False), transform.field(True)):
+        spread = float(np.max(field.max(axis=(1, 2, 3)) - field.min(axis=(1, 2, 3))))
+        assert spread < MAX_FIELD_SPREAD * field_of_view(grid) / 4
+
+
 def test_apply_warps_labels_exactly_as_register_did(registered, tmp_path):
     import nibabel as nib
 

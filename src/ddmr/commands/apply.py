@@ -4,6 +4,9 @@ in either direction (:mod:`ddmr.registration.apply`)."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from ddmr.errors import InputError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,7 +34,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ddmr.errors import ConfigError
+
+    if bool(args.moving) == bool(args.points):
+        raise ConfigError("give either --moving IMAGE or --points CSV")
+    if args.points and (args.labels or args.reference):
+        raise ConfigError("--labels and --reference are for images, not --points")
+    output = _check_output(args)
+    from ddmr.io.files import output_lock
+
+    with output_lock(output):  # of two runs into one output, exactly one fails
+        if output.exists() and not args.overwrite:
+            raise InputError(f"{output}: already exists (written by another process "
+                             "meanwhile?); pass --overwrite to replace it")
+        return _apply(args)
+
+
+def _check_output(args: argparse.Namespace) -> Path:
+    """-o before any work: a CSV name for --points, an image type for an image, a place
+    that can be written, no existing file without --overwrite."""
     from ddmr.io.files import check_output_file
+    from ddmr.io.images import _check_writable
+
+    output = Path(args.output)
+    if args.points and output.suffix.lower() != ".csv":
+        raise InputError(f"{output}: --points writes a CSV file of points; give -o a name "
+                         "ending in .csv")
+    if args.moving and not output.is_dir():
+        _check_writable(output)  # an image file type
+    return check_output_file(output, args.overwrite)
+
+
+def _apply(args: argparse.Namespace) -> int:
     from ddmr.registration.apply import (
         SavedTransform,
         apply_to_image,
@@ -40,26 +73,26 @@ def run(args: argparse.Namespace) -> int:
         write_points,
     )
 
-    if bool(args.moving) == bool(args.points):
-        raise ConfigError("give either --moving IMAGE or --points CSV")
-    if args.points and (args.labels or args.reference):
-        raise ConfigError("--labels and --reference are for images, not --points")
-    check_output_file(args.output, args.overwrite)
     transform = SavedTransform.load(args.transform, need_inverse=bool(args.inverse)
                                     or bool(args.points and not args.inverse))
     if args.points:
         table = read_points(args.points)
-        mapped = apply_to_points(transform, table.points_ras, inverse=args.inverse)
+        mapped = apply_to_points(transform, table.points_ras, inverse=args.inverse,
+                                 name=args.points)
         write_points(args.output, table, mapped)
         where = "the moving space" if args.inverse else "the fixed space"
         print(f"{len(mapped)} points mapped to {where} -> {args.output}")
         return 0
-    from ddmr.io.images import load_image, load_labels, save_image, save_labels
+    from ddmr.io.images import load_geometry, load_image, load_labels, save_image, save_labels
 
-    array, geometry = (load_labels if args.labels else load_image)(args.moving)
-    reference = load_image(args.reference)[1] if args.reference else None
+    if args.labels:
+        array, geometry = load_labels(args.moving)
+    else:  # a constant image is warped as any other (it stays constant)
+        array, geometry = load_image(args.moving, allow_constant=True)
+    reference = load_geometry(args.reference) if args.reference else None  # its grid only
     warped, grid = apply_to_image(transform, array, geometry, labels=args.labels,
-                                  inverse=args.inverse, reference=reference)
+                                  inverse=args.inverse, reference=reference,
+                                  image_name=args.moving, reference_name=args.reference)
     (save_labels if args.labels else save_image)(args.output, warped, grid)
     print(f"warped {'labels' if args.labels else 'image'} -> {args.output}")
     return 0

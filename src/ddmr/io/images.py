@@ -231,10 +231,10 @@ def _itk_detail(error: BaseException, printed: Sequence[str]) -> str:
     return f"{text} (ITK: {extra})" if extra else text
 
 
-def _read_raw(path: Path) -> tuple[np.ndarray, Geometry]:
+def _read_raw(path: Path, voxels: bool = True) -> tuple[np.ndarray | None, Geometry]:
     """Array (3D, file voxel order) and geometry, without content checks. The header is
     read first: the dimensions and the memory budget (:func:`check_memory_budget`) are
-    checked before the voxels are."""
+    checked before the voxels are; without ``voxels`` they are not read (array None)."""
     extension = file_extension(path)
     shape: tuple[int, ...] = ()
     itk_output: list[str] = []
@@ -250,7 +250,7 @@ def _read_raw(path: Path) -> tuple[np.ndarray, Geometry]:
                 shape = tuple(image.shape)
                 _check_dimensions(path, shape)
                 check_memory_budget(path, shape)
-                array = np.asanyarray(image.dataobj)
+                array = np.asanyarray(image.dataobj) if voxels else None
                 affine = np.asarray(image.affine, dtype=np.float64)
         else:
             import SimpleITK as sitk  # noqa: N813
@@ -288,18 +288,20 @@ def _read_raw(path: Path) -> tuple[np.ndarray, Geometry]:
                   else str(error).strip().splitlines()[0] if str(error).strip()
                   else type(error).__name__)
         raise InputError(f"{path}: cannot read image (truncated or corrupt?): {detail}") from None
+    if array is None:
+        return None, Geometry(affine, shape[:3])
     if array.ndim > 3:
         array = array.reshape(array.shape[:3])
     _check_dimensions(path, array.shape)
     return array, Geometry(affine, array.shape)
 
 
-def load_image(path: PathLike) -> tuple[np.ndarray, Geometry]:
+def load_image(path: PathLike, allow_constant: bool = False) -> tuple[np.ndarray, Geometry]:
     """Read a 3D intensity image.
 
     Returns ``(array, geometry)``: float32 (I, J, K) in the file's voxel order, and its
     :class:`Geometry`. Raises :class:`InputError` for a missing, unreadable, non-3D,
-    non-finite or constant image, or a bad voxel spacing.
+    non-finite or (unless ``allow_constant``) constant image, or a bad voxel spacing.
     """
     path = _check_readable(path)
     array, geometry = _read_raw(path)
@@ -314,9 +316,19 @@ def load_image(path: PathLike) -> tuple[np.ndarray, Geometry]:
         raise InputError(f"{path}: image has values up to {largest:.3g}, beyond float32 (at "
                          f"most {limit:.3g}), which ddmr computes in; rescale its intensities")
     array = np.asarray(array, dtype=np.float32)
-    if array.size == 0 or float(array.max()) == float(array.min()):
+    if not allow_constant and (array.size == 0 or float(array.max()) == float(array.min())):
         raise InputError(f"{path}: image is constant (every voxel is {array.flat[0]:g})")
     return array, geometry
+
+
+def load_geometry(path: PathLike) -> Geometry:
+    """The grid of a 3D image from its header alone (its voxels are not read, so not
+    checked): :class:`InputError` for a missing, unreadable or non-3D file or a bad
+    voxel spacing, or one over the memory budget."""
+    path = _check_readable(path)
+    geometry = _read_raw(path, voxels=False)[1]
+    check_geometry(geometry, path)
+    return geometry
 
 
 def load_labels(path: PathLike) -> tuple[np.ndarray, Geometry]:
@@ -417,9 +429,32 @@ def _save_volume(path: PathLike, array: np.ndarray, geometry: Geometry,
         if file_extension(path) in NIFTI_EXTENSIONS:
             _write_nifti(temporary, array, geometry, gzip_level=gzip_level)
         else:
-            import SimpleITK as sitk  # noqa: N813
+            _write_itk(temporary, array, geometry)
 
-            sitk.WriteImage(to_sitk(array, geometry), str(temporary), useCompression=True)
+
+def _write_itk(path: Path, array: np.ndarray, geometry: Geometry) -> None:
+    """Write a .nrrd/.mha with SimpleITK; a failure is one :class:`WriteError`. ITK words
+    a full disk its own way (NRRD's gzip writer names no reason) and MetaIO prints on
+    file descriptor 2 on its own: what it printed is folded into the message, and a
+    failure on a device left without room for the raw volume is reported as the full
+    disk it is."""
+    import errno
+    import shutil
+
+    import SimpleITK as sitk  # noqa: N813
+
+    from ddmr.errors import WriteError
+    from ddmr.io.files import write_failure
+
+    printed: list[str] = []
+    try:
+        with _native_stderr(printed):
+            sitk.WriteImage(to_sitk(array, geometry), str(path), useCompression=True)
+    except RuntimeError as error:
+        detail = _itk_detail(error, printed)
+        if shutil.disk_usage(path.parent).free < array.nbytes:
+            detail = os.strerror(errno.ENOSPC)
+        raise write_failure(RuntimeError(detail), path) or WriteError(path, detail) from None
 
 
 def _as_numpy(array: np.ndarray | torch.Tensor) -> np.ndarray:

@@ -13,7 +13,15 @@ Displacement fields are read as ANTs and ITK read them: outside the field's own 
 point does not move. Label maps are warped label-exactly
 (:func:`ddmr.spatial.warp.sample_labels`). Point files are CSV with columns naming the
 convention: ``x_ras,y_ras,z_ras`` (or ``R,A,S``) or ``x_lps,y_lps,z_lps`` (or ``L,P,S``),
-in mm; other columns are kept.
+in mm; other columns are kept. A file with both conventions' columns is mapped in both
+when they give the same points, and refused when they do not.
+
+What cannot be a registration is refused (:class:`InputError`), never applied: a field
+whose displacements vary across its grid by more than :data:`MAX_FIELD_SPREAD` fields of
+view (a damaged file), a forward and an inverse field that are not each other's inverse
+(:data:`MAX_ROUND_TRIP_VOXELS`; one of them from another run), a reference grid or an
+image that the transform does not reach (the result would be empty or untransformed),
+and points none of which lies where the field is defined.
 """
 
 from __future__ import annotations
@@ -31,9 +39,31 @@ from ddmr.spatial.grid import LPS_FLIP, Geometry
 
 PathLike = str | os.PathLike[str]
 
-#: Point-file column names per convention (the first three columns that match).
+#: Point-file column names per convention (every triple that the header holds is used).
 POINT_COLUMNS = {"ras": (("x_ras", "y_ras", "z_ras"), ("r", "a", "s")),
                  "lps": (("x_lps", "y_lps", "z_lps"), ("l", "p", "s"))}
+
+#: Two coordinate column sets of one point file may differ by this much (mm) and still be
+#: the same points (rounding of the text).
+POINT_TOLERANCE_MM = 0.01
+
+#: A field's displacement along one axis may vary across its grid by at most this many
+#: times its field of view (the grid's diagonal): an affine part within QC's scale range
+#: (0.5-2) varies it by at most 1.5 times, so more is a damaged file, not a registration.
+MAX_FIELD_SPREAD = 2.0
+
+#: No displacement may be longer than this many fields of view: 2.8 m for a 16^3 image of
+#: 1 mm voxels, more than any scanner's room; headers that put two scans farther apart
+#: than that are not from one place.
+MAX_FIELD_LENGTH = 100.0
+
+#: Forward then inverse must bring the fixed-grid points that the forward field takes into
+#: the moving grid back within this many voxels (of the coarser grid; the median). A
+#: registration's own pair: 0.004 mm at 2 mm voxels; another run's inverse: 40 mm and more.
+MAX_ROUND_TRIP_VOXELS = 1.0
+
+#: About how many fixed-grid points the round trip is measured on.
+ROUND_TRIP_POINTS = 32_768
 
 
 @dataclass(frozen=True)
@@ -60,20 +90,90 @@ class SavedTransform:
             raise InputError(f"{folder}: no displacement.nii.gz (is it the output folder of "
                              "ddmr register?)")
         voxels, fixed = load_displacement(folder / "displacement.nii.gz")
+        forward = voxels_to_mm(voxels, fixed)
+        check_field(forward, fixed, folder / "displacement.nii.gz")
         inverse = moving = None
         inverse_path = folder / "inverse_displacement.nii.gz"
         if inverse_path.is_file():
             inverse_voxels, moving = load_displacement(inverse_path)
             inverse = voxels_to_mm(inverse_voxels, moving)
+            check_field(inverse, moving, inverse_path)
         elif need_inverse:
             raise InputError(f"{folder}: no inverse_displacement.nii.gz (written by ddmr "
                              "register from version 0.2)")
-        return cls(folder, voxels_to_mm(voxels, fixed), fixed, inverse, moving)
+        transform = cls(folder, forward, fixed, inverse, moving)
+        if inverse is not None:
+            transform.check_round_trip()
+        return transform
 
     def field(self, inverse: bool) -> tuple[np.ndarray, Geometry]:
+        """The forward field and its (fixed) grid, or with ``inverse`` the inverse's."""
         if inverse:
             return self.inverse, self.moving
         return self.forward, self.fixed
+
+    def check_round_trip(self) -> float:
+        """:class:`InputError` unless the inverse field undoes the forward one: fixed-grid
+        points that the forward field takes into the moving grid must come back within
+        :data:`MAX_ROUND_TRIP_VOXELS` (median), as a pair that one run wrote does. Returns
+        that median distance (mm)."""
+        stride = max(1, round((np.prod(self.fixed.shape) / ROUND_TRIP_POINTS) ** (1 / 3)))
+        points = grid_points(self.fixed, stride)
+        there = points + displacement_at(self.forward, self.fixed, points)
+        landed = inside(self.moving, there)
+        pair = ("displacement.nii.gz and inverse_displacement.nii.gz are not one "
+                "registration's pair")
+        if not landed.any():
+            raise InputError(f"{self.folder}: {pair}: displacement.nii.gz takes no point of "
+                             "its grid into the grid of inverse_displacement.nii.gz (the "
+                             f"nearest lands {gap(self.moving, there):.4g} mm from it)")
+        back = there[landed] + displacement_at(self.inverse, self.moving, there[landed])
+        error = float(np.median(np.linalg.norm(back - points[landed], axis=1)))
+        limit = MAX_ROUND_TRIP_VOXELS * max(*self.fixed.spacing, *self.moving.spacing)
+        if not error <= limit:
+            raise InputError(f"{self.folder}: {pair}: forward then inverse moves points by "
+                             f"{error:.3g} mm (median), over {limit:.3g} mm "
+                             f"({MAX_ROUND_TRIP_VOXELS:g} voxel); was one of them replaced "
+                             "by another run's?")
+        return error
+
+
+def field_of_view(geometry: Geometry) -> float:
+    """The diagonal (mm) of the grid's extent."""
+    return float(np.linalg.norm(np.asarray(geometry.shape) * np.asarray(geometry.spacing)))
+
+
+def check_field(field_mm: np.ndarray, geometry: Geometry, path: PathLike) -> None:
+    """:class:`InputError` naming ``path`` when the field (3, *geometry.shape, mm) has a
+    displacement longer than :data:`MAX_FIELD_LENGTH` fields of view, or varies along one
+    axis by more than :data:`MAX_FIELD_SPREAD` fields of view across its grid."""
+    view = field_of_view(geometry)
+    low = field_mm.min(axis=(1, 2, 3)).astype(np.float64)
+    high = field_mm.max(axis=(1, 2, 3)).astype(np.float64)
+    length = float(np.linalg.norm(np.maximum(np.abs(low), np.abs(high))))
+    spread = float(np.max(high - low))
+    problem = f"{path}: not a plausible registration (the file is damaged?): "
+    if not length <= MAX_FIELD_LENGTH * view:
+        raise InputError(f"{problem}displacements of up to {length:.4g} mm, over "
+                         f"{MAX_FIELD_LENGTH:g} times its field of view ({view:.0f} mm)")
+    if not spread <= MAX_FIELD_SPREAD * view:
+        raise InputError(f"{problem}its displacements differ by {spread:.4g} mm along one "
+                         f"axis, over {MAX_FIELD_SPREAD:g} times its field of view "
+                         f"({view:.0f} mm)")
+
+
+def inside(geometry: Geometry, points: np.ndarray) -> np.ndarray:
+    """Which world points (n, 3) lie in the grid (within half a voxel of its centres)."""
+    index = geometry.world_to_index(points)
+    return np.all((index >= -0.5) & (index <= np.asarray(geometry.shape) - 0.5), axis=1)
+
+
+def gap(geometry: Geometry, points: np.ndarray) -> float:
+    """How far (mm) the nearest of the world points (n, 3) lies from the grid (0 when one
+    lies in it, :func:`inside`)."""
+    index = geometry.world_to_index(points)
+    nearest = np.clip(index, -0.5, np.asarray(geometry.shape) - 0.5)
+    return float(np.min(np.linalg.norm((nearest - index) @ geometry.affine[:3, :3].T, axis=1)))
 
 
 def displacement_at(field_mm: np.ndarray, geometry: Geometry, points: np.ndarray
@@ -90,25 +190,39 @@ def displacement_at(field_mm: np.ndarray, geometry: Geometry, points: np.ndarray
     return out
 
 
-def grid_points(geometry: Geometry) -> np.ndarray:
-    """World points (n, 3) of every voxel of ``geometry`` (C order)."""
-    index = np.stack(np.meshgrid(*[np.arange(n) for n in geometry.shape], indexing="ij"), -1)
+def grid_points(geometry: Geometry, stride: int = 1) -> np.ndarray:
+    """World points (n, 3) of every voxel of ``geometry`` (C order; every ``stride``-th
+    along each axis)."""
+    index = np.stack(np.meshgrid(*[np.arange(0, n, stride) for n in geometry.shape],
+                                 indexing="ij"), -1)
     return geometry.index_to_world(index.reshape(-1, 3).astype(np.float64))
 
 
 def apply_to_image(transform: SavedTransform, array: np.ndarray, geometry: Geometry,
                    labels: bool = False, inverse: bool = False,
-                   reference: Geometry | None = None) -> tuple[np.ndarray, Geometry]:
+                   reference: Geometry | None = None, image_name: str = "image",
+                   reference_name: str = "reference") -> tuple[np.ndarray, Geometry]:
     """Warp an image (or, ``labels``, a label map) on ``geometry`` with the saved
     registration (module docstring) onto ``reference`` (default: the fixed grid, or the
     moving grid with ``inverse``). Returns the array (float32, or uint8 labels) and its
-    grid."""
+    grid. :class:`InputError` naming ``reference_name`` for a reference grid that does not
+    overlap the field's grid, or ``image_name`` for an image that the transformed grid
+    does not reach, with how far apart they are."""
     from ddmr.spatial.warp import label_cells, sample_image, sample_labels
 
     field, field_geometry = transform.field(inverse)
+    sides = ("moving", "fixed") if inverse else ("fixed", "moving")
     target = reference or field_geometry
     points = grid_points(target)
+    if reference is not None and not inside(field_geometry, points).any():
+        raise InputError(f"{reference_name}: does not overlap the transform's {sides[0]} grid, "
+                         f"where the registration is defined (they are "
+                         f"{gap(field_geometry, points):.4g} mm apart)")
     moved = points + displacement_at(field, field_geometry, points)
+    if not inside(geometry, moved).any():
+        raise InputError(f"{image_name}: does not overlap where the transform takes the output "
+                         f"grid (they are {gap(geometry, moved):.4g} mm apart; the result would "
+                         f"be empty): is it an image in the {sides[1]} image's space?")
     index = torch.from_numpy(geometry.world_to_index(moved).T.astype(np.float32))
     if labels:
         source = torch.from_numpy(np.ascontiguousarray(array, dtype=np.uint8))[None, None]
@@ -120,47 +234,75 @@ def apply_to_image(transform: SavedTransform, array: np.ndarray, geometry: Geome
     return out.reshape(target.shape), target
 
 
-def apply_to_points(transform: SavedTransform, points_ras: np.ndarray, inverse: bool = False
-                    ) -> np.ndarray:
+def apply_to_points(transform: SavedTransform, points_ras: np.ndarray, inverse: bool = False,
+                    name: str = "points") -> np.ndarray:
     """Map world points (n, 3, RAS mm) of the moving image into the fixed image's space
-    (``inverse``: of the fixed image into the moving space)."""
+    (``inverse``: of the fixed image into the moving space). :class:`InputError` naming
+    ``name`` when none lies in the field's grid (none would move)."""
     field, geometry = transform.field(not inverse)
+    if len(points_ras) and not inside(geometry, points_ras).any():
+        side = "fixed" if inverse else "moving"
+        raise InputError(f"{name}: no point lies in the transform's {side} grid, where the "
+                         f"registration is defined (the nearest is "
+                         f"{gap(geometry, points_ras):.4g} mm from it; outside it a point "
+                         f"does not move): are they points of the {side} image?")
     return points_ras + displacement_at(field, geometry, points_ras)
 
 
 @dataclass
 class PointTable:
-    """A landmark file: the rows as read, which columns hold the coordinates, in which
-    convention (``ras`` or ``lps``), and the points (n, 3) in RAS."""
+    """A landmark file: the rows as read, the coordinate columns (each set a convention,
+    ``ras`` or ``lps``, and the three columns that hold it) and the points (n, 3) in RAS."""
 
     header: list[str]
     rows: list[list[str]]
-    columns: tuple[int, int, int]
-    convention: str
+    columns: list[tuple[str, tuple[int, int, int]]]
     points_ras: np.ndarray
 
 
 def read_points(path: PathLike) -> PointTable:
     """Read a landmark CSV (module docstring); :class:`InputError` when it has no
-    coordinate columns of a named convention, or a value that is not a number."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
+    coordinate columns of a named convention, a value that is not a number, a coordinate
+    column twice, or two sets of coordinate columns that give different points."""
     from ddmr.io.files import read_csv
 
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, expected a CSV file of points")
     table = read_csv(path)  # UTF-8, with or without a byte-order mark
     if not table:
-        raise InputError(f"{path}: empty file")
+        raise InputError(f"{path}: empty file (expected a header row naming the coordinate "
+                         "columns)")
     header = [name.strip() for name in table[0]]
     lower = [name.lower() for name in header]
-    found = [(convention, triple) for convention, names in POINT_COLUMNS.items()
+    found = [(convention, tuple(lower.index(name) for name in triple))
+             for convention, names in POINT_COLUMNS.items()
              for triple in names if all(name in lower for name in triple)]
     if not found:
         raise InputError(f"{path}: no coordinate columns; name them x_ras,y_ras,z_ras (or "
                          "R,A,S) or x_lps,y_lps,z_lps (or L,P,S) so the convention is known")
-    convention, triple = found[0]
-    columns = tuple(lower.index(name) for name in triple)
+    twice = [header[c] for _, columns in found for c in columns if lower.count(lower[c]) > 1]
+    if twice:
+        raise InputError(f"{path}: coordinate column {twice[0]!r} appears more than once")
     rows = [row for row in table[1:] if any(cell.strip() for cell in row)]
+    sets = [_points_ras(path, rows, columns, convention) for convention, columns in found]
+    for (_, columns), points in zip(found[1:], sets[1:], strict=True):
+        differ = np.max(np.abs(points - sets[0]), axis=1) > POINT_TOLERANCE_MM
+        if differ.any():
+            k = int(np.argmax(differ))
+            names = [",".join(header[c] for c in cols) for cols in (found[0][1], columns)]
+            raise InputError(
+                f"{path}: columns {names[0]} and {names[1]} give different points (row "
+                f"{k + 1}: RAS {_text(sets[0][k])} and {_text(points[k])}), so which to map "
+                "is unclear; keep one set of coordinate columns")
+    return PointTable(header, rows, found, sets[0])
+
+
+def _points_ras(path: Path, rows: list[list[str]], columns: tuple[int, int, int],
+                convention: str) -> np.ndarray:
+    """The points (n, 3) in RAS of one set of coordinate columns."""
     try:
         values = np.array([[float(row[c]) for c in columns] for row in rows], dtype=np.float64)
     except (ValueError, IndexError):
@@ -168,20 +310,24 @@ def read_points(path: PathLike) -> PointTable:
     values = values.reshape(-1, 3)
     if not np.isfinite(values).all():
         raise InputError(f"{path}: a coordinate is NaN or infinite")
-    ras = values if convention == "ras" else values @ LPS_FLIP.T
-    return PointTable(header, rows, columns, convention, ras)
+    return values if convention == "ras" else values @ LPS_FLIP.T
+
+
+def _text(point: np.ndarray) -> str:
+    return "(" + ", ".join(f"{v:g}" for v in point) + ")"
 
 
 def write_points(path: PathLike, table: PointTable, points_ras: np.ndarray) -> None:
-    """Write ``table`` with its coordinates replaced by ``points_ras`` (n, 3), in the
-    table's own convention, atomically."""
+    """Write ``table`` with its coordinates replaced by ``points_ras`` (n, 3), in each of
+    the table's coordinate column sets in its own convention, atomically."""
     from ddmr.io.files import atomic_path
 
-    values = points_ras if table.convention == "ras" else points_ras @ LPS_FLIP.T
     rows = [list(row) for row in table.rows]
-    for row, point in zip(rows, values, strict=True):
-        for column, value in zip(table.columns, point, strict=True):
-            row[column] = f"{value:.6f}"
+    for convention, columns in table.columns:
+        values = points_ras if convention == "ras" else points_ras @ LPS_FLIP.T
+        for row, point in zip(rows, values, strict=True):
+            for column, value in zip(columns, point, strict=True):
+                row[column] = f"{value:.6f}"
     with atomic_path(path) as temporary, open(temporary, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(table.header)
