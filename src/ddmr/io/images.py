@@ -266,15 +266,17 @@ def _read_raw(path: Path, voxels: bool = True) -> tuple[np.ndarray | None, Geome
                 shape = tuple(reader.GetSize())
                 _check_dimensions(path, shape)
                 check_memory_budget(path, shape)
-                image = reader.Execute()
+                image = reader.Execute() if voxels else None
             if itk_output:  # what ITK printed on a read that worked goes where it went
                 os.write(2, ("\n".join(itk_output) + "\n").encode())
-            array = sitk.GetArrayFromImage(image)
-            array = array.transpose(tuple(range(array.ndim))[::-1])
-            dimension = image.GetDimension()
-            origin = image.GetOrigin()[:3]
-            spacing = image.GetSpacing()[:3]
-            direction = np.asarray(image.GetDirection()).reshape(dimension, dimension)[:3, :3]
+            array = None
+            if image is not None:
+                array = sitk.GetArrayFromImage(image)
+                array = array.transpose(tuple(range(array.ndim))[::-1])
+            dimension = reader.GetDimension()
+            origin = reader.GetOrigin()[:3]
+            spacing = reader.GetSpacing()[:3]
+            direction = np.asarray(reader.GetDirection()).reshape(dimension, dimension)[:3, :3]
             geometry = Geometry.from_itk(origin, spacing, direction.ravel(), (1, 1, 1))
             affine = geometry.affine
     except InputError:
