@@ -273,6 +273,12 @@ def test_the_reference_is_read_for_its_grid_and_a_constant_image_is_warped(work,
     np.testing.assert_allclose(image.affine, reference_grid.affine)
     assert np.isfinite(np.asarray(image.dataobj)).all()
     out.unlink()
+    save_image(work / "nan.mha", values, reference_grid)  # the ITK reader: its header too
+    assert main(["apply", "--transform", str(work / "t"), "--moving",
+                 str(work / "moving.nii.gz"), "--reference", str(work / "nan.mha"), "-o",
+                 str(out)]) == 0, capsys.readouterr().err
+    assert nib.load(out).shape == values.shape
+    out.unlink()
     assert main(["apply", "--transform", str(work / "t"), "--moving",
                  str(work / "zero.nii.gz"), "-o", str(out)]) == 0, capsys.readouterr().err
     assert not np.asarray(nib.load(out).dataobj).any()
