@@ -67,6 +67,12 @@ MODEL_CASES: dict[str, tuple[str, str]] = {
                                     r"input_size \[0, 32, 32\] is not three voxel counts"),
     "card claims encoder [4096]*8 (77 KB of weights)": (
         "card_huge.safetensors", "architecture does not match the weights"),
+    "card input_size [2, 2, 2] (below the network's levels)": (
+        "card_tiny_size.safetensors", r"input_size \[2, 2, 2\] is too small.*at least 4"),
+    "NaN weights (checksums valid)": ("nan_weights.safetensors",
+                                      "the weights have NaN or Inf values"),
+    "Inf weights (checksums valid)": ("inf_weights.safetensors",
+                                      "the weights have NaN or Inf values"),
 }
 
 #: bad model card for ddmr finetune (its training profile) -> (path, problem regex)
@@ -387,6 +393,22 @@ def forged_card(source: Path, target: Path, change, checksum: bool = True) -> Pa
     return target
 
 
+def nonfinite_weights(source: Path, target: Path, value: float) -> Path:
+    """Copy a model file with one weight set to ``value`` (NaN or Inf) and both checksums
+    recomputed: what a diverged training written by another tool looks like (``save_model``
+    refuses such weights)."""
+    from safetensors.torch import load_file, save_file
+
+    from ddmr.model.file import CARD_CHECKSUM, card_checksum, read_card, weights_checksum
+
+    state, card = load_file(str(source)), read_card(source)
+    state["output.weight"].view(-1)[0] = value
+    card["sha256"] = weights_checksum(state)
+    card[CARD_CHECKSUM] = card_checksum(card)
+    save_file(state, str(target), metadata={"ddmr_card": json.dumps(card)})
+    return target
+
+
 def _forged_models(root: Path) -> None:
     """The model files with bad cards of :data:`MODEL_CASES` and
     :data:`FINETUNE_CARD_CASES`."""
@@ -399,6 +421,10 @@ def _forged_models(root: Path) -> None:
                 lambda card: card.update(input_size=[0, 32, 32]))
     forged_card(tiny, root / "card_huge.safetensors",
                 lambda card: card["architecture"].update(encoder=[4096] * 8))
+    forged_card(tiny, root / "card_tiny_size.safetensors",
+                lambda card: card.update(input_size=[2, 2, 2]))
+    nonfinite_weights(tiny, root / "nan_weights.safetensors", float("nan"))
+    nonfinite_weights(tiny, root / "inf_weights.safetensors", float("inf"))
     forged_card(root / "finetune.safetensors", root / "finetune_zero_size.safetensors",
                 lambda card: card["profile"].update(input_size=[0, 32, 32]))
 

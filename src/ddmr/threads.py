@@ -10,6 +10,10 @@ torch's intra-op pool, to BLAS/OpenMP pools in the process (threadpoolctl), to t
 thread pools DDMR itself runs scipy.ndimage work on (:func:`workers`), and to the
 environment of child processes and ITK (ANTs). Work that runs on DDMR's own thread
 pools is single-threaded inside each task, so the counts never multiply.
+
+A count is checked (:func:`check_threads`) before torch is imported: a whole number from
+1 to :data:`THREADS_PER_CPU` times the machine's logical CPUs (OpenMP crashed the process
+at ``--threads 100000``).
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ logger = logging.getLogger(__name__)
 #: Environment variables set for child processes and for libraries that read them late.
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                     "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS")
+
+#: The most threads per logical CPU of the machine that a count may ask for.
+THREADS_PER_CPU = 4
 
 _configured: int | None = None
 
@@ -51,16 +58,30 @@ def workers() -> int:
     return _configured or default_threads()
 
 
+def max_threads() -> int:
+    """The largest thread count accepted: :data:`THREADS_PER_CPU` per logical CPU."""
+    return THREADS_PER_CPU * max(1, os.cpu_count() or 1)
+
+
+def check_threads(threads: int | None) -> int:
+    """``threads`` (None: :func:`default_threads`) checked without importing torch;
+    :class:`ConfigError` unless a whole number from 1 to :func:`max_threads`."""
+    if threads is None:
+        return default_threads()
+    if isinstance(threads, bool) or int(threads) != threads or threads < 1:
+        raise ConfigError(f"--threads {threads}: expected a whole number >= 1")
+    if threads > max_threads():
+        raise ConfigError(f"--threads {threads}: more than {max_threads()} ({THREADS_PER_CPU} "
+                          f"per logical CPU of this machine, which has {os.cpu_count() or 1})")
+    return int(threads)
+
+
 def use_threads(threads: int | None = None) -> int:
     """Apply ``threads`` (None: :func:`default_threads`) to torch, BLAS, DDMR's pools and
     the environment of child processes; returns the count applied. Raises
-    :class:`ConfigError` for a count below 1."""
+    :class:`ConfigError` for a count :func:`check_threads` refuses."""
     global _configured
-    if threads is None:
-        threads = default_threads()
-    if isinstance(threads, bool) or int(threads) != threads or threads < 1:
-        raise ConfigError(f"--threads {threads}: expected a whole number >= 1")
-    threads = int(threads)
+    threads = check_threads(threads)
     _configured = threads
     for name in THREAD_VARIABLES:
         os.environ[name] = str(threads)

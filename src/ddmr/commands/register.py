@@ -103,12 +103,32 @@ def engine_settings(args: argparse.Namespace):
     return replace(settings, **changes)
 
 
+def _check_inputs(args: argparse.Namespace) -> None:
+    """What can be checked of one pair before torch and the numeric modules load (1-2 s):
+    the model file's card, then the headers of the images and label maps, in the order
+    :func:`ddmr.registration.pipeline.register` reads them (which checks them all)."""
+    from ddmr.io.images import load_geometry
+    from ddmr.model.file import read_card
+    from ddmr.model.shipped import resolve_model
+    from ddmr.registration.pipeline import NO_MODEL
+
+    if args.model != NO_MODEL:
+        read_card(resolve_model(args.model)[1])
+    for path in (args.fixed, args.fixed_seg, args.moving, args.moving_seg):
+        if path:
+            load_geometry(path)
+
+
 def _print_result(summary: dict, method: str, qc_line: str, output: str) -> None:
     metrics = summary["metrics"]
     line = (f"registered in {summary['runtime_s']['total']:.1f} s ({method}); folding "
             f"{metrics['folding_percent']:.3f} %")
     if metrics.get("dsc") is not None:
         line += f"; DSC {metrics['dsc']:.3f}"
+        scored, shared = metrics.get("labels_scored", []), metrics.get("labels_shared", [])
+        if len(shared) < len(scored) and metrics.get("dsc_shared") is not None:
+            line += (f" over the fixed map's {len(scored)} labels, {metrics['dsc_shared']:.3f} "
+                     f"over the {len(shared)} both maps have")
     print(line)
     engine = summary.get("engine")
     if engine:
@@ -125,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ddmr.clock import process_seconds
     from ddmr.errors import ConfigError
-    from ddmr.threads import use_threads
+    from ddmr.threads import check_threads, use_threads
 
     if args.merge:
         from ddmr.registration.batch import merge
@@ -140,12 +160,13 @@ def run(args: argparse.Namespace) -> int:
     if not args.output:
         raise ConfigError("-o OUT is required (the output folder)")
     engine = engine_settings(args)
-    use_threads(args.threads)
+    threads = check_threads(args.threads)  # (applied once the inputs are checked: torch)
     if args.shard is not None and not args.pairs:
         raise ConfigError("--shard I/N needs --pairs PAIRS.csv")
     if args.pairs:
         if args.fixed or args.moving or args.fixed_seg or args.moving_seg:
             raise ConfigError("--pairs replaces --fixed/--moving/--fixed-seg/--moving-seg")
+        use_threads(threads)
         from ddmr.registration.batch import parse_shard, register_pairs
 
         rows = register_pairs(args.pairs, args.output, args.model, args.device, args.affine,
@@ -172,6 +193,8 @@ def run(args: argparse.Namespace) -> int:
     from ddmr.registration.pipeline import register
 
     check_output_folder(args.output, args.overwrite)
+    _check_inputs(args)
+    use_threads(threads)
     started = process_seconds()  # the interpreter, its start-up and the command's imports
     result = register(args.fixed, args.moving, args.fixed_seg, args.moving_seg,
                       args.model, args.device, args.affine, engine)

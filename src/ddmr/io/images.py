@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ddmr.errors import InputError
+from ddmr.errors import DDMRError, InputError
 from ddmr.io.convert import to_sitk
 from ddmr.io.files import atomic_path, file_extension
 from ddmr.spatial.grid import Geometry, check_geometry
@@ -279,7 +279,7 @@ def _read_raw(path: Path, voxels: bool = True) -> tuple[np.ndarray | None, Geome
             direction = np.asarray(reader.GetDirection()).reshape(dimension, dimension)[:3, :3]
             geometry = Geometry.from_itk(origin, spacing, direction.ravel(), (1, 1, 1))
             affine = geometry.affine
-    except InputError:
+    except DDMRError:  # its own message: the file's problem, or a setting's (the budget)
         raise
     except MemoryError:
         raise InputError(

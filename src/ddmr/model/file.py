@@ -7,8 +7,10 @@ format version 2, the SHA-256 of the card itself (``card_sha256``: every other f
 ``sha256`` included, so a changed input size, design or architecture is refused like
 changed weights). Loading never unpickles anything, checks the card's fields and the
 weights' shapes against its architecture before it builds or allocates anything, and
-refuses a file whose checksums do not match. A copy of the card is written beside it as
-``<name>.json`` for people.
+refuses a file whose checksums do not match or whose weights are NaN or infinite. A
+copy of the card is written beside it as ``<name>.json`` for people. Reading a card
+(:func:`read_card`) imports no torch, so a command can check a model file before it
+loads the heavy modules.
 
 A checksum is not a signature: it catches a file changed by accident or by hand, not
 one rewritten by someone who recomputes it.
@@ -22,13 +24,15 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ddmr.errors import DDMRError, InputError
 from ddmr.model.card import ModelCard
-from ddmr.nn.unet import UNet, UNetConfig
+
+if TYPE_CHECKING:
+    import torch
+
+    from ddmr.nn.unet import UNet, UNetConfig
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +73,8 @@ def file_sha256(path: str | Path) -> str:
 
 def check_finite_weights(state: dict[str, torch.Tensor], path: str | Path) -> None:
     """Raise :class:`InputError` naming ``path`` when a weight is NaN or infinite."""
+    import torch
+
     bad = [name for name, tensor in state.items()
            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
     if bad:
@@ -128,7 +134,7 @@ def read_card(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise InputError(f"{path}: model file not found")
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(str(path), framework="numpy") as f:  # (no torch)
             metadata = f.metadata() or {}
     except Exception as error:  # safetensors raises several types for a corrupt header
         raise InputError(f"{path}: not a readable safetensors model file ({error})") from None
@@ -160,12 +166,43 @@ def _positive_ints(value: Any, count: int | None = None) -> bool:
             and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value))
 
 
+def smallest_input_size(config: UNetConfig, prealigns: bool) -> int:
+    """The fewest voxels per axis a model takes: one voxel at the U-Net's deepest level
+    (each encoder level halves the grid: ``UNet.multiple``) and, for a model with its own
+    affine stage, one block of that stage's coarsest pyramid level."""
+    from ddmr.model.align import AlignSettings
+
+    smallest = 2 ** len(config.encoder)
+    return max(smallest, *AlignSettings().levels) if prealigns else smallest
+
+
+def check_input_size(card: dict[str, Any], config: UNetConfig, path: str | Path) -> None:
+    """Raise :class:`InputError` naming ``path`` and the field for a card's ``input_size``
+    (checked by :func:`check_card`) that its network cannot take: below
+    :func:`smallest_input_size`, or not a multiple of ``UNet.multiple`` without
+    ``pad_input``."""
+    size = card["input_size"]
+    levels = len(config.encoder)
+    multiple = 2 ** levels
+    smallest = smallest_input_size(config, ModelCard(card).prealigns)
+    stage = " and its own affine stage" if smallest > multiple else ""
+    if min(size) < smallest:
+        raise InputError(f"{path}: the card's input_size {size!r} is too small for its "
+                         f"network ({levels} encoder levels, each halving the grid{stage}): "
+                         f"each size must be at least {smallest}")
+    if not config.pad_input and any(n % multiple for n in size):
+        raise InputError(f"{path}: the card's input_size {size!r} is not a multiple of "
+                         f"{multiple} ({levels} encoder levels, each halving the grid) and "
+                         "its architecture has pad_input false")
+
+
 def check_card(card: dict[str, Any], path: str | Path, training: bool = False) -> UNetConfig:
     """Check the fields of a card that change what a model does (architecture, input
     size, design, label values; with ``training``, the training profile that fine-tuning
     goes on with) without building anything; returns the architecture. Raises
     :class:`InputError` naming ``path`` and the field."""
     from ddmr.config import Design
+    from ddmr.nn.unet import UNetConfig
 
     architecture = card.get("architecture")
     if not isinstance(architecture, dict):
@@ -213,13 +250,17 @@ def _header_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     """Tensor name -> shape from the safetensors header (no tensor data is read)."""
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as f:
+    with safe_open(str(path), framework="numpy") as f:
         return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}  # noqa: SIM118
 
 
 def _architecture_shapes(config: UNetConfig, path: Path) -> dict[str, tuple[int, ...]]:
     """Parameter name -> shape of the U-Net ``config`` describes, built on the meta device
     (nothing is allocated, whatever sizes the card claims)."""
+    import torch
+
+    from ddmr.nn.unet import UNet
+
     try:
         with torch.device("meta"):
             network = UNet(config)
@@ -257,13 +298,17 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
                training: bool = False) -> LoadedModel:
     """Load and verify a model file: the card (checksum, fields; the training profile
     too with ``training``), the weights' names and shapes against its architecture (from
-    the header, before anything is built), the weights' checksum, then the network."""
+    the header, before anything is built), the input size against the architecture, the
+    weights' checksum, that they are finite, then the network."""
     from safetensors.torch import load_file
+
+    from ddmr.nn.unet import UNet
 
     path = Path(path)
     card = read_card(path)
     config = check_card(card, path, training)
     check_weights_match_card(path, config)
+    check_input_size(card, config, path)
     try:
         state = load_file(str(path))
     except Exception as error:
@@ -271,6 +316,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
     if weights_checksum(state) != card.get("sha256"):
         raise InputError(f"{path}: checksum mismatch: the weights are not the ones the card "
                          "describes (file modified or corrupt)")
+    check_finite_weights(state, path)
     try:
         network = UNet(config)
         network.load_state_dict(state, strict=True)

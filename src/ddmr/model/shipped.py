@@ -99,11 +99,13 @@ def resolve_model(model: str | os.PathLike[str] | None) -> tuple[str, Path]:
 def load(model: Any = None, device: str = "cpu"):
     """Load ``model`` (a shipped model's name, a model file, a training run folder,
     ``None`` for the default shipped model, or an already loaded
-    :class:`ddmr.model.file.LoadedModel`) on ``device`` (checked to exist)."""
-    from ddmr.model.file import LoadedModel, load_model
+    :class:`ddmr.model.file.LoadedModel`, whose weights must be finite) on ``device``
+    (checked to exist)."""
+    from ddmr.model.file import LoadedModel, check_finite_weights, load_model
 
     check_device(device)
     if isinstance(model, LoadedModel):
+        check_finite_weights(model.network.state_dict(), model.path)
         model.network.to(device).eval()
         return model
     _, path = resolve_model(model)
