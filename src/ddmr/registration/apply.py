@@ -164,8 +164,11 @@ def check_field(field_mm: np.ndarray, geometry: Geometry, path: PathLike) -> Non
 
 def inside(geometry: Geometry, points: np.ndarray) -> np.ndarray:
     """Which world points (n, 3) lie in the grid (within half a voxel of its centres)."""
-    index = geometry.world_to_index(points)
-    return np.all((index >= -0.5) & (index <= np.asarray(geometry.shape) - 0.5), axis=1)
+    return _within(geometry.world_to_index(points), geometry.shape)
+
+
+def _within(index: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    return np.all((index >= -0.5) & (index <= np.asarray(shape) - 0.5), axis=1)
 
 
 def gap(geometry: Geometry, points: np.ndarray) -> float:
@@ -219,11 +222,14 @@ def apply_to_image(transform: SavedTransform, array: np.ndarray, geometry: Geome
                          f"where the registration is defined (they are "
                          f"{gap(field_geometry, points):.4g} mm apart)")
     moved = points + displacement_at(field, field_geometry, points)
-    if not inside(geometry, moved).any():
+    del points
+    index = geometry.world_to_index(moved)
+    if not _within(index, geometry.shape).any():
         raise InputError(f"{image_name}: does not overlap where the transform takes the output "
                          f"grid (they are {gap(geometry, moved):.4g} mm apart; the result would "
                          f"be empty): is it an image in the {sides[1]} image's space?")
-    index = torch.from_numpy(geometry.world_to_index(moved).T.astype(np.float32))
+    del moved
+    index = torch.from_numpy(index.T.astype(np.float32))
     if labels:
         source = torch.from_numpy(np.ascontiguousarray(array, dtype=np.uint8))[None, None]
         values = torch.nonzero(torch.bincount(source.reshape(-1)))[:, 0].tolist()
