@@ -31,8 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "see `ddmr models`)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument("--threads", type=int, metavar="N",
-                        help="threads for torch, scipy and BLAS (default: the cores this "
-                        "process may use, or OMP_NUM_THREADS if smaller)")
+                        help="threads for torch, scipy and BLAS, at most 4 per logical "
+                        "CPU (default: the cores this process may use, or OMP_NUM_THREADS "
+                        "if smaller)")
     parser.add_argument("--affine", nargs="?", const="ants", default="world",
                         choices=("world", "ants", "none"),
                         help="the affine part: world (DDMR's world-space stage, then the "
