@@ -262,3 +262,26 @@ def test_a_signal_during_training_names_the_demo_command_not_a_train_resume(tmp_
     assert lines[0].startswith("ddmr demo: interrupted by SIGTERM")
     assert lines[0].endswith(f"continue with: ddmr demo --quick -o {folder}")
     assert "--resume" not in lines[0] and "(BL-N) " not in lines[0]
+
+
+def test_register_scores_the_shared_labels_apart(tmp_path, capsys):
+    """`ddmr register` of two CTs printed "DSC" averaged over the fixed map's 61 labels,
+    30 of which the 31-label moving map lacks. Now summary.json names the labels scored
+    and shared and gives DSC over the shared ones apart; the printed line says both."""
+    from ddmr.io.images import load_labels, save_labels
+
+    image = ROOT / "images" / "pycortex-s1.nii.gz"
+    labels, geometry = load_labels(ROOT / "labels" / "pycortex-s1.nii.gz")
+    fewer = tmp_path / "fewer.nii.gz"
+    save_labels(fewer, np.where(labels >= 13, 0, labels).astype(np.uint8), geometry)
+    out = tmp_path / "out"
+    main(["register", "--fixed", str(image), "--moving", str(image), "--fixed-seg",
+          str(ROOT / "labels" / "pycortex-s1.nii.gz"), "--moving-seg", str(fewer),
+          "--model", "none", "--fast", "-o", str(out)])
+    metrics = json.loads((out / "summary.json").read_text())["metrics"]
+    assert metrics["labels_scored"] == list(range(1, 17))
+    assert metrics["labels_shared"] == list(range(1, 13))
+    assert metrics["dsc_shared"] == pytest.approx(1.0, abs=0.02)  # the same head
+    assert metrics["dsc"] == pytest.approx(12 / 16 * metrics["dsc_shared"], abs=1e-6)
+    assert (f"over the fixed map's 16 labels, {metrics['dsc_shared']:.3f} over the 12 both "
+            "maps have") in capsys.readouterr().out

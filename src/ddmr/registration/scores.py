@@ -34,16 +34,23 @@ def _label_boxes(*label_maps: np.ndarray) -> dict[int, tuple[slice, ...]]:
 
 
 def label_metrics(fixed_seg: np.ndarray, warped_seg: np.ndarray,
-                  spacing: tuple[float, float, float]) -> dict[str, Any]:
+                  spacing: tuple[float, float, float],
+                  moving_seg: np.ndarray | None = None) -> dict[str, Any]:
     """DSC, HD95 (mm) and centroid TRE (mm) of the warped labels against the fixed labels
-    (:mod:`ddmr.evaluate.metrics`): means over the fixed map's foreground labels, and DSC
-    per label. HD95 is computed on each label's bounding box (same value, less work)."""
+    (:mod:`ddmr.evaluate.metrics`): means over the fixed map's foreground labels
+    (``labels_scored``), and DSC per label; ``dsc_shared``, the mean DSC over the labels
+    that the moving map (``moving_seg``, default the warped map) has too
+    (``labels_shared``). HD95 is computed on each label's bounding box (same value, less
+    work)."""
     from ddmr.evaluate import metrics
 
     values = metrics.foreground_labels(fixed_seg)
     if not values:
-        return {"dsc": None, "hd95": None, "tre": None, "dsc_per_label": {}}
+        return {"dsc": None, "dsc_shared": None, "hd95": None, "tre": None,
+                "dsc_per_label": {}, "labels_scored": [], "labels_shared": []}
     dice = metrics.dice_per_label(fixed_seg, warped_seg, values)
+    shared = metrics.shared_labels(values, warped_seg if moving_seg is None else moving_seg)
+    dsc_shared = metrics.mean_over(dice, values, shared)
     hd95 = []
     boxes = _label_boxes(fixed_seg, warped_seg)
     for value in values:
@@ -54,6 +61,8 @@ def label_metrics(fixed_seg: np.ndarray, warped_seg: np.ndarray,
     with np.errstate(all="ignore"):
         return {
             "dsc": float(np.nanmean(dice)) if np.isfinite(dice).any() else None,
+            "dsc_shared": dsc_shared if math.isfinite(dsc_shared) else None,
+            "labels_scored": values, "labels_shared": shared,
             "hd95": float(np.nanmean(hd95)) if np.isfinite(hd95).any() else None,
             "tre": metrics.centroid_tre(fixed_seg, warped_seg, spacing, values),
             "dsc_per_label": {str(v): float(d) for v, d in zip(values, dice, strict=True)},
