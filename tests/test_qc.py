@@ -13,8 +13,17 @@ import torch
 from ddmr.cli import main
 from ddmr.data.cohort import sample_cohort_dir
 from ddmr.registration.moments import foreground_mask, moments, otsu_threshold
-from ddmr.registration.qc import QCInputs, affine_shape, assess
+from ddmr.registration.qc import (
+    QCInputs,
+    affine_shape,
+    affine_turn_degrees,
+    assess,
+    image_traits,
+    neighbour_correlation,
+)
 from register_helpers import rotation, save_tiny_model
+from wrong_pairs import PAIRS as WRONG_PAIRS
+from wrong_pairs import wrong_pair_files
 
 ROOT = sample_cohort_dir()
 PAIR = {"fixed": ROOT / "images" / "pycortex-s1.nii.gz",
@@ -85,7 +94,9 @@ def test_verdict_passes_a_good_registration_and_names_what_failed():
     assert good.measures["foreground_overlap_after"] == pytest.approx(1.0)
     bad = assess(_inputs(False), field, jacobian, np.diag([0.2, 0.2, 0.2, 1.0]))
     assert not bad.passed
-    assert {c.name for c in bad.failed} == {"foreground_overlap", "affine_scale"}
+    # the images moved apart: no overlap and no similarity left (NCC below the floor)
+    assert {c.name for c in bad.failed} == {"foreground_overlap", "affine_scale",
+                                            "similarity"}
     assert bad.line().startswith("QC FAILED:") and "\n" not in bad.line()
     folded = jacobian.copy()
     folded[:5] = -1.0
@@ -120,8 +131,8 @@ def test_a_non_finite_field_is_a_qc_failure(tmp_path):
     from ddmr.model.file import load_model
 
     loaded = load_model(save_tiny_model(tmp_path / "m.safetensors"))
-    with torch.no_grad():
-        loaded.network.output.bias.fill_(float("nan"))
+    with torch.no_grad():  # finite weights (NaN ones are refused) whose field overflows
+        loaded.network.output.bias.fill_(3e38)
     result = ddmr.register(PAIR["fixed"], PAIR["moving"], model=loaded, engine=False)
     assert not result.qc.passed
     assert "finite" in {check.name for check in result.qc.failed}
@@ -155,3 +166,92 @@ def test_batch_records_each_verdict_and_goes_on(tmp_path, capsys):
     assert rows["apart"]["qc"] == "fail" and "foreground_overlap" in rows["apart"]["qc_failed"]
     assert (out / "apart" / "summary.json").is_file()
     assert "QC failed for 1: apart" in capsys.readouterr().out
+
+
+def test_affine_turn_reads_the_rotation_angle():
+    matrix = np.eye(4)
+    matrix[:3, :3] = rotation((1, 2, 3), 37) @ np.diag([1.2, 1.0, 0.8])
+    assert affine_turn_degrees(matrix) == pytest.approx(37.0, abs=1e-6)
+    matrix[:3, :3] = np.diag([1.0, -1.0, -1.0]) * 1.1  # half a turn about the x axis
+    assert affine_turn_degrees(matrix) == pytest.approx(180.0, abs=1e-6)
+
+
+def test_neighbour_correlation_is_that_of_neighbour_pairs_and_tells_noise_from_a_scan():
+    from scipy import ndimage
+
+    noise = np.random.default_rng(0).random((30, 31, 32))
+    smooth = ndimage.gaussian_filter(noise, 2.0)
+    mask = np.ones(smooth.shape, dtype=bool)
+    reference = np.mean([np.corrcoef(np.take(smooth, range(n - 1), axis).ravel(),
+                                     np.take(smooth, range(1, n), axis).ravel())[0, 1]
+                         for axis, n in enumerate(smooth.shape)])
+    assert neighbour_correlation(smooth, mask) == pytest.approx(reference, abs=1e-9)
+    assert abs(neighbour_correlation(noise, mask)) < 0.05
+    brain = nib_values(PAIR["fixed"])
+    assert neighbour_correlation(brain, foreground_mask(brain)) > 0.7
+
+
+def nib_values(path) -> np.ndarray:
+    import nibabel as nib
+
+    return np.asarray(nib.load(path).dataobj, dtype=np.float32)
+
+
+def test_a_ct_in_hounsfield_units_is_told_from_an_mr():
+    from ddmr.data.cohort import sample_ct_dir
+
+    for path in sorted((sample_ct_dir() / "images").glob("*.nii.gz")):
+        values = nib_values(path)
+        assert image_traits(values, foreground_mask(values)).hounsfield, path.name
+    for path in sorted((ROOT / "images").glob("*.nii.gz")):
+        values = nib_values(path)
+        assert not image_traits(values, foreground_mask(values)).hounsfield, path.name
+
+
+def test_ncc_of_intensities_near_float32_s_limit_is_finite_and_scale_free():
+    """Intensities x 1e36 gave ``NCC nan -> nan`` and overflow warnings (issue 33, item
+    29): NCC does not change with the scale."""
+    field = np.zeros((3, 20, 20, 20), dtype=np.float32)
+    jacobian = np.ones((20, 20, 20), dtype=np.float32)
+    inputs = _inputs(False)
+    scaled = QCInputs(*(v * np.float32(3e36) if v.dtype.kind == "f" else v
+                        for v in (inputs.fixed, inputs.fixed_mask, inputs.moving_before,
+                                  inputs.mask_before, inputs.moving_after,
+                                  inputs.mask_after)))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        big = assess(scaled, field, jacobian, np.eye(4)).measures
+    small = assess(inputs, field, jacobian, np.eye(4)).measures
+    for name in ("ncc_before", "ncc_after"):
+        assert big[name] == pytest.approx(small[name], abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def wrong_files(tmp_path_factory):
+    return wrong_pair_files(tmp_path_factory.mktemp("wrong"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["none", None])
+@pytest.mark.parametrize("name,fixed,moving,valid",
+                         [p for p in WRONG_PAIRS if p[0] not in ("ct->brain", "brain->ct")])
+def test_pairs_that_do_not_correspond_fail_qc_and_a_mirror_image_passes(
+        wrong_files, model, name, fixed, moving, valid):
+    """A CT crop against a brain and back, noise against a brain, a half brain squeezed
+    onto a whole one, halves turned onto each other: QC FAILED, with no model and with
+    the default one (issue 33). The brain against its own mirror image passes."""
+    import ddmr
+
+    result = ddmr.register(wrong_files[fixed], wrong_files[moving], model=model)
+    assert result.qc.passed == valid, result.qc.line()
+
+
+@pytest.mark.slow
+def test_a_ct_crop_against_a_brain_exits_3_on_the_command_line(wrong_files, tmp_path, capsys):
+    argv = ["register", "--fixed", str(wrong_files["brain"]), "--moving",
+            str(wrong_files["ct-crop"]), "-o", str(tmp_path / "out")]
+    assert main(argv) == 3
+    failure = [line for line in capsys.readouterr().err.splitlines() if "QC FAILED" in line]
+    assert len(failure) == 1 and "Hounsfield" in failure[0]

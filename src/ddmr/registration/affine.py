@@ -1,10 +1,11 @@
 """The world-space affine stage: each image in its own world, no header agreement needed.
 
-1. **Start** (:mod:`ddmr.registration.moments`): the foreground centres are matched and
-   the isotropic scale of the two foreground volumes applied; the linear part is either
-   the headers' own orientation or one of the four rotations between the principal axes.
+1. **Starts**: the headers as they are (the identity map), then, from the moments
+   (:mod:`ddmr.registration.moments`), the foreground centres matched with the isotropic
+   scale of the two foreground volumes and a linear part that is either the headers' own
+   orientation or one of the four rotations between the principal axes.
 2. **Candidates**: each start is optimised briefly on the coarsest level; the best by
-   similarity goes on (the headers' orientation unless another beats it clearly).
+   similarity goes on (the first in that order unless a later one beats it clearly).
 3. **Pyramid**: the point map ``P(p) = c_m + t + A (p - c_f)`` (fixed world -> moving
    world, RAS mm; ``c`` the foreground centres) is optimised with Adam on the global
    NCC between the fixed image and the moving image sampled at ``P(p)``, coarse to fine.
@@ -38,8 +39,10 @@ from ddmr.registration.moments import (
 from ddmr.spatial.grid import Geometry
 from ddmr.spatial.resample import resample_to
 
-#: A candidate start other than the headers' orientation must beat it by this much NCC.
+#: A candidate start must beat every start preferred to it by this much NCC.
 CANDIDATE_MARGIN = 0.02
+#: The name of the start that trusts the headers as they are (the identity point map).
+HEADERS_AS_THEY_ARE = "headers as they are"
 
 
 @dataclass(frozen=True)
@@ -189,23 +192,26 @@ def world_affine(fixed: np.ndarray, fixed_geometry: Geometry, moving: np.ndarray
         with torch.inference_mode(False), torch.enable_grad():
             problems = [_Problem(fixed_level, moving_level, c_f)
                         for fixed_level, moving_level in levels]
-            starts = candidate_linear_maps(fixed_moments, moving_moments)
+            # (name, linear part, translation): the headers as they are (the identity
+            # map), then the starts from the moments, in order of preference
+            starts = [(HEADERS_AS_THEY_ARE, np.eye(3), c_f - c_m)]
+            starts += [(name, linear, np.zeros(3)) for name, linear
+                       in candidate_linear_maps(fixed_moments, moving_moments)]
             if not settings.rotations:
-                starts = starts[:1]
+                starts = starts[:2]
             candidates: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
-            for name, linear in starts:
-                candidates[name] = _optimise(problems[0], c_m, linear, np.zeros(3),
+            for name, linear, translation in starts:
+                candidates[name] = _optimise(problems[0], c_m, linear, translation,
                                              settings.candidate_iterations, settings)
-            header = starts[0][0]
-            chosen = max(candidates, key=lambda k: candidates[k][2])
-            if candidates[chosen][2] < candidates[header][2] + CANDIDATE_MARGIN:
-                chosen = header
-            start_linear = dict(starts)[chosen]
+            best = max(score for _, _, score in candidates.values())
+            chosen = next(name for name, _, _ in starts
+                          if candidates[name][2] >= best - CANDIDATE_MARGIN)
+            _, start_linear, start_translation = next(s for s in starts if s[0] == chosen)
             finest = problems[-1]
-            zero = torch.zeros(3)
             with torch.no_grad():
                 start_score = float(finest.similarity(
-                    torch.from_numpy(c_m.astype(np.float32)), zero,
+                    torch.from_numpy(c_m.astype(np.float32)),
+                    torch.from_numpy(start_translation.astype(np.float32)),
                     torch.from_numpy(start_linear.astype(np.float32))))
             translation, linear, _ = candidates[chosen]
             score = -math.inf
@@ -216,6 +222,6 @@ def world_affine(fixed: np.ndarray, fixed_geometry: Geometry, moving: np.ndarray
         torch.set_num_threads(threads)
     kept_start = not score >= start_score
     if kept_start:
-        translation, linear, score = np.zeros(3), start_linear, start_score
+        translation, linear, score = start_translation, start_linear, start_score
     return AffineResult(point_map(c_f, c_m + translation, linear), chosen, start_score,
                         score, {k: v[2] for k, v in candidates.items()}, kept_start)

@@ -35,7 +35,7 @@ from ddmr.errors import ConfigError
 from ddmr.registration.inputs import ImageInput, Volume, read_pair_side
 from ddmr.registration.qc import QCLimits
 from ddmr.registration.result import RegistrationResult
-from ddmr.registration.settings import EngineSettings
+from ddmr.registration.settings import SAME_KIND_SIMILARITIES, EngineSettings
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +94,8 @@ def _warn_about_labels(fixed: Volume, moving: Volume) -> None:
 def _check_model_input(card, volumes: tuple[Volume, Volume],
                        masks: tuple[np.ndarray, np.ndarray]) -> list[str]:
     """One warning line per image that does not look like what the model was trained on
-    (a whole head given to a skull-stripped model); the lines, for ``summary.json``."""
+    (a foreground too large for a skull-stripped brain: a whole head, or another body
+    part); the lines, for ``summary.json``."""
     from ddmr.registration.moments import looks_like_whole_head
 
     lines = []
@@ -102,9 +103,9 @@ def _check_model_input(card, volumes: tuple[Volume, Volume],
         for volume, mask, side in zip(volumes, masks, ("fixed", "moving"), strict=True):
             whole, millilitres = looks_like_whole_head(mask, volume.geometry)
             if whole:
-                lines.append(f"{volume.name}: the {side} image looks like a whole head "
-                             f"(foreground {millilitres:.0f} mL; a skull-stripped brain is "
-                             "1100-1900 mL) but the model was trained on skull-stripped "
+                lines.append(f"{volume.name}: the {side} image is not a skull-stripped "
+                             f"brain (foreground {millilitres:.0f} mL; a skull-stripped brain "
+                             "is 1100-1900 mL) but the model was trained on skull-stripped "
                              "brains: skull-strip it, or use --model none (the engine "
                              "starts from the affine part wherever the network is worse)")
     for line in lines:
@@ -281,10 +282,12 @@ def register(fixed: ImageInput, moving: ImageInput, fixed_seg: ImageInput | None
         metrics: dict[str, Any] = field_metrics(jacobian, native.displacement_mm)
         if fixed_volume.labels is not None and native.warped_labels is not None:
             metrics.update(label_metrics(fixed_volume.labels, native.warped_labels,
-                                         fixed_volume.geometry.spacing))
+                                         fixed_volume.geometry.spacing, moving_volume.labels))
     with timer("qc"):
-        verdict = assess_registration(fixed_volume, moving_volume, masks, native, jacobian,
-                                      alignment.point_map, qc_limits, inverse.error_mean)
+        verdict = assess_registration(
+            fixed_volume, moving_volume, masks, native, jacobian, alignment.point_map,
+            qc_limits, inverse.error_mean,
+            same_kind=settings is None or settings.similarity in SAME_KIND_SIMILARITIES)
 
     from ddmr import __version__
     from ddmr.registration.result import RUNTIME_PARTS

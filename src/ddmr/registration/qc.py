@@ -10,9 +10,14 @@ voxels), in world space:
   inside the fixed foreground (grown by :data:`REGION_MARGIN` voxels);
 * the field: finite everywhere, folding (% of voxels with det J <= 0), the range of the
   Jacobian determinant (0.1 and 99.9 percentiles);
-* the affine part: its scales (singular values of the linear part) and shear.
+* the affine part: its scales (singular values of the linear part), their ratio
+  (anisotropy), shear, and its turn against the headers (the angle of its rotation);
+* the images themselves: each has spatial structure (neighbouring voxels correlate, as
+  in any scan and unlike noise), and both are of one kind for a similarity that compares
+  intensities directly (NCC, LNCC): both CTs in Hounsfield units or neither.
 
-Each check has a limit (:class:`QCLimits`); a registration passes when all hold.
+Each check has a limit (:class:`QCLimits`, calibrated on every pair the benchmarks hold:
+``benchmarks/bench_qc.py``); a registration passes when all hold.
 """
 
 from __future__ import annotations
@@ -37,15 +42,22 @@ class QCLimits:
     lower NCC after may be than before; max_folding_percent; jacobian_range: allowed
     (0.1 percentile, 99.9 percentile) of det J; scale_range: allowed affine scales;
     max_shear: allowed affine shear (off-diagonal of the stretch, relative);
-    max_inverse_error: mean ``|phi(phi^-1(q)) - q|`` (moving voxels) of the inverse."""
+    max_inverse_error: mean ``|phi(phi^-1(q)) - q|`` (moving voxels) of the inverse;
+    min_similarity: NCC after registration, whatever it was before; max_anisotropy:
+    largest over smallest affine scale; max_turn_degrees: the affine part's rotation;
+    min_structure: neighbour correlation of each image (:func:`neighbour_correlation`)."""
 
     min_overlap: float = 0.5
     max_similarity_drop: float = 0.02
+    min_similarity: float = 0.5
     max_folding_percent: float = 1.0
     jacobian_range: tuple[float, float] = (0.02, 50.0)
     scale_range: tuple[float, float] = (0.5, 2.0)
     max_shear: float = 0.3
+    max_anisotropy: float = 1.4
+    max_turn_degrees: float = 60.0
     max_inverse_error: float = 0.5
+    min_structure: float = 0.3
 
 
 @dataclass(frozen=True)
@@ -90,9 +102,18 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2.0 * float(np.logical_and(a, b).sum()) / total if total else 0.0
 
 
+def _unit(values: np.ndarray) -> np.ndarray:
+    """``values`` as float64 divided by their largest magnitude (sums of squares of
+    intensities near float32's limit stay finite)."""
+    values = values.astype(np.float64)
+    largest = float(np.abs(values).max()) if values.size else 0.0
+    return values / largest if largest > 0 else values
+
+
 def _ncc(a: np.ndarray, b: np.ndarray) -> float:
-    a = a.astype(np.float64) - a.mean()
-    b = b.astype(np.float64) - b.mean()
+    a, b = _unit(a), _unit(b)
+    a = a - a.mean()
+    b = b - b.mean()
     denominator = math.sqrt(float((a * a).sum()) * float((b * b).sum()))
     return float((a * b).sum()) / denominator if denominator > 0 else 0.0
 
@@ -107,6 +128,64 @@ def affine_shape(point_map: np.ndarray) -> tuple[np.ndarray, float]:
     diagonal = np.sqrt(np.abs(np.outer(np.diag(stretch), np.diag(stretch))))
     off = np.abs(stretch - np.diag(np.diag(stretch))) / np.maximum(diagonal, 1e-12)
     return sigma, float(off.max())
+
+
+def affine_turn_degrees(point_map: np.ndarray) -> float:
+    """The angle (degrees) of the rotation ``R`` of the linear part ``A = R S`` (polar
+    decomposition) of a (4, 4) point map: how far it turns the moving image against the
+    orientation its header gives it."""
+    u, _, vt = np.linalg.svd(np.asarray(point_map, dtype=np.float64)[:3, :3])
+    rotation = u @ vt
+    cosine = (np.trace(rotation) - 1.0) / 2.0
+    return math.degrees(math.acos(min(1.0, max(-1.0, cosine))))
+
+
+#: Values at or below this (HU) are air in a CT; no MR magnitude image has them.
+HOUNSFIELD_AIR = -500.0
+#: An image with at least this fraction of its voxels at or below :data:`HOUNSFIELD_AIR`
+#: is a CT in Hounsfield units (a brain-sized crop of an abdomen: 0.3 % of bowel gas).
+HOUNSFIELD_AIR_FRACTION = 0.001
+
+
+@dataclass(frozen=True)
+class Traits:
+    """What QC reads off one image on its own. structure: :func:`neighbour_correlation`
+    (about 0.7-1 for scans, 0 for noise); hounsfield: its values are a CT's in Hounsfield
+    units (air at -1000)."""
+
+    structure: float
+    hounsfield: bool
+
+
+def neighbour_correlation(array: np.ndarray, mask: np.ndarray) -> float:
+    """Mean over the three axes of the correlation between a voxel and its next neighbour
+    along the axis, over neighbour pairs that touch the foreground ``mask`` (I, J, K)
+    (a regular subsample of at most about :data:`QC_POINTS` pairs per axis): near 1 for
+    anatomy, near 0 for noise."""
+    if not mask.any():
+        mask = np.ones(array.shape, dtype=bool)
+    index = np.argwhere(mask)
+    box = tuple(slice(int(a), int(b) + 1) for a, b in zip(index.min(0), index.max(0),
+                                                           strict=True))
+    values, inside = array[box], mask[box]
+    correlations = []
+    for axis in range(3):
+        along = np.moveaxis(values, axis, 0)
+        kept = np.moveaxis(inside, axis, 0)
+        step = max(1, math.ceil((along.size / QC_POINTS) ** 0.5))
+        along, kept = along[:, ::step, ::step], kept[:, ::step, ::step]
+        pairs = kept[:-1] | kept[1:]
+        if along.shape[0] < 2 or pairs.sum() < 2:
+            continue
+        correlations.append(_ncc(along[:-1][pairs], along[1:][pairs]))
+    return float(np.mean(correlations)) if correlations else 1.0
+
+
+def image_traits(array: np.ndarray, mask: np.ndarray) -> Traits:
+    """The :class:`Traits` of an image (I, J, K) with foreground ``mask``."""
+    step = subsample(array.shape)
+    air = float(np.mean(array[step] <= HOUNSFIELD_AIR))
+    return Traits(neighbour_correlation(array, mask), air >= HOUNSFIELD_AIR_FRACTION)
 
 
 def subsample(shape: tuple[int, int, int]) -> tuple[slice, slice, slice]:
@@ -129,13 +208,66 @@ class QCInputs:
     mask_after: np.ndarray
 
 
+def _image_checks(traits: tuple[Traits, Traits], same_kind: bool, limits: QCLimits
+                  ) -> tuple[list[Check], dict[str, Any]]:
+    """The checks of the two images themselves: structure, and one kind of image where
+    the similarity compares intensities directly (``same_kind``)."""
+    fixed, moving = traits
+    measures = {"structure_fixed": fixed.structure, "structure_moving": moving.structure,
+                "hounsfield_fixed": fixed.hounsfield, "hounsfield_moving": moving.hounsfield}
+    flat = [side for side, t in zip(("fixed", "moving"), traits, strict=True)
+            if not t.structure >= limits.min_structure]
+    checks = [Check("structure", not flat,
+                    f"structure {fixed.structure:.2f}/{moving.structure:.2f}"
+                    + ("" if not flat else f" (the {' and '.join(flat)} image has no spatial "
+                       f"structure, below {limits.min_structure:g}: noise, not a scan)"))]
+    if same_kind:
+        ok = fixed.hounsfield == moving.hounsfield
+        ct = "fixed" if fixed.hounsfield else "moving"
+        checks.append(Check("image_kind", ok, "one kind of image" if ok else
+                            f"the {ct} image is a CT in Hounsfield units and the other is not "
+                            "(NCC compares images of one kind: use --model none "
+                            "--similarity mi or mind for CT against MR)"))
+    return checks, measures
+
+
+def _affine_checks(point_map: np.ndarray | None, limits: QCLimits
+                   ) -> tuple[list[Check], dict[str, Any]]:
+    """Scale, anisotropy, shear and turn of the affine part."""
+    point_map = np.eye(4) if point_map is None else point_map
+    scales, shear = affine_shape(point_map)
+    anisotropy = float(scales.max() / max(scales.min(), 1e-12))
+    turn = affine_turn_degrees(point_map)
+    measures = {"affine_scales": scales.tolist(), "affine_shear": shear,
+                "affine_anisotropy": anisotropy, "affine_turn_degrees": turn}
+    lo, hi = limits.scale_range
+    ok = bool(lo <= scales.min() and scales.max() <= hi)
+    checks = [Check("affine_scale", ok, f"affine scale {scales.min():.2f}..{scales.max():.2f}"
+                    + ("" if ok else f" (outside {lo:g}..{hi:g})"))]
+    ok = anisotropy <= limits.max_anisotropy
+    checks.append(Check("affine_anisotropy", ok, f"anisotropy {anisotropy:.2f}"
+                        + ("" if ok else f" (over {limits.max_anisotropy:g}: squeezed along "
+                                         "one axis)")))
+    ok = shear <= limits.max_shear
+    checks.append(Check("affine_shear", ok, f"shear {shear:.2f}"
+                        + ("" if ok else f" (over {limits.max_shear:g})")))
+    ok = turn <= limits.max_turn_degrees
+    checks.append(Check("affine_turn", ok, f"turn {turn:.0f} deg"
+                        + ("" if ok else f" (over {limits.max_turn_degrees:g} deg against the "
+                                         "headers: not the same anatomy, or a header's "
+                                         "orientation is wrong)")))
+    return checks, measures
+
+
 def assess(inputs: QCInputs, displacement_mm: np.ndarray, jacobian: np.ndarray,
            point_map: np.ndarray | None, limits: QCLimits | None = None,
-           inverse_error: float | None = None) -> Verdict:
+           inverse_error: float | None = None,
+           traits: tuple[Traits, Traits] | None = None, same_kind: bool = True) -> Verdict:
     """The :class:`Verdict` of a registration: ``displacement_mm`` (3, I, J, K) and
     ``jacobian`` (I, J, K) on the whole fixed grid, ``point_map`` (4, 4) its affine part
     (None: identity), ``inverse_error`` the mean error of its inverse in moving voxels
-    (None: no inverse checked)."""
+    (None: no inverse checked), ``traits`` the two images' :class:`Traits` (None: not
+    checked), ``same_kind``: the similarity needs images of one kind (NCC, LNCC)."""
     from scipy import ndimage
 
     limits = limits or QCLimits()
@@ -158,9 +290,13 @@ def assess(inputs: QCInputs, displacement_mm: np.ndarray, jacobian: np.ndarray,
                         f"foreground overlap {overlap_before:.2f} -> {overlap_after:.2f}"
                         + ("" if ok else f" (below {limits.min_overlap:g}: the images were "
                                          "not brought together)")))
-    ok = finite and ncc_after >= ncc_before - limits.max_similarity_drop
-    checks.append(Check("similarity", ok, f"NCC {ncc_before:.2f} -> {ncc_after:.2f}"
-                        + ("" if ok else " (lower after registration than before)")))
+    dropped = not ncc_after >= ncc_before - limits.max_similarity_drop
+    low = not ncc_after >= limits.min_similarity
+    checks.append(Check("similarity", finite and not (dropped or low),
+                        f"NCC {ncc_before:.2f} -> {ncc_after:.2f}"
+                        + (" (lower after registration than before)" if dropped else
+                           f" (below {limits.min_similarity:g}: the images do not match)"
+                           if low else "")))
     if finite:
         folding = float(100.0 * np.mean(jacobian <= 0))
         low, high = (float(v) for v in np.percentile(jacobian, [0.1, 99.9]))
@@ -175,21 +311,19 @@ def assess(inputs: QCInputs, displacement_mm: np.ndarray, jacobian: np.ndarray,
     checks.append(Check("jacobian", ok, f"det J {low:.2f}..{high:.2f} (0.1-99.9th percentile)"
                         + ("" if ok else f" (outside {lo:g}..{hi:g}: extreme local volume "
                                          "change)")))
-    scales, shear = affine_shape(np.eye(4) if point_map is None else point_map)
-    measures.update(affine_scales=scales.tolist(), affine_shear=shear)
-    lo, hi = limits.scale_range
-    ok = bool(lo <= scales.min() and scales.max() <= hi)
-    checks.append(Check("affine_scale", ok, f"affine scale {scales.min():.2f}..{scales.max():.2f}"
-                        + ("" if ok else f" (outside {lo:g}..{hi:g})")))
-    ok = shear <= limits.max_shear
-    checks.append(Check("affine_shear", ok, f"shear {shear:.2f}"
-                        + ("" if ok else f" (over {limits.max_shear:g})")))
+    more, values = _affine_checks(point_map, limits)
+    checks += more
+    measures.update(values)
     if inverse_error is not None:
         measures["inverse_error_voxels"] = inverse_error
         ok = bool(inverse_error <= limits.max_inverse_error)
         checks.append(Check("inverse", ok, f"inverse error {inverse_error:.3f} voxel"
                             + ("" if ok else f" (over {limits.max_inverse_error:g}: "
                                              "inverse_displacement.nii.gz is inexact)")))
+    if traits is not None:
+        more, values = _image_checks(traits, same_kind, limits)
+        checks += more
+        measures.update(values)
     return Verdict(checks, measures)
 
 
@@ -215,10 +349,12 @@ def sample_points(array: np.ndarray, geometry: Geometry, points: np.ndarray,
 def assess_registration(fixed, moving, masks: tuple[np.ndarray, np.ndarray], native,
                         jacobian: np.ndarray, point_map: np.ndarray | None,
                         limits: QCLimits | None = None,
-                        inverse_error: float | None = None) -> Verdict:
+                        inverse_error: float | None = None, same_kind: bool = True
+                        ) -> Verdict:
     """The :class:`Verdict` of a registration of ``moving`` to ``fixed``
     (:class:`ddmr.registration.inputs.Volume`) with foregrounds ``masks``: its
-    :class:`ddmr.registration.native.NativeResult` and Jacobian on the fixed grid."""
+    :class:`ddmr.registration.native.NativeResult` and Jacobian on the fixed grid;
+    ``same_kind``: the similarity needs images of one kind (see :func:`assess`)."""
     where = subsample(fixed.geometry.shape)
     index = np.stack(np.meshgrid(*[np.arange(n)[s] for n, s in
                                    zip(fixed.geometry.shape, where, strict=True)],
@@ -226,11 +362,13 @@ def assess_registration(fixed, moving, masks: tuple[np.ndarray, np.ndarray], nat
     shape = index.shape[:3]
     points = fixed.geometry.index_to_world(index.reshape(-1, 3))
     moved = points + native.displacement_mm[(slice(None), *where)].reshape(3, -1).T
-    moved = np.where(np.isfinite(moved), moved, 1e9)
+    moved = np.where(np.abs(moved) < 1e9, moved, 1e9)  # far outside, NaN and Inf alike
     inputs = QCInputs(
         fixed.array[where], masks[0][where],
         sample_points(moving.array, moving.geometry, points).reshape(shape),
         sample_points(masks[1], moving.geometry, points, nearest=True).reshape(shape),
         native.warped[where],
         sample_points(masks[1], moving.geometry, moved, nearest=True).reshape(shape))
-    return assess(inputs, native.displacement_mm, jacobian, point_map, limits, inverse_error)
+    traits = (image_traits(fixed.array, masks[0]), image_traits(moving.array, masks[1]))
+    return assess(inputs, native.displacement_mm, jacobian, point_map, limits, inverse_error,
+                  traits, same_kind)

@@ -11,6 +11,8 @@ from ddmr.errors import ConfigError
 
 #: Similarities of the engine (:mod:`ddmr.registration.similarity`).
 SIMILARITY_NAMES = ("lncc", "mi", "mind")
+#: Those that compare intensities directly, so need two images of one kind (QC checks it).
+SAME_KIND_SIMILARITIES = ("lncc",)
 
 #: Update modes of :class:`EngineSettings`.
 MODES = ("compositive", "additive", "svf")
