@@ -95,7 +95,7 @@ class LoadedModel:
 def save_model(path: str | Path, network: UNet, card: dict[str, Any]) -> Path:
     """Write ``network`` and ``card`` to ``path`` (.safetensors) atomically, plus a JSON copy.
     Refuses a network with NaN or Inf weights and a name without ``.safetensors``."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from ddmr.io.files import atomic_path, write_errors
 
@@ -118,10 +118,12 @@ def save_model(path: str | Path, network: UNet, card: dict[str, Any]) -> Path:
     full_card[CARD_CHECKSUM] = card_checksum(full_card)
     with write_errors(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as temporary:
-        save_file(state, str(temporary), metadata={"ddmr_card": json.dumps(full_card)})
-    with atomic_path(path.with_suffix(".json")) as temporary:
-        temporary.write_text(json.dumps(full_card, indent=2) + "\n")
+    # both files are written before either is renamed into place, and through Python's
+    # own writes (safetensors' writer raises its own error type for a full disk): a write
+    # that fails leaves neither, one line naming the model file
+    with atomic_path(path) as temporary, atomic_path(path.with_suffix(".json")) as copy:
+        temporary.write_bytes(save(state, metadata={"ddmr_card": json.dumps(full_card)}))
+        copy.write_text(json.dumps(full_card, indent=2) + "\n")
     return path
 
 

@@ -1,9 +1,10 @@
-"""Lightning callbacks and plugins: atomic checkpoints, periodic 'last' checkpoints for
-``--resume``, stopping cleanly on SIGINT/SIGTERM, and the encoder-freezing schedule of
-two-step fine-tuning."""
+"""Lightning callbacks and plugins: atomic checkpoints, the best checkpoint by validation
+loss, periodic 'last' checkpoints for ``--resume``, stopping cleanly on SIGINT/SIGTERM,
+and the encoder-freezing schedule of two-step fine-tuning."""
 
 from __future__ import annotations
 
+import io
 import signal
 import threading
 from collections.abc import Sequence
@@ -12,6 +13,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from ddmr.io.files import atomic_path, write_errors
@@ -26,10 +28,52 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path,
                         storage_options: Any | None = None) -> None:
         path = Path(path)
+        # serialised in memory first: torch's zip writer reports a failed write to a file
+        # as "unexpected pos N vs M", without the system's reason (a full disk)
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
         with write_errors(path):
             path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as temporary, open(temporary, "wb") as handle:
-            torch.save(checkpoint, handle)
+        with atomic_path(path) as temporary:
+            temporary.write_bytes(buffer.getbuffer())
+
+
+class BestCheckpoint(ModelCheckpoint):
+    """Keeps ``dirpath/best.ckpt``, the checkpoint of the lowest validation loss.
+
+    When a run resumes, the best loss so far is the one ``best.ckpt`` of this folder
+    stores about itself (:func:`ddmr.train.resume.best_checkpoint`), not Lightning's record
+    in the resumed checkpoint: that record names the folder the run was in, so a copied
+    or moved run forgot its best (the next validation, however worse, replaced
+    ``best.ckpt``, or the old folder's file was exported), and it is saved before the
+    validation of its step, so it can be older than ``best.ckpt``.
+    """
+
+    def __init__(self, dirpath: str | Path) -> None:
+        super().__init__(dirpath=dirpath, filename="best", monitor="val_loss", mode="min",
+                         save_top_k=1, enable_version_counter=False)
+
+    @property
+    def state_key(self) -> str:
+        """ModelCheckpoint's key, as in the checkpoints of runs started before this class
+        (Lightning warns about a record that no callback takes)."""
+        return "ModelCheckpoint" + super().state_key.removeprefix(type(self).__qualname__)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Lightning's record is not used (see :meth:`on_fit_start`)."""
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The best so far: ``best.ckpt`` of this folder and the loss it stores (none in a
+        new run)."""
+        from ddmr.train.resume import best_checkpoint
+
+        super().on_fit_start(trainer, pl_module)
+        found = best_checkpoint(Path(self.dirpath))
+        path, score = (str(found[0]), torch.tensor(found[1])) if found else ("", None)
+        self.best_model_path = self.kth_best_model_path = path
+        self.best_model_score = self.current_score = score
+        self.best_k_models = {path: score} if found else {}
+        self.kth_value = score if found else torch.tensor(float("inf"))
 
 
 class LastCheckpoint(L.Callback):

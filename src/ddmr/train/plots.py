@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from ddmr.io.files import write_errors
+
 
 def read_metrics(rundir: str | Path) -> pd.DataFrame:
     """All ``logs/*/metrics.csv`` of a run (one per resumed segment), ordered by step."""
@@ -58,7 +60,8 @@ def plot_training(rundir: str | Path) -> list[Path]:
     if frame.empty:
         return []
     out = rundir / "plots"
-    out.mkdir(exist_ok=True)
+    with write_errors(out):
+        out.mkdir(exist_ok=True)
     terms = [c for c in frame.columns if c.startswith("train/") and c != "train/loss"]
     weights = [c for c in frame.columns if c.startswith("weight/")]
     validation = [c for c in frame.columns if c.startswith("val/")]

@@ -3,12 +3,16 @@
 A new run needs an empty or absent folder; ``--resume`` needs ``checkpoints/last.ckpt``
 and the settings the run was started with (``run.json`` and the checkpoint's own
 design and profile): only :data:`RESUME_MAY_CHANGE` may differ, every other difference
-is refused before anything is written, naming the fields.
+is refused before anything is written, naming the fields. One trainer at a time holds
+a run folder (:func:`run_lock`); a resumed run's best validation loss is read from its
+``best.ckpt`` (:func:`best_checkpoint`), so a copied or moved run keeps it.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +33,26 @@ def is_secondary_process() -> bool:
 
     return any(int(os.environ.get(key, "0") or 0) > 0
                for key in ("LOCAL_RANK", "NODE_RANK", "RANK"))
+
+
+@contextmanager
+def run_lock(rundir: Path) -> Iterator[None]:
+    """Hold the run folder's exclusive lock for a whole training (:func:`ddmr.io.files.
+    output_lock`: a ``.RUN.lock`` file beside it, held with ``flock``): a second trainer
+    (``train``, ``finetune``, ``--resume``, ``demo``) of the same folder, under any of its
+    names, is refused in one line before it writes anything. The processes that a DDP
+    launcher starts beside the first one run under its lock."""
+    if is_secondary_process():
+        yield
+        return
+    from ddmr.io.files import check_output_folder, output_lock, write_errors
+
+    rundir = Path(rundir).resolve()
+    check_output_folder(rundir, overwrite=True)  # a file in the way, a read-only place
+    with write_errors(rundir):
+        rundir.parent.mkdir(parents=True, exist_ok=True)
+    with output_lock(rundir):
+        yield
 
 
 def check_rundir(options: RunOptions) -> tuple[Path | None, dict[str, Any] | None]:
@@ -71,6 +95,27 @@ def _check_checkpoint(path: Path) -> dict[str, Any]:
             or not isinstance(checkpoint.get("hyper_parameters"), dict):
         raise InputError(f"{path}: not a ddmr training checkpoint")
     return checkpoint
+
+
+def stored_best_score(checkpoint: dict[str, Any]) -> float | None:
+    """The best validation loss that a Lightning checkpoint records (its ModelCheckpoint
+    state); in ``best.ckpt``, its own loss. None when it records none."""
+    scores = (c.get("best_model_score") for c in (checkpoint.get("callbacks") or {}).values()
+              if isinstance(c, dict))
+    score = next((s for s in scores if s is not None), None)
+    return float(score) if score is not None else None
+
+
+def best_checkpoint(ckpt_dir: Path) -> tuple[Path, float] | None:
+    """``ckpt_dir/best.ckpt`` and the validation loss it stores about itself, wherever the
+    run folder was made (paths inside checkpoints are not used); None when there is no
+    such file or it records no loss. A file that does not load is refused
+    (:class:`InputError`)."""
+    path = ckpt_dir / "best.ckpt"
+    if not path.is_file():
+        return None
+    score = stored_best_score(_check_checkpoint(path))
+    return (path, score) if score is not None else None
 
 
 #: profile fields that a resumed run may change (how long, how often it checkpoints and

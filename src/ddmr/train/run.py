@@ -29,6 +29,8 @@ from ddmr.train.resume import (
     check_rundir,
     data_fingerprint,
     is_secondary_process,
+    run_lock,
+    stored_best_score,
     write_run_file,
 )
 
@@ -160,26 +162,12 @@ def fit(design: Design, profile: TrainingProfile, data: str | Path, options: Run
         extra_callbacks: Sequence[Any] = ()) -> Path | None:
     """Train ``design`` on prepared ``data``; returns the exported model file (rank 0).
 
-    ``extra_callbacks`` are Lightning callbacks added to the run (for instrumentation).
+    The data is checked first; then the run folder is locked (:func:`run_lock`) for the
+    whole training. ``extra_callbacks`` are Lightning callbacks added to the run (for
+    instrumentation).
     """
-    import lightning as L
-    import torch
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
-
     from ddmr.augment.files import check_tps_memory
-    from ddmr.data.datamodule import PreparedDataModule
-    from ddmr.errors import DivergenceError, Interrupted
-    from ddmr.train.callbacks import (
-        AtomicCheckpointIO,
-        FreezeSchedule,
-        LastCheckpoint,
-        StopOnSignal,
-    )
-    from ddmr.train.module import RegistrationModule
-    from ddmr.train.plots import plot_training
 
-    _quiet_lightning()
     summary = data_summary(data)
     if design.needs_segmentations and len(summary["label_values"]) < 2:
         raise InputError(f"{data}: design {design.name} is segmentation-guided but the "
@@ -194,6 +182,36 @@ def fit(design: Design, profile: TrainingProfile, data: str | Path, options: Run
         check_tps_memory(profile.input_size, spacing, profile.augmentation,
                          "augmentation.tps_grid")
     label_values = summary["label_values"] or [0]
+    with run_lock(options.rundir):
+        return _fit_locked(design, profile, data, options, summary, label_values,
+                           initial_state, freeze_until, card_extra, extra_callbacks)
+
+
+def _fit_locked(design: Design, profile: TrainingProfile, data: str | Path,
+                options: RunOptions, summary: dict[str, Any], label_values: list[int],
+                initial_state: dict | None, freeze_until: int,
+                card_extra: dict[str, Any] | None,
+                extra_callbacks: Sequence[Any]) -> Path | None:
+    """:func:`fit` once its data is checked and its run folder locked."""
+    import lightning as L
+    import torch
+    from lightning.pytorch.callbacks import EarlyStopping
+    from lightning.pytorch.loggers import CSVLogger
+
+    from ddmr.data.datamodule import PreparedDataModule
+    from ddmr.errors import DivergenceError, Interrupted, WriteError
+    from ddmr.io.files import write_failure
+    from ddmr.train.callbacks import (
+        AtomicCheckpointIO,
+        BestCheckpoint,
+        FreezeSchedule,
+        LastCheckpoint,
+        StopOnSignal,
+    )
+    from ddmr.train.module import RegistrationModule
+    from ddmr.train.plots import plot_training
+
+    _quiet_lightning()  # after Lightning's import, which sets its loggers' levels
     resume_from, checkpoint = check_rundir(options)
     rundir = options.rundir
     if checkpoint is not None:
@@ -221,8 +239,7 @@ def fit(design: Design, profile: TrainingProfile, data: str | Path, options: Run
                                         num_workers=profile.num_workers,
                                         require_labels=design.needs_segmentations,
                                         seed=profile.seed)
-        best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_loss",
-                               mode="min", save_top_k=1, enable_version_counter=False)
+        best = BestCheckpoint(ckpt_dir)
         last = LastCheckpoint(ckpt_dir, profile.checkpoint_every)
         stopper = StopOnSignal(last)
         callbacks: list[L.Callback] = [best, last, stopper, *extra_callbacks]
@@ -275,6 +292,10 @@ def fit(design: Design, profile: TrainingProfile, data: str | Path, options: Run
                     f"the last checkpoint ({ckpt_dir / 'last.ckpt'}) holds the weights "
                     "before it")
             raise DivergenceError(f"{rundir}: {error}; {kept}") from None
+        failure = (write_failure(error, getattr(error, "filename", None) or rundir)
+                   if isinstance(error, OSError | RuntimeError) else None)
+        if failure is not None:  # a log or event file on a full disk: one line too
+            raise failure from None
         raise
     if not trainer.is_global_zero:
         return None
@@ -293,9 +314,12 @@ def fit(design: Design, profile: TrainingProfile, data: str | Path, options: Run
                       options.command or shlex.join(sys.argv), card_extra)
     from ddmr.model.file import save_model
 
-    model_path = save_model(rundir / "model.safetensors", module.network.cpu(), card)
-    plot_training(rundir)
-    return model_path
+    try:
+        plot_training(rundir)
+        return save_model(rundir / "model.safetensors", module.network.cpu(), card)
+    except WriteError as error:
+        raise InputError(f"{error}; the checkpoints are kept: make room, then "
+                         f"ddmr export {rundir}") from None
 
 
 #: A run directory's record of what it trains on (for ``ddmr export``).
@@ -378,10 +402,8 @@ def export_run(rundir: str | Path, checkpoint: str = "best", data: str | Path | 
         raise InputError(f"{path}: not a ddmr training checkpoint "
                          f"({type(error).__name__}: {error})") from None
     check_finite_weights(module.network.state_dict(), path)
-    best_score = next((c.get("best_model_score") for c in state.get("callbacks", {}).values()
-                       if isinstance(c, dict) and "best_model_score" in c), None)
-    validation = {"best_val_loss": float(best_score) if best_score is not None
-                  and checkpoint == "best" else None, "last": {}}
+    validation = {"best_val_loss": stored_best_score(state) if checkpoint == "best" else None,
+                  "last": {}}
     training = {"steps": int(state.get("global_step", 0)),
                 "training_hours_total": round(float(state.get("ddmr_elapsed_s", 0.0)) / 3600,
                                               4),
@@ -389,8 +411,7 @@ def export_run(rundir: str | Path, checkpoint: str = "best", data: str | Path | 
     card = model_card(design, profile, summary, validation, training,
                       record.get("command", f"(unknown: {RUN_FILE} missing)"),
                       record.get("card_extra"))
-    model_path = save_model(output, module.network.cpu(), card)
-    plot_training(rundir)
-    return model_path
+    plot_training(rundir)  # first: a full disk then leaves no model beside stale plots
+    return save_model(output, module.network.cpu(), card)
 
 
