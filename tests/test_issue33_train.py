@@ -247,6 +247,10 @@ def test_a_model_file_that_does_not_fit_at_the_end_of_training_says_how_to_expor
     assert f"{run / 'model.safetensors'}: cannot write: No space left on device" in line
     assert line.endswith(f"the checkpoints are kept: make room, then ddmr export {run}")
     assert (run / "checkpoints" / "last.ckpt").is_file()
+    resumed = tmp_path / "resumed"  # its model file of before is replaced by export
+    shutil.copytree(workspace["trained"], resumed)
+    assert resume(workspace, resumed, "--max-steps", str(STEPS + 1)) == 2
+    assert one_line(capsys.readouterr().err).endswith(f"ddmr export {resumed} --overwrite")
 
 
 def test_export_onto_a_full_disk_is_one_line_and_writes_nothing(workspace, tmp_path, capsys):

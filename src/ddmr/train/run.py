@@ -314,12 +314,14 @@ def _fit_locked(design: Design, profile: TrainingProfile, data: str | Path,
                       options.command or shlex.join(sys.argv), card_extra)
     from ddmr.model.file import save_model
 
+    model_file = rundir / "model.safetensors"
     try:
         plot_training(rundir)
-        return save_model(rundir / "model.safetensors", module.network.cpu(), card)
+        return save_model(model_file, module.network.cpu(), card)
     except WriteError as error:
+        again = " --overwrite" if model_file.exists() else ""
         raise InputError(f"{error}; the checkpoints are kept: make room, then "
-                         f"ddmr export {rundir}") from None
+                         f"ddmr export {rundir}{again}") from None
 
 
 #: A run directory's record of what it trains on (for ``ddmr export``).
