@@ -253,6 +253,25 @@ def test_a_model_file_that_does_not_fit_at_the_end_of_training_says_how_to_expor
     assert one_line(capsys.readouterr().err).endswith(f"ddmr export {resumed} --overwrite")
 
 
+def test_a_log_file_that_cannot_be_written_ends_training_in_one_line(workspace, tmp_path,
+                                                                     capsys, monkeypatch):
+    """Item 21: the trainer's other writers (the CSV log here) raised a bare OSError on a
+    full disk (a traceback); now one line naming the file, the checkpoints kept."""
+    import errno
+
+    from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+    def full_disk(writer):
+        raise OSError(errno.ENOSPC, "No space left on device", writer.metrics_file_path)
+
+    monkeypatch.setattr(ExperimentWriter, "save", full_disk)
+    run = tmp_path / "run"
+    assert train(workspace["data"], workspace["config"], run) == 2
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith(f"ddmr train: error: {run / 'logs' / 'run00' / 'metrics.csv'}: "
+                           "cannot write: No space left on device"), line
+
+
 def test_export_onto_a_full_disk_is_one_line_and_writes_nothing(workspace, tmp_path, capsys):
     """Item 21: safetensors' writer raised its own error type (a traceback); with room for
     the model but not its card copy, the model was left behind under a message saying
