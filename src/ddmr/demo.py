@@ -16,6 +16,8 @@ experiment's settings, every step writes its output atomically and a later run r
 steps already done (so ``--experiment transfer`` after the brain demo reuses its model).
 A folder that is not a demo folder is refused; ``overwrite`` starts from scratch; the same
 experiment with other settings (``--quick`` vs full) is refused unless ``overwrite``.
+One demo at a time holds the folder (a lock beside it): a second one is refused before it
+deletes or writes anything.
 """
 
 from __future__ import annotations
@@ -154,20 +156,37 @@ class Demo:
         self._progress = progress or (lambda text: logger.info("%s", text))
         self._start = time.perf_counter()
         self._doing = "starting"
-        self._open(overwrite)
+        self._overwrite = overwrite
+        self._check_folder()
+        self.folder.mkdir(parents=True, exist_ok=True)  # its steps can run one by one
 
     # -- folder and bookkeeping ---------------------------------------------------------
-    def _open(self, overwrite: bool) -> None:
-        marker = self.folder / MARKER
+    def _check_folder(self) -> None:
+        """Refuse a file, or a folder that is neither empty nor a demo's (unless
+        ``overwrite``); changes nothing."""
         if self.folder.exists() and not self.folder.is_dir():
             raise InputError(f"{self.folder}: exists and is not a folder")
-        if self.folder.is_dir() and any(self.folder.iterdir()):
-            if overwrite:
+        if (not self._overwrite and self.folder.is_dir() and any(self.folder.iterdir())
+                and not (self.folder / MARKER).is_file()):
+            raise InputError(f"{self.folder}: exists, is not empty and is not a demo "
+                             "folder; choose another -o or pass --overwrite")
+
+    @contextmanager
+    def _opened(self) -> Iterator[None]:
+        """Hold the demo folder for a whole run (:func:`ddmr.train.resume.run_lock`: a
+        ``.NAME.lock`` file beside the folder, not one of the run folders' locks that its
+        trainings take): a second demo of the folder is refused in one line before it
+        deletes or writes anything. Under the lock, check the folder again, then clear it
+        (``overwrite``, once) and make it."""
+        from ddmr.train.resume import run_lock
+
+        with run_lock(self.folder):
+            self._check_folder()
+            if self._overwrite and self.folder.is_dir():
                 shutil.rmtree(self.folder)
-            elif not marker.is_file():
-                raise InputError(f"{self.folder}: exists, is not empty and is not a demo "
-                                 "folder; choose another -o or pass --overwrite")
-        self.folder.mkdir(parents=True, exist_ok=True)
+            self._overwrite = False  # a later run of this demo reuses what this one did
+            self.folder.mkdir(parents=True, exist_ok=True)
+            yield
 
     def _record(self) -> dict[str, Any]:
         marker = self.folder / MARKER
@@ -392,7 +411,7 @@ class Demo:
         if experiment not in EXPERIMENTS:
             raise ConfigError(f"--experiment {experiment}: choose brain or transfer")
         try:
-            with self._stop_on_signals():
+            with self._opened(), self._stop_on_signals():
                 getattr(self, experiment)()
                 return self.report()
         except Interrupted as stop:

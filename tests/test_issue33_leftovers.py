@@ -1,0 +1,79 @@
+"""Issue 33, what was left over: one demo at a time in a demo folder (a second
+``--overwrite`` deleted the folder of a running one), ``export`` of a corrupt run.json,
+a profile's input_size too small for its network."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import ddmr.demo
+from ddmr.cli import main
+
+# -- one demo at a time ------------------------------------------------------------------------
+
+#: a first ``ddmr demo`` whose experiment waits (as a long step does) once it has begun
+FIRST_DEMO = """
+import sys, time
+from pathlib import Path
+import ddmr.demo
+from ddmr.cli import main
+
+def waiting(self):
+    Path(sys.argv[1]).write_text("running")
+    time.sleep(120)
+
+ddmr.demo.Demo.brain = waiting
+sys.exit(main(["demo", "--quick", "-o", sys.argv[2]]))
+"""
+
+
+def _contents(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): p.read_text() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.mark.parametrize("overwrite", [True, False])
+def test_a_second_demo_of_a_folder_is_refused_touching_nothing(tmp_path, monkeypatch, capsys,
+                                                                overwrite):
+    """A second ``ddmr demo --overwrite`` deleted the folder a first demo was working in
+    (and without it, both wrote the same steps). Now the first holds the folder; the second
+    stops in one line, exit 2, the folder byte for byte as it was; once the first has
+    ended, a demo runs there again."""
+    folder = tmp_path / "demo"
+    (folder / "brain").mkdir(parents=True)
+    (folder / "demo.json").write_text(json.dumps({"experiments": {}}))
+    (folder / "brain" / "done.txt").write_text("a finished step")
+    before = _contents(folder)
+    ready = tmp_path / "ready"
+    first = subprocess.Popen([sys.executable, "-c", FIRST_DEMO, str(ready), str(folder)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path)
+    ran: list[str] = []
+    monkeypatch.setattr(ddmr.demo.Demo, "brain", lambda self: ran.append("brain"))
+    monkeypatch.setattr(ddmr.demo.Demo, "report", lambda self: self.folder / "report.html")
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            assert first.poll() is None, first.stderr.read().decode()
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        capsys.readouterr()
+        argv = ["demo", "--quick", "-o", str(folder)] + (["--overwrite"] if overwrite else [])
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"ddmr demo: error: {folder.resolve()}: another ddmr process is "
+                       "writing this output now (wait for it, or choose another output)"]
+        assert ran == []
+        assert _contents(folder) == before
+        assert first.poll() is None  # the first demo goes on
+    finally:
+        first.terminate()
+        first.wait(timeout=60)
+    assert main(argv) == 0  # the first released the folder
+    assert ran == ["brain"]
+
