@@ -79,12 +79,10 @@ def load_methods(paths: Sequence[str | Path], device: str = "cpu") -> list[Model
     :func:`ddmr.model.shipped.resolve_model`), refusing weights with NaN or Inf values; a model's
     name is its design's name, or its file stem when two models share a design (with a
     number if the stems collide too)."""
-    from ddmr.model.file import check_finite_weights, load_model
+    from ddmr.model.file import load_model
     from ddmr.model.shipped import resolve_model
 
-    loaded = [load_model(resolve_model(p)[1], device) for p in paths]
-    for model in loaded:
-        check_finite_weights(model.network.state_dict(), model.path)
+    loaded = [load_model(resolve_model(p)[1], device) for p in paths]  # NaN/Inf refused
     designs = [str(m.card.design_name or Path(m.path).stem) for m in loaded]
     methods: list[ModelMethod] = []
     used: set[str] = set()

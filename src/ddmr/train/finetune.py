@@ -35,11 +35,10 @@ def finetune(model: str | Path, data: str | Path, options: RunOptions, mode: str
     first trains with the input and encoder groups frozen for ``frozen_steps`` optimiser
     steps (default half of ``max_steps``), then everything."""
     from ddmr.config import get_design
-    from ddmr.model.file import check_finite_weights, load_model
+    from ddmr.model.file import load_model
 
     check_mode(mode)
-    loaded = load_model(model, training=True)
-    check_finite_weights(loaded.network.state_dict(), model)
+    loaded = load_model(model, training=True)  # refuses NaN or Inf weights too
     if loaded.card.profile_fields is None:
         raise InputError(f"{model}: the model card has no training profile to fine-tune with")
     design = get_design(design_name) if design_name else loaded.card.design
