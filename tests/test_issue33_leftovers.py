@@ -5,15 +5,19 @@ a profile's input_size too small for its network."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 import ddmr.demo
+from bad_input_cases import tiny_config
 from ddmr.cli import main
+from train_helpers import make_dataset
 
 # -- one demo at a time ------------------------------------------------------------------------
 
@@ -76,4 +80,44 @@ def test_a_second_demo_of_a_folder_is_refused_touching_nothing(tmp_path, monkeyp
         first.wait(timeout=60)
     assert main(argv) == 0  # the first released the folder
     assert ran == ["brain"]
+
+
+# -- export of a run whose run.json is corrupt ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict[str, Path]:
+    """Prepared data and a run of a few 16^3 rigid steps (seconds)."""
+    root = tmp_path_factory.mktemp("issue33_leftovers")
+    data = make_dataset(root, n=5, size=16)
+    config = root / "tiny.yaml"
+    config.write_text(yaml.safe_dump({**tiny_config(), "input_size": [16, 16, 16],
+                                      "max_steps": 2, "augmentation": {"nonrigid": False}}))
+    assert main(["train", "--design", "BL-N", "--data", str(data), "--config", str(config),
+                 "--no-progress", "-o", str(root / "run")]) == 0
+    return {"data": data, "config": config, "run": root / "run"}
+
+
+@pytest.mark.parametrize("content", [b"{\"data\": ", b"[1, 2]", b"\xff\xfe not text"],
+                         ids=["truncated", "not-a-record", "not-utf8"])
+def test_export_of_a_run_with_a_corrupt_run_json_is_one_line(trained, tmp_path, capsys,
+                                                              content):
+    """json.loads of run.json was unguarded: a traceback. Now one line naming the file and
+    what to do, exit 2, nothing written; doing it (delete it, pass --data) exports."""
+    run = tmp_path / "run"
+    shutil.copytree(trained["run"], run)
+    (run / "run.json").write_bytes(content)
+    out = tmp_path / "exported.safetensors"
+    capsys.readouterr()
+    assert main(["export", str(run), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith(f"ddmr export: error: {run / 'run.json'}: "), lines[0]
+    assert lines[0].endswith("restore it, or delete it and pass --data (the model card then "
+                             "lacks the run's command and fine-tuning record)"), lines[0]
+    assert not out.exists() and not list(tmp_path.glob(".exported*"))
+    (run / "run.json").unlink()
+    assert main(["export", str(run), "-o", str(out), "--data", str(trained["data"])]) == 0
+    assert out.is_file()
 

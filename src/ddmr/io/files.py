@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ddmr.errors import InputError, WriteError
 
@@ -316,3 +316,15 @@ def read_csv_records(path: PathLike) -> tuple[list[str], list[dict[str, str]]]:
     records = [{name: (row[k].strip() if k < len(row) else "") for k, name in enumerate(header)}
                for row in rows[1:] if any(cell.strip() for cell in row)]
     return header, records
+
+
+def read_json(path: PathLike, remedy: str) -> Any:
+    """The JSON of the record ``path`` that ddmr wrote; :class:`InputError` naming it and
+    ``remedy`` (what the user can do) when it cannot be read or is not JSON."""
+    import json
+
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"{path}: cannot read it ({error}); {remedy}") from None

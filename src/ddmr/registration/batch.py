@@ -135,21 +135,13 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
-def _read_json(path: Path, remedy: str) -> Any:
-    """The JSON of ``path``; :class:`InputError` naming it and ``remedy`` if unreadable."""
-    import json
-
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InputError(f"{path}: cannot read it ({error}); {remedy}") from None
-
-
 def _pair_summary(outdir: Path, pair_id: str) -> dict[str, Any]:
     """A done pair's ``summary.json``, checked to hold what ``batch.csv`` shows."""
+    from ddmr.io.files import read_json
+
     path = outdir / pair_id / "summary.json"
     remedy = f"delete the folder {outdir / pair_id} to register the pair again"
-    summary = _read_json(path, remedy)
+    summary = read_json(path, remedy)
     try:
         _row(pair_id, summary)
     except (KeyError, TypeError, AttributeError):
@@ -339,12 +331,14 @@ class _BatchLock:
 
 def _read_marker(outdir: Path) -> dict[str, Any] | None:
     """The batch folder's marker (None without one); a corrupt one in one line."""
+    from ddmr.io.files import read_json
+
     marker = outdir / MARKER
     if not marker.is_file():
         return None
     remedy = ("pass --overwrite to register this batch afresh (it deletes the folder's pairs), "
               "or choose another output")
-    record = _read_json(marker, remedy)
+    record = read_json(marker, remedy)
     if not isinstance(record, dict) or not isinstance(record.get("ids"), list):
         raise InputError(f"{marker}: not a batch record of ddmr register --pairs (no list of "
                          f"ids); {remedy}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -159,8 +159,6 @@ def check_resume_settings(rundir: Path, checkpoint: dict[str, Any], design: Desi
                            label_values: list[int], card_extra: dict[str, Any] | None) -> None:
     """Refuse a resume whose design, profile (but :data:`RESUME_MAY_CHANGE`), data or
     fine-tuning source differ from the run's, naming the fields that differ."""
-    import json
-
     hyper = checkpoint["hyper_parameters"]
     then = {**_flat(hyper.get("design"), "design"),
             **_flat({k: v for k, v in (hyper.get("profile") or {}).items()
@@ -170,17 +168,15 @@ def check_resume_settings(rundir: Path, checkpoint: dict[str, Any], design: Desi
            **_flat({k: v for k, v in profile.to_dict().items()
                     if k not in RESUME_MAY_CHANGE}, "profile"),
            "label_values": list(label_values)}
-    record: dict[str, Any] = {}
-    if (rundir / RUN_FILE).is_file():
-        try:
-            record = json.loads((rundir / RUN_FILE).read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            record = {}
-    if isinstance(record, dict) and record.get("data_sha256"):
+    try:
+        record = read_run_file(rundir)
+    except InputError:
+        record = {}  # an unreadable record is replaced
+    if record.get("data_sha256"):
         then["data"] = record.get("data")
         now["data"] = (record.get("data") if record["data_sha256"] == data_fingerprint(summary)
                        else summary["path"])
-    if isinstance(record, dict) and "card_extra" in record:
+    if "card_extra" in record:
         then.update(_flat(_finetune_identity(record["card_extra"]), "finetune"))
         now.update(_flat(_finetune_identity(card_extra), "finetune"))
     # fields that only one side has (a ddmr version that added or dropped one) are not
@@ -198,6 +194,22 @@ def check_resume_settings(rundir: Path, checkpoint: dict[str, Any], design: Desi
 RUN_FILE = "run.json"
 
 
+def read_run_file(rundir: Path) -> dict[str, Any]:
+    """The run's record (``run.json``; empty for a run without one); :class:`InputError`
+    in one line when it is not readable JSON of a record."""
+    from ddmr.io.files import read_json
+
+    path = Path(rundir) / RUN_FILE
+    if not path.is_file():
+        return {}
+    remedy = ("restore it, or delete it and pass --data (the model card then lacks the "
+              "run's command and fine-tuning record)")
+    record = read_json(path, remedy)
+    if not isinstance(record, dict):
+        raise InputError(f"{path}: not a run record (a JSON object); {remedy}")
+    return record
+
+
 def write_run_file(rundir: Path, data: str | Path, command: str,
                     card_extra: dict[str, Any] | None, data_sha256: str) -> None:
     """Record the run's data (path and fingerprint, :func:`data_fingerprint`) and command;
@@ -209,11 +221,7 @@ def write_run_file(rundir: Path, data: str | Path, command: str,
 
     record = {"data": str(Path(data).resolve()), "data_sha256": data_sha256,
               "command": command, "card_extra": card_extra or {}}
-    if (rundir / RUN_FILE).is_file():
-        try:
-            old = json.loads((rundir / RUN_FILE).read_text())
-            record["command"] = old.get("command", command)
-        except (json.JSONDecodeError, OSError, AttributeError):
-            pass  # an unreadable record is replaced
+    with suppress(InputError):  # an unreadable record is replaced
+        record["command"] = read_run_file(rundir).get("command", command)
     with atomic_path(rundir / RUN_FILE) as temporary:
         temporary.write_text(json.dumps(record, indent=2) + "\n")

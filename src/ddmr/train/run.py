@@ -29,6 +29,7 @@ from ddmr.train.resume import (
     check_rundir,
     data_fingerprint,
     is_secondary_process,
+    read_run_file,
     run_lock,
     stored_best_score,
     write_run_file,
@@ -361,8 +362,6 @@ def export_run(rundir: str | Path, checkpoint: str = "best", data: str | Path | 
     checkpoint, with the card :func:`fit` writes at the end: for a run that is still
     going, was stopped, or ran out of time. ``data`` defaults to the run's record
     (``run.json``); the card's command is the run's."""
-    import json
-
     import torch
 
     from ddmr.io.files import check_output_file
@@ -381,9 +380,7 @@ def export_run(rundir: str | Path, checkpoint: str = "best", data: str | Path | 
         raise InputError(f"{output}: a model file's name must end in .safetensors (it is a "
                          "safetensors file, not a pickle)")
     check_output_file(output, overwrite)
-    record: dict[str, Any] = {}
-    if (rundir / RUN_FILE).is_file():
-        record = json.loads((rundir / RUN_FILE).read_text())
+    record = read_run_file(rundir)
     data = data if data is not None else record.get("data")
     if data is None:
         raise InputError(f"{rundir}: no {RUN_FILE} (a run from before it existed): pass --data")
