@@ -4,6 +4,7 @@ a profile's input_size too small for its network."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -17,6 +18,8 @@ import yaml
 import ddmr.demo
 from bad_input_cases import tiny_config
 from ddmr.cli import main
+from ddmr.errors import ConfigError
+from ddmr.train.profiles import get_profile
 from train_helpers import make_dataset
 
 # -- one demo at a time ------------------------------------------------------------------------
@@ -121,3 +124,40 @@ def test_export_of_a_run_with_a_corrupt_run_json_is_one_line(trained, tmp_path, 
     assert main(["export", str(run), "-o", str(out), "--data", str(trained["data"])]) == 0
     assert out.is_file()
 
+
+# -- a training profile's input_size too small for its network ---------------------------------
+
+
+def test_a_profile_input_size_below_the_networks_levels_is_refused():
+    """TrainingProfile took an input_size of 2 for any network; training then failed late
+    (in the network, or the affine stage that pools by 4). Refused when made, naming the
+    field, by the rule that model cards are checked with."""
+    cpu = get_profile("cpu")  # 4 encoder levels: at least 16
+    with pytest.raises(ConfigError, match=r"^input_size \[8, 8, 8\] is too small for its "
+                       r"network \(4 encoder levels, each halving the grid\): each size must "
+                       r"be at least 16$"):
+        cpu.replace(input_size=(8, 8, 8))
+    assert cpu.replace(input_size=(16, 16, 16)).input_size == (16, 16, 16)
+    small = {"encoder": [4], "head": [4]}  # 1 level: 2, but its affine stage needs 4
+    with pytest.raises(ConfigError, match=r"affine stage\): each size must be at least 4$"):
+        get_profile("cpu", overrides={"unet": small, "input_size": [2, 2, 2]})
+    assert get_profile("cpu", overrides={"unet": small, "input_size": [2, 2, 2],
+                                         "prealign": False}).input_size == (2, 2, 2)
+    with pytest.raises(ConfigError, match=r"input_size \[24, 24, 24\] is not a multiple of 16"):
+        cpu.replace(input_size=(24, 24, 24), unet=dataclasses.replace(cpu.unet, pad_input=False))
+
+
+def test_train_with_a_too_small_input_size_is_one_line_before_anything(trained, tmp_path,
+                                                                     capsys):
+    config = tmp_path / "small.yaml"
+    config.write_text(yaml.safe_dump({**tiny_config(), "input_size": [2, 2, 2]}))
+    out = tmp_path / "run"
+    capsys.readouterr()
+    status = main(["train", "--design", "BL-N", "--data", str(trained["data"]), "--config",
+                   str(config), "--no-progress", "-o", str(out)])
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert status == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("ddmr train: error: ") and "input_size [2, 2, 2] is too small" \
+        in lines[0], lines[0]
+    assert not out.exists()

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -178,24 +178,32 @@ def smallest_input_size(config: UNetConfig, prealigns: bool) -> int:
     return max(smallest, *AlignSettings().levels) if prealigns else smallest
 
 
-def check_input_size(card: dict[str, Any], config: UNetConfig, path: str | Path) -> None:
-    """Raise :class:`InputError` naming ``path`` and the field for a card's ``input_size``
-    (checked by :func:`check_card`) that its network cannot take: below
-    :func:`smallest_input_size`, or not a multiple of ``UNet.multiple`` without
-    ``pad_input``."""
-    size = card["input_size"]
+def input_size_problem(size: Sequence[int], config: UNetConfig,
+                       prealigns: bool) -> str | None:
+    """What makes ``input_size`` one that the network ``config`` cannot take (None when it
+    can): below :func:`smallest_input_size`, or not a multiple of ``UNet.multiple``
+    without ``pad_input``. Model cards and training profiles are checked with it."""
     levels = len(config.encoder)
     multiple = 2 ** levels
-    smallest = smallest_input_size(config, ModelCard(card).prealigns)
+    smallest = smallest_input_size(config, prealigns)
     stage = " and its own affine stage" if smallest > multiple else ""
     if min(size) < smallest:
-        raise InputError(f"{path}: the card's input_size {size!r} is too small for its "
-                         f"network ({levels} encoder levels, each halving the grid{stage}): "
-                         f"each size must be at least {smallest}")
+        return (f"input_size {list(size)!r} is too small for its network ({levels} encoder "
+                f"levels, each halving the grid{stage}): each size must be at least "
+                f"{smallest}")
     if not config.pad_input and any(n % multiple for n in size):
-        raise InputError(f"{path}: the card's input_size {size!r} is not a multiple of "
-                         f"{multiple} ({levels} encoder levels, each halving the grid) and "
-                         "its architecture has pad_input false")
+        return (f"input_size {list(size)!r} is not a multiple of {multiple} ({levels} encoder "
+                "levels, each halving the grid) and its architecture has pad_input false")
+    return None
+
+
+def check_input_size(card: dict[str, Any], config: UNetConfig, path: str | Path) -> None:
+    """Raise :class:`InputError` naming ``path`` and the field for a card's ``input_size``
+    (checked by :func:`check_card`) that its network cannot take
+    (:func:`input_size_problem`)."""
+    problem = input_size_problem(card["input_size"], config, ModelCard(card).prealigns)
+    if problem is not None:
+        raise InputError(f"{path}: the card's {problem}")
 
 
 def check_card(card: dict[str, Any], path: str | Path, training: bool = False) -> UNetConfig:

@@ -76,6 +76,11 @@ class TrainingProfile:
             raise ConfigError(f"input_size must be three voxel counts of at least 2, got "
                               f"{list(size)}")
         object.__setattr__(self, "input_size", size)
+        from ddmr.model.file import input_size_problem
+
+        problem = input_size_problem(size, self.unet, self.prealign)
+        if problem is not None:  # else training fails late, in the network or affine stage
+            raise ConfigError(problem)
         for name in ("batch_size", "accumulate", "val_every", "val_pairs", "checkpoint_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
