@@ -196,26 +196,24 @@ def test_sigterm_and_sigint_save_a_checkpoint_and_say_how_to_resume(tmp_path):
         reached = steps[-1]
 
 
-# a torch.save that writes the second 'last' checkpoint halfway, says so, and then waits:
+# a write of the second 'last' checkpoint's bytes that stops halfway, says so, and waits:
 # the test's SIGKILL lands inside that write
 SLOW_SECOND_CHECKPOINT = """
-import io, sys, time, torch
-real_save = torch.save
+import pathlib, time
+real_write_bytes = pathlib.Path.write_bytes
 last_saves = []
-def slow_save(obj, f, *args, **kwargs):
-    name = str(getattr(f, "name", f)).rsplit("/", 1)[-1]
-    if name.startswith(".last.") and name.endswith(".tmp.ckpt"):
-        last_saves.append(obj["global_step"])
-        if len(last_saves) == 2:
-            buffer = io.BytesIO()
-            real_save(obj, buffer, *args, **kwargs)
-            data = buffer.getvalue()
-            f.write(data[: len(data) // 2])
-            f.flush()
+def slow_write_bytes(self, data):
+    if self.name.startswith(".last.") and self.name.endswith(".tmp.ckpt"):
+        last_saves.append(self.name)
+        if len(last_saves) == 2:  # the checkpoint's bytes, half written, then a long wait
+            data = bytes(data)
+            with open(self, "wb") as handle:
+                handle.write(data[: len(data) // 2])
+                handle.flush()
             print("WRITING", flush=True)
             time.sleep(300)
-    return real_save(obj, f, *args, **kwargs)
-torch.save = slow_save
+    return real_write_bytes(self, data)
+pathlib.Path.write_bytes = slow_write_bytes
 """
 
 
