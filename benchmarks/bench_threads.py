@@ -34,22 +34,24 @@ def stop(processes: list[subprocess.Popen]) -> None:
         process.wait()
 
 
-def register(threads: int | None, wait_policy: str, folder: Path, run: int
-             ) -> tuple[float, float]:
-    """One ``ddmr register`` process on the bundled test pair: (wall s, CPU s)."""
+def register(threads: int | None, output: Path, env: dict[str, str] | None = None,
+             extra: tuple[str, ...] = ()) -> tuple[float, float]:
+    """One ``ddmr register`` process on the bundled test pair into ``output``, with
+    ``env`` added to the environment (``OMP_NUM_THREADS`` removed: the default is the
+    cores this process may use) and ``extra`` arguments: (wall s, CPU s)."""
     from ddmr.data.cohort import sample_cohort_dir
 
     root = sample_cohort_dir() / "images"
-    env = dict(os.environ, OMP_WAIT_POLICY=wait_policy)
-    env.pop("OMP_NUM_THREADS", None)
-    command = ["ddmr", "register", "--fixed", str(root / "pycortex-s1.nii.gz"),
-               "--moving", str(root / "itk-kmeans.nii.gz"), "--no-qc",
-               "-o", str(folder / f"out-{run}")]
+    environment = dict(os.environ, **(env or {}))
+    environment.pop("OMP_NUM_THREADS", None)
+    command = [sys.executable, "-m", "ddmr", "register", "--fixed",
+               str(root / "pycortex-s1.nii.gz"), "--moving", str(root / "itk-kmeans.nii.gz"),
+               "--no-qc", "-o", str(output), *extra]
     if threads is not None:
         command += ["--threads", str(threads)]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    subprocess.run(command, check=True, env=env, capture_output=True)
+    subprocess.run(command, check=True, env=environment, capture_output=True)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -74,7 +76,8 @@ def main() -> None:
                 load_processes = busy_processes(cores) if load == "loaded" else []
                 try:
                     time.sleep(0.5 if load_processes else 0)
-                    wall, cpu = register(threads, policy, Path(folder), run)
+                    wall, cpu = register(threads, Path(folder) / f"out-{run}",
+                                         {"OMP_WAIT_POLICY": policy})
                 finally:
                     stop(load_processes)
                 run += 1

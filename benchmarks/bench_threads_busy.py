@@ -19,43 +19,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_threads import busy_processes, stop
+from bench_threads import busy_processes, register, stop
 
 #: thread settings measured: a count, or None for the default
 SETTINGS: tuple[int | None, ...] = (1, 2, None)
 
 
-def register(threads: int | None, output: Path, extra: list[str]) -> dict[str, float]:
-    """One ``ddmr register`` process on the bundled test pair: wall and CPU seconds, and
-    the seconds of its network and engine stages."""
-    from ddmr.data.cohort import sample_cohort_dir
-
-    root = sample_cohort_dir() / "images"
-    env = dict(os.environ)
-    env.pop("OMP_NUM_THREADS", None)  # the default is the cores this process may use
-    command = [sys.executable, "-m", "ddmr", "register", "--fixed",
-               str(root / "pycortex-s1.nii.gz"), "--moving", str(root / "itk-kmeans.nii.gz"),
-               "--no-qc", "-o", str(output), *extra]
-    if threads is not None:
-        command += ["--threads", str(threads)]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    subprocess.run(command, check=True, env=env, capture_output=True)
-    wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+def measure(threads: int | None, output: Path, extra: list[str]) -> dict[str, float]:
+    """One ``ddmr register`` process (:func:`bench_threads.register`): wall and CPU
+    seconds, and the seconds of its network and engine stages."""
+    wall, cpu = register(threads, output, extra=tuple(extra))
     runtime = json.loads((output / "summary.json").read_text())["runtime_s"]
     return {"wall": wall, "network": runtime.get("network", 0.0),
-            "engine": runtime.get("engine", 0.0),
-            "cpu": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)}
+            "engine": runtime.get("engine", 0.0), "cpu": cpu}
 
 
 def main() -> None:
@@ -83,7 +66,7 @@ def main() -> None:
             for repeat in range(args.repeats):
                 for threads in SETTINGS:
                     output = Path(folder) / f"out-{repeat}-{threads or 'default'}"
-                    results[threads].append(register(threads, output, extra))
+                    results[threads].append(measure(threads, output, extra))
     finally:
         stop(load)
     print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
