@@ -164,9 +164,11 @@ def neighbour_correlation(array: np.ndarray, mask: np.ndarray) -> float:
     anatomy, near 0 for noise."""
     if not mask.any():
         mask = np.ones(array.shape, dtype=bool)
-    index = np.argwhere(mask)
-    box = tuple(slice(int(a), int(b) + 1) for a, b in zip(index.min(0), index.max(0),
-                                                           strict=True))
+    box = []
+    for axis in range(3):  # the foreground's bounding box, from its projections
+        present = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        box.append(slice(int(present[0]), int(present[-1]) + 1))
+    box = tuple(box)
     values, inside = array[box], mask[box]
     correlations = []
     for axis in range(3):
