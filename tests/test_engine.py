@@ -19,8 +19,19 @@ from ddmr.spatial.grid import Geometry
 from register_helpers import grid, head, rotation
 
 
+@pytest.fixture(params=["compiled", "torch"])
+def path(request, monkeypatch):
+    """Run a test on the compiled kernels and on the torch path (the reference)."""
+    from ddmr.spatial import kernels
+
+    monkeypatch.setenv(kernels.SWITCH, request.param)
+    if request.param == "compiled" and not kernels.available():
+        pytest.skip("numba is not installed")
+    return request.param
+
+
 @pytest.mark.parametrize("shape", [(9, 11, 7), (3, 40, 2), (1, 6, 25)])
-def test_box_sum_matches_scipy_uniform_filter(shape):
+def test_box_sum_matches_scipy_uniform_filter(shape, path):
     # windows wider than an axis, as wide, and narrower (running sums and their borders)
     x = torch.rand(2, *shape, generator=torch.Generator().manual_seed(0))
     for window in (1, 3, 5, 9):
@@ -31,7 +42,7 @@ def test_box_sum_matches_scipy_uniform_filter(shape):
             np.testing.assert_allclose(ours[c], reference, atol=1e-4)
 
 
-def test_box_sum_of_a_large_volume_keeps_float32_accuracy():
+def test_box_sum_of_a_large_volume_keeps_float32_accuracy(path):
     # cumulative sums along 200 voxels: the window sums of a 1 mm grid stay within
     # 1e-5 of their size (LNCC subtracts them)
     x = torch.rand(1, 200, 30, 30, generator=torch.Generator().manual_seed(4)) + 0.5
@@ -51,7 +62,7 @@ def _gaussian_matrix(n: int, sigma: float) -> np.ndarray:
 
 @pytest.mark.parametrize(("shape", "sigma"), [((30, 31, 29), 1.5), ((5, 12, 3), (2.0, 0.6, 1.0)),
                                               ((2, 1, 17), (0.5, 3.0, 0.0))])
-def test_gaussian_smooth_equals_the_renormalised_matrix_everywhere(shape, sigma):
+def test_gaussian_smooth_equals_the_renormalised_matrix_everywhere(shape, sigma, path):
     x = torch.rand(2, *shape, generator=torch.Generator().manual_seed(1))
     ours = gaussian_smooth(x, sigma).numpy()
     sigmas = (sigma,) * 3 if isinstance(sigma, float) else sigma
@@ -64,7 +75,7 @@ def test_gaussian_smooth_equals_the_renormalised_matrix_everywhere(shape, sigma)
     np.testing.assert_allclose(ours, reference, atol=1e-5)
 
 
-def test_gaussian_smooth_matches_scipy_inside_and_keeps_constants():
+def test_gaussian_smooth_matches_scipy_inside_and_keeps_constants(path):
     x = torch.rand(1, 30, 31, 29, generator=torch.Generator().manual_seed(1))
     ours = gaussian_smooth(x, 1.5)[0].numpy()
     reference = ndimage.gaussian_filter(x[0].numpy().astype(np.float64), 1.5, truncate=4.0)
@@ -119,7 +130,7 @@ def test_field_on_another_grid_equals_sampling_at_its_world_points():
                                atol=1e-5)
 
 
-def test_filters_in_place_equal_the_plain_ones():
+def test_filters_in_place_equal_the_plain_ones(path):
     x = torch.rand(3, 9, 10, 8, generator=torch.Generator().manual_seed(5))
     for plain, in_place in ((box_sum(x, 5), box_sum(y := x.clone(), 5, out=y)),
                             (gaussian_smooth(x, 1.2), gaussian_smooth(z := x.clone(), 1.2,
@@ -130,7 +141,7 @@ def test_filters_in_place_equal_the_plain_ones():
     assert torch.equal(gaussian_smooth(x, 0.0), x)
 
 
-def test_level_samples_a_displaced_field_like_sample_field_and_scipy():
+def test_level_samples_a_displaced_field_like_sample_field_and_scipy(path):
     geometry = Geometry(np.array([[1.5, 0, 0, -10.0], [0, 2.0, 0, 5.0], [0, 0, 1.0, 3.0],
                                   [0, 0, 0, 1.0]]), (14, 12, 16))  # RAS-aligned, anisotropic
     image = torch.rand(14, 12, 16, generator=torch.Generator().manual_seed(6)).numpy()
@@ -176,7 +187,7 @@ FAST = EngineSettings(levels=(2, 1), iterations=(60, 30), window=5)
 
 
 @pytest.mark.parametrize("mode", ["compositive", "additive", "svf"])
-def test_engine_recovers_a_smooth_deformation(mode):
+def test_engine_recovers_a_smooth_deformation(mode, path):
     from dataclasses import replace
 
     from ddmr.spatial.field import jacobian_determinant_mm

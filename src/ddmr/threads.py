@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 from ddmr.errors import ConfigError
 
@@ -89,6 +90,10 @@ def use_threads(threads: int | None = None) -> int:
 
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
+    if "numba" in sys.modules:  # the compiled kernels' pool (set when numba loads)
+        from ddmr.spatial import kernels
+
+        kernels.set_threads(threads)
     try:
         from threadpoolctl import threadpool_limits
 

@@ -41,7 +41,8 @@ import torch
 from ddmr.memory import release_free_memory
 from ddmr.registration.moments import Scale, intensity_scale
 from ddmr.registration.settings import EngineSettings
-from ddmr.registration.similarity import make_similarity
+from ddmr.registration.similarity import Objective, make_similarity
+from ddmr.spatial import kernels
 from ddmr.spatial.filters import gaussian_smooth
 from ddmr.spatial.grid import (
     Geometry,
@@ -145,16 +146,20 @@ class _Level:
         self.grid = fixed.level_grid(spacing, settings.margin_mm)
         moving_grid = moving.level_grid(spacing, settings.margin_mm)
         self.fixed = similarity.features(fixed.on(self.grid))
-        self.similarity = similarity.bind(self.fixed)
         self.moving = similarity.features(moving.on(moving_grid))[None]
         self.spacing = torch.tensor(self.grid.spacing, dtype=torch.float32).view(3, 1, 1, 1)
-        # grid_sample coordinates on the moving grid of P(p + d) = A d + q0(x), p the world
-        # point of grid voxel x: A (3, 3) and q0 (*grid.shape, 3)
-        to_moving = sampling_matrix(moving_grid.shape) @ np.linalg.inv(moving_grid.affine) \
-            @ point_map
-        self.linear = torch.from_numpy(to_moving[:3, :3].astype(np.float32))
-        self.q0 = affine_volume(to_moving @ self.grid.affine, self.grid.shape,
-                                 channels_last=True)
+        self.objective = Objective(similarity, self.fixed, self.grid.spacing)
+        # moving voxel of P(p + d) = A d + B x, p the world point of grid voxel x
+        to_voxels = np.linalg.inv(moving_grid.affine) @ point_map
+        self.compiled = kernels.available()
+        if self.compiled:  # A (3, 3) and B (3, 4), the coordinates made in the kernel
+            self.linear = to_voxels[:3, :3]
+            self.base = (to_voxels @ self.grid.affine)[:3]
+        else:  # grid_sample coordinates: A (3, 3) and q0 (*grid.shape, 3)
+            to_moving = sampling_matrix(moving_grid.shape) @ to_voxels
+            self.linear = torch.from_numpy(to_moving[:3, :3].astype(np.float32))
+            self.q0 = affine_volume(to_moving @ self.grid.affine, self.grid.shape,
+                                     channels_last=True)
         self.displaced = GridComposition(self.grid)
 
     def points(self) -> torch.Tensor:
@@ -164,6 +169,10 @@ class _Level:
 
     def warp(self, displacement_mm: torch.Tensor) -> torch.Tensor:
         """Moving features at ``P(p + d(p))``: (C, *grid.shape)."""
+        if self.compiled:
+            return torch.from_numpy(kernels.sample_affine(
+                self.moving[0].numpy(), displacement_mm.contiguous().numpy(), self.linear,
+                self.base))
         grid = _apply_linear(self.linear, displacement_mm).add_(self.q0)
         return grid_sample_3d(self.moving, grid[None])[0]
 
@@ -174,15 +183,25 @@ class GridComposition:
     border values beyond the grid), without a grid of world points."""
 
     def __init__(self, grid: Geometry) -> None:
-        # p + u(p) as grid_sample coordinates on this grid: L u + (the identity's)
+        # p + u(p) as voxel coordinates on this grid: x + M u, M mm -> voxels
+        self.to_voxels = np.linalg.inv(grid.affine)[:3, :3]
+        self.identity_base = np.eye(3, 4)
+        # the same as grid_sample coordinates: L u + (the identity's)
         to_own = sampling_matrix(grid.shape) @ np.linalg.inv(grid.affine)
         self.linear = torch.from_numpy(to_own[:3, :3].astype(np.float32))
         self.identity = _identity_axes(grid.shape)
 
-    def __call__(self, field_mm: torch.Tensor, displacement_mm: torch.Tensor
-                 ) -> torch.Tensor:
+    def __call__(self, field_mm: torch.Tensor, displacement_mm: torch.Tensor,
+                 addend: torch.Tensor | None = None) -> torch.Tensor:
+        """``field o (id + u)``, plus ``addend`` (3, *shape) when given."""
+        if kernels.available():
+            return torch.from_numpy(kernels.sample_affine(
+                field_mm.contiguous().numpy(), displacement_mm.contiguous().numpy(),
+                self.to_voxels, self.identity_base,
+                None if addend is None else addend.contiguous().numpy()))
         # the coordinates passed as a temporary: freed before the samples are copied
-        return grid_sample_3d(field_mm[None], self._coordinates(displacement_mm))[0]
+        out = grid_sample_3d(field_mm[None], self._coordinates(displacement_mm))[0]
+        return out if addend is None else out.add_(addend)
 
     def _coordinates(self, displacement_mm: torch.Tensor) -> torch.Tensor:
         """(1, *shape, 3) ``grid_sample`` coordinates of ``p + u(p)``."""
@@ -215,6 +234,10 @@ def sample_field(field_mm: torch.Tensor, grid: Geometry, points: torch.Tensor
                  ) -> torch.Tensor:
     """A field (3, *grid.shape) on ``grid`` interpolated at world points (3, ...)
     (trilinear, border values beyond the grid): (3, ...)."""
+    if kernels.available() and field_mm.is_contiguous():
+        return torch.from_numpy(kernels.sample_points(
+            field_mm.numpy(), points.reshape(3, -1).numpy(), np.linalg.inv(grid.affine))
+        ).reshape(3, *points.shape[1:])
     to_sampling = sampling_matrix(grid.shape) @ np.linalg.inv(grid.affine)
     linear = torch.from_numpy(to_sampling[:3, :3].astype(np.float32))
     offset = torch.from_numpy(to_sampling[:3, 3].astype(np.float32))
@@ -232,19 +255,13 @@ def field_on(field_mm: torch.Tensor, grid: Geometry, target: Geometry) -> torch.
                                                         channels_last=True)[None])[0]
 
 
-def _force(gradient: torch.Tensor, features: torch.Tensor, spacing: torch.Tensor
-           ) -> torch.Tensor:
-    """The force (3, *S) ``sum_c dS/dW_c grad W_c``: ``gradient`` dS/dW (C, *S) times
-    the spatial gradient per mm of the warped features (C, *S) (central differences),
-    one axis and channel at a time."""
-    force = torch.zeros((3, *features.shape[1:]), dtype=features.dtype,
-                        device=features.device)
-    for axis in range(3):
-        for channel in range(features.shape[0]):
-            (derivative,) = torch.gradient(features[channel], dim=axis)
-            force[axis].addcmul_(derivative, gradient[channel],
-                                 value=1.0 / float(spacing[axis]))
-    return force
+def _largest_norm(field_mm: torch.Tensor) -> float:
+    """The largest vector length of a field (3, *S)."""
+    if kernels.available() and field_mm.is_contiguous():
+        return kernels.largest_norm(field_mm.numpy())
+    squared = field_mm[0] * field_mm[0]
+    squared.addcmul_(field_mm[1], field_mm[1]).addcmul_(field_mm[2], field_mm[2])
+    return float(squared.max().sqrt())  # (norm(dim=0) is slow)
 
 
 def _exp(velocity: torch.Tensor, level: _Level, steps: int) -> torch.Tensor:
@@ -273,7 +290,7 @@ def _run_level(level: _Level, start: torch.Tensor, settings: EngineSettings,
         displacement = (_exp(variable, level, settings.integration_steps)
                         if settings.mode == "svf" else variable)
         warped = level.warp(displacement)
-        value, gradient = level.similarity(warped)
+        value, update = level.objective.force(warped)  # the force, which becomes the update
         history.append(value)
         if not math.isfinite(best_value) or value > best_value + settings.tolerance * abs(
                 best_value):
@@ -290,21 +307,18 @@ def _run_level(level: _Level, start: torch.Tensor, settings: EngineSettings,
         if taken == iterations:
             break
         # in place wherever a volume is used once (memory: benchmarks/RESULTS.md)
-        update = _force(gradient, warped, level.spacing)
+        del warped
         gaussian_smooth(update, fluid, out=update)
-        squared = update[0] * update[0]
-        squared.addcmul_(update[1], update[1]).addcmul_(update[2], update[2])
-        largest = float(squared.max().sqrt())  # (norm(dim=0) is slow)
-        del squared
+        largest = _largest_norm(update)
         if not largest > 0:
             converged = True
             break
         update.mul_(step * unit / largest)
         if settings.mode == "compositive":
-            variable = level.displaced(variable, update).add_(update)
+            variable = level.displaced(variable, update, addend=update)
         else:
             variable = variable + update
-        del update, warped, gradient
+        del update
         if diffusion > 0:  # variable is a new tensor here, never best_variable
             gaussian_smooth(variable, diffusion, out=variable)
     record = {"spacing_mm": round(unit, 4), "steps": taken, "converged": converged,
@@ -385,8 +399,8 @@ def register_deformable(fixed: np.ndarray, fixed_geometry: Geometry, fixed_mask:
                 variable = torch.zeros((3, *level.grid.shape))
                 if initial is not None:  # the network's start, unless the affine part's
                     given = initial(level.points())  # is better by the engine's similarity
-                    if level.similarity(level.warp(given))[0] >= \
-                            level.similarity(level.warp(variable))[0]:
+                    if level.objective.value(level.warp(given)) >= \
+                            level.objective.value(level.warp(variable)):
                         variable, started_from = given, "network"
             else:
                 variable = field_on(variable, previous.grid, level.grid)
@@ -397,7 +411,7 @@ def register_deformable(fixed: np.ndarray, fixed_geometry: Geometry, fixed_mask:
         finest_level = level
         start = (initial(finest_level.points()) if started_from == "network"
                  else torch.zeros((3, *finest_level.grid.shape)))
-        start_value, _ = finest_level.similarity(finest_level.warp(start))
+        start_value = finest_level.objective.value(finest_level.warp(start))
         displacement = (_exp(variable, finest_level, settings.integration_steps)
                         if settings.mode == "svf" else variable)
         inverse = (_exp(-variable, finest_level, settings.integration_steps)

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ddmr.spatial.grid import Geometry
+from ddmr.spatial.grid import Geometry, index_box
 
 #: Most fixed-grid voxels the overlap and similarity are measured on.
 QC_POINTS = 300_000
@@ -164,11 +164,7 @@ def neighbour_correlation(array: np.ndarray, mask: np.ndarray) -> float:
     anatomy, near 0 for noise."""
     if not mask.any():
         mask = np.ones(array.shape, dtype=bool)
-    box = []
-    for axis in range(3):  # the foreground's bounding box, from its projections
-        present = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
-        box.append(slice(int(present[0]), int(present[-1]) + 1))
-    box = tuple(box)
+    box = index_box(mask)
     values, inside = array[box], mask[box]
     correlations = []
     for axis in range(3):

@@ -175,6 +175,50 @@ def _shifted(padded: torch.Tensor, offset: tuple[int, int, int], dilation: int,
                   starts[2]:starts[2] + shape[2]]
 
 
+def force_from_gradient(gradient: torch.Tensor, features: torch.Tensor,
+                        spacing: tuple[float, float, float]) -> torch.Tensor:
+    """The engine's force (3, *S) ``sum_c dS/dW_c grad W_c``: ``gradient`` dS/dW (C, *S)
+    times the spatial gradient per mm of the warped features (C, *S) (central
+    differences, one-sided at the borders), one axis and channel at a time."""
+    force = torch.zeros((3, *features.shape[1:]), dtype=features.dtype,
+                        device=features.device)
+    for axis in range(3):
+        for channel in range(features.shape[0]):
+            (derivative,) = torch.gradient(features[channel], dim=axis)
+            force[axis].addcmul_(derivative, gradient[channel],
+                                 value=1.0 / float(spacing[axis]))
+    return force
+
+
+class Objective:
+    """A similarity bound to the fixed features (C, *S) on a grid of ``spacing`` mm, as
+    the engine uses it: :meth:`value` of warped features (C, *S), and :meth:`force`,
+    (the value, :func:`force_from_gradient`). Local NCC runs as compiled kernels
+    (:class:`ddmr.spatial.kernels.LNCCKernel`) where they are available."""
+
+    def __init__(self, similarity, fixed: torch.Tensor,
+                 spacing: tuple[float, float, float]) -> None:
+        from ddmr.spatial import kernels
+
+        self.spacing = tuple(float(s) for s in spacing)
+        self.kernel = (kernels.LNCCKernel(fixed[0].numpy(), similarity.window,
+                                          similarity.eps)
+                       if isinstance(similarity, LocalNCC) and kernels.available() else None)
+        self.evaluate = None if self.kernel is not None else similarity.bind(fixed)
+
+    def value(self, warped: torch.Tensor) -> float:
+        if self.kernel is not None:
+            return float(self.kernel.similarity(warped[0].contiguous().numpy())[0])
+        return self.evaluate(warped)[0]
+
+    def force(self, warped: torch.Tensor) -> tuple[float, torch.Tensor]:
+        if self.kernel is not None:
+            value, force = self.kernel.force(warped[0].contiguous().numpy(), self.spacing)
+            return value, torch.from_numpy(force)
+        value, gradient = self.evaluate(warped)
+        return value, force_from_gradient(gradient, warped, self.spacing)
+
+
 def make_similarity(name: str, window: int = 5):
     """The similarity called ``name`` (:data:`SIMILARITY_NAMES`); ``window`` for LNCC."""
     if name == "lncc":

@@ -60,7 +60,7 @@ def _box_axis(source: torch.Tensor, dim: int, radius: int, out: torch.Tensor,
 
 
 @lru_cache(maxsize=64)
-def _gaussian_taps(sigma: float, n: int) -> tuple[tuple[float, ...], torch.Tensor]:
+def gaussian_taps(sigma: float, n: int) -> tuple[tuple[float, ...], torch.Tensor]:
     """Weights of taps 0..R (R = floor(4 sigma), at most n - 1; symmetric, summing to 1
     over -R..R) and, per voxel of the axis, one over the weight of its taps inside the
     grid (n,) float64 (1 but within R of either end)."""
@@ -79,7 +79,7 @@ def _gaussian_axis(source: torch.Tensor, dim: int, sigma: float, out: torch.Tens
     """``out`` = ``source`` smoothed along ``dim`` by a Gaussian of ``sigma`` voxels cut
     at 4 sigma, each voxel divided by the weight of its taps inside the grid."""
     n = source.shape[dim]
-    weights, scale = _gaussian_taps(sigma, n)
+    weights, scale = gaussian_taps(sigma, n)
     torch.mul(source, weights[0], out=out)
     for shift, weight in enumerate(weights[1:], start=1):
         length = n - shift
@@ -126,7 +126,13 @@ def box_sum(volume: torch.Tensor, window: int, out: torch.Tensor | None = None
             ) -> torch.Tensor:
     """Sum of (C, D, H, W) over a cubic ``window`` (odd, voxels) around each voxel, zero
     beyond the grid (so only voxels inside it count). With ``out`` (C, D, H, W; may be
-    ``volume`` itself) the result is written there, one channel at a time."""
+    ``volume`` itself) the result is written there, one channel at a time. Runs the
+    compiled kernel (:mod:`ddmr.spatial.kernels`) where it can, else torch."""
+    if _compiled(volume, out):
+        from ddmr.spatial import kernels
+
+        return _as_tensor(kernels.box_sum(volume.numpy(), window,
+                                          None if out is None else out.numpy()), out)
     radius = window // 2
 
     def along(source, dim, target, scratch):
@@ -135,12 +141,33 @@ def box_sum(volume: torch.Tensor, window: int, out: torch.Tensor | None = None
     return _per_channel(volume, [along if radius > 0 else None] * 3, out)
 
 
+def _compiled(volume: torch.Tensor, out: torch.Tensor | None) -> bool:
+    """Whether the compiled kernels take this call: float32 (C, D, H, W) CPU tensors,
+    contiguous, outside autograd, and the kernels available."""
+    from ddmr.spatial import kernels
+
+    return (kernels.available() and volume.dim() == 4 and volume.dtype == torch.float32
+            and volume.device.type == "cpu" and volume.is_contiguous()
+            and not volume.requires_grad
+            and (out is None or (out.dtype == torch.float32 and out.is_contiguous()
+                                 and out.shape == volume.shape and not out.requires_grad)))
+
+
+def _as_tensor(result, out: torch.Tensor | None) -> torch.Tensor:
+    return out if out is not None else torch.from_numpy(result)
+
+
 def gaussian_smooth(volume: torch.Tensor, sigma: float | tuple[float, float, float],
                     out: torch.Tensor | None = None) -> torch.Tensor:
     """(C, D, H, W) smoothed by a Gaussian of ``sigma`` voxels (per axis; 0: none),
     truncated at 4 sigma and renormalised at the borders (a constant stays constant);
     ``out``: as :func:`box_sum`."""
     sigmas = (sigma,) * 3 if isinstance(sigma, int | float) else tuple(sigma)
+    if _compiled(volume, out):
+        from ddmr.spatial import kernels
+
+        return _as_tensor(kernels.gaussian_smooth(volume.numpy(), sigmas,
+                                                  None if out is None else out.numpy()), out)
 
     def along(s):
         return lambda source, dim, target, scratch: _gaussian_axis(source, dim, s, target)

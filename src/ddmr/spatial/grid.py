@@ -206,14 +206,27 @@ def image_box(geometry: Geometry) -> Box:
     return corners.min(axis=0), corners.max(axis=0)
 
 
+def index_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """The index bounding box of the voxels where ``mask`` (I, J, K) is true, one slice
+    per axis, from the mask's projections (no array of indices); ``None`` when empty."""
+    box = []
+    for axis in range(mask.ndim):
+        present = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim)
+                                                     if a != axis)))
+        if present.size == 0:
+            return None
+        box.append(slice(int(present[0]), int(present[-1]) + 1))
+    return tuple(box)
+
+
 def mask_box(mask: np.ndarray, geometry: Geometry, margin: float = 0.0) -> Box | None:
     """World bounding box of the voxels where ``mask`` (I, J, K) is true, grown by
     ``margin`` mm on every side; ``None`` for an empty mask."""
-    where = np.nonzero(mask)
-    if len(where[0]) == 0:
+    box = index_box(mask)
+    if box is None:
         return None
-    lo = np.array([w.min() for w in where], dtype=np.float64) - 0.5
-    hi = np.array([w.max() for w in where], dtype=np.float64) + 0.5
+    lo = np.array([b.start for b in box], dtype=np.float64) - 0.5
+    hi = np.array([b.stop - 1 for b in box], dtype=np.float64) + 0.5
     corners = np.array([[(hi if b else lo)[a] for a, b in enumerate(bits)]
                         for bits in np.ndindex(2, 2, 2)])
     world = geometry.index_to_world(corners)

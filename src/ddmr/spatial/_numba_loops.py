@@ -1,0 +1,310 @@
+"""The compiled loops of :mod:`ddmr.spatial.kernels` (numba, imported only there, and only
+when numba is installed). Each kernel writes into ``out``; shapes are (C, D, H, W) float32
+unless stated. Compiled once and cached on disk by numba."""
+
+import math
+
+import numba
+import numpy as np
+from numba import prange
+
+jit = numba.njit(parallel=True, cache=True, nogil=True)
+inline = numba.njit(cache=True, inline="always")
+
+
+@jit
+def box_last(src, out, radius):
+    """Window sums along the last axis of (C, D, H, W), zero beyond the grid."""
+    c_, d_, h_, w_ = src.shape
+    for row in prange(c_ * d_ * h_):
+        c, rest = divmod(np.int64(row), d_ * h_)
+        d, h = divmod(np.int64(rest), h_)
+        line = src[c, d, h]
+        target = out[c, d, h]
+        total = 0.0
+        for k in range(min(radius, w_ - 1) + 1):
+            total += line[k]
+        target[0] = total
+        for k in range(1, w_):
+            if k + radius < w_:
+                total += line[k + radius]
+            if k - radius - 1 >= 0:
+                total -= line[k - radius - 1]
+            target[k] = total
+
+@jit
+def box_middle(src, out, radius):
+    """Window sums along axis 2 of (C, D, H, W) (running rows of W in float64)."""
+    c_, d_, h_, w_ = src.shape
+    for slab in prange(c_ * d_):
+        c, d = divmod(np.int64(slab), d_)
+        plane = src[c, d]
+        target = out[c, d]
+        total = np.zeros(w_, dtype=np.float64)
+        for j in range(min(radius, h_ - 1) + 1):
+            for k in range(w_):
+                total[k] += plane[j, k]
+        for j in range(h_):
+            if j > 0 and j + radius < h_:
+                for k in range(w_):
+                    total[k] += plane[j + radius, k]
+            if j - radius - 1 >= 0:
+                for k in range(w_):
+                    total[k] -= plane[j - radius - 1, k]
+            for k in range(w_):
+                target[j, k] = total[k]
+
+@jit
+def box_first(src, out, radius):
+    """Window sums along axis 1 of (C, D, H, W) (running rows of W in float64)."""
+    c_, d_, h_, w_ = src.shape
+    for column in prange(c_ * h_):
+        c, h = divmod(np.int64(column), h_)
+        total = np.zeros(w_, dtype=np.float64)
+        for i in range(min(radius, d_ - 1) + 1):
+            for k in range(w_):
+                total[k] += src[c, i, h, k]
+        for i in range(d_):
+            if i > 0 and i + radius < d_:
+                for k in range(w_):
+                    total[k] += src[c, i + radius, h, k]
+            if i - radius - 1 >= 0:
+                for k in range(w_):
+                    total[k] -= src[c, i - radius - 1, h, k]
+            for k in range(w_):
+                out[c, i, h, k] = total[k]
+
+@jit
+def gauss_last(src, out, weights, scale):
+    """Gaussian taps along the last axis of (C, D, H, W), border voxels rescaled."""
+    c_, d_, h_, w_ = src.shape
+    radius = weights.shape[0] - 1
+    for row in prange(c_ * d_ * h_):
+        c, rest = divmod(np.int64(row), d_ * h_)
+        d, h = divmod(np.int64(rest), h_)
+        line = src[c, d, h]
+        target = out[c, d, h]
+        for k in range(w_):
+            target[k] = weights[0] * line[k]
+        for t in range(1, radius + 1):
+            weight = np.float32(weights[t])
+            for k in range(t, w_):
+                target[k] += weight * line[k - t]
+            for k in range(w_ - t):
+                target[k] += weight * line[k + t]
+        for k in range(min(radius, w_)):
+            target[k] *= scale[k]
+        for k in range(max(radius, w_ - radius), w_):
+            target[k] *= scale[k]
+
+@jit
+def gauss_middle(src, out, weights, scale):
+    """Gaussian taps along axis 2 of (C, D, H, W), border rows rescaled."""
+    c_, d_, h_, w_ = src.shape
+    radius = weights.shape[0] - 1
+    for slab in prange(c_ * d_):
+        c, d = divmod(np.int64(slab), d_)
+        plane = src[c, d]
+        target = out[c, d]
+        for j in range(h_):
+            weight = np.float32(weights[0])
+            for k in range(w_):
+                target[j, k] = weight * plane[j, k]
+            for t in range(1, radius + 1):
+                weight = np.float32(weights[t])
+                if j - t >= 0:
+                    for k in range(w_):
+                        target[j, k] += weight * plane[j - t, k]
+                if j + t < h_:
+                    for k in range(w_):
+                        target[j, k] += weight * plane[j + t, k]
+            if j < radius or j >= h_ - radius:
+                rescale = np.float32(scale[j])
+                for k in range(w_):
+                    target[j, k] *= rescale
+
+@jit
+def gauss_first(src, out, weights, scale):
+    """Gaussian taps along axis 1 of (C, D, H, W), border slabs rescaled."""
+    c_, d_, h_, w_ = src.shape
+    radius = weights.shape[0] - 1
+    for column in prange(c_ * h_):
+        c, h = divmod(np.int64(column), h_)
+        for i in range(d_):
+            weight = np.float32(weights[0])
+            for k in range(w_):
+                out[c, i, h, k] = weight * src[c, i, h, k]
+            for t in range(1, radius + 1):
+                weight = np.float32(weights[t])
+                if i - t >= 0:
+                    for k in range(w_):
+                        out[c, i, h, k] += weight * src[c, i - t, h, k]
+                if i + t < d_:
+                    for k in range(w_):
+                        out[c, i, h, k] += weight * src[c, i + t, h, k]
+            if i < radius or i >= d_ - radius:
+                rescale = np.float32(scale[i])
+                for k in range(w_):
+                    out[c, i, h, k] *= rescale
+
+@inline
+def corner(position, size):
+    """Border-clamped trilinear corner along one axis: (low index, high index,
+    weight of the high one)."""
+    if position <= 0.0:
+        return 0, 0, 0.0
+    top = size - 1
+    if position >= top:
+        return top, top, 0.0
+    low = int(position)  # (position > 0: truncation is the floor)
+    return low, min(low + 1, top), position - low
+
+@jit
+def sample(volume, displacement, linear, base, out, addend, add):
+    """out[c, x] = volume[c] at ``linear @ displacement[:, x] + base @ (x, 1)``
+    (voxel coordinates of ``volume``; trilinear, border values), plus addend[c, x]
+    when ``add``."""
+    channels, md, mh, mw = volume.shape
+    _, d_, h_, w_ = displacement.shape
+    for slab in prange(d_ * h_):
+        i, j = divmod(np.int64(slab), h_)
+        for k in range(w_):
+            u0 = displacement[0, i, j, k]
+            u1 = displacement[1, i, j, k]
+            u2 = displacement[2, i, j, k]
+            p0 = (linear[0, 0] * u0 + linear[0, 1] * u1 + linear[0, 2] * u2
+                  + base[0, 0] * i + base[0, 1] * j + base[0, 2] * k + base[0, 3])
+            p1 = (linear[1, 0] * u0 + linear[1, 1] * u1 + linear[1, 2] * u2
+                  + base[1, 0] * i + base[1, 1] * j + base[1, 2] * k + base[1, 3])
+            p2 = (linear[2, 0] * u0 + linear[2, 1] * u1 + linear[2, 2] * u2
+                  + base[2, 0] * i + base[2, 1] * j + base[2, 2] * k + base[2, 3])
+            x0, x1, fx = corner(p0, md)
+            y0, y1, fy = corner(p1, mh)
+            z0, z1, fz = corner(p2, mw)
+            for c in range(channels):
+                v = volume[c]
+                low = ((v[x0, y0, z0] * (1 - fz) + v[x0, y0, z1] * fz) * (1 - fy)
+                       + (v[x0, y1, z0] * (1 - fz) + v[x0, y1, z1] * fz) * fy)
+                high = ((v[x1, y0, z0] * (1 - fz) + v[x1, y0, z1] * fz) * (1 - fy)
+                        + (v[x1, y1, z0] * (1 - fz) + v[x1, y1, z1] * fz) * fy)
+                value = low * (1 - fx) + high * fx
+                if add:
+                    value += addend[c, i, j, k]
+                out[c, i, j, k] = value
+
+@jit
+def lncc_products(a, b, out):
+    """out = (b, b*b, a*b): the warped statistics before their window sums."""
+    d_, h_, w_ = b.shape
+    for slab in prange(d_ * h_):
+        i, j = divmod(np.int64(slab), h_)
+        for k in range(w_):
+            v = b[i, j, k]
+            out[0, i, j, k] = v
+            out[1, i, j, k] = v * v
+            out[2, i, j, k] = a[i, j, k] * v
+
+@jit
+def lncc_centres(sums, sum_a, var_a, count, eps, out):
+    """The squared correlation's sum and the four window statistics of its gradient
+    (alpha, alpha mean_a, beta, beta mean_b) from the warped window sums."""
+    _, d_, h_, w_ = sums.shape
+    total = 0.0
+    for slab in prange(d_ * h_):
+        i, j = divmod(np.int64(slab), h_)
+        for k in range(w_):
+            n = count[i, j, k]
+            sb = sums[0, i, j, k]
+            mean_b = sb / n
+            cov = sums[2, i, j, k] - sum_a[i, j, k] * mean_b
+            var_b = max(sums[1, i, j, k] - sb * mean_b, 0.0)
+            va = var_a[i, j, k]
+            denominator = var_b * va + eps
+            cc = cov * cov / denominator
+            total += cc
+            alpha = 2.0 * cov / denominator
+            beta = 2.0 * cc * va / denominator
+            out[0, i, j, k] = alpha
+            out[1, i, j, k] = alpha * (sum_a[i, j, k] / n)
+            out[2, i, j, k] = beta
+            out[3, i, j, k] = beta * mean_b
+    return total
+
+@jit
+def lncc_force(a, b, centres, scale, spacing, out):
+    """out[axis] = dS/dW * dW/dx_axis / spacing[axis]: the gradient of the squared
+    correlation ``(a c0 - c1 - b c2 + c3) * scale`` times the warped image's central
+    differences (one-sided at the borders)."""
+    d_, h_, w_ = b.shape
+    for slab in prange(d_ * h_):
+        i, j = divmod(np.int64(slab), h_)
+        for k in range(w_):
+            g = (a[i, j, k] * centres[0, i, j, k] - centres[1, i, j, k]
+                 - b[i, j, k] * centres[2, i, j, k] + centres[3, i, j, k]) * scale
+            if d_ == 1:
+                gx = 0.0
+            elif i == 0:
+                gx = b[1, j, k] - b[0, j, k]
+            elif i == d_ - 1:
+                gx = b[i, j, k] - b[i - 1, j, k]
+            else:
+                gx = 0.5 * (b[i + 1, j, k] - b[i - 1, j, k])
+            if h_ == 1:
+                gy = 0.0
+            elif j == 0:
+                gy = b[i, 1, k] - b[i, 0, k]
+            elif j == h_ - 1:
+                gy = b[i, j, k] - b[i, j - 1, k]
+            else:
+                gy = 0.5 * (b[i, j + 1, k] - b[i, j - 1, k])
+            if w_ == 1:
+                gz = 0.0
+            elif k == 0:
+                gz = b[i, j, 1] - b[i, j, 0]
+            elif k == w_ - 1:
+                gz = b[i, j, k] - b[i, j, k - 1]
+            else:
+                gz = 0.5 * (b[i, j, k + 1] - b[i, j, k - 1])
+            out[0, i, j, k] = g * gx / spacing[0]
+            out[1, i, j, k] = g * gy / spacing[1]
+            out[2, i, j, k] = g * gz / spacing[2]
+
+@jit
+def largest_norm(field):
+    """The largest vector length of (3, D, H, W)."""
+    _, d_, h_, w_ = field.shape
+    best = np.zeros(d_)
+    for i in prange(d_):
+        top = 0.0
+        for j in range(h_):
+            for k in range(w_):
+                s = (field[0, i, j, k] * field[0, i, j, k]
+                     + field[1, i, j, k] * field[1, i, j, k]
+                     + field[2, i, j, k] * field[2, i, j, k])
+                if s > top:
+                    top = s
+        best[i] = top
+    return math.sqrt(best.max())
+
+
+
+@jit
+def sample_points(volume, points, matrix, out):
+    """out[c, n] = volume[c] at the voxel coordinates ``matrix @ (points[:, n], 1)`` of
+    points (3, N) (trilinear, border values); out (C, N)."""
+    channels, md, mh, mw = volume.shape
+    for n in prange(points.shape[1]):
+        x, y, z = points[0, n], points[1, n], points[2, n]
+        p0 = matrix[0, 0] * x + matrix[0, 1] * y + matrix[0, 2] * z + matrix[0, 3]
+        p1 = matrix[1, 0] * x + matrix[1, 1] * y + matrix[1, 2] * z + matrix[1, 3]
+        p2 = matrix[2, 0] * x + matrix[2, 1] * y + matrix[2, 2] * z + matrix[2, 3]
+        x0, x1, fx = corner(p0, md)
+        y0, y1, fy = corner(p1, mh)
+        z0, z1, fz = corner(p2, mw)
+        for c in range(channels):
+            v = volume[c]
+            low = ((v[x0, y0, z0] * (1 - fz) + v[x0, y0, z1] * fz) * (1 - fy)
+                   + (v[x0, y1, z0] * (1 - fz) + v[x0, y1, z1] * fz) * fy)
+            high = ((v[x1, y0, z0] * (1 - fz) + v[x1, y0, z1] * fz) * (1 - fy)
+                    + (v[x1, y1, z0] * (1 - fz) + v[x1, y1, z1] * fz) * fy)
+            out[c, n] = low * (1 - fx) + high * fx

@@ -1,0 +1,224 @@
+"""The registration engine's inner loops as compiled kernels (numba), each a fused pass
+over whole volumes in place of a chain of torch operations (issue 28: an engine step at
+1 mm was ~25 torch passes, each reading and writing whole volumes).
+
+Every kernel computes exactly what its torch counterpart computes (the same definitions,
+to float32 rounding; tested against them):
+
+* :func:`box_sum` - :func:`ddmr.spatial.filters.box_sum` (running sums in float64);
+* :func:`gaussian_smooth` - :func:`ddmr.spatial.filters.gaussian_smooth`;
+* :func:`sample_points` - ``grid_sample`` (the same) at voxel coordinates of given points;
+* :func:`sample_affine` - ``grid_sample`` (trilinear, aligned corners, border values) at
+  voxel coordinates ``L u(x) + B x + c`` made on the fly, plus an optional addend;
+* :func:`lncc_gradient` - :class:`ddmr.registration.similarity.LocalNCC` with its gradient;
+* :func:`force` - the engine's force from that gradient (central differences, one-sided
+  at the borders, as ``torch.gradient``).
+
+Arrays are C-contiguous float32 numpy arrays (torch CPU tensors share their memory through
+``.numpy()``), channels first: (C, D, H, W). Compiled code is cached on disk (the first
+process compiles, ~10-20 s once; later ones load it in well under a second).
+
+:func:`available` says whether the kernels can run: numba installed and importable, and
+``DDMR_KERNELS`` not set to ``torch`` (the torch path, the reference, runs otherwise).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+
+import numpy as np
+
+#: ``DDMR_KERNELS=torch`` turns the compiled kernels off (the torch path runs).
+SWITCH = "DDMR_KERNELS"
+
+
+@lru_cache(maxsize=1)
+def _numba():
+    try:
+        import numba
+    except Exception:
+        return None
+    return numba
+
+
+def available() -> bool:
+    """True when the compiled kernels run (numba importable, not switched off)."""
+    return os.environ.get(SWITCH, "").strip().lower() != "torch" and _numba() is not None
+
+
+def set_threads(threads: int) -> None:
+    """Run the kernels on ``threads`` threads (at most numba's pool size)."""
+    numba = _numba()
+    if numba is not None:
+        numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
+
+
+@lru_cache(maxsize=1)
+def _compiled():
+    """The kernels (:mod:`ddmr.spatial._numba_loops`), compiled or loaded from numba's
+    cache on first use."""
+    from ddmr.spatial import _numba_loops as loops
+
+    return {"box": (loops.box_first, loops.box_middle, loops.box_last),
+            "gauss": (loops.gauss_first, loops.gauss_middle, loops.gauss_last),
+            "sample": loops.sample, "sample_points": loops.sample_points,
+            "lncc_products": loops.lncc_products,
+            "lncc_centres": loops.lncc_centres, "lncc_force": loops.lncc_force,
+            "largest_norm": loops.largest_norm}
+
+
+def _four(volume: np.ndarray) -> np.ndarray:
+    """An input (C, D, H, W) as the kernels read it: C-contiguous float32 (a copy only
+    where it is not)."""
+    volume = np.ascontiguousarray(volume, dtype=np.float32)
+    if volume.ndim != 4:
+        raise ValueError(f"kernels take (C, D, H, W) volumes, got shape {volume.shape}")
+    return volume
+
+
+def _target(out: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray | None:
+    """``out`` checked as a place to write a result of ``shape`` (None: a new array)."""
+    if out is not None and (out.dtype != np.float32 or not out.flags.c_contiguous
+                            or out.shape != shape):
+        raise ValueError(f"out must be a C-contiguous float32 array of shape {shape}")
+    return out
+
+
+def _separable(volume: np.ndarray, passes, out: np.ndarray | None) -> np.ndarray:
+    """Apply ``passes`` [(kernel, *arguments)] one after the other, each from the last
+    one's result into a spare buffer, the last into ``out`` (may be ``volume``) or a
+    new array."""
+    if not passes:
+        if out is None:
+            return volume.copy()
+        if not _same(out, volume):
+            out[...] = volume
+        return out
+    spares: list[np.ndarray] = []
+
+    def spare(avoid: np.ndarray) -> np.ndarray:
+        for buffer in spares:
+            if not _same(buffer, avoid):
+                return buffer
+        spares.append(np.empty_like(volume))
+        return spares[-1]
+
+    source = volume
+    for n, (kernel, *arguments) in enumerate(passes):
+        last = n == len(passes) - 1
+        target = out if last and out is not None and not _same(out, source) else spare(source)
+        kernel(source, target, *arguments)
+        source = target
+    if out is None:
+        return source
+    if not _same(source, out):
+        out[...] = source
+    return out
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two arrays start at the same address (views of one buffer)."""
+    return a.ctypes.data == b.ctypes.data
+
+
+def box_sum(volume: np.ndarray, window: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Sums of (C, D, H, W) over a cubic ``window`` (odd, voxels), zero beyond the grid:
+    :func:`ddmr.spatial.filters.box_sum`."""
+    kernels = _compiled()["box"]
+    radius = window // 2
+    volume = _four(volume)
+    out = _target(out, volume.shape)
+    passes = [(kernels[axis], radius) for axis in range(3)
+              if radius > 0 and volume.shape[axis + 1] > 1]
+    return _separable(volume, passes, out)
+
+
+def gaussian_smooth(volume: np.ndarray, sigma: float | tuple[float, float, float],
+                    out: np.ndarray | None = None) -> np.ndarray:
+    """(C, D, H, W) smoothed by a Gaussian of ``sigma`` voxels (per axis; 0: none),
+    truncated at 4 sigma and renormalised at the borders:
+    :func:`ddmr.spatial.filters.gaussian_smooth`."""
+    from ddmr.spatial.filters import gaussian_taps
+
+    kernels = _compiled()["gauss"]
+    volume = _four(volume)
+    out = _target(out, volume.shape)
+    sigmas = (sigma,) * 3 if isinstance(sigma, int | float) else tuple(sigma)
+    passes = []
+    for axis, s in enumerate(sigmas):
+        n = volume.shape[axis + 1]
+        if s > 0 and n > 1:
+            weights, scale = gaussian_taps(float(s), n)
+            passes.append((kernels[axis], np.asarray(weights, dtype=np.float64),
+                           scale.numpy()))
+    return _separable(volume, passes, out)
+
+
+def sample_affine(volume: np.ndarray, displacement: np.ndarray, linear: np.ndarray,
+                  base: np.ndarray, addend: np.ndarray | None = None) -> np.ndarray:
+    """``volume`` (C, ...) sampled (trilinear, border values) at the voxel coordinates
+    ``linear @ displacement[:, x] + base @ (x, 1)`` of every voxel x of ``displacement``
+    (3, D, H, W): (C, D, H, W), plus ``addend`` (C, D, H, W) when given. ``linear`` (3, 3),
+    ``base`` (3, 4)."""
+    volume, displacement = _four(volume), _four(displacement)
+    out = np.empty((volume.shape[0], *displacement.shape[1:]), dtype=np.float32)
+    add = addend is not None
+    _compiled()["sample"](volume, displacement, np.ascontiguousarray(linear, np.float64),
+                          np.ascontiguousarray(base, np.float64), out,
+                          _four(addend) if add else out, add)
+    return out
+
+
+def sample_points(volume: np.ndarray, points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """``volume`` (C, ...) sampled (trilinear, border values) at the voxel coordinates
+    ``matrix @ (p, 1)`` of points (3, N) (``matrix`` (3, 4) or (4, 4)): (C, N)."""
+    volume = _four(volume)
+    points = np.ascontiguousarray(points, dtype=np.float32)
+    out = np.empty((volume.shape[0], points.shape[1]), dtype=np.float32)
+    _compiled()["sample_points"](volume, points, np.ascontiguousarray(matrix[:3],
+                                                                      np.float64), out)
+    return out
+
+
+class LNCCKernel:
+    """Local squared NCC (window ``window`` voxels) against the fixed image ``a`` (D, H, W):
+    :meth:`force` gives the similarity of a warped image and the force from it, as
+    :class:`ddmr.registration.similarity.LocalNCC` and the engine's force do."""
+
+    def __init__(self, a: np.ndarray, window: int, eps: float) -> None:
+        self.a = np.ascontiguousarray(a, dtype=np.float32)
+        self.window, self.eps = window, float(eps)
+        ones = np.ones((1, *a.shape), dtype=np.float32)
+        self.count = box_sum(ones, window)[0]
+        stats = np.stack([self.a, self.a * self.a])
+        sums = box_sum(stats, window)
+        self.sum_a = np.ascontiguousarray(sums[0])
+        var_a = sums[1] - sums[0] * (sums[0] / self.count)
+        self.var_a = np.ascontiguousarray(np.maximum(var_a, 0.0, out=var_a))
+
+    def similarity(self, b: np.ndarray) -> tuple[float, np.ndarray]:
+        """(mean squared correlation, its window statistics (4, D, H, W))."""
+        kernels = _compiled()
+        products = np.empty((3, *b.shape), dtype=np.float32)
+        kernels["lncc_products"](self.a, np.ascontiguousarray(b), products)
+        sums = box_sum(products, self.window, out=products)
+        centres = np.empty((4, *b.shape), dtype=np.float32)
+        total = kernels["lncc_centres"](sums, self.sum_a, self.var_a, self.count, self.eps,
+                                        centres)
+        return total / b.size, centres
+
+    def force(self, b: np.ndarray, spacing: tuple[float, float, float]
+              ) -> tuple[float, np.ndarray]:
+        """(similarity, the force (3, D, H, W)) of the warped image ``b`` (D, H, W)."""
+        value, centres = self.similarity(b)
+        box_sum(centres, self.window, out=centres)
+        out = np.empty((3, *b.shape), dtype=np.float32)
+        _compiled()["lncc_force"](self.a, b, centres, 1.0 / b.size,
+                                  np.asarray(spacing, dtype=np.float64), out)
+        return value, out
+
+
+def largest_norm(field: np.ndarray) -> float:
+    """The largest vector length of a field (3, D, H, W)."""
+    return float(_compiled()["largest_norm"](_four(field)))

@@ -1,0 +1,127 @@
+"""The compiled kernels (:mod:`ddmr.spatial.kernels`, issue 28) compute what the torch path
+computes: each kernel against its torch counterpart, the engine's whole run on both paths,
+and the clean fallback to torch where numba cannot be loaded."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ddmr.registration import engine
+from ddmr.registration.similarity import LocalNCC, Objective, force_from_gradient
+from ddmr.spatial import kernels
+from ddmr.spatial.grid import sampling_matrix
+from ddmr.spatial.warp import affine_volume, grid_sample_3d
+
+pytestmark = pytest.mark.skipif(not kernels.available(), reason="numba is not installed")
+
+
+def _random(shape, seed=0):
+    return np.random.default_rng(seed).random(shape, dtype=np.float32)
+
+
+@pytest.mark.parametrize("shape", [(2, 20, 23, 17), (1, 3, 40, 2), (3, 1, 6, 25)])
+def test_filters_equal_the_torch_path(shape, monkeypatch):
+    from ddmr.spatial.filters import box_sum, gaussian_smooth
+
+    x = _random(shape)
+    compiled = [kernels.box_sum(x, w) for w in (1, 3, 9, 41)] + \
+        [kernels.gaussian_smooth(x, s) for s in (0.5, 1.0, (2.0, 0.0, 0.7))]
+    monkeypatch.setenv(kernels.SWITCH, "torch")
+    reference = [box_sum(torch.from_numpy(x), w).numpy() for w in (1, 3, 9, 41)] + \
+        [gaussian_smooth(torch.from_numpy(x), s).numpy() for s in (0.5, 1.0, (2.0, 0.0, 0.7))]
+    for ours, theirs in zip(compiled, reference, strict=True):
+        np.testing.assert_allclose(ours, theirs, atol=2e-4 * max(1.0, np.abs(theirs).max()),
+                                   rtol=0)
+
+
+def test_sampling_equals_grid_sample_with_border_values():
+    rng = np.random.default_rng(1)
+    moving = _random((2, 15, 18, 21), 2)
+    displacement = (rng.standard_normal((3, 20, 23, 17)) * 4).astype(np.float32)
+    linear = rng.standard_normal((3, 3)) * 0.3  # many points beyond the moving grid
+    base = np.c_[np.diag([0.8, 0.7, 1.1]) + rng.standard_normal((3, 3)) * 0.05, [1, -2, 0.5]]
+    addend = _random((2, 20, 23, 17), 3)
+    ours = kernels.sample_affine(moving, displacement, linear, base, addend)
+    to_sampling = sampling_matrix(moving.shape[1:])
+    full = np.vstack([base, [0, 0, 0, 1]])
+    coordinates = engine._apply_linear(
+        torch.from_numpy((to_sampling[:3, :3] @ linear).astype(np.float32)),
+        torch.from_numpy(displacement)).add_(
+        affine_volume(to_sampling @ full, displacement.shape[1:], channels_last=True))
+    reference = grid_sample_3d(torch.from_numpy(moving)[None], coordinates[None])[0].numpy()
+    np.testing.assert_allclose(ours, reference + addend, atol=1e-5)
+
+
+@pytest.mark.parametrize("window", [3, 9])
+def test_lncc_force_equals_the_similarity_and_force_of_the_torch_path(window):
+    a, b = _random((20, 23, 17), 4), _random((20, 23, 17), 5)
+    spacing = (1.0, 2.0, 1.5)
+    value, force = kernels.LNCCKernel(a, window, 1e-5).force(b, spacing)
+    expected, gradient = LocalNCC(window)(torch.from_numpy(a)[None], torch.from_numpy(b)[None])
+    reference = force_from_gradient(gradient, torch.from_numpy(b)[None], spacing).numpy()
+    assert value == pytest.approx(expected, rel=1e-5)
+    np.testing.assert_allclose(force, reference, atol=1e-5 * np.abs(reference).max())
+
+
+def test_largest_norm():
+    field = np.random.default_rng(6).standard_normal((3, 9, 8, 7)).astype(np.float32)
+    assert kernels.largest_norm(field) == pytest.approx(
+        float(np.sqrt((field.astype(np.float64) ** 2).sum(0)).max()), rel=1e-6)
+
+
+def test_kernels_write_only_into_float32_contiguous_arrays():
+    x = np.ones((1, 4, 4, 8))  # float64 input: read as float32
+    np.testing.assert_allclose(kernels.box_sum(x, 3)[0, 1, 1, 1], 27.0)
+    with pytest.raises(ValueError, match="float32"):
+        kernels.box_sum(x, 3, out=np.empty((1, 4, 4, 8)))
+    with pytest.raises(ValueError, match="float32"):
+        kernels.gaussian_smooth(x, 1.0, out=np.ones((1, 4, 4, 16), np.float32)[..., ::2])
+    with pytest.raises(ValueError, match="shape"):
+        kernels.box_sum(np.ones((4, 4, 8)), 3)
+
+
+def test_the_engine_gives_the_same_field_on_both_paths(monkeypatch):
+    from test_engine import FAST, _run
+
+    compiled, *_ = _run(FAST)
+    monkeypatch.setenv(kernels.SWITCH, "torch")
+    reference, *_ = _run(FAST)
+    assert [r["steps"] for r in compiled.levels] == [r["steps"] for r in reference.levels]
+    assert compiled.objective == pytest.approx(reference.objective, abs=1e-4)
+    difference = (compiled.displacement_mm - reference.displacement_mm).abs()
+    assert float(difference.max()) < 0.05  # mm, after 90 steps of float32 rounding
+
+
+def test_without_numba_the_torch_path_runs(monkeypatch):
+    monkeypatch.setattr(kernels, "_numba", lambda: None)
+    assert not kernels.available()
+    fixed = torch.from_numpy(_random((1, 12, 13, 11), 7))
+    objective = Objective(LocalNCC(5), fixed, (1.0, 1.0, 1.0))
+    assert objective.kernel is None
+    value, force = objective.force(fixed)
+    assert value > 0.9 and force.shape == (3, 12, 13, 11)
+
+
+def test_the_switch_turns_the_kernels_off(monkeypatch):
+    monkeypatch.setenv(kernels.SWITCH, "torch")
+    assert not kernels.available()
+    monkeypatch.setenv(kernels.SWITCH, "")
+    assert kernels.available()
+
+
+def test_sampling_at_points_equals_the_torch_path(monkeypatch):
+    from register_helpers import grid, rotation
+
+    geometry = grid((10, 12, 9), (2.0, 1.5, 3.0), rotation((1, 0, 1), 25), (5.0, -3.0, 2.0))
+    field = torch.from_numpy(_random((3, *geometry.shape), 8))
+    rng = np.random.default_rng(9)
+    index = rng.uniform(-3, 14, (40, 3))  # inside and beyond the grid (border values)
+    points = torch.from_numpy(geometry.index_to_world(index).T.astype(np.float32)
+                              .reshape(3, 5, 8))
+    ours = engine.sample_field(field, geometry, points)
+    monkeypatch.setenv(kernels.SWITCH, "torch")
+    reference = engine.sample_field(field, geometry, points)
+    assert ours.shape == (3, 5, 8)
+    np.testing.assert_allclose(ours.numpy(), reference.numpy(), atol=1e-5)
