@@ -50,12 +50,31 @@ def slice_geometries(geometry: Geometry) -> list[tuple[str, Geometry]]:
 
 
 def _cut(array: np.ndarray, geometry: Geometry, plane: Geometry) -> np.ndarray:
-    return resample_to(array.astype(np.float32, copy=False), geometry, plane, order=1,
-                       cval=np.nan)[:, :, 0]
+    """``array`` (I, J, K) on ``geometry`` resampled (trilinear) onto the one-voxel-thick
+    ``plane``: (rows, columns), NaN beyond the array. Only the slab of the array around
+    the plane is read (two voxels of margin: the same values as the whole array)."""
+    index = geometry.world_to_index(plane.world_corners())
+    size = np.array(array.shape)
+    low = np.clip(np.floor(index.min(axis=0)).astype(int) - 2, 0, size)
+    high = np.clip(np.ceil(index.max(axis=0)).astype(int) + 3, 0, size)
+    if (high <= low).any():
+        return np.full(plane.shape[:2], np.nan, dtype=np.float32)
+    slab = array[low[0]:high[0], low[1]:high[1], low[2]:high[2]]
+    shift = np.eye(4)
+    shift[:3, 3] = low
+    return resample_to(slab.astype(np.float32), Geometry(geometry.affine @ shift, slab.shape),
+                       plane, order=1, cval=np.nan)[:, :, 0]
+
+
+#: Voxels an image's display window is taken from (a regular subsample beyond).
+WINDOW_VOXELS = 1 << 21
 
 
 def _window(array: np.ndarray) -> tuple[float, float]:
-    lo, hi = np.percentile(array, [1, 99])
+    """The display window: the 1st and 99th percentiles (of a regular subsample of at
+    most :data:`WINDOW_VOXELS` voxels)."""
+    step = max(1, int(np.ceil((array.size / WINDOW_VOXELS) ** (1 / 3))))
+    lo, hi = np.percentile(array[::step, ::step, ::step], [1, 99])
     return float(lo), float(hi if hi > lo else lo + 1.0)
 
 

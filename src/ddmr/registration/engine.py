@@ -246,6 +246,18 @@ def sample_field(field_mm: torch.Tensor, grid: Geometry, points: torch.Tensor
     return out.reshape(3, *points.shape[1:])
 
 
+@dataclass(frozen=True)
+class FieldAt:
+    """A field (3, *grid.shape) on ``grid`` as a function of world points (3, ...):
+    :func:`sample_field`."""
+
+    field_mm: torch.Tensor
+    grid: Geometry
+
+    def __call__(self, points: torch.Tensor) -> torch.Tensor:
+        return sample_field(self.field_mm, self.grid, points)
+
+
 def field_on(field_mm: torch.Tensor, grid: Geometry, target: Geometry) -> torch.Tensor:
     """A field (3, *grid.shape) on ``grid`` interpolated at the voxels of ``target``
     (trilinear, border values beyond ``grid``): (3, *target.shape), without a volume of

@@ -100,7 +100,13 @@ def invert(residual: Sampler, point_map: np.ndarray, fixed: Geometry, moving: Ge
     """The inverse (module docstring) of ``phi(p) = P(p + d(p))``: ``residual(points)``
     gives ``d`` (mm) at world points (3, n); ``start(points)`` an approximate ``e``
     (``exp(-v)`` in svf mode, :func:`grid_inverse` otherwise; None: ``-d``) from which
-    the fixed-point iteration goes on until its mean change is below the tolerance."""
+    the fixed-point iteration goes on until its mean change is below the tolerance (with
+    the compiled kernels and a :class:`~ddmr.registration.engine.FieldAt` residual: until
+    each point's mismatch is)."""
+    from ddmr.registration.engine import FieldAt
+    from ddmr.spatial import kernels
+
+    compiled = kernels.available() and isinstance(residual, FieldAt)
     forward_map = np.asarray(point_map, dtype=np.float64)
     inverse_map = torch.from_numpy(np.linalg.inv(forward_map).astype(np.float32))
     # phi(p) - q = A (p + d(p) - y), A the point map's linear part: in moving voxels
@@ -116,12 +122,17 @@ def invert(residual: Sampler, point_map: np.ndarray, fixed: Geometry, moving: Ge
         q = _points(moving, begin, stop)
         y = inverse_map[:3, :3] @ q + inverse_map[:3, 3:4]
         p = y + start(y) if start is not None else y - residual(y)
-        for iteration in range(ITERATIONS + 1):
-            moved = residual(p)
-            mismatch = moved.add_(p).sub_(y)  # p + d(p) - y: zero at the inverse
-            if float(mismatch.abs().mean()) < TOLERANCE_MM or iteration == ITERATIONS:
-                break
-            p = p - mismatch  # y - d(p)
+        if compiled:  # each point iterated until it settles, in one pass
+            p, mismatch = (torch.from_numpy(a) for a in kernels.fixed_point(
+                residual.field_mm.numpy(), np.linalg.inv(residual.grid.affine), y.numpy(),
+                p.numpy(), ITERATIONS, TOLERANCE_MM))
+        else:
+            for iteration in range(ITERATIONS + 1):
+                moved = residual(p)
+                mismatch = moved.add_(p).sub_(y)  # p + d(p) - y: zero at the inverse
+                if float(mismatch.abs().mean()) < TOLERANCE_MM or iteration == ITERATIONS:
+                    break
+                p = p - mismatch  # y - d(p)
         out[:, begin:stop] = (p - q).numpy()
         index = to_fixed[:3, :3] @ p + to_fixed[:3, 3:4]
         inside = torch.ones(p.shape[1], dtype=torch.bool)

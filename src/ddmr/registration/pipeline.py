@@ -147,7 +147,7 @@ def _samplers(grid, field, engine):
     import torch
 
     from ddmr.memory import release_free_memory
-    from ddmr.registration.engine import sample_field
+    from ddmr.registration.engine import FieldAt
     from ddmr.registration.inverse import grid_inverse
 
     if engine is not None:  # the engine's own field in mm, not a converted copy
@@ -156,20 +156,14 @@ def _samplers(grid, field, engine):
         linear = torch.from_numpy(grid.affine[:3, :3].astype(np.float32))
         millimetres = torch.einsum("ab,b...->a...", linear, field[0].float())
 
-    def residual(points):
-        return sample_field(millimetres, grid, points)
-
+    residual = FieldAt(millimetres.contiguous(), grid)
     if engine is None:
         return residual, None, "fixed point"
     on_grid, method = ((engine.inverse_mm, "exp(-v)") if engine.inverse_mm is not None
                        else (grid_inverse(engine.displacement_mm, engine.grid),
                              "fixed point"))
     release_free_memory()  # the grid iteration's volumes, before the moving grid's
-
-    def start(points):
-        return sample_field(on_grid, engine.grid, points)
-
-    return residual, start, method
+    return residual, FieldAt(on_grid.contiguous(), engine.grid), method
 
 
 def _final_field(network, engine):

@@ -157,40 +157,53 @@ def corner(position, size):
     if position >= top:
         return top, top, 0.0
     low = int(position)  # (position > 0: truncation is the floor)
-    return low, min(low + 1, top), position - low
+    return low, low + 1, position - low
+
+
+@inline
+def trilinear(volume, p0, p1, p2, out, n):
+    """Write volume[c] at the voxel coordinates (p0, p1, p2) into out[c, n] for every
+    channel c (trilinear, border values)."""
+    channels, md, mh, mw = volume.shape
+    x0, x1, fx = corner(p0, md)
+    y0, y1, fy = corner(p1, mh)
+    z0, z1, fz = corner(p2, mw)
+    gx, gy, gz = 1.0 - fx, 1.0 - fy, 1.0 - fz
+    w000, w001, w010, w011 = gx * gy * gz, gx * gy * fz, gx * fy * gz, gx * fy * fz
+    w100, w101, w110, w111 = fx * gy * gz, fx * gy * fz, fx * fy * gz, fx * fy * fz
+    for channel in range(channels):
+        v = volume[channel]
+        out[channel, n] = (w000 * v[x0, y0, z0] + w001 * v[x0, y0, z1]
+                           + w010 * v[x0, y1, z0] + w011 * v[x0, y1, z1]
+                           + w100 * v[x1, y0, z0] + w101 * v[x1, y0, z1]
+                           + w110 * v[x1, y1, z0] + w111 * v[x1, y1, z1])
+
 
 @jit
 def sample(volume, displacement, linear, base, out, addend, add):
     """out[c, x] = volume[c] at ``linear @ displacement[:, x] + base @ (x, 1)``
     (voxel coordinates of ``volume``; trilinear, border values), plus addend[c, x]
-    when ``add``."""
-    channels, md, mh, mw = volume.shape
+    when ``add``; rows of ``out`` are (C, W) views."""
     _, d_, h_, w_ = displacement.shape
     for slab in prange(d_ * h_):
         i, j = divmod(np.int64(slab), h_)
+        r0 = base[0, 0] * i + base[0, 1] * j + base[0, 3]
+        r1 = base[1, 0] * i + base[1, 1] * j + base[1, 3]
+        r2 = base[2, 0] * i + base[2, 1] * j + base[2, 3]
+        row = out[:, i, j, :]
         for k in range(w_):
             u0 = displacement[0, i, j, k]
             u1 = displacement[1, i, j, k]
             u2 = displacement[2, i, j, k]
-            p0 = (linear[0, 0] * u0 + linear[0, 1] * u1 + linear[0, 2] * u2
-                  + base[0, 0] * i + base[0, 1] * j + base[0, 2] * k + base[0, 3])
-            p1 = (linear[1, 0] * u0 + linear[1, 1] * u1 + linear[1, 2] * u2
-                  + base[1, 0] * i + base[1, 1] * j + base[1, 2] * k + base[1, 3])
-            p2 = (linear[2, 0] * u0 + linear[2, 1] * u1 + linear[2, 2] * u2
-                  + base[2, 0] * i + base[2, 1] * j + base[2, 2] * k + base[2, 3])
-            x0, x1, fx = corner(p0, md)
-            y0, y1, fy = corner(p1, mh)
-            z0, z1, fz = corner(p2, mw)
-            for c in range(channels):
-                v = volume[c]
-                low = ((v[x0, y0, z0] * (1 - fz) + v[x0, y0, z1] * fz) * (1 - fy)
-                       + (v[x0, y1, z0] * (1 - fz) + v[x0, y1, z1] * fz) * fy)
-                high = ((v[x1, y0, z0] * (1 - fz) + v[x1, y0, z1] * fz) * (1 - fy)
-                        + (v[x1, y1, z0] * (1 - fz) + v[x1, y1, z1] * fz) * fy)
-                value = low * (1 - fx) + high * fx
-                if add:
-                    value += addend[c, i, j, k]
-                out[c, i, j, k] = value
+            p0 = r0 + base[0, 2] * k + linear[0, 0] * u0 + linear[0, 1] * u1 + linear[0, 2] * u2
+            p1 = r1 + base[1, 2] * k + linear[1, 0] * u0 + linear[1, 1] * u1 + linear[1, 2] * u2
+            p2 = r2 + base[2, 2] * k + linear[2, 0] * u0 + linear[2, 1] * u1 + linear[2, 2] * u2
+            trilinear(volume, p0, p1, p2, row, k)
+        if add:
+            for c in range(out.shape[0]):
+                for k in range(w_):
+                    row[c, k] += addend[c, i, j, k]
+
 
 @jit
 def lncc_products(a, b, out):
@@ -292,19 +305,33 @@ def largest_norm(field):
 def sample_points(volume, points, matrix, out):
     """out[c, n] = volume[c] at the voxel coordinates ``matrix @ (points[:, n], 1)`` of
     points (3, N) (trilinear, border values); out (C, N)."""
-    channels, md, mh, mw = volume.shape
     for n in prange(points.shape[1]):
         x, y, z = points[0, n], points[1, n], points[2, n]
         p0 = matrix[0, 0] * x + matrix[0, 1] * y + matrix[0, 2] * z + matrix[0, 3]
         p1 = matrix[1, 0] * x + matrix[1, 1] * y + matrix[1, 2] * z + matrix[1, 3]
         p2 = matrix[2, 0] * x + matrix[2, 1] * y + matrix[2, 2] * z + matrix[2, 3]
-        x0, x1, fx = corner(p0, md)
-        y0, y1, fy = corner(p1, mh)
-        z0, z1, fz = corner(p2, mw)
-        for c in range(channels):
-            v = volume[c]
-            low = ((v[x0, y0, z0] * (1 - fz) + v[x0, y0, z1] * fz) * (1 - fy)
-                   + (v[x0, y1, z0] * (1 - fz) + v[x0, y1, z1] * fz) * fy)
-            high = ((v[x1, y0, z0] * (1 - fz) + v[x1, y0, z1] * fz) * (1 - fy)
-                    + (v[x1, y1, z0] * (1 - fz) + v[x1, y1, z1] * fz) * fy)
-            out[c, n] = low * (1 - fx) + high * fx
+        trilinear(volume, p0, p1, p2, out, n)
+
+
+@jit
+def fixed_point(field, matrix, y, p, mismatch, iterations, tolerance):
+    """Per point n of y (3, N) (world mm): ``p <- y - d(p)`` from the start ``p`` (3, N,
+    updated in place), ``d`` the field (3, ...) at the voxel coordinates ``matrix @ (p,
+    1)`` (trilinear, border values), until every component of ``p + d(p) - y`` is below
+    ``tolerance`` (mm) or after ``iterations`` updates; ``mismatch`` (3, N) receives
+    ``p + d(p) - y`` of the final ``p``."""
+    for n in prange(y.shape[1]):
+        for iteration in range(iterations + 1):
+            x0, x1, x2 = p[0, n], p[1, n], p[2, n]
+            c0 = matrix[0, 0] * x0 + matrix[0, 1] * x1 + matrix[0, 2] * x2 + matrix[0, 3]
+            c1 = matrix[1, 0] * x0 + matrix[1, 1] * x1 + matrix[1, 2] * x2 + matrix[1, 3]
+            c2 = matrix[2, 0] * x0 + matrix[2, 1] * x1 + matrix[2, 2] * x2 + matrix[2, 3]
+            trilinear(field, c0, c1, c2, mismatch, n)  # d(p)
+            m0 = mismatch[0, n] + x0 - y[0, n]
+            m1 = mismatch[1, n] + x1 - y[1, n]
+            m2 = mismatch[2, n] + x2 - y[2, n]
+            mismatch[0, n], mismatch[1, n], mismatch[2, n] = m0, m1, m2
+            if (abs(m0) < tolerance and abs(m1) < tolerance and abs(m2) < tolerance) \
+                    or iteration == iterations:
+                break
+            p[0, n], p[1, n], p[2, n] = x0 - m0, x1 - m1, x2 - m2

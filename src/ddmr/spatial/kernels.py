@@ -8,6 +8,8 @@ to float32 rounding; tested against them):
 * :func:`box_sum` - :func:`ddmr.spatial.filters.box_sum` (running sums in float64);
 * :func:`gaussian_smooth` - :func:`ddmr.spatial.filters.gaussian_smooth`;
 * :func:`sample_points` - ``grid_sample`` (the same) at voxel coordinates of given points;
+* :func:`fixed_point` - the inverse's fixed-point iteration
+  (:func:`ddmr.registration.inverse.invert`), each point until it settles;
 * :func:`sample_affine` - ``grid_sample`` (trilinear, aligned corners, border values) at
   voxel coordinates ``L u(x) + B x + c`` made on the fly, plus an optional addend;
 * :func:`lncc_gradient` - :class:`ddmr.registration.similarity.LocalNCC` with its gradient;
@@ -63,6 +65,7 @@ def _compiled():
     return {"box": (loops.box_first, loops.box_middle, loops.box_last),
             "gauss": (loops.gauss_first, loops.gauss_middle, loops.gauss_last),
             "sample": loops.sample, "sample_points": loops.sample_points,
+            "fixed_point": loops.fixed_point,
             "lncc_products": loops.lncc_products,
             "lncc_centres": loops.lncc_centres, "lncc_force": loops.lncc_force,
             "largest_norm": loops.largest_norm}
@@ -179,6 +182,21 @@ def sample_points(volume: np.ndarray, points: np.ndarray, matrix: np.ndarray) ->
     _compiled()["sample_points"](volume, points, np.ascontiguousarray(matrix[:3],
                                                                       np.float64), out)
     return out
+
+
+def fixed_point(field: np.ndarray, matrix: np.ndarray, y: np.ndarray, start: np.ndarray,
+                iterations: int, tolerance: float) -> tuple[np.ndarray, np.ndarray]:
+    """The points p (3, N) with ``p + d(p) = y`` for world points y (3, N), ``d`` the
+    field (3, ...) at the voxel coordinates ``matrix @ (p, 1)`` (trilinear, border
+    values): ``p <- y - d(p)`` from ``start`` per point until each component of the
+    mismatch ``p + d(p) - y`` is below ``tolerance`` or after ``iterations`` updates.
+    Returns (p, the mismatch of p), both (3, N) float32."""
+    p = np.array(start, dtype=np.float32, order="C")
+    mismatch = np.empty_like(p)
+    _compiled()["fixed_point"](_four(field), np.ascontiguousarray(matrix[:3], np.float64),
+                               np.ascontiguousarray(y, dtype=np.float32), p, mismatch,
+                               int(iterations), float(tolerance))
+    return p, mismatch
 
 
 class LNCCKernel:
