@@ -277,9 +277,39 @@ def test_a_signal_stops_the_batch_with_one_line(files, tmp_path, capsys, monkeyp
     assert sorted(_stamps(out)) == ["p0", "p1"]
     assert [p.name for p in out.iterdir() if p.name.startswith(".p")] == []
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     monkeypatch.setattr(pipeline, "register", real)
     assert main(_command(files, pairs, out)) == 0
     assert "2 registered now, 2 done before and reused" in capsys.readouterr().out
+
+
+def test_a_handler_left_in_the_process_does_not_swallow_the_stop(files, tmp_path, capsys,
+                                                                 monkeypatch):
+    """A SIGINT handler that does nothing (a library's, or a training's left behind) is
+    set aside while the batch runs, and put back after."""
+    import ddmr.registration.pipeline as pipeline
+
+    real, calls = pipeline.register, []
+
+    def register(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    def ignore(number, frame):
+        return None
+
+    monkeypatch.setattr(pipeline, "register", register)
+    pairs, out = tmp_path / "pairs.csv", tmp_path / "batch"
+    _write_pairs(pairs, _rows(files, 3))
+    previous = signal.signal(signal.SIGINT, ignore)
+    try:
+        assert main(_command(files, pairs, out)) == 130
+        assert signal.getsignal(signal.SIGINT) is ignore
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert "interrupted by SIGINT: 1 of 3 pairs are done" in capsys.readouterr().err
 
 
 def test_sigterm_to_a_batch_process_prints_how_to_resume(files, tmp_path):

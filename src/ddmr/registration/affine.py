@@ -7,8 +7,11 @@
 2. **Candidates**: each start is optimised briefly on the coarsest level; the best by
    similarity goes on (the first in that order unless a later one beats it clearly).
 3. **Pyramid**: the point map ``P(p) = c_m + t + A (p - c_f)`` (fixed world -> moving
-   world, RAS mm; ``c`` the foreground centres) is optimised with Adam on the global
-   NCC between the fixed image and the moving image sampled at ``P(p)``, coarse to fine.
+   world, RAS mm; ``c`` the foreground centres) is optimised with Adam on a similarity
+   between the fixed image and the moving image sampled at ``P(p)``, coarse to fine: the
+   global NCC, or (``lncc``) the engine's local squared NCC
+   (:class:`ddmr.registration.similarity.LocalNCC`), which on whole heads follows the
+   brain's outline where the global NCC trades it for the scalp and the neck.
    Both images are resampled, with anti-aliasing, onto grids over their own foreground
    boxes at each level's voxel size, so the moving image is sampled through its own
    geometry, wherever its header puts it.
@@ -51,7 +54,8 @@ class AffineSettings:
     the images themselves); iterations: Adam steps per level; candidate_iterations: steps
     each start gets on the coarsest level; learning_rate: Adam step of the translation
     (mm); linear_rate: of the linear part (dimensionless); margin_mm: background kept
-    around each foreground box; rotations: try the principal-axes starts too."""
+    around each foreground box; rotations: try the principal-axes starts too;
+    similarities: per level, ``ncc`` (global) or ``lncc`` (local, ``window`` voxels)."""
 
     levels_mm: tuple[float, ...] = (8.0, 4.0)
     iterations: tuple[int, ...] = (60, 40)
@@ -60,6 +64,15 @@ class AffineSettings:
     linear_rate: float = 0.01
     margin_mm: float = 10.0
     rotations: bool = True
+    similarities: tuple[str, ...] = ("ncc", "ncc")
+    window: int = 5
+
+    def __post_init__(self) -> None:
+        if len(self.levels_mm) != len(self.iterations) or not self.levels_mm:
+            raise ValueError("one iteration count per pyramid level is needed")
+        if len(self.similarities) != len(self.levels_mm) or not set(self.similarities) <= {
+                "ncc", "lncc"}:
+            raise ValueError("one similarity per pyramid level is needed: ncc or lncc")
 
 
 @dataclass
@@ -116,11 +129,34 @@ def _ncc(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).sum() / torch.sqrt((a * a).sum() * (b * b).sum() + 1e-12)
 
 
-class _Problem:
-    """The fixed level's points and values and the moving level, for one level."""
+class _LocalValue(torch.autograd.Function):
+    """The local squared NCC of warped values (D, H, W) against bound fixed values, with
+    its closed-form gradient (:class:`~ddmr.registration.similarity.LocalNCC`)."""
 
-    def __init__(self, fixed: _Level, moving: _Level, fixed_centre: np.ndarray) -> None:
+    @staticmethod
+    def forward(ctx, warped: torch.Tensor, evaluate) -> torch.Tensor:
+        value, gradient = evaluate(warped.detach().contiguous()[None])
+        ctx.save_for_backward(gradient[0])
+        return warped.new_tensor(value)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        (gradient,) = ctx.saved_tensors
+        return grad_output * gradient, None
+
+
+class _Problem:
+    """The fixed level's points and values and the moving level, for one level;
+    ``similarity``: ``ncc`` (global) or ``lncc`` (local, ``window`` voxels)."""
+
+    def __init__(self, fixed: _Level, moving: _Level, fixed_centre: np.ndarray,
+                 similarity: str = "ncc", window: int = 5) -> None:
+        from ddmr.registration.similarity import LocalNCC
+
         shape = fixed.grid.shape
+        self.shape = shape
+        self.local = (LocalNCC(window).bind(fixed.values[0].contiguous())
+                      if similarity == "lncc" else None)
         index = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1)
         points = fixed.grid.index_to_world(index.reshape(-1, 3)) - fixed_centre
         self.points = torch.from_numpy(points.astype(np.float32))  # (N, 3) mm from c_f
@@ -133,12 +169,14 @@ class _Problem:
 
     def similarity(self, centre: torch.Tensor, translation: torch.Tensor,
                    linear: torch.Tensor) -> torch.Tensor:
-        """Global NCC of the fixed values and the moving level at ``P(p)``."""
+        """The similarity of the fixed values and the moving level at ``P(p)``."""
         world = self.points @ linear.T + (centre + translation)
         index = world @ self.to_index.T + self.to_index_offset
         grid = (index * self.scale - 1.0).flip(-1).view(1, 1, 1, -1, 3)
         sampled = F.grid_sample(self.moving, grid, mode="bilinear", padding_mode="zeros",
                                 align_corners=True).reshape(-1)
+        if self.local is not None:
+            return _LocalValue.apply(sampled.view(self.shape), self.local)
         return _ncc(self.values, sampled)
 
 
@@ -175,8 +213,6 @@ def world_affine(fixed: np.ndarray, fixed_geometry: Geometry, moving: np.ndarray
     two images (I, J, K) on their own grids; ``masks`` their foregrounds and ``scales``
     their :func:`~ddmr.registration.moments.intensity_scale` when already known."""
     settings = settings or AffineSettings()
-    if len(settings.levels_mm) != len(settings.iterations) or not settings.levels_mm:
-        raise ValueError("one iteration count per pyramid level is needed")
     fixed_mask, moving_mask = masks or (foreground_mask(fixed), foreground_mask(moving))
     fixed_moments: Moments = moments(fixed_mask, fixed_geometry)
     moving_moments: Moments = moments(moving_mask, moving_geometry)
@@ -190,8 +226,10 @@ def world_affine(fixed: np.ndarray, fixed_geometry: Geometry, moving: np.ndarray
     torch.set_num_threads(1)  # small problems: one thread is faster than several here
     try:
         with torch.inference_mode(False), torch.enable_grad():
-            problems = [_Problem(fixed_level, moving_level, c_f)
-                        for fixed_level, moving_level in levels]
+            problems = [_Problem(fixed_level, moving_level, c_f, similarity,
+                                 settings.window)
+                        for (fixed_level, moving_level), similarity
+                        in zip(levels, settings.similarities, strict=True)]
             # (name, linear part, translation): the headers as they are (the identity
             # map), then the starts from the moments, in order of preference
             starts = [(HEADERS_AS_THEY_ARE, np.eye(3), c_f - c_m)]

@@ -484,9 +484,10 @@ class _Stop(BaseException):
 
 
 @contextmanager
-def _stop_on_sigterm() -> Iterator[None]:
-    """Inside, SIGTERM raises :class:`_Stop` (SIGINT raises ``KeyboardInterrupt``), so a
-    batch can say how far it got; the previous handler is restored after."""
+def _stop_on_signals() -> Iterator[None]:
+    """Inside, SIGTERM and SIGINT raise :class:`_Stop`, so a batch can say how far it got,
+    whatever handlers the process had (a library's, or a training's left behind); the
+    previous handlers are restored after."""
     import signal
     import threading
 
@@ -497,11 +498,13 @@ def _stop_on_sigterm() -> Iterator[None]:
     def stop(number: int, frame: Any) -> None:
         raise _Stop(number)
 
-    previous = signal.signal(signal.SIGTERM, stop)
+    previous = {number: signal.signal(number, stop)
+                for number in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def register_pairs(pairs_csv: PathLike, outdir: PathLike, model: Any = None,
@@ -544,7 +547,7 @@ def register_pairs(pairs_csv: PathLike, outdir: PathLike, model: Any = None,
     try:
         _open_batch(outdir, pairs, Path(pairs_csv), settings, overwrite, lock)
         done = _done_pairs(outdir, mine, overwrite)
-        with _stop_on_sigterm():
+        with _stop_on_signals():
             for pair in tqdm(mine, desc="ddmr register", unit="pair", disable=not progress):
                 if pair.id in done:
                     rows.append({**_row(pair.id, done[pair.id]), "reused": True})

@@ -87,14 +87,38 @@ def _field_on_slab(u: torch.Tensor, to_model: np.ndarray, rows: slice,
 @dataclass
 class NativeResult:
     """Outputs on the fixed image's grid: ``displacement_mm`` (3, I, J, K) float32 RAS mm
-    (``p' - p``, the whole transform), ``residual_mm`` (3, I, J, K) float32 RAS mm (``d``,
-    the non-rigid part before the affine point map: ``p' = P(p + d)``), ``warped``
-    (I, J, K) float32, ``warped_labels`` (I, J, K) uint8 or None."""
+    (``p' - p``, the whole transform), ``warped`` (I, J, K) float32, ``warped_labels``
+    (I, J, K) uint8 or None. The residual (the non-rigid part before the affine point
+    map) follows from the displacement: :func:`residual_of`."""
 
     displacement_mm: np.ndarray
-    residual_mm: np.ndarray
     warped: np.ndarray
     warped_labels: np.ndarray | None
+
+
+def residual_of(displacement_mm: np.ndarray, geometry: Geometry, point_map: np.ndarray
+                ) -> np.ndarray:
+    """``d`` (3, I, J, K) float32 RAS mm with ``p' = P(p + d(p))``, ``p' = p +
+    displacement_mm`` at the points p of ``geometry`` and ``P`` the affine point map
+    (4, 4): ``d = P^-1(p') - p = L disp + (L - I) p + t`` (``P^-1 = (L, t)``), in slabs,
+    in float64 (made after the inverse, so that it is not held at the process's peak)."""
+    inverse = np.linalg.inv(np.asarray(point_map, dtype=np.float64))
+    linear, offset = inverse[:3, :3], inverse[:3, 3]
+    to_residual = (linear - np.eye(3)) @ geometry.affine[:3, :3]
+    base = (linear - np.eye(3)) @ geometry.affine[:3, 3] + offset
+    shape = geometry.shape
+    out = np.empty((3, *shape), dtype=np.float32)
+    for sl in _slabs(shape):
+        index = np.ix_(np.arange(sl.start, sl.stop, dtype=np.float64),
+                       np.arange(shape[1], dtype=np.float64),
+                       np.arange(shape[2], dtype=np.float64))
+        block = displacement_mm[:, sl]
+        for a in range(3):
+            out[a, sl] = (linear[a, 0] * block[0] + linear[a, 1] * block[1]
+                          + linear[a, 2] * block[2] + to_residual[a, 0] * index[0]
+                          + to_residual[a, 1] * index[1] + to_residual[a, 2] * index[2]
+                          + base[a])
+    return out
 
 
 def to_native(displacement: torch.Tensor, model_grid: Geometry, fixed: Geometry,
@@ -115,7 +139,6 @@ def to_native(displacement: torch.Tensor, model_grid: Geometry, fixed: Geometry,
     to_model = np.linalg.inv(model_grid.affine) @ fixed.affine
     net_to_world = torch.from_numpy((point[:3, :3] @ model_grid.affine[:3, :3])
                                     .astype(np.float32))
-    net_to_residual = torch.from_numpy(model_grid.affine[:3, :3].astype(np.float32))
     offset_map = point @ fixed.affine
     offset_map[:3, :] -= fixed.affine[:3, :]  # (P - I) A_f: displacement without the net
     to_moving_matrix = np.linalg.inv(moving_geometry.affine)
@@ -130,7 +153,6 @@ def to_native(displacement: torch.Tensor, model_grid: Geometry, fixed: Geometry,
         cells = label_cells(labels)  # background competes too, as any label
     shape = fixed.shape
     out_disp = np.empty((3, *shape), dtype=np.float32)
-    out_residual = np.empty((3, *shape), dtype=np.float32)
     out_warped = np.empty(shape, dtype=np.float32)
     out_labels = np.zeros(shape, dtype=np.uint8) if labels is not None else None
     for sl in _slabs(shape):
@@ -138,7 +160,6 @@ def to_native(displacement: torch.Tensor, model_grid: Geometry, fixed: Geometry,
         disp = _affine_volume(offset_map[:3], sl, shape) + torch.einsum(
             "ab,bijk->aijk", net_to_world, uq)
         out_disp[:, sl] = disp.numpy()
-        out_residual[:, sl] = torch.einsum("ab,bijk->aijk", net_to_residual, uq).numpy()
         moving_index = _affine_volume(to_moving[:3], sl, shape) + torch.einsum(
             "ab,bijk->aijk", net_to_moving, uq)
         out_warped[sl] = sample_image(image, moving_index).numpy()
@@ -146,4 +167,4 @@ def to_native(displacement: torch.Tensor, model_grid: Geometry, fixed: Geometry,
             points = moving_index.reshape(3, -1)
             out_labels[sl] = sample_labels(labels, points, values, cells).numpy().reshape(
                 moving_index.shape[1:])
-    return NativeResult(out_disp, out_residual, out_warped, out_labels)
+    return NativeResult(out_disp, out_warped, out_labels)

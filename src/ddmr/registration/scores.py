@@ -84,10 +84,20 @@ def field_metrics(jacobian: np.ndarray, displacement_mm: np.ndarray) -> dict[str
     }
 
 
+#: Voxels of a field whose vector lengths :func:`_largest_vector` squares at once.
+VECTOR_SLAB = 1 << 20
+
+
 def _largest_vector(field: np.ndarray) -> float:
     """The largest vector length of a field (3, ...), summed in float64 one component at
-    a time (one volume of temporaries)."""
-    squared = np.square(field[0], dtype=np.float64)
-    for component in field[1:]:
-        squared += np.square(component, dtype=np.float64)
-    return float(np.sqrt(squared.max()))
+    a time, a slab of at most about :data:`VECTOR_SLAB` voxels at a time (a 1 mm native
+    grid: no volume of float64 temporaries at the process's peak)."""
+    flat = field.reshape(field.shape[0], -1)
+    largest = 0.0
+    for start in range(0, flat.shape[1], VECTOR_SLAB):
+        part = flat[:, start:start + VECTOR_SLAB]
+        squared = np.square(part[0], dtype=np.float64)
+        for component in part[1:]:
+            squared += np.square(component, dtype=np.float64)
+        largest = max(largest, float(squared.max()))
+    return float(np.sqrt(largest))

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from ddmr.spatial.grid import LPS_FLIP, Geometry, corner_scale
 
 #: Fixed-grid voxels handled per slab by :func:`jacobian_determinant_mm`.
-SLAB_VOXELS = 1 << 21
+SLAB_VOXELS = 1 << 19
 
 @lru_cache(maxsize=16)
 def _identity_grid_cached(shape: tuple[int, int, int], device: str, dtype: torch.dtype):

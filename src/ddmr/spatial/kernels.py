@@ -89,35 +89,27 @@ def _target(out: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray | None
 
 
 def _separable(volume: np.ndarray, passes, out: np.ndarray | None) -> np.ndarray:
-    """Apply ``passes`` [(kernel, *arguments)] one after the other, each from the last
-    one's result into a spare buffer, the last into ``out`` (may be ``volume``) or a
-    new array."""
+    """Apply ``passes`` [(kernel, *arguments)] one after the other to each channel of
+    ``volume`` (C, D, H, W), each pass from the last one's result into a spare channel,
+    the last into ``out`` (may be ``volume``) or a new array: two volumes of one channel
+    as temporaries, whatever C."""
+    result = np.empty_like(volume) if out is None else out
     if not passes:
-        if out is None:
-            return volume.copy()
-        if not _same(out, volume):
-            out[...] = volume
-        return out
-    spares: list[np.ndarray] = []
-
-    def spare(avoid: np.ndarray) -> np.ndarray:
-        for buffer in spares:
-            if not _same(buffer, avoid):
-                return buffer
-        spares.append(np.empty_like(volume))
-        return spares[-1]
-
-    source = volume
-    for n, (kernel, *arguments) in enumerate(passes):
-        last = n == len(passes) - 1
-        target = out if last and out is not None and not _same(out, source) else spare(source)
-        kernel(source, target, *arguments)
-        source = target
-    if out is None:
-        return source
-    if not _same(source, out):
-        out[...] = source
-    return out
+        if not _same(result, volume):
+            result[...] = volume
+        return result
+    spares = [np.empty_like(volume[:1]), np.empty_like(volume[:1])]
+    for channel in range(volume.shape[0]):
+        source, final = volume[channel:channel + 1], result[channel:channel + 1]
+        for n, (kernel, *arguments) in enumerate(passes):
+            last = n == len(passes) - 1
+            target = final if last and not _same(final, source) else \
+                next(b for b in spares if not _same(b, source))
+            kernel(source, target, *arguments)
+            source = target
+        if not _same(source, final):  # one pass in place: copied back
+            final[...] = source
+    return result
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> bool:
