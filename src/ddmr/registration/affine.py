@@ -55,7 +55,9 @@ class AffineSettings:
     each start gets on the coarsest level; learning_rate: Adam step of the translation
     (mm); linear_rate: of the linear part (dimensionless); margin_mm: background kept
     around each foreground box; rotations: try the principal-axes starts too;
-    similarities: per level, ``ncc`` (global) or ``lncc`` (local, ``window`` voxels)."""
+    similarities: per level, ``ncc`` (global) or ``lncc`` (local, ``window`` voxels): the
+    default, local NCC over 3^3 voxels at the finest level, was chosen on the training
+    pairs of ``benchmarks/bench_affine.py`` (benchmarks/RESULTS.md, issue 29)."""
 
     levels_mm: tuple[float, ...] = (8.0, 4.0)
     iterations: tuple[int, ...] = (60, 40)
@@ -64,8 +66,8 @@ class AffineSettings:
     linear_rate: float = 0.01
     margin_mm: float = 10.0
     rotations: bool = True
-    similarities: tuple[str, ...] = ("ncc", "ncc")
-    window: int = 5
+    similarities: tuple[str, ...] = ("ncc", "lncc")
+    window: int = 3
 
     def __post_init__(self) -> None:
         if len(self.levels_mm) != len(self.iterations) or not self.levels_mm:
