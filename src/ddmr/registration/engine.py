@@ -194,7 +194,7 @@ class GridComposition:
     def __call__(self, field_mm: torch.Tensor, displacement_mm: torch.Tensor,
                  addend: torch.Tensor | None = None) -> torch.Tensor:
         """``field o (id + u)``, plus ``addend`` (3, *shape) when given."""
-        if kernels.available():
+        if kernels.available() and _plain(field_mm) and _plain(displacement_mm):
             return torch.from_numpy(kernels.sample_affine(
                 field_mm.contiguous().numpy(), displacement_mm.contiguous().numpy(),
                 self.to_voxels, self.identity_base,
@@ -234,7 +234,7 @@ def sample_field(field_mm: torch.Tensor, grid: Geometry, points: torch.Tensor
                  ) -> torch.Tensor:
     """A field (3, *grid.shape) on ``grid`` interpolated at world points (3, ...)
     (trilinear, border values beyond the grid): (3, ...)."""
-    if kernels.available() and field_mm.is_contiguous():
+    if kernels.available() and _plain(field_mm) and _plain(points):
         return torch.from_numpy(kernels.sample_points(
             field_mm.numpy(), points.reshape(3, -1).numpy(), np.linalg.inv(grid.affine))
         ).reshape(3, *points.shape[1:])
@@ -267,9 +267,14 @@ def field_on(field_mm: torch.Tensor, grid: Geometry, target: Geometry) -> torch.
                                                         channels_last=True)[None])[0]
 
 
+def _plain(tensor: torch.Tensor) -> bool:
+    """Whether the compiled kernels can read ``tensor``: on the CPU, outside autograd."""
+    return tensor.device.type == "cpu" and not tensor.requires_grad
+
+
 def _largest_norm(field_mm: torch.Tensor) -> float:
     """The largest vector length of a field (3, *S)."""
-    if kernels.available() and field_mm.is_contiguous():
+    if kernels.available() and field_mm.is_contiguous() and _plain(field_mm):
         return kernels.largest_norm(field_mm.numpy())
     squared = field_mm[0] * field_mm[0]
     squared.addcmul_(field_mm[1], field_mm[1]).addcmul_(field_mm[2], field_mm[2])
