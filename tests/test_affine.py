@@ -72,3 +72,24 @@ def test_settings_name_one_known_similarity_per_level():
         AffineSettings(similarities=("ncc",))
     with pytest.raises(ValueError, match="similarity"):
         AffineSettings(similarities=("ncc", "mi"))
+
+
+def test_the_foreground_fills_the_same_holes_inside_its_box_as_in_the_whole_array():
+    from scipy import ndimage
+
+    from ddmr.registration.moments import fill_holes, foreground_mask
+
+    rng = np.random.default_rng(3)
+    image = np.zeros((40, 36, 30), np.float32)
+    image[5:30, 4:33, 0:22] = 100.0  # touches the array's border on one side
+    image[10:20, 10:20, 8:14] = 0.0  # an enclosed hole (3D)
+    image[12:14, 4:33, 16:18] = 0.0  # a tunnel through the object: holes slice by slice
+    image[25:30, 30:33, 0:4] = 0.0  # a notch open to the array's border
+    image += rng.normal(0, 1, image.shape).astype(np.float32)
+    ours = foreground_mask(image)
+    labelled, _ = ndimage.label(image > 50.0)
+    whole = fill_holes(labelled > 0)
+    for axis in range(3):
+        whole = fill_holes(whole, axis)
+    np.testing.assert_array_equal(ours, whole)
+    assert ours[15, 15, 10] and ours[13, 20, 17] and not ours[27, 31, 1]

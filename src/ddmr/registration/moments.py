@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ddmr.spatial.grid import Geometry
+from ddmr.spatial.grid import Geometry, index_box
 
 #: Histogram bins of :func:`otsu_threshold`.
 OTSU_BINS = 256
@@ -61,9 +61,14 @@ def foreground_mask(array: np.ndarray) -> np.ndarray:
     sizes = np.bincount(labelled.ravel())
     sizes[0] = 0
     kept = np.nonzero(sizes >= sizes.max() / 20)[0]
-    mask = fill_holes(np.isin(labelled, kept))
+    mask = np.isin(labelled, kept)
+    # the holes are filled inside the mask's box grown by a voxel: the background shell
+    # around the box reaches the array's border, so the same voxels are holes (tested)
+    box = tuple(slice(max(b.start - 1, 0), b.stop + 1) for b in index_box(mask))
+    inner = fill_holes(mask[box])
     for axis in range(3):
-        mask = fill_holes(mask, axis)
+        inner = fill_holes(inner, axis)
+    mask[box] = inner
     return mask
 
 
