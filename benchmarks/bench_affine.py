@@ -68,10 +68,9 @@ def _load(pair: dict) -> dict:
 
 def _displacement(point_map: np.ndarray, geometry) -> np.ndarray:
     """``P(p) - p`` (3, *shape) RAS mm at the fixed grid's points."""
-    index = np.stack(np.meshgrid(*[np.arange(n) for n in geometry.shape], indexing="ij"), -1)
-    points = geometry.index_to_world(index.reshape(-1, 3))
-    moved = points @ point_map[:3, :3].T + point_map[:3, 3]
-    return (moved - points).T.reshape(3, *geometry.shape).astype(np.float32)
+    from ddmr.spatial.warp import affine_volume
+
+    return affine_volume(point_map @ geometry.affine - geometry.affine, geometry.shape).numpy()
 
 
 def run(args: argparse.Namespace) -> None:

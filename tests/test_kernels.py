@@ -163,3 +163,17 @@ def test_the_inverse_settles_each_point_where_the_torch_path_settles_the_chunk(m
     assert ours.error_max < 1e-2 and ours.error_mean <= reference.error_mean + 1e-4
     np.testing.assert_allclose(ours.displacement_mm, reference.displacement_mm, atol=1e-2)
     assert ours.overlap_fraction == reference.overlap_fraction
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_kernels_use_ddmrs_thread_count(threads):
+    import os
+    import subprocess
+    import sys
+
+    code = (f"from ddmr.threads import use_threads; use_threads({threads}); "
+            "from ddmr.spatial import kernels; import numba; kernels.available(); "
+            "print(numba.get_num_threads())")
+    printed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             check=True).stdout.split()[-1]
+    assert int(printed) == min(threads, os.cpu_count())

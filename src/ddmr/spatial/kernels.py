@@ -12,9 +12,10 @@ to float32 rounding; tested against them):
   (:func:`ddmr.registration.inverse.invert`), each point until it settles;
 * :func:`sample_affine` - ``grid_sample`` (trilinear, aligned corners, border values) at
   voxel coordinates ``L u(x) + B x + c`` made on the fly, plus an optional addend;
-* :func:`lncc_gradient` - :class:`ddmr.registration.similarity.LocalNCC` with its gradient;
-* :func:`force` - the engine's force from that gradient (central differences, one-sided
-  at the borders, as ``torch.gradient``).
+* :class:`LNCCKernel` - :class:`ddmr.registration.similarity.LocalNCC`'s value and, from
+  its gradient, the engine's force (central differences, one-sided at the borders, as
+  :func:`ddmr.registration.similarity.force_from_gradient`);
+* :func:`largest_norm` - the largest vector length of a field.
 
 Arrays are C-contiguous float32 numpy arrays (torch CPU tensors share their memory through
 ``.numpy()``), channels first: (C, D, H, W). Compiled code is cached on disk (the first
@@ -37,10 +38,15 @@ SWITCH = "DDMR_KERNELS"
 
 @lru_cache(maxsize=1)
 def _numba():
+    """numba, its pool set to DDMR's thread count (:func:`ddmr.threads.workers`); None
+    where it cannot be loaded (the torch path runs)."""
     try:
         import numba
-    except Exception:
+    except Exception:  # any failure to load numba means the torch path
         return None
+    from ddmr.threads import workers
+
+    numba.set_num_threads(max(1, min(workers(), numba.config.NUMBA_NUM_THREADS)))
     return numba
 
 
