@@ -84,7 +84,7 @@ def test_displacement_file_reproduces_warped_under_ants_and_simpleitk(pair, tmp_
     out = tmp_path / "out"
     result = run_register(pair, model, out, **options)
     names = sorted(p.name for p in out.iterdir())
-    from ddmr.registration.result import OUTPUT_FILES
+    from ddmr.registration.outputs import OUTPUT_FILES
 
     assert names == sorted(OUTPUT_FILES)
     warped, geometry = load_image(out / "warped.nii.gz")

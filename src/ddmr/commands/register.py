@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 
+from ddmr.registration.outputs import OUTPUTS
 from ddmr.registration.settings import MODES, SIMILARITY_NAMES, EngineSettings
 
 #: Exit status of a registration whose QC verdict failed.
@@ -58,6 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(stationary velocity, diffeomorphic) (default: compositive)")
     parser.add_argument("--no-qc", action="store_true",
                         help="exit 0 even when the QC verdict fails (default: exit 3)")
+    parser.add_argument("--outputs", metavar="NAME,NAME",
+                        help="the files to write, by name: " + ", ".join(OUTPUTS)
+                        + " (summary.json is always written; default: all)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing OUT (default: refuse)")
     parser.add_argument("--no-progress", action="store_true",
@@ -130,6 +134,9 @@ def _print_result(summary: dict, method: str, qc_line: str, output: str) -> None
         if len(shared) < len(scored) and metrics.get("dsc_shared") is not None:
             line += (f" over the fixed map's {len(scored)} labels, {metrics['dsc_shared']:.3f} "
                      f"over the {len(shared)} both maps have")
+        for key, name in (("hd95", "HD95"), ("tre", "TRE")):
+            if metrics.get(key) is not None:
+                line += f"; {name} {metrics[key]:.2f} mm"
     print(line)
     engine = summary.get("engine")
     if engine:
@@ -161,6 +168,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.output:
         raise ConfigError("-o OUT is required (the output folder)")
     engine = engine_settings(args)
+    from ddmr.registration.outputs import check_outputs
+
+    outputs = check_outputs(args.outputs)
     threads = check_threads(args.threads)  # (applied once the inputs are checked: torch)
     if args.shard is not None and not args.pairs:
         raise ConfigError("--shard I/N needs --pairs PAIRS.csv")
@@ -201,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
                       args.model, args.device, args.affine, engine)
     result.summary["runtime_s"]["process_start"] = \
         None if started is None else round(started, 3)
-    result.save(args.output, overwrite=args.overwrite)
+    result.save(args.output, overwrite=args.overwrite, outputs=outputs)
     _print_result(result.summary, result.method(), result.qc.line(), args.output)
     if not result.qc.passed:
         print(f"ddmr register: {result.qc.line()}", file=sys.stderr)

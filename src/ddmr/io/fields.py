@@ -20,7 +20,7 @@ import numpy as np
 from ddmr.errors import InputError
 from ddmr.io.files import atomic_path, file_extension
 from ddmr.io.images import (
-    GZIP_LEVEL_FIELDS,
+    FIELD_STEP_MM,
     NIFTI_EXTENSIONS,
     _as_numpy,
     _check_readable,
@@ -44,7 +44,7 @@ def save_displacement(path: PathLike, displacement_vox: np.ndarray | torch.Tenso
     ``displacement_vox`` is (3, I, J, K) (or (1, 3, I, J, K)) in voxels of ``geometry``,
     channels (i, j, k), pull-back (``units="mm"``: the same field as RAS mm vectors).
     The file is a NIfTI vector image (I, J, K, 1, 3), intent 1007, holding LPS offsets
-    in mm; see the module docstring.
+    in mm rounded to :data:`~ddmr.io.images.FIELD_STEP_MM`; see the module docstring.
     """
     array = _as_numpy(displacement_vox)
     if array.ndim == 5 and array.shape[0] == 1:
@@ -64,8 +64,16 @@ def save_displacement(path: PathLike, displacement_vox: np.ndarray | torch.Tenso
 
     with atomic_path(path) as temporary:  # one LPS component in memory at a time
         _write_nifti_volumes(temporary, (*geometry.shape, 1, 3),
-                             lps_mm_components(array, geometry, units), geometry,
-                             vector_intent, GZIP_LEVEL_FIELDS)
+                             map(_rounded_to_step, lps_mm_components(array, geometry, units)),
+                             geometry, vector_intent)
+
+
+def _rounded_to_step(component: np.ndarray) -> np.ndarray:
+    """``component`` (a new float32 array) rounded in place to :data:`FIELD_STEP_MM`."""
+    component *= 1.0 / FIELD_STEP_MM
+    np.rint(component, out=component)
+    component *= FIELD_STEP_MM
+    return component
 
 
 def load_displacement(path: PathLike) -> tuple[np.ndarray, Geometry]:

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
@@ -355,11 +355,14 @@ def load_labels(path: PathLike) -> tuple[np.ndarray, Geometry]:
         raise InputError(f"{path}: label values must be 0..255, found {array.max():g}")
     return np.asarray(array, dtype=np.uint8), geometry
 
-#: gzip level of written .nii.gz files: 1 (fast) for images and labels; 0 (a gzip
-#: container without compression) for float fields such as displacements and Jacobians,
-#: whose noise-like bits shrink by ~12 % at ten times the writing time.
+#: Compression level of written .nii.gz files, in isal's igzip (levels 0-3; ordinary gzip
+#: streams that every reader takes): 1 writes ~300 MB/s, several times zlib's fastest level.
 GZIP_LEVEL = 1
-GZIP_LEVEL_FIELDS = 0
+
+#: Displacement fields are written rounded to this step in mm (at most 0.0005 mm off, a
+#: two-thousandth of a 1 mm voxel): their last float bits are noise, and without them the
+#: files shrink to about half (docs/outputs.md gives the sizes).
+FIELD_STEP_MM = 2.0 ** -10
 
 
 def _nifti_image(array: np.ndarray, geometry: Geometry,
@@ -380,8 +383,6 @@ def _nifti_image(array: np.ndarray, geometry: Geometry,
 def _write_nifti(path: Path, array: np.ndarray, geometry: Geometry,
                  prepare_header: Callable[[Any], None] | None = None,
                  gzip_level: int = GZIP_LEVEL) -> None:
-    import gzip
-
     import nibabel as nib
     from nibabel.fileholders import FileHolder
 
@@ -389,10 +390,16 @@ def _write_nifti(path: Path, array: np.ndarray, geometry: Geometry,
     if not str(path).lower().endswith(".gz"):
         nib.save(image, str(path))
         return
-    # no file name and no time in the gzip header: the same data give the same bytes
-    with open(path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw,
-                                                compresslevel=gzip_level, mtime=0) as handle:
+    with open(path, "wb") as raw, _gzip_stream(raw, gzip_level) as handle:
         image.to_file_map({"image": FileHolder(fileobj=handle)})
+
+
+def _gzip_stream(raw: BinaryIO, level: int) -> BinaryIO:
+    """A gzip stream into the open file ``raw`` (isal's igzip), with no file name and no
+    time in its header: the same data give the same bytes."""
+    from isal import igzip
+
+    return igzip.IGzipFile(filename="", mode="wb", fileobj=raw, compresslevel=level, mtime=0)
 
 
 def _write_nifti_volumes(path: Path, shape: tuple[int, ...], volumes: Iterable[np.ndarray],
@@ -403,7 +410,6 @@ def _write_nifti_volumes(path: Path, shape: tuple[int, ...], volumes: Iterable[n
     (I, J, K) volumes in file order (the last axes slowest), one at a time: the same
     bytes, without the whole array in memory."""
     import contextlib
-    import gzip
     import io
 
     dummy = np.broadcast_to(np.zeros((), dtype=np.float32), shape)  # shape only, no data
@@ -415,8 +421,8 @@ def _write_nifti_volumes(path: Path, shape: tuple[int, ...], volumes: Iterable[n
     header.write_to(block)  # the header and the empty extension flag
     compressed = str(path).lower().endswith(".gz")
     with open(path, "wb") as raw, (
-            gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=gzip_level,
-                          mtime=0) if compressed else contextlib.nullcontext(raw)) as handle:
+            _gzip_stream(raw, gzip_level) if compressed else contextlib.nullcontext(raw)
+    ) as handle:
         handle.write(block.getvalue().ljust(int(header["vox_offset"]), b"\0"))
         for volume in volumes:  # Fortran order: the first axis fastest
             handle.write(np.ascontiguousarray(volume.T, dtype=np.float32).data)
@@ -468,7 +474,7 @@ def _as_numpy(array: np.ndarray | torch.Tensor) -> np.ndarray:
 def save_image(path: PathLike, array: np.ndarray | torch.Tensor, geometry: Geometry,
                gzip_level: int = GZIP_LEVEL) -> None:
     """Write a float32 (I, J, K) image atomically (.nii.gz, .nii, .nrrd or .mha);
-    ``gzip_level`` for .nii.gz (:data:`GZIP_LEVEL_FIELDS` for noise-like float maps)."""
+    ``gzip_level`` for .nii.gz."""
     array = _as_numpy(array).astype(np.float32, copy=False)
     _save_volume(path, array, geometry, gzip_level)
 

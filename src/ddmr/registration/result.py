@@ -21,6 +21,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,14 +29,12 @@ from typing import Any
 import numpy as np
 
 from ddmr.io.files import atomic_directory
+from ddmr.registration.outputs import OUTPUTS, check_outputs
 from ddmr.registration.qc import Verdict
 from ddmr.spatial.grid import Geometry
 
 PathLike = str | os.PathLike[str]
 
-OUTPUT_FILES = ("warped.nii.gz", "warped_seg.nii.gz", "displacement.nii.gz", "affine.mat",
-                "residual_displacement.nii.gz", "inverse_displacement.nii.gz",
-                "jacobian.nii.gz", "overlay.png", "summary.json")
 
 #: The parts of ``summary["runtime_s"]`` that add up to its ``total``.
 RUNTIME_PARTS = ("imports", "load", "preprocess", "network", "engine", "native", "inverse",
@@ -95,43 +94,47 @@ class RegistrationResult:
             parts.append("engine")
         return " + ".join(parts) or "affine only"
 
-    def write(self, folder: PathLike) -> None:
-        """Write every output file into the existing ``folder`` (summary.json last). The
-        files are compressed on parallel threads (zlib releases the GIL)."""
+    def write(self, folder: PathLike, outputs: Iterable[str] | None = None) -> None:
+        """Write the ``outputs`` (names of :data:`OUTPUTS`; default all) into the existing
+        ``folder``, then ``summary.json``. The files are compressed on parallel threads
+        (igzip releases the GIL)."""
         from concurrent.futures import ThreadPoolExecutor
 
         from ddmr.io.fields import save_affine, save_displacement
-        from ddmr.io.images import GZIP_LEVEL_FIELDS, save_image, save_labels
+        from ddmr.io.images import save_image, save_labels
         from ddmr.overlay import save_overlay
         from ddmr.threads import workers
 
         folder = Path(folder)
+        chosen = check_outputs(outputs)
         started = time.perf_counter()
         # the fields go to the files in mm as they are (no voxel copies held meanwhile)
-        jobs = [(save_displacement, folder / "displacement.nii.gz", self.displacement_mm,
-                 self.geometry, "mm"),
-                (save_image, folder / "warped.nii.gz", self.warped, self.geometry),
-                (save_image, folder / "jacobian.nii.gz", self.jacobian, self.geometry,
-                 GZIP_LEVEL_FIELDS)]
+        jobs = {"displacement": (save_displacement, self.displacement_mm, self.geometry,
+                                 "mm"),
+                "warped": (save_image, self.warped, self.geometry),
+                "jacobian": (save_image, self.jacobian, self.geometry)}
         if self.warped_seg is not None:
-            jobs.append((save_labels, folder / "warped_seg.nii.gz", self.warped_seg,
-                         self.geometry))
+            jobs["warped_seg"] = (save_labels, self.warped_seg, self.geometry)
         if self.residual_mm is not None:
-            jobs.append((save_displacement, folder / "residual_displacement.nii.gz",
-                         self.residual_mm, self.geometry, "mm"))
+            jobs["residual_displacement"] = (save_displacement, self.residual_mm,
+                                             self.geometry, "mm")
         if self.inverse_mm is not None:
-            jobs.append((save_displacement, folder / "inverse_displacement.nii.gz",
-                         self.inverse_mm, self.moving_geometry, "mm"))
+            jobs["inverse_displacement"] = (save_displacement, self.inverse_mm,
+                                            self.moving_geometry, "mm")
         if self.point_map is not None:
-            jobs.append((save_affine, folder / "affine.mat", self.point_map))
-        with ThreadPoolExecutor(max_workers=min(len(jobs), workers())) as pool:
-            pending = [pool.submit(job, *arguments) for job, *arguments in jobs]
-            save_overlay(folder / "overlay.png", self.fixed, self.geometry, self.moving,
-                         self.moving_geometry, self.warped, self.jacobian,
-                         title=f"ddmr register, {self.method()}; {self.qc.line()}",
-                         point_map=self.point_map)
+            jobs["affine"] = (save_affine, self.point_map)
+        jobs = {name: job for name, job in jobs.items() if name in chosen}
+        with ThreadPoolExecutor(max_workers=max(1, min(len(jobs), workers()))) as pool:
+            pending = [pool.submit(job, folder / OUTPUTS[name], *arguments)
+                       for name, (job, *arguments) in jobs.items()]
+            if "overlay" in chosen:
+                save_overlay(folder / OUTPUTS["overlay"], self.fixed, self.geometry,
+                             self.moving, self.moving_geometry, self.warped, self.jacobian,
+                             title=f"ddmr register, {self.method()}; {self.qc.line()}",
+                             point_map=self.point_map)
             for job in pending:
                 job.result()
+        self.summary["outputs"] = sorted(path.name for path in folder.iterdir())
         runtime = self.summary["runtime_s"]
         runtime["write"] = round(time.perf_counter() - started, 3)
         runtime["total"] = round(sum(runtime.get(k, 0.0) for k in RUNTIME_PARTS), 3)
@@ -142,11 +145,14 @@ class RegistrationResult:
         (folder / "summary.json").write_text(json.dumps(json_safe(self.summary), indent=2)
                                              + "\n")
 
-    def save(self, outdir: PathLike, overwrite: bool = False) -> Path:
-        """Write the outputs into ``outdir`` (built in a temporary folder, then renamed);
-        an existing ``outdir`` is refused unless ``overwrite``."""
+    def save(self, outdir: PathLike, overwrite: bool = False,
+             outputs: Iterable[str] | None = None) -> Path:
+        """Write the ``outputs`` (default all; see :meth:`write`) into ``outdir`` (built in
+        a temporary folder, then renamed); an existing ``outdir`` is refused unless
+        ``overwrite``."""
+        chosen = check_outputs(outputs)  # before anything is written
         with atomic_directory(outdir, overwrite) as folder:
-            self.write(folder)
+            self.write(folder, chosen)
         return Path(outdir)
 
 
