@@ -189,9 +189,11 @@ def warp(moving: Image, displacement_mm: np.ndarray, fixed: Geometry,
     from ddmr.spatial import warp as world
 
     array, geometry = moving
-    points = _world_points(fixed) + np.asarray(displacement_mm, dtype=np.float64)
-    index = np.einsum("ab,bijk->aijk", np.linalg.inv(geometry.affine)[:3, :3], points)
-    index += np.linalg.inv(geometry.affine)[:3, 3, None, None, None]
+    points = fixed.points(dtype=torch.float64).numpy() + np.asarray(displacement_mm,
+                                                                 dtype=np.float64)
+    to_index = geometry.matrix("world", "index")
+    index = np.einsum("ab,bijk->aijk", to_index[:3, :3], points)
+    index += to_index[:3, 3, None, None, None]
     index_t = torch.from_numpy(index.astype(np.float32))
     if labels:
         source = torch.from_numpy(np.ascontiguousarray(array, dtype=np.uint8))[None, None]
@@ -200,14 +202,6 @@ def warp(moving: Image, displacement_mm: np.ndarray, fixed: Geometry,
         return out.reshape(fixed.shape).numpy()
     source = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]
     return world.sample_image(source, index_t).numpy()
-
-
-def _world_points(geometry: Geometry) -> np.ndarray:
-    """(3, I, J, K) float64 RAS world points of the voxel centres of ``geometry``."""
-    grids = np.meshgrid(*[np.arange(n, dtype=np.float64) for n in geometry.shape],
-                        indexing="ij")
-    return (np.einsum("ab,bijk->aijk", geometry.affine[:3, :3], np.stack(grids))
-            + geometry.affine[:3, 3, None, None, None])
 
 
 def centre_of_mass(image: Image) -> np.ndarray:

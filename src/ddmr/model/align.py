@@ -78,7 +78,7 @@ class AffineAlignment:
         """The point map of batch item ``item`` as a (4, 4) RAS mm matrix from fixed world
         points to moving world points, for images that lie on ``grid``."""
         voxel_map = self.voxel_map()[item].double().cpu().numpy()
-        return grid.affine @ voxel_map @ np.linalg.inv(grid.affine)
+        return grid.affine @ voxel_map @ grid.matrix("world", "index")
 
     def compose_after(self, displacement: torch.Tensor) -> torch.Tensor:
         """The field of ``x -> A(x + d(x))``: warping the original moving image by it equals

@@ -159,12 +159,11 @@ class _Problem:
         self.shape = shape
         self.local = (LocalNCC(window).bind(fixed.values[0].contiguous())
                       if similarity == "lncc" else None)
-        index = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1)
-        points = fixed.grid.index_to_world(index.reshape(-1, 3)) - fixed_centre
-        self.points = torch.from_numpy(points.astype(np.float32))  # (N, 3) mm from c_f
+        points = fixed.grid.points(channels_last=True, dtype=torch.float64).reshape(-1, 3)
+        self.points = (points - torch.as_tensor(fixed_centre, dtype=torch.float64)).float()
         self.values = fixed.values.reshape(-1)
         self.moving = moving.values
-        to_index = np.linalg.inv(moving.grid.affine)
+        to_index = moving.grid.matrix("world", "index")
         self.to_index = torch.from_numpy(to_index[:3, :3].astype(np.float32))
         self.to_index_offset = torch.from_numpy(to_index[:3, 3].astype(np.float32))
         self.scale = torch.tensor([2.0 / max(n - 1, 1) for n in moving.grid.shape])

@@ -79,7 +79,7 @@ class EngineResult:
 
     def grid_points(self) -> torch.Tensor:
         """World points (3, *grid.shape) of the result's grid (RAS mm)."""
-        return affine_volume(self.grid.affine, self.grid.shape)
+        return self.grid.points()
 
     def summary(self, settings: EngineSettings) -> dict[str, Any]:
         return {"similarity": settings.similarity, "mode": settings.mode,
@@ -150,13 +150,13 @@ class _Level:
         self.spacing = torch.tensor(self.grid.spacing, dtype=torch.float32).view(3, 1, 1, 1)
         self.objective = Objective(similarity, self.fixed, self.grid.spacing)
         # moving voxel of P(p + d) = A d + B x, p the world point of grid voxel x
-        to_voxels = np.linalg.inv(moving_grid.affine) @ point_map
+        to_voxels = moving_grid.matrix("world", "index") @ point_map
         self.compiled = kernels.available()
         if self.compiled:  # A (3, 3) and B (3, 4), the coordinates made in the kernel
             self.linear = to_voxels[:3, :3]
             self.base = (to_voxels @ self.grid.affine)[:3]
         else:  # grid_sample coordinates: A (3, 3) and q0 (*grid.shape, 3)
-            to_moving = sampling_matrix(moving_grid.shape) @ to_voxels
+            to_moving = moving_grid.matrix("index", "sampling") @ to_voxels
             self.linear = torch.from_numpy(to_moving[:3, :3].astype(np.float32))
             self.q0 = affine_volume(to_moving @ self.grid.affine, self.grid.shape,
                                      channels_last=True)
@@ -165,7 +165,7 @@ class _Level:
     def points(self) -> torch.Tensor:
         """World points p (3, *grid.shape) of this level's grid (RAS mm): made when asked
         (a full-size grid at the finest level)."""
-        return affine_volume(self.grid.affine, self.grid.shape)
+        return self.grid.points()
 
     def warp(self, displacement_mm: torch.Tensor) -> torch.Tensor:
         """Moving features at ``P(p + d(p))``: (C, *grid.shape)."""
@@ -184,10 +184,10 @@ class GridComposition:
 
     def __init__(self, grid: Geometry) -> None:
         # p + u(p) as voxel coordinates on this grid: x + M u, M mm -> voxels
-        self.to_voxels = np.linalg.inv(grid.affine)[:3, :3]
+        self.to_voxels = grid.matrix("world", "index")[:3, :3]
         self.identity_base = np.eye(3, 4)
         # the same as grid_sample coordinates: L u + (the identity's)
-        to_own = sampling_matrix(grid.shape) @ np.linalg.inv(grid.affine)
+        to_own = grid.matrix("world", "sampling")
         self.linear = torch.from_numpy(to_own[:3, :3].astype(np.float32))
         self.identity = _identity_axes(grid.shape)
 
@@ -236,9 +236,9 @@ def sample_field(field_mm: torch.Tensor, grid: Geometry, points: torch.Tensor
     (trilinear, border values beyond the grid): (3, ...)."""
     if kernels.available() and _plain(field_mm) and _plain(points):
         return torch.from_numpy(kernels.sample_points(
-            field_mm.numpy(), points.reshape(3, -1).numpy(), np.linalg.inv(grid.affine))
+            field_mm.numpy(), points.reshape(3, -1).numpy(), grid.matrix("world", "index"))
         ).reshape(3, *points.shape[1:])
-    to_sampling = sampling_matrix(grid.shape) @ np.linalg.inv(grid.affine)
+    to_sampling = grid.matrix("world", "sampling")
     linear = torch.from_numpy(to_sampling[:3, :3].astype(np.float32))
     offset = torch.from_numpy(to_sampling[:3, 3].astype(np.float32))
     out = grid_sample_3d(field_mm[None], _apply_linear(linear, points.reshape(3, 1, 1, -1))
@@ -262,7 +262,7 @@ def field_on(field_mm: torch.Tensor, grid: Geometry, target: Geometry) -> torch.
     """A field (3, *grid.shape) on ``grid`` interpolated at the voxels of ``target``
     (trilinear, border values beyond ``grid``): (3, *target.shape), without a volume of
     world points."""
-    to_sampling = sampling_matrix(grid.shape) @ np.linalg.inv(grid.affine) @ target.affine
+    to_sampling = grid.matrix("world", "sampling") @ target.affine
     return grid_sample_3d(field_mm[None], affine_volume(to_sampling, target.shape,
                                                         channels_last=True)[None])[0]
 

@@ -110,9 +110,9 @@ def invert(residual: Sampler, point_map: np.ndarray, fixed: Geometry, moving: Ge
     forward_map = np.asarray(point_map, dtype=np.float64)
     inverse_map = torch.from_numpy(np.linalg.inv(forward_map).astype(np.float32))
     # phi(p) - q = A (p + d(p) - y), A the point map's linear part: in moving voxels
-    to_error = torch.from_numpy((np.linalg.inv(moving.affine)[:3, :3] @ forward_map[:3, :3])
+    to_error = torch.from_numpy((moving.matrix("world", "index")[:3, :3] @ forward_map[:3, :3])
                                 .astype(np.float32))
-    to_fixed = torch.from_numpy(np.linalg.inv(fixed.affine).astype(np.float32))
+    to_fixed = torch.from_numpy(fixed.matrix("world", "index").astype(np.float32))
     size = int(np.prod(moving.shape))
     out = np.empty((3, size), dtype=np.float32)
     errors = np.empty(size, dtype=np.float32)  # of the voxels inside, in order
@@ -124,7 +124,7 @@ def invert(residual: Sampler, point_map: np.ndarray, fixed: Geometry, moving: Ge
         p = y + start(y) if start is not None else y - residual(y)
         if compiled:  # each point iterated until it settles, in one pass
             p, mismatch = (torch.from_numpy(a) for a in kernels.fixed_point(
-                residual.field_mm.numpy(), np.linalg.inv(residual.grid.affine), y.numpy(),
+                residual.field_mm.numpy(), residual.grid.matrix("world", "index"), y.numpy(),
                 p.numpy(), ITERATIONS, TOLERANCE_MM))
         else:
             for iteration in range(ITERATIONS + 1):

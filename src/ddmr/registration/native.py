@@ -25,29 +25,19 @@ import torch
 
 from ddmr.spatial.field import SLAB_VOXELS
 from ddmr.spatial.grid import Geometry, normalised
-from ddmr.spatial.warp import grid_sample_3d, label_cells, sample_image, sample_labels
+from ddmr.spatial.warp import (
+    affine_volume,
+    grid_sample_3d,
+    label_cells,
+    sample_image,
+    sample_labels,
+)
 
 
 def _slabs(shape: tuple[int, int, int]) -> Iterator[slice]:
     step = max(1, SLAB_VOXELS // max(shape[1] * shape[2], 1))
     for start in range(0, shape[0], step):
         yield slice(start, min(start + step, shape[0]))
-
-
-def _affine_volume(matrix: np.ndarray, rows: slice, shape: tuple[int, int, int]
-                   ) -> torch.Tensor:
-    """(3, rows, J, K) float32: ``matrix`` (3, 4) applied to the voxel indices of the
-    ``rows`` slab of a grid of ``shape`` (built by broadcasting, no index arrays)."""
-    axes = [torch.arange(rows.start, rows.stop, dtype=torch.float32),
-            torch.arange(shape[1], dtype=torch.float32),
-            torch.arange(shape[2], dtype=torch.float32)]
-    m = torch.from_numpy(np.asarray(matrix, dtype=np.float32))
-    return (m[:, 0, None, None, None] * axes[0][None, :, None, None]
-            + m[:, 1, None, None, None] * axes[1][None, None, :, None]
-            + m[:, 2, None, None, None] * axes[2][None, None, None, :]
-            + m[:, 3, None, None, None])
-
-
 
 
 def _interpolation_matrix(position: np.ndarray, size: int) -> torch.Tensor:
@@ -79,7 +69,7 @@ def _field_on_slab(u: torch.Tensor, to_model: np.ndarray, rows: slice,
         field = torch.einsum("id,cdhw->cihw", w[0], u[0])
         field = torch.einsum("jh,cihw->cijw", w[1], field)
         return torch.einsum("kw,cijw->cijk", w[2], field)
-    q = _affine_volume(to_model[:3], rows, shape)
+    q = affine_volume(to_model, shape, rows=rows)
     grid = normalised(q, model_shape)[None]
     return grid_sample_3d(u, grid)[0]
 
@@ -136,12 +126,12 @@ def to_native(displacement: torch.Tensor, model_grid: Geometry, fixed: Geometry,
     """
     u = displacement.detach().to("cpu", torch.float32)
     point = np.eye(4) if point_map is None else np.asarray(point_map, dtype=np.float64)
-    to_model = np.linalg.inv(model_grid.affine) @ fixed.affine
+    to_model = model_grid.matrix("world", "index") @ fixed.affine
     net_to_world = torch.from_numpy((point[:3, :3] @ model_grid.affine[:3, :3])
                                     .astype(np.float32))
     offset_map = point @ fixed.affine
     offset_map[:3, :] -= fixed.affine[:3, :]  # (P - I) A_f: displacement without the net
-    to_moving_matrix = np.linalg.inv(moving_geometry.affine)
+    to_moving_matrix = moving_geometry.matrix("world", "index")
     to_moving = to_moving_matrix @ point @ fixed.affine
     net_to_moving = torch.from_numpy((to_moving_matrix[:3, :3] @ point[:3, :3]
                                       @ model_grid.affine[:3, :3]).astype(np.float32))
@@ -157,10 +147,10 @@ def to_native(displacement: torch.Tensor, model_grid: Geometry, fixed: Geometry,
     out_labels = np.zeros(shape, dtype=np.uint8) if labels is not None else None
     for sl in _slabs(shape):
         uq = _field_on_slab(u, to_model, sl, shape)  # (3, s, J, K) model-grid voxels
-        disp = _affine_volume(offset_map[:3], sl, shape) + torch.einsum(
+        disp = affine_volume(offset_map, shape, rows=sl) + torch.einsum(
             "ab,bijk->aijk", net_to_world, uq)
         out_disp[:, sl] = disp.numpy()
-        moving_index = _affine_volume(to_moving[:3], sl, shape) + torch.einsum(
+        moving_index = affine_volume(to_moving, shape, rows=sl) + torch.einsum(
             "ab,bijk->aijk", net_to_moving, uq)
         out_warped[sl] = sample_image(image, moving_index).numpy()
         if labels is not None:

@@ -160,7 +160,7 @@ def jacobian_determinant_mm(displacement_mm: np.ndarray, geometry: Geometry) -> 
     voxel-space Jacobian (``det(A^-1 J A) = det J``), with the central differences of
     :func:`jacobian_determinant`, in slabs of slices (each with one slice
     of overlap on either side, so the differences are those of the whole volume)."""
-    inverse = torch.from_numpy(np.linalg.inv(geometry.affine[:3, :3]).astype(np.float32))
+    inverse = torch.from_numpy(geometry.matrix("world", "index")[:3, :3].astype(np.float32))
     mm = torch.from_numpy(np.ascontiguousarray(displacement_mm, dtype=np.float32))
     depth = mm.shape[1]
     out = np.empty(mm.shape[1:], dtype=np.float32)
@@ -228,7 +228,7 @@ def voxels_to_mm(displacement: np.ndarray, geometry: Geometry) -> np.ndarray:
 
 def mm_to_voxels(displacement_mm: np.ndarray, geometry: Geometry) -> np.ndarray:
     """RAS mm displacement (3, I, J, K) -> voxels of ``geometry`` (3, I, J, K) float32."""
-    return _apply_matrix(np.linalg.inv(geometry.affine[:3, :3]), displacement_mm)
+    return _apply_matrix(geometry.matrix("world", "index")[:3, :3], displacement_mm)
 
 
 def displacement_to_lps_mm(displacement: np.ndarray, geometry: Geometry,
@@ -258,5 +258,5 @@ def _to_lps(geometry: Geometry, units: str) -> np.ndarray:
 
 def lps_mm_to_displacement(vectors_lps: np.ndarray, geometry: Geometry) -> np.ndarray:
     """Physical LPS vectors in mm (I, J, K, 3) -> voxel displacement (3, I, J, K) float32."""
-    return _apply_matrix(np.linalg.inv(LPS_FLIP @ geometry.affine[:3, :3]), vectors_lps,
+    return _apply_matrix(geometry.matrix("itk", "index")[:3, :3], vectors_lps,
                          channels_last_in=True)

@@ -8,6 +8,10 @@
 * **normalised** ([-1, 1], last axis first): what ``torch.nn.functional.grid_sample``
   takes with ``align_corners=True`` (:func:`normalised`).
 
+Every frame-to-frame matrix of a grid comes from one method, :meth:`Geometry.matrix`
+(``"index"``, ``"world"``, ``"itk"``, ``"sampling"``); the inverse of the affine is
+computed once per grid.
+
 Grids derived from others: :func:`resized_grid` (the same extent with another number of
 voxels, first and last voxel centres kept: "aligned corners"), :func:`target_grid` (an
 RAS-aligned isotropic grid over a world box: how ``ddmr prepare`` places its volumes).
@@ -34,6 +38,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -43,13 +48,16 @@ from ddmr.errors import InputError
 Box = tuple[np.ndarray, np.ndarray]  # (low corner, high corner), RAS mm
 
 if TYPE_CHECKING:
-    pass
+    import torch
 
 PathLike = str | os.PathLike[str]
 
 
 #: RAS <-> LPS: flip the first two world axes.
 LPS_FLIP = np.diag([-1.0, -1.0, 1.0])
+
+#: The frames of :meth:`Geometry.matrix`.
+FRAMES = ("index", "world", "itk", "sampling")
 
 #: Default tolerance (mm) when comparing two geometries' affines.
 AFFINE_TOLERANCE = 1e-3
@@ -81,6 +89,47 @@ class Geometry:
         affine.setflags(write=False)
         object.__setattr__(self, "affine", affine)
         object.__setattr__(self, "shape", shape)
+
+    # -- frames -------------------------------------------------------------------------
+    @cached_property
+    def _from_index(self) -> dict[str, np.ndarray]:
+        """(4, 4) float64 maps from a voxel index to each frame of :data:`FRAMES`."""
+        lps = np.eye(4)
+        lps[:3, :3] = LPS_FLIP
+        matrices = {"index": np.eye(4), "world": self.affine, "itk": lps @ self.affine,
+                    "sampling": sampling_matrix(self.shape)}
+        return {frame: _frozen(matrix) for frame, matrix in matrices.items()}
+
+    @cached_property
+    def _to_index(self) -> dict[str, np.ndarray]:
+        """The inverses of :attr:`_from_index`, each computed once."""
+        return {frame: _frozen(np.linalg.inv(matrix))
+                for frame, matrix in self._from_index.items()}
+
+    def matrix(self, source: str, target: str) -> np.ndarray:
+        """(4, 4) float64 (read-only): a point of this grid given in frame ``source`` ->
+        the same point in frame ``target``; frames are ``index`` (i, j, k), ``world`` (RAS
+        mm), ``itk`` (LPS mm) and ``sampling`` (``grid_sample``'s [-1, 1], x = k first)."""
+        for frame in (source, target):
+            if frame not in FRAMES:
+                raise ValueError(f"unknown frame {frame!r}; frames are {', '.join(FRAMES)}")
+        if source == "index":
+            return self._from_index[target]
+        if target == "index":
+            return self._to_index[source]
+        return _frozen(self._from_index[target] @ self._to_index[source])
+
+    def points(self, frame: str = "world", channels_last: bool = False,
+               dtype: torch.dtype | None = None, rows: slice | None = None) -> torch.Tensor:
+        """The voxel centres of this grid in ``frame`` (:meth:`matrix`): (3, I, J, K)
+        (``channels_last``: (I, J, K, 3)), float32 unless ``dtype``, computed in float64;
+        only the first axis' ``rows`` when given."""
+        import torch
+
+        from ddmr.spatial.warp import affine_volume
+
+        return affine_volume(self.matrix("index", frame), self.shape, channels_last,
+                             torch.float32 if dtype is None else dtype, rows)
 
     # -- derived quantities (RAS) ------------------------------------------------------
     @property
@@ -123,7 +172,7 @@ class Geometry:
 
     def world_to_index(self, points: np.ndarray) -> np.ndarray:
         """Map RAS world points (..., 3) in mm to (fractional) voxel indices (..., 3)."""
-        inverse = np.linalg.inv(self.affine)
+        inverse = self.matrix("world", "index")
         points = np.asarray(points, dtype=np.float64)
         return points @ inverse[:3, :3].T + inverse[:3, 3]
 
@@ -159,6 +208,11 @@ class Geometry:
         affine[:3, :3] = LPS_FLIP @ matrix @ np.diag(np.asarray(spacing, dtype=np.float64))
         affine[:3, 3] = LPS_FLIP @ np.asarray(origin, dtype=np.float64)
         return cls(affine, tuple(int(n) for n in shape))
+
+
+def _frozen(matrix: np.ndarray) -> np.ndarray:
+    matrix.setflags(write=False)
+    return matrix
 
 
 def check_geometry(geometry: Geometry, path: PathLike) -> None:

@@ -50,7 +50,7 @@ class SplineSource:
 
 def _index_map(geometry_from: Geometry, geometry_to: Geometry) -> tuple[np.ndarray, np.ndarray]:
     """(3, 3) matrix and (3,) offset with ``index_from = matrix @ index_to + offset``."""
-    transform = np.linalg.inv(geometry_from.affine) @ geometry_to.affine
+    transform = geometry_from.matrix("world", "index") @ geometry_to.affine
     return transform[:3, :3], transform[:3, 3]
 
 
@@ -315,11 +315,10 @@ def _linear(source: np.ndarray, geometry_from: Geometry, geometry_to: Geometry, 
     several times faster."""
     import torch
 
-    from ddmr.spatial.grid import sampling_matrix
     from ddmr.spatial.warp import affine_volume, grid_sample_3d
 
-    transform = np.linalg.inv(geometry_from.affine) @ geometry_to.affine
-    grid = affine_volume(sampling_matrix(source.shape) @ transform, geometry_to.shape,
+    to_sampling = geometry_from.matrix("world", "sampling") @ geometry_to.affine
+    grid = affine_volume(to_sampling, geometry_to.shape,
                          channels_last=True)
     volume = torch.from_numpy(np.ascontiguousarray(source, dtype=np.float32))[None, None]
     output = grid_sample_3d(volume, grid[None])[0, 0]

@@ -60,12 +60,17 @@ def _check_pair(image: torch.Tensor, displacement: torch.Tensor) -> None:
 
 
 def affine_volume(matrix: np.ndarray, shape: tuple[int, int, int],
-                  channels_last: bool = False) -> torch.Tensor:
-    """(3, *shape) float32 (``channels_last``: (*shape, 3)): the (4, 4) ``matrix``
-    applied to every voxel index, in float64 one channel at a time."""
-    i, j, k = (torch.arange(n, dtype=torch.float64) for n in shape)
+                  channels_last: bool = False, dtype: torch.dtype = torch.float32,
+                  rows: slice | None = None) -> torch.Tensor:
+    """(3, *shape) ``dtype`` (``channels_last``: (*shape, 3)): the (4, 4) (or (3, 4))
+    ``matrix`` applied to every voxel index of a grid of ``shape`` (only the first axis'
+    ``rows`` when given), in float64 one channel at a time."""
+    first = range(shape[0]) if rows is None else range(*rows.indices(shape[0]))
+    i = torch.arange(first.start, first.stop, dtype=torch.float64)
+    j, k = (torch.arange(n, dtype=torch.float64) for n in shape[1:])
+    shape = (len(first), *shape[1:])
     m = np.array(matrix, dtype=np.float64)
-    out = torch.empty((*shape, 3) if channels_last else (3, *shape), dtype=torch.float32)
+    out = torch.empty((*shape, 3) if channels_last else (3, *shape), dtype=dtype)
     for channel in range(3):
         target = out[..., channel] if channels_last else out[channel]
         target.copy_(m[channel, 0] * i[:, None, None] + m[channel, 1] * j[None, :, None]
