@@ -39,7 +39,7 @@ from ddmr.registration.moments import (
     moments,
     point_map,
 )
-from ddmr.spatial.grid import Geometry
+from ddmr.spatial.grid import Geometry, sampling_scale
 from ddmr.spatial.resample import resample_to
 
 #: A candidate start must beat every start preferred to it by this much NCC.
@@ -163,10 +163,12 @@ class _Problem:
         self.points = (points - torch.as_tensor(fixed_centre, dtype=torch.float64)).float()
         self.values = fixed.values.reshape(-1)
         self.moving = moving.values
+        # world -> index -> sampling in two float32 steps (one fused matrix rounds
+        # differently, and the optimisation's end point follows the rounding)
         to_index = moving.grid.matrix("world", "index")
         self.to_index = torch.from_numpy(to_index[:3, :3].astype(np.float32))
         self.to_index_offset = torch.from_numpy(to_index[:3, 3].astype(np.float32))
-        self.scale = torch.tensor([2.0 / max(n - 1, 1) for n in moving.grid.shape])
+        self.scale = torch.tensor(sampling_scale(moving.grid.shape))
 
     def similarity(self, centre: torch.Tensor, translation: torch.Tensor,
                    linear: torch.Tensor) -> torch.Tensor:

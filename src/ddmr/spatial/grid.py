@@ -336,7 +336,7 @@ def resized_spacing(spacing: Sequence[float], shape: Sequence[int], new_shape: S
                  for s, n, m in zip(spacing, shape, new_shape, strict=True))
 
 
-def _sampling_scale(shape: Sequence[int]) -> list[float]:
+def sampling_scale(shape: Sequence[int]) -> list[float]:
     """Per axis, ``grid_sample``'s unit per voxel index (aligned corners)."""
     return [2.0 / max(int(n) - 1, 1) for n in shape]
 
@@ -347,7 +347,7 @@ def normalised(index, shape: Sequence[int]):
     last axis first (k, j, i)."""
     import torch
 
-    scale = torch.tensor(_sampling_scale(shape), dtype=index.dtype,
+    scale = torch.tensor(sampling_scale(shape), dtype=index.dtype,
                          device=index.device).view(3, *([1] * (index.ndim - 1)))
     return (index * scale - 1.0).movedim(0, -1).flip(-1)
 
@@ -356,6 +356,6 @@ def sampling_matrix(shape: Sequence[int]) -> np.ndarray:
     """(4, 4) float64: :func:`normalised` as a matrix, voxel index (i, j, k) of a grid of
     ``shape`` -> ``grid_sample`` coordinates (x, y, z), to be folded into other affine
     maps."""
-    matrix = np.diag([*_sampling_scale(shape), 1.0])
+    matrix = np.diag([*sampling_scale(shape), 1.0])
     matrix[:3, 3] = -1.0
     return matrix[[2, 1, 0, 3]]

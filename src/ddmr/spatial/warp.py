@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ddmr.spatial.grid import normalised
+from ddmr.spatial.grid import normalised, sampling_scale
 
 Padding = Literal["zeros", "border", "reflection"]
 
@@ -26,8 +26,8 @@ Padding = Literal["zeros", "border", "reflection"]
 def _normalised_identity(shape: tuple[int, int, int], device: str, dtype: torch.dtype
                          ) -> torch.Tensor:
     """(1, D, H, W, 3) ``grid_sample`` coordinates of the grid's own voxels, (W, H, D)."""
-    axes = [torch.arange(n, dtype=dtype, device=device) * (2.0 / max(n - 1, 1)) - 1.0
-            for n in shape]
+    axes = [torch.arange(n, dtype=dtype, device=device) * scale - 1.0
+            for n, scale in zip(shape, sampling_scale(shape), strict=True)]
     return torch.stack(torch.meshgrid(*axes, indexing="ij")[::-1], dim=-1).unsqueeze(0)
 
 
@@ -40,8 +40,8 @@ def sampling_grid(displacement: torch.Tensor) -> torch.Tensor:
     if displacement.ndim != 5 or displacement.shape[1] != 3:
         raise ValueError(f"displacement must be (B, 3, D, H, W), got {tuple(displacement.shape)}")
     shape = tuple(int(n) for n in displacement.shape[2:])
-    scale = torch.tensor([2.0 / max(n - 1, 1) for n in shape[::-1]],
-                         device=displacement.device, dtype=displacement.dtype)
+    scale = torch.tensor(sampling_scale(shape[::-1]), device=displacement.device,
+                         dtype=displacement.dtype)
     base = _normalised_identity(shape, str(displacement.device), displacement.dtype)
     # one pass: identity + scaled displacement, read channel-last in (W, H, D) order
     return torch.addcmul(base, displacement.permute(0, 2, 3, 4, 1).flip(-1), scale)
