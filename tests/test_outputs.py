@@ -43,10 +43,11 @@ def _reload_in_ants(path, pair) -> None:
 
     fixed = ants.image_read(str(pair / "fixed.nii.gz"))
     moving = ants.image_read(str(pair / "moving.nii.gz"))
-    if path.name in ("displacement.nii.gz", "residual_displacement.nii.gz", "affine.mat"):
+    if path.name in ("displacement.nii.gz", "residual_displacement.nii.gz", "affine.mat",
+                     "transform.h5"):
         warped = ants.apply_transforms(fixed, moving, [str(path)])
         assert warped.numpy().std() > 0
-    elif path.name == "inverse_displacement.nii.gz":
+    elif path.name in ("inverse_displacement.nii.gz", "inverse_transform.h5"):
         back = ants.apply_transforms(moving, fixed, [str(path)])
         assert back.numpy().std() > 0
     elif path.name.endswith(".nii.gz"):

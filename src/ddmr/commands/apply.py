@@ -1,5 +1,6 @@
-"""``ddmr apply``: use a saved registration on another image, label map or landmark file,
-in either direction (:mod:`ddmr.registration.apply`)."""
+"""``ddmr apply``: use a saved registration (a ``ddmr register`` folder, or one ITK/ANTs
+transform file such as ``transform.h5``) on another image, label map or landmark file
+(:mod:`ddmr.registration.apply`)."""
 
 from __future__ import annotations
 
@@ -12,21 +13,31 @@ from ddmr.errors import InputError
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--transform", required=True,
                         help="the output folder of ddmr register (its displacement.nii.gz "
-                        "and inverse_displacement.nii.gz)")
+                        "and inverse_displacement.nii.gz), or one ITK/ANTs transform file "
+                        "(transform.h5, inverse_transform.h5, ANTs' Composite.h5, .mat): "
+                        "it maps its fixed points to its moving points, so an image is "
+                        "warped onto --reference (required) and points go from its fixed "
+                        "space to its moving space, as ANTs applies it")
     parser.add_argument("--moving", help="image (or label map, with --labels) to warp; "
                         "required unless --points")
     parser.add_argument("--labels", action="store_true",
                         help="--moving is a label map: warp it label-exactly (default: an "
                         "image, linear interpolation)")
     parser.add_argument("--points", help="landmark CSV to map instead of an image: columns "
-                        "x_ras,y_ras,z_ras (or R,A,S) or x_lps,y_lps,z_lps (or L,P,S) in mm; "
-                        "points of the moving image go to the fixed space (default: none)")
+                        "x_ras,y_ras,z_ras (or R,A,S) or x_lps,y_lps,z_lps (or L,P,S) in mm, "
+                        "or ANTs' x,y,z[,t] with --points-space; with a folder, points of "
+                        "the moving image go to the fixed space (default: none)")
+    parser.add_argument("--points-space", choices=("lps", "ras"),
+                        help="the convention of --points' x,y,z columns, which do not say it "
+                        "(ANTs writes LPS); columns that name theirs must agree (default: "
+                        "none, x,y,z refused)")
     parser.add_argument("--inverse", action="store_true",
                         help="the other direction: an image on the fixed side onto the "
                         "moving grid, or fixed-space points to the moving space (default: "
                         "off)")
     parser.add_argument("--reference", help="image whose grid the result is written on "
-                        "(default: the fixed grid, or the moving grid with --inverse)")
+                        "(default: the fixed grid, or the moving grid with --inverse; "
+                        "required with a transform file)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing output file (default: refuse)")
     parser.add_argument("-o", "--output", required=True, help="output image or CSV file")
@@ -39,6 +50,15 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("give either --moving IMAGE or --points CSV")
     if args.points and (args.labels or args.reference):
         raise ConfigError("--labels and --reference are for images, not --points")
+    if args.points_space and not args.points:
+        raise ConfigError("--points-space is for --points")
+    if Path(args.transform).is_file():  # one ITK/ANTs transform: one direction, no grid
+        from ddmr.registration.apply import no_grid, one_way
+
+        if args.inverse:
+            raise one_way(args.transform)
+        if args.moving and not args.reference:
+            raise no_grid(args.transform)
     output = _check_output(args)
     from ddmr.io.files import output_lock
 
@@ -66,22 +86,26 @@ def _check_output(args: argparse.Namespace) -> Path:
 
 def _apply(args: argparse.Namespace) -> int:
     from ddmr.registration.apply import (
-        SavedTransform,
+        TransformFile,
         apply_to_image,
         apply_to_points,
+        load_transform,
         read_points,
         write_points,
     )
 
-    transform = SavedTransform.load(args.transform, need_inverse=bool(args.inverse)
-                                    or bool(args.points and not args.inverse))
+    transform = load_transform(args.transform, need_inverse=bool(args.inverse)
+                               or bool(args.points and not args.inverse))
     if args.points:
-        table = read_points(args.points)
+        table = read_points(args.points, space=args.points_space)
         mapped = apply_to_points(transform, table.points_ras, inverse=args.inverse,
                                  name=args.points)
         write_points(args.output, table, mapped)
-        where = "the moving space" if args.inverse else "the fixed space"
-        print(f"{len(mapped)} points mapped to {where} -> {args.output}")
+        if isinstance(transform, TransformFile):
+            where = f"through {args.transform} (its fixed space to its moving space)"
+        else:
+            where = "to the moving space" if args.inverse else "to the fixed space"
+        print(f"{len(mapped)} points mapped {where} -> {args.output}")
         return 0
     from ddmr.io.images import load_geometry, load_image, load_labels, save_image, save_labels
 

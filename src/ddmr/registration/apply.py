@@ -1,5 +1,5 @@
-"""Using a saved registration (the folder ``ddmr register`` writes) on other images, label
-maps and landmark points, in either direction: ``ddmr apply``.
+"""Using a saved registration (the folder ``ddmr register`` writes, or one ITK/ANTs
+transform file) on other images, label maps and landmark points: ``ddmr apply``.
 
 * Forward (the default): an image on the moving image's side is warped onto the fixed
   grid (or ``reference``) through ``displacement.nii.gz``, as ``warped.nii.gz`` was; a
@@ -9,12 +9,21 @@ maps and landmark points, in either direction: ``ddmr apply``.
   ``inverse_displacement.nii.gz``; a point of the fixed image goes to the moving space
   through ``displacement.nii.gz``.
 
+A transform file (:class:`TransformFile`: DDMR's ``transform.h5`` or
+``inverse_transform.h5``, ANTs' ``Composite.h5``, an ``affine.mat``; read with SimpleITK)
+is one direction, as ANTs uses it: it maps points of its fixed space to its moving space,
+so an image is pulled through it onto a reference grid (which must be given: the file does
+not say which grid), and points are pushed through it, fixed-space points to the moving
+space, as ``ants.apply_transforms_to_points`` does. The other direction is the other file
+(``inverse_transform.h5``, ANTs' ``InverseComposite.h5``), not ``inverse=True``.
+
 Displacement fields are read as ANTs and ITK read them: outside the field's own grid a
 point does not move. Label maps are warped label-exactly
 (:func:`ddmr.spatial.warp.sample_labels`). Point files are CSV with columns naming the
 convention: ``x_ras,y_ras,z_ras`` (or ``R,A,S``) or ``x_lps,y_lps,z_lps`` (or ``L,P,S``),
-in mm; other columns are kept. A file with both conventions' columns is mapped in both
-when they give the same points, and refused when they do not.
+in mm; or ANTs' ``x,y,z`` (and ``t``), whose convention the caller names (``space``: ANTs
+writes LPS); other columns are kept. A file with several sets of coordinate columns is
+mapped in each when they give the same points, and refused when they do not.
 
 What cannot be a registration is refused (:class:`InputError`), never applied: a field
 whose displacements vary across its grid by more than :data:`MAX_FIELD_SPREAD` fields of
@@ -30,6 +39,7 @@ import csv
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,6 +52,11 @@ PathLike = str | os.PathLike[str]
 #: Point-file column names per convention (every triple that the header holds is used).
 POINT_COLUMNS = {"ras": (("x_ras", "y_ras", "z_ras"), ("r", "a", "s")),
                  "lps": (("x_lps", "y_lps", "z_lps"), ("l", "p", "s"))}
+
+#: ANTs' point columns (``ants.apply_transforms_to_points``; a 4th, ``t``, is kept as it
+#: is): they do not name the convention, so the caller must (``space``, a key of
+#: :data:`POINT_COLUMNS`; ANTs' points are LPS).
+PLAIN_POINT_COLUMNS = ("x", "y", "z")
 
 #: Two coordinate column sets of one point file may differ by this much (mm) and still be
 #: the same points (rounding of the text).
@@ -138,6 +153,58 @@ class SavedTransform:
         return error
 
 
+@dataclass(frozen=True)
+class TransformFile:
+    """One ITK/ANTs transform file (module docstring): ``transform`` (SimpleITK) maps
+    points of its fixed space to its moving space (LPS, as ITK does)."""
+
+    path: Path
+    transform: Any
+
+    @classmethod
+    def load(cls, path: PathLike) -> TransformFile:
+        from ddmr.io.composite import read_transform
+
+        return cls(Path(path), read_transform(path))
+
+    def on_grid(self, reference: Geometry) -> SavedTransform:
+        """The transform sampled on ``reference`` as a forward field (3, *reference.shape,
+        RAS mm) there, without inverse; :class:`InputError` for an implausible one
+        (:func:`check_field`)."""
+        from ddmr.io.composite import displacement_on
+
+        forward = displacement_on(self.transform, reference)
+        check_field(forward, reference, self.path)
+        return SavedTransform(self.path, forward, reference, None, None)
+
+
+def load_transform(path: PathLike, need_inverse: bool = False
+                   ) -> SavedTransform | TransformFile:
+    """``path`` as ``ddmr apply --transform`` takes it: a file is one ITK/ANTs transform
+    (:class:`TransformFile`), anything else the output folder of ``ddmr register``
+    (:meth:`SavedTransform.load`)."""
+    if not Path(path).exists():
+        raise InputError(f"{path}: no such file or folder (expected the output folder of "
+                         "ddmr register, or an ITK transform file such as its transform.h5)")
+    if Path(path).is_file():
+        return TransformFile.load(path)
+    return SavedTransform.load(path, need_inverse=need_inverse)
+
+
+def one_way(path: PathLike) -> InputError:
+    """The refusal of ``inverse`` (``--inverse``) with a transform file."""
+    return InputError(f"{path}: a transform file maps one way (its fixed points to its "
+                      "moving points) and is not inverted (--inverse); for the other "
+                      "direction pass the inverse composite instead (inverse_transform.h5 "
+                      "of ddmr register, ANTs' InverseComposite.h5)")
+
+
+def no_grid(path: PathLike) -> InputError:
+    """The refusal of an image warped with a transform file but no reference grid."""
+    return InputError(f"{path}: a transform file does not say which grid to warp onto; "
+                      "give a reference image (--reference, the fixed image)")
+
+
 def field_of_view(geometry: Geometry) -> float:
     """The diagonal (mm) of the grid's extent."""
     return float(np.linalg.norm(np.asarray(geometry.shape) * np.asarray(geometry.spacing)))
@@ -201,18 +268,25 @@ def grid_points(geometry: Geometry, stride: int = 1) -> np.ndarray:
     return geometry.index_to_world(index.reshape(-1, 3).astype(np.float64))
 
 
-def apply_to_image(transform: SavedTransform, array: np.ndarray, geometry: Geometry,
-                   labels: bool = False, inverse: bool = False,
+def apply_to_image(transform: SavedTransform | TransformFile, array: np.ndarray,
+                   geometry: Geometry, labels: bool = False, inverse: bool = False,
                    reference: Geometry | None = None, image_name: str = "image",
                    reference_name: str = "reference") -> tuple[np.ndarray, Geometry]:
     """Warp an image (or, ``labels``, a label map) on ``geometry`` with the saved
     registration (module docstring) onto ``reference`` (default: the fixed grid, or the
-    moving grid with ``inverse``). Returns the array (float32, or uint8 labels) and its
-    grid. :class:`InputError` naming ``reference_name`` for a reference grid that does not
+    moving grid with ``inverse``; required for a :class:`TransformFile`, which has no
+    ``inverse``). Returns the array (float32, or uint8 labels) and its grid.
+    :class:`InputError` naming ``reference_name`` for a reference grid that does not
     overlap the field's grid, or ``image_name`` for an image that the transformed grid
     does not reach, with how far apart they are."""
     from ddmr.spatial.warp import label_cells, sample_image, sample_labels
 
+    if isinstance(transform, TransformFile):
+        if inverse:
+            raise one_way(transform.path)
+        if reference is None:
+            raise no_grid(transform.path)
+        transform, reference = transform.on_grid(reference), None
     field, field_geometry = transform.field(inverse)
     sides = ("moving", "fixed") if inverse else ("fixed", "moving")
     target = reference or field_geometry
@@ -240,11 +314,19 @@ def apply_to_image(transform: SavedTransform, array: np.ndarray, geometry: Geome
     return out.reshape(target.shape), target
 
 
-def apply_to_points(transform: SavedTransform, points_ras: np.ndarray, inverse: bool = False,
-                    name: str = "points") -> np.ndarray:
+def apply_to_points(transform: SavedTransform | TransformFile, points_ras: np.ndarray,
+                    inverse: bool = False, name: str = "points") -> np.ndarray:
     """Map world points (n, 3, RAS mm) of the moving image into the fixed image's space
-    (``inverse``: of the fixed image into the moving space). :class:`InputError` naming
-    ``name`` when none lies in the field's grid (none would move)."""
+    (``inverse``: of the fixed image into the moving space); through a
+    :class:`TransformFile`, of its fixed space into its moving space (as ANTs maps points;
+    no ``inverse``). :class:`InputError` naming ``name`` when none lies in the field's grid
+    of a saved registration (none would move)."""
+    if isinstance(transform, TransformFile):
+        if inverse:
+            raise one_way(transform.path)
+        from ddmr.io.composite import transform_points
+
+        return transform_points(transform.transform, points_ras)
     field, geometry = transform.field(not inverse)
     if len(points_ras) and not inside(geometry, points_ras).any():
         side = "fixed" if inverse else "moving"
@@ -266,10 +348,14 @@ class PointTable:
     points_ras: np.ndarray
 
 
-def read_points(path: PathLike) -> PointTable:
-    """Read a landmark CSV (module docstring); :class:`InputError` when it has no
-    coordinate columns of a named convention, a value that is not a number, a coordinate
-    column twice, or two sets of coordinate columns that give different points."""
+def read_points(path: PathLike, space: str | None = None) -> PointTable:
+    """Read a landmark CSV (module docstring); ``space`` (``"lps"`` or ``"ras"``) is the
+    convention of ANTs' ``x,y,z`` columns. :class:`InputError` when it has no coordinate
+    columns, ``x,y,z`` without ``space``, columns that name another convention than
+    ``space``, a value that is not a number, a coordinate column twice, or two sets of
+    coordinate columns that give different points."""
+    if space is not None and space not in POINT_COLUMNS:
+        raise ValueError(f"space must be one of {', '.join(POINT_COLUMNS)}, got {space!r}")
     from ddmr.io.files import read_csv
 
     path = Path(path)
@@ -286,9 +372,21 @@ def read_points(path: PathLike) -> PointTable:
     found = [(convention, tuple(lower.index(name) for name in triple))
              for convention, names in POINT_COLUMNS.items()
              for triple in names if all(name in lower for name in triple)]
+    other = [(convention, columns) for convention, columns in found if convention != space]
+    if space is not None and other:
+        names = ",".join(header[c] for c in other[0][1])
+        raise InputError(f"{path}: its columns {names} are {other[0][0].upper()} points, "
+                         f"but the points were said to be {space.upper()} "
+                         "(--points-space); leave that out or make them agree")
+    if all(name in lower for name in PLAIN_POINT_COLUMNS):
+        if space is None:
+            raise InputError(f"{path}: columns x,y,z do not say whether the points are LPS "
+                             "or RAS; give --points-space lps (as ANTs writes them) or ras")
+        found.append((space, tuple(lower.index(name) for name in PLAIN_POINT_COLUMNS)))
     if not found:
         raise InputError(f"{path}: no coordinate columns; name them x_ras,y_ras,z_ras (or "
-                         "R,A,S) or x_lps,y_lps,z_lps (or L,P,S) so the convention is known")
+                         "R,A,S) or x_lps,y_lps,z_lps (or L,P,S) so the convention is known, "
+                         "or x,y,z with --points-space")
     twice = [header[c] for _, columns in found for c in columns if lower.count(lower[c]) > 1]
     if twice:
         raise InputError(f"{path}: coordinate column {twice[0]!r} appears more than once")

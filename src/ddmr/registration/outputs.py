@@ -11,6 +11,7 @@ OUTPUTS = {"warped": "warped.nii.gz", "warped_seg": "warped_seg.nii.gz",
            "displacement": "displacement.nii.gz", "affine": "affine.mat",
            "residual_displacement": "residual_displacement.nii.gz",
            "inverse_displacement": "inverse_displacement.nii.gz",
+           "transform": "transform.h5", "inverse_transform": "inverse_transform.h5",
            "jacobian": "jacobian.nii.gz", "overlay": "overlay.png"}
 
 OUTPUT_FILES = (*OUTPUTS.values(), "summary.json")

@@ -12,7 +12,11 @@ Outputs (:meth:`RegistrationResult.save`, built in a temporary folder and rename
   as ANTs writes it, ``[residual_displacement.nii.gz, affine.mat]``;
 * ``inverse_displacement.nii.gz``: the inverse on the moving grid (moving points to
   fixed points), which maps the fixed image onto the moving one;
+* ``transform.h5`` and ``inverse_transform.h5``: each direction as one ITK composite
+  transform (:mod:`ddmr.io.composite`);
 * ``summary.json``, written last.
+
+``save(outputs=...)`` (``--outputs``) writes a chosen few (:mod:`ddmr.registration.outputs`).
 """
 
 from __future__ import annotations
@@ -100,6 +104,7 @@ class RegistrationResult:
         (igzip releases the GIL)."""
         from concurrent.futures import ThreadPoolExecutor
 
+        from ddmr.io.composite import write_composite, write_inverse_composite
         from ddmr.io.fields import save_affine, save_displacement
         from ddmr.io.images import save_image, save_labels
         from ddmr.overlay import save_overlay
@@ -123,6 +128,12 @@ class RegistrationResult:
                                             self.moving_geometry, "mm")
         if self.point_map is not None:
             jobs["affine"] = (save_affine, self.point_map)
+            if self.residual_mm is not None:
+                jobs["transform"] = (write_composite, self.point_map, self.residual_mm,
+                                     self.geometry)
+            if self.inverse_mm is not None:
+                jobs["inverse_transform"] = (write_inverse_composite, self.point_map,
+                                             self.inverse_mm, self.moving_geometry)
         jobs = {name: job for name, job in jobs.items() if name in chosen}
         with ThreadPoolExecutor(max_workers=max(1, min(len(jobs), workers()))) as pool:
             pending = [pool.submit(job, folder / OUTPUTS[name], *arguments)
