@@ -472,6 +472,8 @@ def convexadam(fixed: Image, moving: Image, prealign: str = "moments",
     ``convex_adam_pt`` call; the resampling is ``details["prealign_seconds"]``."""
     import torch
 
+    from ddmr.spatial.field import voxels_to_mm
+
     with warnings.catch_warnings():  # convexAdam sets filterwarnings("ignore") on import
         from convexAdam.apply_convex import apply_convex
         from convexAdam.convex_adam_MIND import convex_adam_pt
@@ -499,8 +501,8 @@ def convexadam(fixed: Image, moving: Image, prealign: str = "moments",
             device=torch.device(device), **options)
     seconds = time.perf_counter() - start
     u = np.asarray(field_ijk3, dtype=np.float64).transpose(3, 0, 1, 2)  # (3, I, J, K) voxels
-    displacement = (np.einsum("ab,bijk->aijk", fixed_geometry.affine[:3, :3], u)
-                    + translation[:, None, None, None]).astype(np.float32)
+    displacement = voxels_to_mm(u, fixed_geometry) + translation[:, None, None, None].astype(
+        np.float32)
     warped = np.asarray(apply_convex(disp=field_ijk3, moving=resampled.astype(np.float64)),
                         dtype=np.float32)
     return PeerResult("convexadam", displacement, seconds, warped, {

@@ -38,7 +38,7 @@ def engine_field(pair: Any, start: np.ndarray | None = None, settings: Any = Non
     from ddmr.registration.engine import register_deformable, sample_field
     from ddmr.registration.moments import foreground_mask
     from ddmr.registration.native import to_native
-    from ddmr.spatial.field import mm_to_voxels
+    from ddmr.spatial.field import mm_to_voxels, voxels_to_mm
     from ddmr.spatial.grid import Geometry
 
     geometry = Geometry(pair.affine, pair.fixed.shape)
@@ -50,9 +50,8 @@ def engine_field(pair: Any, start: np.ndarray | None = None, settings: Any = Non
                                  masks=masks).point_map
     else:
         point_map = np.eye(4)
-        linear = torch.from_numpy(geometry.affine[:3, :3].astype(np.float32))
-        start_mm = torch.einsum("ab,b...->a...", linear,
-                                torch.from_numpy(np.ascontiguousarray(start, np.float32)))
+        start_mm = voxels_to_mm(torch.from_numpy(np.ascontiguousarray(start, np.float32)),
+                                geometry)
 
         def initial(points: torch.Tensor) -> torch.Tensor:
             return sample_field(start_mm, geometry, points)

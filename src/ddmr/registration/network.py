@@ -29,10 +29,9 @@ class NetworkField:
         """``d`` (mm, RAS) at world points (3, ...) (trilinear, border values beyond the
         grid): (3, ...). The engine's start."""
         from ddmr.registration.engine import sample_field
+        from ddmr.spatial.field import voxels_to_mm
 
-        linear = torch.from_numpy(self.grid.affine[:3, :3].astype(np.float32))
-        millimetres = torch.einsum("ab,b...->a...", linear, self.field[0].float())
-        return sample_field(millimetres, self.grid, points)
+        return sample_field(voxels_to_mm(self.field[0], self.grid), self.grid, points)
 
 
 def _model_stage(point_map: np.ndarray, fixed_input: torch.Tensor, moving: Volume, space,

@@ -144,17 +144,14 @@ def _samplers(grid, field, engine):
     """``d`` at world points from the final field, and the start of its inverse with the
     name of the method: ``exp(-v)`` in svf mode, the inverse on the engine's grid
     otherwise, none without the engine (:mod:`ddmr.registration.inverse`)."""
-    import torch
 
     from ddmr.memory import release_free_memory
     from ddmr.registration.engine import FieldAt
     from ddmr.registration.inverse import grid_inverse
+    from ddmr.spatial.field import voxels_to_mm
 
-    if engine is not None:  # the engine's own field in mm, not a converted copy
-        millimetres = engine.displacement_mm
-    else:
-        linear = torch.from_numpy(grid.affine[:3, :3].astype(np.float32))
-        millimetres = torch.einsum("ab,b...->a...", linear, field[0].float())
+    # the engine's own field in mm, not a converted copy
+    millimetres = engine.displacement_mm if engine is not None else voxels_to_mm(field[0], grid)
 
     residual = FieldAt(millimetres.contiguous(), grid)
     if engine is None:

@@ -221,9 +221,15 @@ def _apply_matrix(matrix: np.ndarray, field: np.ndarray, channels_last_in: bool 
     return out
 
 
-def voxels_to_mm(displacement: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """Voxel displacement (3, I, J, K) on ``geometry`` -> RAS mm (3, I, J, K) float32."""
-    return _apply_matrix(geometry.affine[:3, :3], displacement)
+def voxels_to_mm(displacement: np.ndarray | torch.Tensor, geometry: Geometry
+                 ) -> np.ndarray | torch.Tensor:
+    """Voxel displacement (3, I, J, K) on ``geometry`` -> RAS mm (3, I, J, K) float32, of
+    the same kind as given: an array summed in float64 a component at a time, a tensor
+    by one float32 product (as the network's and the engine's fields are)."""
+    if isinstance(displacement, np.ndarray):
+        return _apply_matrix(geometry.affine[:3, :3], displacement)
+    linear = torch.from_numpy(geometry.affine[:3, :3].astype(np.float32))
+    return torch.einsum("ab,b...->a...", linear.to(displacement.device), displacement.float())
 
 
 def mm_to_voxels(displacement_mm: np.ndarray, geometry: Geometry) -> np.ndarray:
