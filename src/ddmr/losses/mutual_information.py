@@ -7,16 +7,18 @@ from torch import nn
 
 
 def mutual_information(a: torch.Tensor, b: torch.Tensor, bins: int = 32,
-                       sigma: float | None = None, max_voxels: int = 2**16) -> torch.Tensor:
+                       sigma: float | None = None, max_voxels: int | None = 2**16
+                       ) -> torch.Tensor:
     """Mutual information (nats) of intensities in [0, 1], per batch item -> (B,).
 
     Each voxel spreads over ``bins`` Gaussian bins (width ``sigma``, default one bin);
-    at most ``max_voxels`` voxels are used, taken at a regular stride (deterministic).
+    at most ``max_voxels`` voxels are used (None: all), taken at a regular stride
+    (deterministic). The loss here and the registration engine's similarity.
     """
     sigma = sigma if sigma is not None else 1.0 / bins
     a = a.flatten(1)
     b = b.flatten(1)
-    stride = max(1, a.shape[1] // max_voxels)
+    stride = 1 if max_voxels is None else max(1, a.shape[1] // max_voxels)
     a = a[:, ::stride].clamp(0, 1)
     b = b[:, ::stride].clamp(0, 1)
     centres = torch.linspace(0, 1, bins, device=a.device, dtype=a.dtype)

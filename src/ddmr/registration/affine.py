@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ddmr.losses.ncc import global_ncc
 from ddmr.optim import Adam
 from ddmr.registration.moments import (
     Moments,
@@ -125,12 +126,6 @@ def _level(array: np.ndarray, geometry: Geometry, mask: np.ndarray, spacing: flo
     return _Level(torch.from_numpy(values)[None, None], grid)
 
 
-def _ncc(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    a = a - a.mean()
-    b = b - b.mean()
-    return (a * b).sum() / torch.sqrt((a * a).sum() * (b * b).sum() + 1e-12)
-
-
 class _LocalValue(torch.autograd.Function):
     """The local squared NCC of warped values (D, H, W) against bound fixed values, with
     its closed-form gradient (:class:`~ddmr.registration.similarity.LocalNCC`)."""
@@ -180,7 +175,7 @@ class _Problem:
                                 align_corners=True).reshape(-1)
         if self.local is not None:
             return _LocalValue.apply(sampled.view(self.shape), self.local)
-        return _ncc(self.values, sampled)
+        return global_ncc(self.values[None], sampled[None], eps=1e-12)[0]
 
 
 def _optimise(problem: _Problem, centre: np.ndarray, linear: np.ndarray,

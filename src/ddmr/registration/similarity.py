@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ddmr.losses.mutual_information import mutual_information
 from ddmr.registration.settings import SIMILARITY_NAMES
 from ddmr.spatial.filters import box_sum
 
@@ -97,7 +98,8 @@ class MutualInformation:
         def evaluate(warped: torch.Tensor) -> tuple[float, torch.Tensor]:
             with torch.enable_grad():
                 w = warped.detach().requires_grad_(True)
-                value = _mutual_information(fixed.reshape(-1), w.reshape(-1), self.bins)
+                value = mutual_information(fixed.reshape(1, -1), w.reshape(1, -1), self.bins,
+                                           max_voxels=None)[0]
                 (gradient,) = torch.autograd.grad(value, w)
             return float(value.detach()), gradient
 
@@ -106,21 +108,6 @@ class MutualInformation:
     def __call__(self, fixed: torch.Tensor, warped: torch.Tensor
                  ) -> tuple[float, torch.Tensor]:
         return self.bind(fixed)(warped)
-
-
-def _mutual_information(a: torch.Tensor, b: torch.Tensor, bins: int) -> torch.Tensor:
-    centres = torch.linspace(0.0, 1.0, bins, dtype=a.dtype, device=a.device)
-    sigma = 1.0 / bins
-
-    def soft(x: torch.Tensor) -> torch.Tensor:
-        weights = torch.exp(-((x.clamp(0, 1)[:, None] - centres) ** 2) / (2 * sigma * sigma))
-        return weights / weights.sum(dim=1, keepdim=True).clamp_min(1e-12)
-
-    joint = soft(a).T @ soft(b) / a.numel()
-    marginal_a = joint.sum(dim=1, keepdim=True)
-    marginal_b = joint.sum(dim=0, keepdim=True)
-    ratio = joint / (marginal_a * marginal_b).clamp_min(1e-12)
-    return (joint * torch.log(ratio.clamp_min(1e-12))).sum()
 
 
 #: The six face neighbours of MIND-SSC's neighbourhood (voxel offsets, radius 1).
