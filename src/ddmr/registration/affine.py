@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from ddmr.losses.ncc import global_ncc
 from ddmr.optim import Adam
+from ddmr.registration.levels import object_grid, scaled_on
 from ddmr.registration.moments import (
     Moments,
     Scale,
@@ -41,7 +42,6 @@ from ddmr.registration.moments import (
     point_map,
 )
 from ddmr.spatial.grid import Geometry, sampling_scale
-from ddmr.spatial.resample import resample_to
 
 #: A candidate start must beat every start preferred to it by this much NCC.
 CANDIDATE_MARGIN = 0.02
@@ -107,23 +107,10 @@ class _Level:
     grid: Geometry
 
 
-def _object_grid(mask: np.ndarray, geometry: Geometry, spacing: float, margin: float
-                 ) -> Geometry:
-    from ddmr.spatial.grid import image_box, intersect, mask_box, target_grid
-
-    box = mask_box(mask, geometry, margin) or image_box(geometry)
-    box = intersect(box, image_box(geometry))
-    size = tuple(max(2, math.ceil(float(e) / spacing)) for e in box[1] - box[0])
-    return target_grid(box, size, spacing, "pad")
-
-
 def _level(array: np.ndarray, geometry: Geometry, mask: np.ndarray, spacing: float,
            margin: float, scale: tuple[float, float]) -> _Level:
-    grid = _object_grid(mask, geometry, max(spacing, min(geometry.spacing)), margin)
-    low, high = scale
-    values = resample_to(array, geometry, grid, order=1, cval=low, antialias=True)
-    values = np.clip((values - low) / (high - low), 0.0, 1.0).astype(np.float32)
-    return _Level(torch.from_numpy(values)[None, None], grid)
+    grid = object_grid(mask, geometry, max(spacing, min(geometry.spacing)), margin, 2)
+    return _Level(torch.from_numpy(scaled_on(array, geometry, grid, scale))[None, None], grid)
 
 
 class _LocalValue(torch.autograd.Function):

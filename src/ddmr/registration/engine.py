@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from ddmr.memory import release_free_memory
+from ddmr.registration.levels import object_grid, scaled_on
 from ddmr.registration.moments import Scale, intensity_scale
 from ddmr.registration.settings import EngineSettings
 from ddmr.registration.similarity import Objective, make_similarity
@@ -46,14 +47,12 @@ from ddmr.spatial import kernels
 from ddmr.spatial.filters import gaussian_smooth
 from ddmr.spatial.grid import (
     Geometry,
-    image_box,
-    intersect,
-    mask_box,
     sampling_matrix,
-    target_grid,
 )
-from ddmr.spatial.resample import resample_to
 from ddmr.spatial.warp import affine_volume, grid_sample_3d
+
+#: The fewest voxels along an axis of a level's grid.
+MIN_LEVEL_SIZE = 4
 
 
 @dataclass
@@ -94,16 +93,6 @@ class EngineResult:
 # -- one level ------------------------------------------------------------------------------
 
 
-def _object_grid(mask: np.ndarray, geometry: Geometry, spacing: float, margin: float
-                 ) -> Geometry:
-    """An RAS-aligned grid of ``spacing`` mm over the world box of ``mask`` (plus
-    ``margin`` mm), inside the image's own box."""
-    box = mask_box(mask, geometry, margin) or image_box(geometry)
-    box = intersect(box, image_box(geometry))
-    size = tuple(max(4, math.ceil(float(e) / spacing)) for e in box[1] - box[0])
-    return target_grid(box, size, spacing, "pad")
-
-
 @dataclass(frozen=True)
 class _Side:
     """One image as the levels see it: ``image`` (I, J, K) on ``geometry`` with the
@@ -119,16 +108,12 @@ class _Side:
     def on(self, grid: Geometry) -> torch.Tensor:
         """The image on ``grid`` (trilinear, smoothed first where ``grid`` is coarser),
         its intensities mapped to [0, 1]: (*grid.shape) float32."""
-        low, high = self.scale
-        if self.geometry.isclose(grid) and (low, high) == (0.0, 1.0):
+        if self.geometry.isclose(grid) and self.scale == (0.0, 1.0):
             return torch.from_numpy(self.image)  # already in [0, 1] (:meth:`at`): shared
-        values = self.image if self.geometry.isclose(grid) else resample_to(
-            self.image, self.geometry, grid, order=1, cval=low, antialias=True)
-        return torch.from_numpy(np.clip((values - low) / (high - low), 0.0, 1.0)
-                                .astype(np.float32))
+        return torch.from_numpy(scaled_on(self.image, self.geometry, grid, self.scale))
 
     def level_grid(self, spacing: float, margin: float) -> Geometry:
-        return _object_grid(self.mask, self.mask_geometry, spacing, margin)
+        return object_grid(self.mask, self.mask_geometry, spacing, margin, MIN_LEVEL_SIZE)
 
     def at(self, spacing: float, margin: float) -> _Side:
         """The same side with its image resampled once onto its grid of ``spacing`` mm,
@@ -360,8 +345,8 @@ def check_engine_memory(fixed_geometry: Geometry, fixed_mask: np.ndarray,
     from ddmr.errors import InputError
     from ddmr.io.images import available_memory
 
-    grid = _object_grid(fixed_mask, fixed_geometry, finest_spacing(fixed_geometry, settings),
-                        settings.margin_mm)
+    grid = object_grid(fixed_mask, fixed_geometry, finest_spacing(fixed_geometry, settings),
+                       settings.margin_mm, MIN_LEVEL_SIZE)
     channels = 12 if settings.similarity == "mind" else 1
     needed = int(np.prod(grid.shape)) * 4 * (ENGINE_VOLUMES + 4 * (channels - 1))
     available = available_memory()
