@@ -68,7 +68,7 @@ def _load(pair: dict) -> dict:
 
 def _displacement(point_map: np.ndarray, geometry) -> np.ndarray:
     """``P(p) - p`` (3, *shape) RAS mm at the fixed grid's points."""
-    from ddmr.spatial.warp import affine_volume
+    from ddmr.spatial.grid import affine_volume
 
     return affine_volume(point_map @ geometry.affine - geometry.affine, geometry.shape).numpy()
 

@@ -19,7 +19,7 @@ Pair kinds:
 
 Every method returns a world displacement on the fixed grid (RAS mm, fixed point ``p``
 shows the moving image at ``p + d``); the moving labels are warped through it label-
-exactly (:func:`ddmr.baselines.peers.warp`) and scored with :mod:`ddmr.evaluate.metrics`:
+exactly (:func:`ddmr.baselines.peers.warp`) and scored with :mod:`ddmr.metrics`:
 mean DSC over the labels (and over the tissue classes CSF/GM/WM and the atlas-propagated
 subcortical structures apart), HD95 (mm), centroid TRE (mm), dense TRE against the
 ground truth (``same``), folding (%). ``seconds`` is each method's own registration call
@@ -188,8 +188,8 @@ def run_method(name: str, pair: dict, ddmr_runner: Ddmr | None):
 
 
 def score(pair: dict, displacement: np.ndarray) -> dict:
+    from ddmr import metrics
     from ddmr.baselines import peers
-    from ddmr.evaluate import metrics
     from ddmr.spatial.field import folding_percent, jacobian_determinant_mm
 
     geometry = pair["fixed"][1]

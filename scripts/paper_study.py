@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from ddmr import stats
-from ddmr.evaluate.metrics import HIGHER_IS_BETTER
+from ddmr.metrics import HIGHER_IS_BETTER
 
 DESIGNS = ("BL-N", "BL-NS", "SG-ND", "SG-NSD", "UW-NSD", "UW-NSDH")
 TRANSFER = ("from scratch", "fine-tuned (full)", "fine-tuned (two-step)")

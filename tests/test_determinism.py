@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 
 from bad_input_cases import small_model
+from ddmr import metrics
 from ddmr.cli import main
-from ddmr.evaluate import metrics
 from ddmr.evaluate.pairs import PairSet
 from train_helpers import make_dataset
 

@@ -10,13 +10,14 @@ import torch
 from scipy import ndimage
 
 from ddmr.errors import ConfigError
-from ddmr.registration.engine import _Level, _Side, register_deformable, sample_field
+from ddmr.registration.engine import _Level, _Side, register_deformable
 from ddmr.registration.moments import foreground_mask
 from ddmr.registration.settings import EngineSettings
 from ddmr.registration.similarity import LocalNCC, MindSSC, MutualInformation
+from ddmr.spatial.displacement import Displacement
 from ddmr.spatial.filters import box_sum, gaussian_smooth
 from ddmr.spatial.grid import Geometry
-from register_helpers import grid, head, rotation
+from register_helpers import grid, head
 
 
 @pytest.fixture(params=["compiled", "torch"])
@@ -105,31 +106,6 @@ def test_similarity_gradients_match_finite_differences(similarity):
     assert same >= value  # a perfect match scores best
 
 
-def test_sample_field_matches_map_coordinates():
-    geometry = grid((10, 12, 9), (2.0, 1.5, 3.0), rotation((1, 0, 1), 25), (5.0, -3.0, 2.0))
-    field = torch.rand(3, *geometry.shape, generator=torch.Generator().manual_seed(3))
-    index = np.array([[1.3, 2.7, 4.1], [8.9, 0.2, 7.5], [4.0, 11.0, 0.0]])
-    points = torch.from_numpy(geometry.index_to_world(index).T.astype(np.float32))
-    ours = sample_field(field, geometry, points).numpy()
-    for c in range(3):
-        reference = ndimage.map_coordinates(field[c].numpy(), index.T, order=1, mode="nearest")
-        np.testing.assert_allclose(ours[c], reference, atol=1e-5)
-
-
-def test_field_on_another_grid_equals_sampling_at_its_world_points():
-    from ddmr.registration.engine import field_on
-    from ddmr.spatial.warp import affine_volume
-
-    source = grid((10, 12, 9), (2.0, 1.5, 3.0), rotation((1, 0, 1), 25), (5.0, -3.0, 2.0))
-    target = grid((13, 8, 11), (1.1, 2.2, 1.7), rotation((0, 1, 1), -10), (7.0, -1.0, 4.0))
-    field = torch.rand(3, *source.shape, generator=torch.Generator().manual_seed(8))
-    ours = field_on(field, source, target)
-    assert ours.shape == (3, *target.shape)
-    points = affine_volume(target.affine, target.shape)
-    np.testing.assert_allclose(ours.numpy(), sample_field(field, source, points).numpy(),
-                               atol=1e-5)
-
-
 def test_filters_in_place_equal_the_plain_ones(path):
     x = torch.rand(3, 9, 10, 8, generator=torch.Generator().manual_seed(5))
     for plain, in_place in ((box_sum(x, 5), box_sum(y := x.clone(), 5, out=y)),
@@ -152,7 +128,7 @@ def test_level_samples_a_displaced_field_like_sample_field_and_scipy(path):
     field = torch.rand(3, *level.grid.shape, generator=generator)
     shift = 2.0 * torch.rand(3, *level.grid.shape, generator=generator) - 1.0
     ours = level.displaced(field, shift)
-    np.testing.assert_allclose(ours.numpy(), sample_field(field, level.grid,
+    np.testing.assert_allclose(ours.numpy(), Displacement(field, level.grid)(
                                                           level.points() + shift).numpy(),
                                atol=1e-4)
     index = np.linalg.inv(level.grid.affine) @ np.vstack(
@@ -201,7 +177,7 @@ def test_engine_recovers_a_smooth_deformation(mode, path):
     world = torch.einsum("ab,b...->a...", torch.from_numpy(geometry.affine[:3, :3]
                                                            .astype(np.float32)), grid_points)
     world = world + torch.from_numpy(geometry.affine[:3, 3].astype(np.float32)).view(3, 1, 1, 1)
-    displacement = sample_field(result.displacement_mm, result.grid, world)
+    displacement = result.displacement()(world)
     moved = (world + displacement).numpy().reshape(3, -1).T
     coordinates = geometry.world_to_index(moved).T.reshape(3, *geometry.shape)
     warped = ndimage.map_coordinates(moving, coordinates, order=1, mode="nearest")
@@ -213,8 +189,8 @@ def test_engine_recovers_a_smooth_deformation(mode, path):
     assert (determinant > 0).all()
     if mode == "svf":  # exp(v) and exp(-v) invert each other
         assert result.inverse_mm is not None
-        back = sample_field(result.inverse_mm, result.grid,
-                            result.grid_points() + result.displacement_mm)
+        back = Displacement(result.inverse_mm, result.grid)(
+            result.grid.points() + result.displacement_mm)
         error = (result.displacement_mm + back).norm(dim=0)
         assert float(error.mean()) < 0.1 * min(result.grid.spacing)
 
@@ -224,7 +200,7 @@ def test_engine_is_never_worse_than_its_start():
     result, *_ = _run(FAST)
     best = result.displacement_mm
     again, *_ = _run(EngineSettings(levels=(1,), iterations=(5,), window=5, step=3.0),
-                     initial=lambda points: sample_field(best, result.grid, points))
+                     initial=Displacement(best, result.grid))
     assert again.objective >= again.objective_start
     assert again.objective_start == pytest.approx(result.objective, abs=0.02)
 

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 import torch
 
+from ddmr import metrics
 from ddmr.cli import main
 from ddmr.config import get_design
-from ddmr.evaluate import metrics
 from ddmr.evaluate.pairs import PairSet
 from ddmr.evaluate.runner import load_methods
 from ddmr.evaluate.tables import summarise, summary_markdown

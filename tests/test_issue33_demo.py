@@ -24,8 +24,8 @@ from ddmr.baselines.ants import AntsSettings, describe
 from ddmr.cli import main
 from ddmr.data.cohort import sample_cohort_dir
 from ddmr.demo import QUICK, Demo
-from ddmr.evaluate.metrics import pair_metrics
 from ddmr.evaluate.tables import summarise, summary_markdown
+from ddmr.metrics import pair_metrics
 from ddmr.report.figures import boxplot_metrics
 
 ROOT = sample_cohort_dir()

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from ddmr.registration import engine
 from ddmr.registration.similarity import LocalNCC, Objective, force_from_gradient
 from ddmr.spatial import kernels
-from ddmr.spatial.grid import sampling_matrix
-from ddmr.spatial.warp import affine_volume, grid_sample_3d
+from ddmr.spatial.displacement import Displacement, channels_last_product
+from ddmr.spatial.grid import affine_volume, sampling_matrix
+from ddmr.spatial.warp import grid_sample_3d
 
 pytestmark = pytest.mark.skipif(not kernels.available(), reason="numba is not installed")
 
@@ -46,7 +46,7 @@ def test_sampling_equals_grid_sample_with_border_values():
     ours = kernels.sample_affine(moving, displacement, linear, base, addend)
     to_sampling = sampling_matrix(moving.shape[1:])
     full = np.vstack([base, [0, 0, 0, 1]])
-    coordinates = engine._apply_linear(
+    coordinates = channels_last_product(
         torch.from_numpy((to_sampling[:3, :3] @ linear).astype(np.float32)),
         torch.from_numpy(displacement)).add_(
         affine_volume(to_sampling @ full, displacement.shape[1:], channels_last=True))
@@ -120,9 +120,9 @@ def test_sampling_at_points_equals_the_torch_path(monkeypatch):
     index = rng.uniform(-3, 14, (40, 3))  # inside and beyond the grid (border values)
     points = torch.from_numpy(geometry.index_to_world(index).T.astype(np.float32)
                               .reshape(3, 5, 8))
-    ours = engine.sample_field(field, geometry, points)
+    ours = Displacement(field, geometry)(points)
     monkeypatch.setenv(kernels.SWITCH, "torch")
-    reference = engine.sample_field(field, geometry, points)
+    reference = Displacement(field, geometry)(points)
     assert ours.shape == (3, 5, 8)
     np.testing.assert_allclose(ours.numpy(), reference.numpy(), atol=1e-5)
 
@@ -154,7 +154,7 @@ def test_the_inverse_settles_each_point_where_the_torch_path_settles_the_chunk(m
     moving = grid((17, 19, 21), (2.2, 1.8, 2.0), rotation((1, 1, 0), -15), (6.0, 0.0, -2.0))
     generator = torch.Generator().manual_seed(11)
     field = gaussian_smooth(torch.randn(3, *fixed.shape, generator=generator) * 8.0, 3.0)
-    residual = engine.FieldAt(field.contiguous(), fixed)
+    residual = Displacement(field.contiguous(), fixed)
     point_map = np.eye(4)
     point_map[:3, 3] = (1.5, -2.0, 0.5)
     ours = invert(residual, point_map, fixed, moving)

@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ddmr.evaluate import metrics
+from ddmr import metrics
 
 SPACING = (0.7, 1.3, 2.1)
 

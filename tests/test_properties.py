@@ -13,7 +13,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from conftest import smooth_field, smooth_volume
-from ddmr.evaluate import metrics
+from ddmr import metrics
 from ddmr.spatial.field import compose, invert, jacobian_determinant
 from ddmr.spatial.warp import warp_image, warp_labels
 

@@ -241,7 +241,7 @@ def test_label_sampling_is_label_exact_and_matches_onehot_warping():
 
 
 def test_label_metrics_on_boxes_equal_the_metrics_module():
-    from ddmr.evaluate import metrics
+    from ddmr import metrics
     from ddmr.registration.scores import field_metrics, label_metrics
 
     rng = np.random.default_rng(1)

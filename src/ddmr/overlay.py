@@ -27,13 +27,16 @@ ORIENTATION = ("radiological: patient right on image left (axial, coronal), ante
 VIEWS = (("axial", 1, 0, 2), ("coronal", 2, 0, 1), ("sagittal", 2, 1, 0))
 
 
-def slice_geometries(geometry: Geometry) -> list[tuple[str, Geometry]]:
-    """One 2D grid (rows, columns, 1) per view over the world box of ``geometry``; rows
-    and columns run from the box's high corner down (radiological, see module doc)."""
+def slice_geometries(geometry: Geometry, centre: np.ndarray | None = None,
+                     max_pixels: int = MAX_PIXELS) -> list[tuple[str, Geometry]]:
+    """One 2D grid (rows, columns, 1) per view over the world box of ``geometry``, at
+    most ``max_pixels`` along a side, through the world point ``centre`` (RAS mm;
+    default the box's centre); rows and columns run from the box's high corner down
+    (radiological, see module doc)."""
     low, high = image_box(geometry)
     extent = high - low
-    step = max(min(geometry.spacing), float(extent.max()) / MAX_PIXELS)
-    centre = (low + high) / 2.0
+    step = max(min(geometry.spacing), float(extent.max()) / max_pixels)
+    centre = (low + high) / 2.0 if centre is None else np.asarray(centre, dtype=np.float64)
     out = []
     for name, row_axis, col_axis, normal in VIEWS:
         affine = np.zeros((4, 4))
@@ -49,10 +52,12 @@ def slice_geometries(geometry: Geometry) -> list[tuple[str, Geometry]]:
     return out
 
 
-def _cut(array: np.ndarray, geometry: Geometry, plane: Geometry) -> np.ndarray:
-    """``array`` (I, J, K) on ``geometry`` resampled (trilinear) onto the one-voxel-thick
-    ``plane``: (rows, columns), NaN beyond the array. Only the slab of the array around
-    the plane is read (two voxels of margin: the same values as the whole array)."""
+def _cut(array: np.ndarray, geometry: Geometry, plane: Geometry, order: int = 1
+         ) -> np.ndarray:
+    """``array`` (I, J, K) on ``geometry`` resampled (trilinear; ``order`` 0: nearest, for
+    label maps) onto the one-voxel-thick ``plane``: (rows, columns) float32, NaN beyond
+    the array. Only the slab of the array around the plane is read (two voxels of
+    margin: the same values as the whole array)."""
     index = geometry.world_to_index(plane.world_corners())
     size = np.array(array.shape)
     low = np.clip(np.floor(index.min(axis=0)).astype(int) - 2, 0, size)
@@ -63,17 +68,17 @@ def _cut(array: np.ndarray, geometry: Geometry, plane: Geometry) -> np.ndarray:
     shift = np.eye(4)
     shift[:3, 3] = low
     return resample_to(slab.astype(np.float32), Geometry(geometry.affine @ shift, slab.shape),
-                       plane, order=1, cval=np.nan)[:, :, 0]
+                       plane, order=order, cval=np.nan)[:, :, 0]
 
 
 #: Voxels an image's display window is taken from (a regular subsample beyond).
 WINDOW_VOXELS = 1 << 21
 
 
-def _window(array: np.ndarray) -> tuple[float, float]:
+def _window(array: np.ndarray, voxels: int = WINDOW_VOXELS) -> tuple[float, float]:
     """The display window: the 1st and 99th percentiles (of a regular subsample of at
-    most :data:`WINDOW_VOXELS` voxels)."""
-    step = max(1, int(np.ceil((array.size / WINDOW_VOXELS) ** (1 / 3))))
+    most ``voxels`` voxels)."""
+    step = max(1, int(np.ceil((array.size / voxels) ** (1 / 3))))
     lo, hi = np.percentile(array[::step, ::step, ::step], [1, 99])
     return float(lo), float(hi if hi > lo else lo + 1.0)
 
@@ -147,6 +152,39 @@ def _colour_bar(width: int, height: int, low: float, high: float) -> np.ndarray:
     return np.repeat(_diverging(values[None, :], low, high), height, axis=0)
 
 
+def headers_gap(fixed_geometry: Geometry, moving_geometry: Geometry) -> float:
+    """How far (mm) the moving grid's world box lies from the fixed grid's, as the
+    headers place them: 0 when the boxes overlap."""
+    fixed_low, fixed_high = image_box(fixed_geometry)
+    moving_low, moving_high = image_box(moving_geometry)
+    apart = np.maximum(0.0, np.maximum(moving_low - fixed_high, fixed_low - moving_high))
+    return float(np.linalg.norm(apart))
+
+
+def missing_note(stage: str, gap_mm: float = 0.0) -> str:
+    """Words for a panel of the moving image with nothing of it on the slice: ``stage``
+    ``headers`` (as the headers place it, ``gap_mm`` from :func:`headers_gap`) or
+    ``affine`` (after the affine part)."""
+    if stage == "headers" and gap_mm > 0:
+        return (f"The headers put the images apart: the moving image lies {gap_mm:.0f} mm "
+                "outside the fixed image's box, so none of it falls on the fixed grid "
+                "(not a rendering failure).")
+    if stage == "headers":
+        return "As its header places it, the moving image does not reach this slice."
+    return "After the affine part, the moving image does not reach this slice."
+
+
+#: Background of a panel that holds a note instead of an image.
+NOTE_GREY = 232
+
+
+def _note_lines(draw, text: str, font, box: tuple[int, int]) -> list[str]:
+    """``text`` wrapped to the panel ``box`` (width, height), cut to the lines that fit."""
+    lines = _wrapped(draw, text, font, box[0] - 12)
+    fit = max(1, (box[1] - 8) // (font.size + 3))
+    return lines[:fit] if len(lines) <= fit else [*lines[:fit - 1], lines[fit - 1] + " ..."]
+
+
 def save_overlay(path: str | Path, fixed: np.ndarray, fixed_geometry: Geometry,
                  moving: np.ndarray, moving_geometry: Geometry, warped: np.ndarray,
                  jacobian: np.ndarray, title: str = "ddmr register",
@@ -154,26 +192,32 @@ def save_overlay(path: str | Path, fixed: np.ndarray, fixed_geometry: Geometry,
     """Write the overlay figure (PNG) atomically. ``fixed``, ``warped`` and ``jacobian``
     are (I, J, K) on ``fixed_geometry``; ``moving`` (I', J', K') on its own grid, shown
     through world coordinates as the headers place it and, with ``point_map`` (4, 4, RAS,
-    fixed world -> moving world), after the affine part alone. Drawn with Pillow (no
-    matplotlib: it is a third of a registration's start-up)."""
+    fixed world -> moving world), after the affine part alone; a moving panel with
+    nothing of the image on its slice says so in words (:func:`missing_note`). Drawn with
+    Pillow (no matplotlib: it is a third of a registration's start-up)."""
     from PIL import Image, ImageDraw
 
     fixed_window, moving_window = _window(fixed), _window(moving)
     low = min(float(np.nanmin(jacobian)), 0.5)
     high = max(float(np.nanmax(jacobian)), 1.5)
+    apart = headers_gap(fixed_geometry, moving_geometry)
     columns = ["fixed", "moving (headers)"] + (["moving (affine)"] if point_map is not None
                                                else []) + ["warped", "checkerboard", "det J"]
-    rows = []
+    rows, notes = [], {}
     for view, plane in slice_geometries(fixed_geometry):
         f = _scaled(_cut(fixed, fixed_geometry, plane), fixed_window)
-        m = _scaled(_cut(moving, moving_geometry, plane), moving_window)
-        m[np.isnan(f)] = np.nan  # the moving image as resampled onto the fixed grid
-        panels = [_grey(f), _grey(m)]
+        moved = [("headers", plane)]
         if point_map is not None:
-            moved = Geometry(np.asarray(point_map) @ plane.affine, plane.shape)
-            a = _scaled(_cut(moving, moving_geometry, moved), moving_window)
-            a[np.isnan(f)] = np.nan
-            panels.append(_grey(a))
+            moved.append(("affine", Geometry(np.asarray(point_map) @ plane.affine,
+                                             plane.shape)))
+        panels = [_grey(f)]
+        for stage, where in moved:
+            m = _scaled(_cut(moving, moving_geometry, where), moving_window)
+            m[np.isnan(f)] = np.nan  # the moving image as resampled onto the fixed grid
+            if not np.isfinite(m).any():
+                notes[len(rows), len(panels)] = missing_note(stage, apart)
+                m = np.full(m.shape, NOTE_GREY / 255.0)
+            panels.append(_grey(m))
         w = _scaled(_cut(warped, fixed_geometry, plane), moving_window)
         j = _cut(jacobian, fixed_geometry, plane)
         panels += [_grey(w), _grey(checkerboard(f, w)), _diverging(j, low, high)]
@@ -181,6 +225,7 @@ def save_overlay(path: str | Path, fixed: np.ndarray, fixed_geometry: Geometry,
     longest = max(max(p.shape[0], p.shape[1]) for _, panels in rows for p in panels)
     scale = CELL / longest
     font, gap, left = _font(), 6, 90
+    note_font = _font(12)
     width = left + len(columns) * (CELL + gap)
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     header = [*_wrapped(probe, title, font, width - 8), ORIENTATION]
@@ -199,7 +244,14 @@ def save_overlay(path: str | Path, fixed: np.ndarray, fixed_geometry: Geometry,
         for col, panel in enumerate(panels):
             size = (max(1, round(panel.shape[1] * scale)), max(1, round(panel.shape[0] * scale)))
             image = Image.fromarray(panel).resize(size, Image.Resampling.NEAREST)
-            canvas.paste(image, (left + col * (CELL + gap), y))
+            x = left + col * (CELL + gap)
+            canvas.paste(image, (x, y))
+            if (row, col) in notes:
+                draw.rectangle((x, y, x + size[0] - 1, y + size[1] - 1), outline=(150, 150, 150))
+                for number, text in enumerate(_note_lines(draw, notes[row, col], note_font,
+                                                          size)):
+                    draw.text((x + 6, y + 5 + number * 15), text, fill=(120, 20, 20),
+                              font=note_font)
     bar_x = left + (len(columns) - 1) * (CELL + gap)
     bar_y = top + 3 * (CELL + gap) + 4
     canvas.paste(Image.fromarray(_colour_bar(CELL, 12, low, high)), (bar_x, bar_y))

@@ -223,8 +223,8 @@ def write_statistics(results: pd.DataFrame, folder: Path, metric: str = "tre",
     than ``min_pairs`` :func:`independent_pairs`, no test is run: ``stats_<metric>.md``
     says why, and the CSVs of an earlier run are removed.
     """
-    from ddmr.evaluate.metrics import HIGHER_IS_BETTER
     from ddmr.io.files import atomic_path
+    from ddmr.metrics import HIGHER_IS_BETTER
 
     methods = list(dict.fromkeys(results["method"]))
     if contrasts is None:

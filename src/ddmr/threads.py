@@ -90,10 +90,10 @@ def use_threads(threads: int | None = None) -> int:
 
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
-    if "numba" in sys.modules:  # the compiled kernels' pool (set when numba loads)
-        from ddmr.spatial import kernels
-
-        kernels.set_threads(threads)
+    numba = sys.modules.get("numba")
+    if numba is not None:  # the compiled kernels' pool (ddmr.spatial.kernels sets it when
+        # it loads numba; set here once it has: this module imports nothing of spatial/)
+        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
     try:
         from threadpoolctl import threadpool_limits
 

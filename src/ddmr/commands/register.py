@@ -182,7 +182,8 @@ def run(args: argparse.Namespace) -> int:
 
         rows = register_pairs(args.pairs, args.output, args.model, args.device, args.affine,
                               args.overwrite, progress=not args.no_progress,
-                              shard=parse_shard(args.shard), engine=engine)
+                              shard=parse_shard(args.shard), outputs=outputs,
+                              engine=engine)
         errors = [row for row in rows if row["qc"] == "error"]
         failed = [row["id"] for row in rows if row["qc"] == "fail"]
         reused = sum(row["reused"] for row in rows)

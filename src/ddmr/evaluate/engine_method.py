@@ -8,7 +8,6 @@ import time
 from typing import Any
 
 import numpy as np
-import torch
 
 #: Method name of the engine alone, and the suffix of a model refined by the engine.
 ENGINE = "engine"
@@ -35,10 +34,11 @@ def engine_field(pair: Any, start: np.ndarray | None = None, settings: Any = Non
     the pair's grid, the seconds the engine (and the affine stage) took, and the
     :class:`ddmr.registration.engine.EngineResult`."""
     from ddmr.registration.affine import world_affine
-    from ddmr.registration.engine import register_deformable, sample_field
+    from ddmr.registration.engine import register_deformable
     from ddmr.registration.moments import foreground_mask
     from ddmr.registration.native import to_native
-    from ddmr.spatial.field import mm_to_voxels, voxels_to_mm
+    from ddmr.spatial.displacement import Displacement
+    from ddmr.spatial.field import mm_to_voxels
     from ddmr.spatial.grid import Geometry
 
     geometry = Geometry(pair.affine, pair.fixed.shape)
@@ -50,17 +50,11 @@ def engine_field(pair: Any, start: np.ndarray | None = None, settings: Any = Non
                                  masks=masks).point_map
     else:
         point_map = np.eye(4)
-        start_mm = voxels_to_mm(torch.from_numpy(np.ascontiguousarray(start, np.float32)),
-                                geometry)
-
-        def initial(points: torch.Tensor) -> torch.Tensor:
-            return sample_field(start_mm, geometry, points)
+        initial = Displacement.from_voxels(start, geometry)
 
     result = register_deformable(pair.fixed, geometry, masks[0], pair.moving, geometry,
                                  masks[1], point_map, settings, initial)
-    engine_voxels = torch.from_numpy(mm_to_voxels(result.displacement_mm.numpy(),
-                                                  result.grid))[None]
-    native = to_native(engine_voxels, result.grid, geometry, pair.moving, geometry,
-                       None, point_map)
+    native = to_native(result.displacement(), geometry, pair.moving, geometry, None,
+                       point_map)
     seconds = time.perf_counter() - started
     return mm_to_voxels(native.displacement_mm, geometry), seconds, result

@@ -9,7 +9,7 @@ gone), and a pair names its fixed and moving subject. There is no ground-truth f
 Every method registers the pair through world coordinates and returns a displacement on
 the fixed grid (RAS mm, the fixed point ``p`` shows the moving image at ``p + d``); the
 moving image and labels are warped through it (labels label-exactly) and scored by
-:func:`ddmr.evaluate.metrics.pair_metrics`' label and image definitions: DSC, HD95,
+:func:`ddmr.metrics.pair_metrics`' label and image definitions: DSC, HD95,
 centroid TRE, NCC, SSIM, folding and SDlogJ, plus landmark TRE (mm) when landmark files
 are given (:func:`landmark_tre`).
 """
@@ -84,7 +84,7 @@ def write_inter_pairs(folder: Path, data: str | Path, split: str, progress: bool
     from tqdm.auto import tqdm
 
     from ddmr.data.dataset import PreparedDataset, dataset_file
-    from ddmr.evaluate.pairs import ARRAYS, FORMAT, FORMAT_VERSION, INDEX
+    from ddmr.evaluate.pair_files import ARRAYS, FORMAT, FORMAT_VERSION, INDEX
 
     data = Path(data)
     dataset = PreparedDataset(data, split=None if split == "all" else split)
@@ -159,13 +159,13 @@ def landmark_tre(fixed_points: dict[str, np.ndarray], moving_points: dict[str, n
     """Mean distance (mm) between each moving landmark and where the registration puts the
     fixed landmark of the same id (``p + d(p)``, the fixed-to-moving map); NaN when no id
     is shared."""
-    from ddmr.registration.apply import displacement_at
+    from ddmr.spatial.displacement import Displacement
 
     shared = sorted(set(fixed_points) & set(moving_points))
     if not shared:
         return float("nan")
     points = np.stack([fixed_points[k] for k in shared])
-    mapped = points + displacement_at(displacement_mm, geometry, points)
+    mapped = Displacement(displacement_mm, geometry, "zero").moved(points)
     targets = np.stack([moving_points[k] for k in shared])
     return float(np.linalg.norm(mapped - targets, axis=1).mean())
 
@@ -179,7 +179,7 @@ def score_inter(pair: InterPair, method: str, displacement_mm: np.ndarray, secon
     ``seconds`` plus the time of warping the moving image and labels through it (what
     :func:`ddmr.evaluate.runner.score_pair` counts on same-subject pairs)."""
     from ddmr.baselines.peers import warp
-    from ddmr.evaluate.metrics import pair_metrics
+    from ddmr.metrics import pair_metrics
     from ddmr.spatial.field import mm_to_voxels
 
     start = time.perf_counter()

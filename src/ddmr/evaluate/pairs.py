@@ -30,14 +30,10 @@ from typing import Any
 import numpy as np
 
 from ddmr.errors import ConfigError, InputError
+from ddmr.evaluate.pair_files import ARRAYS, FORMAT, FORMAT_VERSION, INDEX
 from ddmr.io.files import atomic_directory, check_free_space, check_output_folder
 
 logger = logging.getLogger(__name__)
-
-FORMAT = "ddmr-pairs"
-FORMAT_VERSION = 1
-INDEX = "pairs.json"
-ARRAYS = "pairs.h5"
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 For each pair and method the field is predicted on the pair's grid, the moving image is
 warped (trilinear) and its labels (label-exact, :func:`ddmr.spatial.warp.warp_labels`) by DDMR's
-own spatial transformer, and every metric of :mod:`ddmr.evaluate.metrics` is computed.
+own spatial transformer, and every metric of :mod:`ddmr.metrics` is computed.
 Times cover prediction (or registration) plus application of the field.
 
 With ``engine``, every model is also scored after the registration engine
@@ -111,7 +111,7 @@ def _apply(pair, displacement: np.ndarray) -> tuple[np.ndarray, np.ndarray | Non
 
 def score_pair(pair, method: str, displacement: np.ndarray, seconds: float) -> dict[str, Any]:
     """One row of results: pair, subject, method, seconds and every metric."""
-    from ddmr.evaluate.metrics import pair_metrics
+    from ddmr.metrics import pair_metrics
 
     start = time.perf_counter()
     warped, warped_labels = _apply(pair, displacement)

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from ddmr.errors import InputError
-from ddmr.evaluate.metrics import HIGHER_IS_BETTER, UNITS
+from ddmr.metrics import HIGHER_IS_BETTER, UNITS
 
 PER_PAIR = "per_pair.csv"
 

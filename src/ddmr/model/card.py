@@ -122,7 +122,7 @@ class ModelCard(Mapping[str, Any]):
             values["ct_window"] = tuple(float(v) for v in values["ct_window"])
         try:
             options = PrepareOptions(**values)
-            options.validate(dataset=False)  # how an image is made, not a dataset
+            options.validate()  # how an image is made, not a dataset
         except (TypeError, ConfigError) as error:
             raise ConfigError(f"model card: bad preparation options ({error})") from None
         return options

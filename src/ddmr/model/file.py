@@ -206,11 +206,13 @@ def check_input_size(card: dict[str, Any], config: UNetConfig, path: str | Path)
         raise InputError(f"{path}: the card's {problem}")
 
 
-def check_card(card: dict[str, Any], path: str | Path, training: bool = False) -> UNetConfig:
+def check_card(card: dict[str, Any], path: str | Path,
+               profile: Callable[[Any], Any] | None = None) -> UNetConfig:
     """Check the fields of a card that change what a model does (architecture, input
-    size, design, label values; with ``training``, the training profile that fine-tuning
-    goes on with) without building anything; returns the architecture. Raises
-    :class:`InputError` naming ``path`` and the field."""
+    size, design, label values; with ``profile``, how training reads a profile
+    (``TrainingProfile.from_dict``, passed in: this module imports no training code), the
+    training profile that fine-tuning goes on with) without building anything; returns
+    the architecture. Raises :class:`InputError` naming ``path`` and the field."""
     from ddmr.config import Design
     from ddmr.nn.unet import UNetConfig
 
@@ -241,16 +243,14 @@ def check_card(card: dict[str, Any], path: str | Path, training: bool = False) -
     if not isinstance(labels, list) or not all(
             isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in labels):
         raise InputError(f"{path}: the card's label_values {labels!r} are not labels 0..255")
-    kinds: list[tuple[str, Any]] = [("design", Design)]
-    if training:  # (training code: not imported to register)
-        from ddmr.train.profiles import TrainingProfile
-
-        kinds.append(("profile", TrainingProfile))
-    for key, kind in kinds:
+    readers: list[tuple[str, Callable[[Any], Any]]] = [("design", Design.from_dict)]
+    if profile is not None:
+        readers.append(("profile", profile))
+    for key, read in readers:
         if card.get(key) is None:
             continue
         try:
-            kind.from_dict(card[key])
+            read(card[key])
         except (TypeError, ValueError, KeyError, AttributeError, DDMRError) as error:
             raise InputError(f"{path}: the card's {key} is not valid ({error})") from None
     return config
@@ -305,18 +305,19 @@ def check_weights_match_card(path: str | Path, config: UNetConfig) -> None:
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu",
-               training: bool = False) -> LoadedModel:
+               profile: Callable[[Any], Any] | None = None) -> LoadedModel:
     """Load and verify a model file: the card (checksum, fields; the training profile
-    too with ``training``), the weights' names and shapes against its architecture (from
-    the header, before anything is built), the input size against the architecture, the
-    weights' checksum, that they are finite, then the network."""
+    too with ``profile``, how training reads one: :func:`check_card`), the weights' names
+    and shapes against its architecture (from the header, before anything is built), the
+    input size against the architecture, the weights' checksum, that they are finite,
+    then the network."""
     from safetensors.torch import load_file
 
     from ddmr.nn.unet import UNet
 
     path = Path(path)
     card = read_card(path)
-    config = check_card(card, path, training)
+    config = check_card(card, path, profile)
     check_weights_match_card(path, config)
     check_input_size(card, config, path)
     try:

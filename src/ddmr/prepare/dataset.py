@@ -31,10 +31,10 @@ from typing import Any
 
 import numpy as np
 
-from ddmr.data.adapters import Source, discover
+from ddmr.data.adapters import LAYOUTS, Source, discover
 from ddmr.data.label_map import apply_label_map, read_label_map
-from ddmr.data.split import read_split_file, split_subjects
-from ddmr.errors import InputError
+from ddmr.data.split import check_fractions, read_split_file, split_subjects
+from ddmr.errors import ConfigError, InputError
 from ddmr.io.files import atomic_directory, check_free_space, check_output_folder
 from ddmr.io.images import load_image, load_labels
 from ddmr.prepare.recipe import (
@@ -157,6 +157,16 @@ def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 
+def check_options(options: PrepareOptions) -> None:
+    """Raise :class:`ConfigError` for an impossible option: those about the dataset's
+    files (``layout``, ``split``) first, then how an image is made
+    (:meth:`PrepareOptions.validate`)."""
+    if options.layout not in LAYOUTS:
+        raise ConfigError(f"--layout {options.layout}: choose one of {', '.join(LAYOUTS)}")
+    check_fractions(options.split)
+    options.validate()
+
+
 def prepare_dataset(input_path: str | Path, outdir: str | Path, options: PrepareOptions,
                     overwrite: bool = False, progress: bool = True,
                     sources: Sequence[Source] | None = None) -> dict[str, Any]:
@@ -168,7 +178,7 @@ def prepare_dataset(input_path: str | Path, outdir: str | Path, options: Prepare
     import h5py
     from tqdm.auto import tqdm
 
-    options.validate()
+    check_options(options)
     outdir = check_output_folder(outdir, overwrite, needed_bytes=subject_bytes(options))
     if sources is None:
         sources = discover(input_path, options.layout, options.labels_dir)

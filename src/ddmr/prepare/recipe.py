@@ -73,17 +73,12 @@ class PrepareOptions:
     atlas_syn_iterations: tuple[int, ...] = (40, 20, 0)
     atlas_affine_iterations: tuple[int, ...] = (200, 100, 50)
 
-    def validate(self, dataset: bool = True) -> None:
-        """Raise :class:`ConfigError` for an impossible option; ``dataset``: the options
-        about a dataset's files too (layout, split), not only those that make an image."""
-        if dataset:  # (dataset code: not imported to register)
-            from ddmr.data.adapters import LAYOUTS
-            from ddmr.data.split import check_fractions
-
-            if self.layout not in LAYOUTS:
-                raise ConfigError(f"--layout {self.layout}: choose one of "
-                                  f"{', '.join(LAYOUTS)}")
-            check_fractions(self.split)
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` for an impossible option of how an image is made.
+        The options about a dataset's files (``layout``, ``split``) are the dataset code's
+        to check (:func:`ddmr.prepare.dataset.check_options`, which calls this too): the
+        recipe imports nothing of :mod:`ddmr.data`, so a model card's options are checked
+        without it."""
         if len(self.size) != 3 or any(int(n) < 2 for n in self.size):
             raise ConfigError(f"--size {self.size}: need three sizes of at least 2 voxels")
         if not np.isfinite(self.spacing) or self.spacing <= 0:

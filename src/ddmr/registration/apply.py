@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from ddmr.errors import InputError
+from ddmr.spatial.displacement import Displacement
 from ddmr.spatial.grid import LPS_FLIP, Geometry
 
 PathLike = str | os.PathLike[str]
@@ -87,16 +88,19 @@ class SavedTransform:
     on ``fixed`` (a fixed point p goes to p + forward(p)) and ``inverse`` on ``moving``."""
 
     folder: Path
-    forward: np.ndarray
-    fixed: Geometry
-    inverse: np.ndarray | None
-    moving: Geometry | None
+    forward: Displacement
+    inverse: Displacement | None
+
+    @property
+    def fixed(self) -> Geometry:
+        return self.forward.grid
+
+    @property
+    def moving(self) -> Geometry | None:
+        return None if self.inverse is None else self.inverse.grid
 
     @classmethod
     def load(cls, folder: PathLike, need_inverse: bool = False) -> SavedTransform:
-        from ddmr.io.fields import load_displacement
-        from ddmr.spatial.field import voxels_to_mm
-
         folder = Path(folder)
         if not folder.is_dir():
             raise InputError(f"{folder}: not a folder (expected the output folder of ddmr "
@@ -104,28 +108,22 @@ class SavedTransform:
         if not (folder / "displacement.nii.gz").is_file():
             raise InputError(f"{folder}: no displacement.nii.gz (is it the output folder of "
                              "ddmr register?)")
-        voxels, fixed = load_displacement(folder / "displacement.nii.gz")
-        forward = voxels_to_mm(voxels, fixed)
-        check_field(forward, fixed, folder / "displacement.nii.gz")
-        inverse = moving = None
+        forward = _field_file(folder / "displacement.nii.gz")
+        inverse = None
         inverse_path = folder / "inverse_displacement.nii.gz"
         if inverse_path.is_file():
-            inverse_voxels, moving = load_displacement(inverse_path)
-            inverse = voxels_to_mm(inverse_voxels, moving)
-            check_field(inverse, moving, inverse_path)
+            inverse = _field_file(inverse_path)
         elif need_inverse:
             raise InputError(f"{folder}: no inverse_displacement.nii.gz (written by ddmr "
                              "register from version 0.2)")
-        transform = cls(folder, forward, fixed, inverse, moving)
+        transform = cls(folder, forward, inverse)
         if inverse is not None:
             transform.check_round_trip()
         return transform
 
-    def field(self, inverse: bool) -> tuple[np.ndarray, Geometry]:
-        """The forward field and its (fixed) grid, or with ``inverse`` the inverse's."""
-        if inverse:
-            return self.inverse, self.moving
-        return self.forward, self.fixed
+    def field(self, inverse: bool) -> Displacement:
+        """The forward field on the fixed grid, or with ``inverse`` the inverse's."""
+        return self.inverse if inverse else self.forward
 
     def check_round_trip(self) -> float:
         """:class:`InputError` unless the inverse field undoes the forward one: fixed-grid
@@ -134,7 +132,7 @@ class SavedTransform:
         that median distance (mm)."""
         stride = max(1, round((np.prod(self.fixed.shape) / ROUND_TRIP_POINTS) ** (1 / 3)))
         points = grid_points(self.fixed, stride)
-        there = points + displacement_at(self.forward, self.fixed, points)
+        there = self.forward.moved(points)
         landed = inside(self.moving, there)
         pair = ("displacement.nii.gz and inverse_displacement.nii.gz are not one "
                 "registration's pair")
@@ -142,7 +140,7 @@ class SavedTransform:
             raise InputError(f"{self.folder}: {pair}: displacement.nii.gz takes no point of "
                              "its grid into the grid of inverse_displacement.nii.gz (the "
                              f"nearest lands {gap(self.moving, there):.4g} mm from it)")
-        back = there[landed] + displacement_at(self.inverse, self.moving, there[landed])
+        back = self.inverse.moved(there[landed])
         error = float(np.median(np.linalg.norm(back - points[landed], axis=1)))
         limit = MAX_ROUND_TRIP_VOXELS * max(*self.fixed.spacing, *self.moving.spacing)
         if not error <= limit:
@@ -175,7 +173,7 @@ class TransformFile:
 
         forward = displacement_on(self.transform, reference)
         check_field(forward, reference, self.path)
-        return SavedTransform(self.path, forward, reference, None, None)
+        return SavedTransform(self.path, Displacement(forward, reference, "zero"), None)
 
 
 def load_transform(path: PathLike, need_inverse: bool = False
@@ -246,18 +244,15 @@ def gap(geometry: Geometry, points: np.ndarray) -> float:
     return float(np.min(np.linalg.norm((nearest - index) @ geometry.affine[:3, :3].T, axis=1)))
 
 
-def displacement_at(field_mm: np.ndarray, geometry: Geometry, points: np.ndarray
-                    ) -> np.ndarray:
-    """The field (3, *geometry.shape, RAS mm) at world points (n, 3): trilinear inside the
-    grid (within half a voxel), zero beyond it (as ITK's displacement field transform)."""
-    from ddmr.spatial.warp import sample_image
+def _field_file(path: Path) -> Displacement:
+    """A displacement field file (ITK/ANTs) as ITK reads it (zero beyond its grid);
+    :class:`InputError` for an implausible one (:func:`check_field`)."""
+    from ddmr.io.fields import load_displacement
 
-    index = torch.from_numpy(geometry.world_to_index(points).T.astype(np.float32))
-    out = np.empty((points.shape[0], 3), dtype=np.float64)
-    for axis in range(3):
-        channel = torch.from_numpy(np.ascontiguousarray(field_mm[axis], np.float32))
-        out[:, axis] = sample_image(channel[None, None], index).numpy()
-    return out
+    voxels, geometry = load_displacement(path)
+    field = Displacement.from_voxels(voxels, geometry, "zero")
+    check_field(field.field_mm.numpy(), geometry, path)
+    return field
 
 
 def grid_points(geometry: Geometry, stride: int = 1) -> np.ndarray:
@@ -287,7 +282,8 @@ def apply_to_image(transform: SavedTransform | TransformFile, array: np.ndarray,
         if reference is None:
             raise no_grid(transform.path)
         transform, reference = transform.on_grid(reference), None
-    field, field_geometry = transform.field(inverse)
+    field = transform.field(inverse)
+    field_geometry = field.grid
     sides = ("moving", "fixed") if inverse else ("fixed", "moving")
     target = reference or field_geometry
     points = grid_points(target)
@@ -295,7 +291,7 @@ def apply_to_image(transform: SavedTransform | TransformFile, array: np.ndarray,
         raise InputError(f"{reference_name}: does not overlap the transform's {sides[0]} grid, "
                          f"where the registration is defined (they are "
                          f"{gap(field_geometry, points):.4g} mm apart)")
-    moved = points + displacement_at(field, field_geometry, points)
+    moved = field.moved(points)
     del points
     index = geometry.world_to_index(moved)
     if not _within(index, geometry.shape).any():
@@ -327,14 +323,15 @@ def apply_to_points(transform: SavedTransform | TransformFile, points_ras: np.nd
         from ddmr.io.composite import transform_points
 
         return transform_points(transform.transform, points_ras)
-    field, geometry = transform.field(not inverse)
+    field = transform.field(not inverse)
+    geometry = field.grid
     if len(points_ras) and not inside(geometry, points_ras).any():
         side = "fixed" if inverse else "moving"
         raise InputError(f"{name}: no point lies in the transform's {side} grid, where the "
                          f"registration is defined (the nearest is "
                          f"{gap(geometry, points_ras):.4g} mm from it; outside it a point "
                          f"does not move): are they points of the {side} image?")
-    return points_ras + displacement_at(field, geometry, points_ras)
+    return field.moved(points_ras)
 
 
 @dataclass

@@ -7,10 +7,13 @@ unique, and not the name of a file DDMR writes there.
 
 The batch folder ``OUT`` holds one complete output folder per pair, ``OUT/<id>/``
 (written atomically: a pair is done when its ``summary.json`` exists), and
-``OUT/batch.csv``, one row per pair (timings, metrics, QC verdict). With ``shard=(I, N)``
+``OUT/batch.csv``, one row per pair (timings, metrics, QC verdict), and ``OUT/index.html``,
+the pairs worst QC first with links to their QC pages (:mod:`ddmr.registration.
+batch_index`; rewritten as the batch goes and at its end). With ``shard=(I, N)``
 a process registers every N-th pair from the I-th (1-based), so N processes (a SLURM or
 any job array) share a cohort; each writes ``OUT/batch-I-of-N.csv`` and :func:`merge`
-(``ddmr register --merge OUT``) joins them into ``OUT/batch.csv`` once all pairs are done.
+(``ddmr register --merge OUT``) joins them into ``OUT/batch.csv`` (and writes
+``OUT/index.html``) once all pairs are done.
 
 A rerun registers only the pairs not done (a batch resumes where it stopped), and reuses a
 done pair only when nothing it was registered from changed: ``.ddmr-batch.json`` records
@@ -28,8 +31,8 @@ from __future__ import annotations
 import csv
 import os
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,7 +51,7 @@ MAX_ID_LENGTH = 100
 #: What a pair id may be made of: letters, digits, and ``.-_`` after the first.
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 #: Names in the batch folder that ids may not take.
-RESERVED_IDS = ("batch.csv",)
+RESERVED_IDS = ("batch.csv", "index.html")
 #: The marker of a batch folder: the pairs' ids and the CSV they came from.
 MARKER = ".ddmr-batch.json"
 #: The per-pair columns of ``batch.csv``.
@@ -509,7 +512,8 @@ def _stop_on_signals() -> Iterator[None]:
 
 def register_pairs(pairs_csv: PathLike, outdir: PathLike, model: Any = None,
                    device: str = "cpu", affine: str = "world", overwrite: bool = False,
-                   progress: bool = True, shard: tuple[int, int] = (1, 1), **options: Any
+                   progress: bool = True, shard: tuple[int, int] = (1, 1),
+                   outputs: Iterable[str] | None = None, **options: Any
                    ) -> list[dict[str, Any]]:
     """Register the pairs of a pairs CSV (this process's ``shard``) into ``outdir/<id>/``
     (module docstring; the model is loaded once, ``model="none"`` for no network).
@@ -523,7 +527,11 @@ def register_pairs(pairs_csv: PathLike, outdir: PathLike, model: Any = None,
     shard) or ``outdir/batch-I-of-N.csv``. A pair whose input is bad gets a row with
     ``qc`` ``error`` and the message, and no folder (a rerun tries it again). SIGTERM or
     SIGINT stops the batch with :class:`ddmr.errors.Interrupted` saying how many pairs are
-    done. ``options`` go to :func:`ddmr.register`.
+    done. ``outdir/index.html`` lists the batch's pairs worst QC first; it is rewritten at
+    most every :data:`~ddmr.registration.batch_index.REWRITE_SECONDS` as pairs are done,
+    and when the batch ends or stops. ``outputs``: the files each pair writes
+    (:func:`~ddmr.registration.outputs.check_outputs`; default all, a choice is one of
+    the settings). ``options`` go to :func:`ddmr.register`.
 
     Returns this shard's rows (``batch.csv``'s columns, and ``reused``: True for a pair
     done before, False for one registered now or not registered).
@@ -531,6 +539,8 @@ def register_pairs(pairs_csv: PathLike, outdir: PathLike, model: Any = None,
     from tqdm.auto import tqdm
 
     from ddmr.model.shipped import check_device, load
+    from ddmr.registration.batch_index import BatchIndex
+    from ddmr.registration.outputs import OUTPUTS, check_outputs
     from ddmr.registration.pipeline import NO_MODEL, register
 
     outdir = Path(outdir)
@@ -540,13 +550,18 @@ def register_pairs(pairs_csv: PathLike, outdir: PathLike, model: Any = None,
     pairs = read_pairs(pairs_csv)
     check_device(device)
     loaded = NO_MODEL if model == NO_MODEL else load(model, device)
+    chosen = check_outputs(outputs)
     settings = batch_settings(loaded, affine, options)
+    if chosen != tuple(OUTPUTS):  # (recorded only when chosen: earlier batches hold none)
+        settings["outputs"] = list(chosen)
     mine = pairs[index - 1::count]
     lock = _BatchLock(outdir)
     rows: list[dict[str, Any]] = []
+    pages = None
     try:
         _open_batch(outdir, pairs, Path(pairs_csv), settings, overwrite, lock)
         done = _done_pairs(outdir, mine, overwrite)
+        pages = BatchIndex(outdir, [pair.id for pair in pairs])
         with _stop_on_signals():
             for pair in tqdm(mine, desc="ddmr register", unit="pair", disable=not progress):
                 if pair.id in done:
@@ -562,11 +577,15 @@ def register_pairs(pairs_csv: PathLike, outdir: PathLike, model: Any = None,
                                  "qc_failed": " ".join(str(error).split()), "reused": False})
                     continue
                 result.summary["batch_input"] = inputs
-                result.save(outdir / pair.id, overwrite=True)
+                result.save(outdir / pair.id, overwrite=True, outputs=chosen)
                 rows.append({**_row(pair.id, result.summary), "reused": False})
+                pages.update(rows)
     except (_Stop, KeyboardInterrupt) as stop:
         import signal
 
+        if pages is not None:
+            with suppress(DDMRError, OSError):  # the pairs done so far, on the index page
+                pages.write(rows)
         number = stop.args[0] if isinstance(stop, _Stop) else signal.SIGINT
         finished = [row for row in rows if row["qc"] != "error"]
         now = sum(not row["reused"] for row in finished)
@@ -579,13 +598,14 @@ def register_pairs(pairs_csv: PathLike, outdir: PathLike, model: Any = None,
         lock.release()
     _write_rows(outdir / ("batch.csv" if count == 1 else f"batch-{index}-of-{count}.csv"),
                 rows)
+    pages.write(rows)
     return rows
 
 
 def merge(outdir: PathLike) -> list[dict[str, Any]]:
     """Join a batch folder's pairs into ``outdir/batch.csv`` (in the pairs CSV's order),
-    from each pair's ``summary.json``; :class:`InputError` naming the pairs not done yet,
-    or a record that cannot be read."""
+    from each pair's ``summary.json``, and write ``outdir/index.html``; :class:`InputError`
+    naming the pairs not done yet, or a record that cannot be read."""
     outdir = Path(outdir)
     record = _read_marker(outdir) if outdir.is_dir() else None
     if record is None:
@@ -597,4 +617,7 @@ def merge(outdir: PathLike) -> list[dict[str, Any]]:
                          f"(e.g. {', '.join(missing[:3])}); run the remaining shards first")
     rows = [_row(i, _pair_summary(outdir, i)) for i in ids]
     _write_rows(outdir / "batch.csv", rows)
+    from ddmr.registration.batch_index import write_batch_index
+
+    write_batch_index(outdir, ids, rows)
     return rows

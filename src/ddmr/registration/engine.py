@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,12 +43,14 @@ from ddmr.registration.moments import Scale, intensity_scale
 from ddmr.registration.settings import EngineSettings
 from ddmr.registration.similarity import Objective, make_similarity
 from ddmr.spatial import kernels
+from ddmr.spatial.displacement import Displacement, channels_last_product, plain
 from ddmr.spatial.filters import gaussian_smooth
 from ddmr.spatial.grid import (
     Geometry,
+    affine_volume,
     sampling_matrix,
 )
-from ddmr.spatial.warp import affine_volume, grid_sample_3d
+from ddmr.spatial.warp import grid_sample_3d
 
 #: The fewest voxels along an axis of a level's grid.
 MIN_LEVEL_SIZE = 4
@@ -76,9 +77,9 @@ class EngineResult:
     inverse_mm: torch.Tensor | None = None
     started_from: str = "affine"
 
-    def grid_points(self) -> torch.Tensor:
-        """World points (3, *grid.shape) of the result's grid (RAS mm)."""
-        return self.grid.points()
+    def displacement(self) -> Displacement:
+        """``d`` as a value (border values beyond the grid)."""
+        return Displacement(self.displacement_mm, self.grid)
 
     def summary(self, settings: EngineSettings) -> dict[str, Any]:
         return {"similarity": settings.similarity, "mode": settings.mode,
@@ -158,7 +159,7 @@ class _Level:
             return torch.from_numpy(kernels.sample_affine(
                 self.moving[0].numpy(), displacement_mm.contiguous().numpy(), self.linear,
                 self.base))
-        grid = _apply_linear(self.linear, displacement_mm).add_(self.q0)
+        grid = channels_last_product(self.linear, displacement_mm).add_(self.q0)
         return grid_sample_3d(self.moving, grid[None])[0]
 
 
@@ -179,7 +180,7 @@ class GridComposition:
     def __call__(self, field_mm: torch.Tensor, displacement_mm: torch.Tensor,
                  addend: torch.Tensor | None = None) -> torch.Tensor:
         """``field o (id + u)``, plus ``addend`` (3, *shape) when given."""
-        if kernels.available() and _plain(field_mm) and _plain(displacement_mm):
+        if kernels.available() and plain(field_mm) and plain(displacement_mm):
             return torch.from_numpy(kernels.sample_affine(
                 field_mm.contiguous().numpy(), displacement_mm.contiguous().numpy(),
                 self.to_voxels, self.identity_base,
@@ -190,7 +191,7 @@ class GridComposition:
 
     def _coordinates(self, displacement_mm: torch.Tensor) -> torch.Tensor:
         """(1, *shape, 3) ``grid_sample`` coordinates of ``p + u(p)``."""
-        where = _apply_linear(self.linear, displacement_mm)
+        where = channels_last_product(self.linear, displacement_mm)
         for channel, axis in enumerate(self.identity):
             where[..., channel] += axis
         return where[None]
@@ -209,57 +210,9 @@ def _identity_axes(shape: tuple[int, int, int]) -> list[torch.Tensor]:
     return axes
 
 
-def _apply_linear(linear: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
-    """``linear`` (3, 3) applied to vectors (3, *S): (*S, 3), channels last (the layout
-    ``grid_sample`` takes), in one matrix product without copies of ``vectors``."""
-    return (vectors.reshape(3, -1).T @ linear.T).reshape(*vectors.shape[1:], 3)
-
-
-def sample_field(field_mm: torch.Tensor, grid: Geometry, points: torch.Tensor
-                 ) -> torch.Tensor:
-    """A field (3, *grid.shape) on ``grid`` interpolated at world points (3, ...)
-    (trilinear, border values beyond the grid): (3, ...)."""
-    if kernels.available() and _plain(field_mm) and _plain(points):
-        return torch.from_numpy(kernels.sample_points(
-            field_mm.numpy(), points.reshape(3, -1).numpy(), grid.matrix("world", "index"))
-        ).reshape(3, *points.shape[1:])
-    to_sampling = grid.matrix("world", "sampling")
-    linear = torch.from_numpy(to_sampling[:3, :3].astype(np.float32))
-    offset = torch.from_numpy(to_sampling[:3, 3].astype(np.float32))
-    out = grid_sample_3d(field_mm[None], _apply_linear(linear, points.reshape(3, 1, 1, -1))
-                         .add_(offset)[None])  # (a temporary: freed before the copy)
-    return out.reshape(3, *points.shape[1:])
-
-
-@dataclass(frozen=True)
-class FieldAt:
-    """A field (3, *grid.shape) on ``grid`` as a function of world points (3, ...):
-    :func:`sample_field`."""
-
-    field_mm: torch.Tensor
-    grid: Geometry
-
-    def __call__(self, points: torch.Tensor) -> torch.Tensor:
-        return sample_field(self.field_mm, self.grid, points)
-
-
-def field_on(field_mm: torch.Tensor, grid: Geometry, target: Geometry) -> torch.Tensor:
-    """A field (3, *grid.shape) on ``grid`` interpolated at the voxels of ``target``
-    (trilinear, border values beyond ``grid``): (3, *target.shape), without a volume of
-    world points."""
-    to_sampling = grid.matrix("world", "sampling") @ target.affine
-    return grid_sample_3d(field_mm[None], affine_volume(to_sampling, target.shape,
-                                                        channels_last=True)[None])[0]
-
-
-def _plain(tensor: torch.Tensor) -> bool:
-    """Whether the compiled kernels can read ``tensor``: on the CPU, outside autograd."""
-    return tensor.device.type == "cpu" and not tensor.requires_grad
-
-
 def _largest_norm(field_mm: torch.Tensor) -> float:
     """The largest vector length of a field (3, *S)."""
-    if kernels.available() and field_mm.is_contiguous() and _plain(field_mm):
+    if kernels.available() and field_mm.is_contiguous() and plain(field_mm):
         return kernels.largest_norm(field_mm.numpy())
     squared = field_mm[0] * field_mm[0]
     squared.addcmul_(field_mm[1], field_mm[1]).addcmul_(field_mm[2], field_mm[2])
@@ -369,7 +322,7 @@ def register_deformable(fixed: np.ndarray, fixed_geometry: Geometry, fixed_mask:
                         moving: np.ndarray, moving_geometry: Geometry,
                         moving_mask: np.ndarray, point_map: np.ndarray,
                         settings: EngineSettings | None = None,
-                        initial: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                        initial: Displacement | None = None,
                         scales: tuple[Scale, Scale] | None = None
                         ) -> EngineResult:
     """Run the engine (module docstring) on two images (I, J, K) on their own grids with
@@ -405,7 +358,7 @@ def register_deformable(fixed: np.ndarray, fixed_geometry: Geometry, fixed_mask:
                             level.objective.value(level.warp(variable)):
                         variable, started_from = given, "network"
             else:
-                variable = field_on(variable, previous.grid, level.grid)
+                variable = Displacement(variable, previous.grid).on(level.grid)
             variable, value, record = _run_level(level, variable, settings, iterations)
             records.append(record)
             previous = level

@@ -21,13 +21,16 @@ inside the fixed grid (the overlap).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from ddmr.spatial.grid import Geometry
+
+if TYPE_CHECKING:
+    from ddmr.spatial.displacement import Displacement
 
 #: The most fixed-point iterations of the numerical inverse, and the mean change (mm) of
 #: an iterate at which it stops (its error is measured, and reported, afterwards).
@@ -36,7 +39,6 @@ TOLERANCE_MM = 1e-3
 #: Moving-grid voxels handled at once.
 CHUNK = 1 << 18
 
-Sampler = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -76,13 +78,14 @@ def grid_inverse(field_mm: torch.Tensor, grid: Geometry) -> torch.Tensor:
     every other voxel (recursively, down to 16 voxels an axis): a start for
     :func:`invert` that costs a grid's worth of samples per iteration, and few of them,
     instead of a moving image's."""
-    from ddmr.registration.engine import GridComposition, field_on
+    from ddmr.registration.engine import GridComposition
+    from ddmr.spatial.displacement import Displacement
 
     if min(grid.shape) >= 32:
         coarse_grid = Geometry(grid.affine @ np.diag([2.0, 2.0, 2.0, 1.0]),
                                tuple(field_mm[0, ::2, ::2, ::2].shape))
-        inverse = field_on(grid_inverse(field_mm[:, ::2, ::2, ::2].contiguous(), coarse_grid),
-                           coarse_grid, grid)
+        coarse = grid_inverse(field_mm[:, ::2, ::2, ::2].contiguous(), coarse_grid)
+        inverse = Displacement(coarse, coarse_grid).on(grid)
     else:
         inverse = -field_mm  # (a new tensor: the iteration changes it in place)
     compose = GridComposition(grid)
@@ -95,18 +98,19 @@ def grid_inverse(field_mm: torch.Tensor, grid: Geometry) -> torch.Tensor:
     return inverse
 
 
-def invert(residual: Sampler, point_map: np.ndarray, fixed: Geometry, moving: Geometry,
-           start: Sampler | None = None, method: str = "fixed point") -> Inverse:
-    """The inverse (module docstring) of ``phi(p) = P(p + d(p))``: ``residual(points)``
-    gives ``d`` (mm) at world points (3, n); ``start(points)`` an approximate ``e``
+def invert(residual: Displacement | None, point_map: np.ndarray, fixed: Geometry,
+           moving: Geometry, start: Displacement | None = None,
+           method: str = "fixed point") -> Inverse:
+    """The inverse (module docstring) of ``phi(p) = P(p + d(p))``: ``residual`` is ``d``
+    (None: the affine part alone, inverted exactly); ``start`` an approximate ``e``
     (``exp(-v)`` in svf mode, :func:`grid_inverse` otherwise; None: ``-d``) from which
     the fixed-point iteration goes on until its mean change is below the tolerance (with
-    the compiled kernels and a :class:`~ddmr.registration.engine.FieldAt` residual: until
-    each point's mismatch is)."""
-    from ddmr.registration.engine import FieldAt
+    the compiled kernels: until each point's mismatch is)."""
     from ddmr.spatial import kernels
+    from ddmr.spatial.displacement import plain
 
-    compiled = kernels.available() and isinstance(residual, FieldAt)
+    compiled = residual is not None and kernels.available() and \
+        residual.beyond == "border" and plain(residual.field_mm)
     forward_map = np.asarray(point_map, dtype=np.float64)
     inverse_map = torch.from_numpy(np.linalg.inv(forward_map).astype(np.float32))
     # phi(p) - q = A (p + d(p) - y), A the point map's linear part: in moving voxels
@@ -121,12 +125,15 @@ def invert(residual: Sampler, point_map: np.ndarray, fixed: Geometry, moving: Ge
         stop = min(begin + CHUNK, size)
         q = _points(moving, begin, stop)
         y = inverse_map[:3, :3] @ q + inverse_map[:3, 3:4]
-        p = y + start(y) if start is not None else y - residual(y)
-        if compiled:  # each point iterated until it settles, in one pass
+        if residual is None:  # P^-1 exactly
+            p, mismatch = y, torch.zeros_like(y)
+        elif compiled:  # each point iterated until it settles, in one pass
+            p = y + start(y) if start is not None else y - residual(y)
             p, mismatch = (torch.from_numpy(a) for a in kernels.fixed_point(
                 residual.field_mm.numpy(), residual.grid.matrix("world", "index"), y.numpy(),
                 p.numpy(), ITERATIONS, TOLERANCE_MM))
         else:
+            p = y + start(y) if start is not None else y - residual(y)
             for iteration in range(ITERATIONS + 1):
                 moved = residual(p)
                 mismatch = moved.add_(p).sub_(y)  # p + d(p) - y: zero at the inverse

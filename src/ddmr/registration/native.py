@@ -1,14 +1,14 @@
-"""From the network's field to the fixed image's native grid, in world coordinates.
+"""From the final field to the fixed image's native grid, in world coordinates.
 
-For a native fixed voxel x with RAS world point ``p = A_f x``, its index on the network's
-grid is ``q = A_m^-1 p``; the network's pull-back displacement ``u`` (voxels of the
-network's grid) is interpolated there trilinearly (piecewise linear resampling, constant
-beyond the grid's border), and the point of the moving image it shows is
+For a native fixed voxel x with RAS world point ``p = A_f x``, the final field ``d`` (a
+:class:`~ddmr.spatial.displacement.Displacement`, RAS mm on its own grid: the engine's or
+the network's) is interpolated at ``p`` trilinearly (border values beyond its grid), and
+the point of the moving image it shows is
 
-    p' = P(A_m (q + u(q))) = P(p + A_m[:3, :3] u(q))
+    p' = P(p + d(p))
 
-where ``P`` (4, 4) is an optional affine pre-alignment (identity without one). The
-native displacement is ``p' - p`` in RAS mm; the moving image (on its own grid) is
+where ``P`` (4, 4) is the affine part (identity without one; ``d = 0`` without a field).
+The native displacement is ``p' - p`` in RAS mm; the moving image (on its own grid) is
 sampled at ``p'`` with linear interpolation, its labels label-exactly.
 
 Everything runs in slabs of fixed slices, so memory stays a few times the size of one
@@ -23,10 +23,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ddmr.spatial.field import SLAB_VOXELS
-from ddmr.spatial.grid import Geometry, normalised
+from ddmr.spatial.displacement import Displacement
+from ddmr.spatial.field import (
+    SLAB_VOXELS,
+    residual_of,  # noqa: F401  (io/composite.py's import, until it names spatial.field)
+)
+from ddmr.spatial.grid import Geometry, affine_volume, normalised
 from ddmr.spatial.warp import (
-    affine_volume,
     grid_sample_3d,
     label_cells,
     sample_image,
@@ -55,11 +58,11 @@ def _interpolation_matrix(position: np.ndarray, size: int) -> torch.Tensor:
 
 def _field_on_slab(u: torch.Tensor, to_model: np.ndarray, rows: slice,
                    shape: tuple[int, int, int]) -> torch.Tensor:
-    """The network's field ``u`` (1, 3, *model shape) interpolated trilinearly (border
-    values beyond the grid) at the model-grid indices ``to_model @ x`` of the fixed voxels
-    x of a slab: (3, rows, J, K). When ``to_model`` maps axis to axis (the model grid
-    and the fixed grid share their axes, the usual case) it is three small matrix
-    products, otherwise ``grid_sample``."""
+    """A field ``u`` (1, 3, *its grid's shape) interpolated trilinearly (border values
+    beyond its grid) at its grid's indices ``to_model @ x`` of the fixed voxels x of a
+    slab: (3, rows, J, K). When ``to_model`` maps axis to axis (the field's grid and the
+    fixed grid share their axes, the usual case) it is three small matrix products,
+    otherwise ``grid_sample``."""
     linear = to_model[:3, :3]
     model_shape = tuple(u.shape[2:])
     if np.allclose(linear, np.diag(np.diag(linear)), atol=1e-9 * np.abs(linear).max()):
@@ -79,62 +82,36 @@ class NativeResult:
     """Outputs on the fixed image's grid: ``displacement_mm`` (3, I, J, K) float32 RAS mm
     (``p' - p``, the whole transform), ``warped`` (I, J, K) float32, ``warped_labels``
     (I, J, K) uint8 or None. The residual (the non-rigid part before the affine point
-    map) follows from the displacement: :func:`residual_of`."""
+    map) follows from the displacement: :func:`ddmr.spatial.field.residual_of`."""
 
     displacement_mm: np.ndarray
     warped: np.ndarray
     warped_labels: np.ndarray | None
 
 
-def residual_of(displacement_mm: np.ndarray, geometry: Geometry, point_map: np.ndarray
-                ) -> np.ndarray:
-    """``d`` (3, I, J, K) float32 RAS mm with ``p' = P(p + d(p))``, ``p' = p +
-    displacement_mm`` at the points p of ``geometry`` and ``P`` the affine point map
-    (4, 4): ``d = P^-1(p') - p = L disp + (L - I) p + t`` (``P^-1 = (L, t)``), in slabs,
-    in float64 (made after the inverse, so that it is not held at the process's peak)."""
-    inverse = np.linalg.inv(np.asarray(point_map, dtype=np.float64))
-    linear, offset = inverse[:3, :3], inverse[:3, 3]
-    to_residual = (linear - np.eye(3)) @ geometry.affine[:3, :3]
-    base = (linear - np.eye(3)) @ geometry.affine[:3, 3] + offset
-    shape = geometry.shape
-    out = np.empty((3, *shape), dtype=np.float32)
-    for sl in _slabs(shape):
-        index = np.ix_(np.arange(sl.start, sl.stop, dtype=np.float64),
-                       np.arange(shape[1], dtype=np.float64),
-                       np.arange(shape[2], dtype=np.float64))
-        block = displacement_mm[:, sl]
-        for a in range(3):
-            out[a, sl] = (linear[a, 0] * block[0] + linear[a, 1] * block[1]
-                          + linear[a, 2] * block[2] + to_residual[a, 0] * index[0]
-                          + to_residual[a, 1] * index[1] + to_residual[a, 2] * index[2]
-                          + base[a])
-    return out
-
-
-def to_native(displacement: torch.Tensor, model_grid: Geometry, fixed: Geometry,
-              moving: np.ndarray, moving_geometry: Geometry,
-              moving_labels: np.ndarray | None = None,
+def to_native(field: Displacement | None, fixed: Geometry, moving: np.ndarray,
+              moving_geometry: Geometry, moving_labels: np.ndarray | None = None,
               point_map: np.ndarray | None = None) -> NativeResult:
-    """Bring the network's field (1, 3, *model_grid.shape), voxels of ``model_grid``, to
-    the fixed grid and warp the moving image (and labels) there (see module docstring).
-    ``point_map`` (4, 4) RAS: the affine pre-alignment, fixed world -> moving world.
+    """Bring the final ``field`` (None: the affine part alone) to the fixed grid and warp
+    the moving image (and labels) there (see module docstring). ``point_map`` (4, 4)
+    RAS: the affine part, fixed world -> moving world.
 
-    Every map is affine in the fixed index x except for the network's term ``d = A_m u``:
-    ``q = Q x``, ``p' - p = (P - I) A_f x + P_3 d``, moving index ``= M P A_f x + M_3 P_3 d``
-    (``M`` the moving grid's inverse affine); the (4, 4) products are formed in float64
-    and applied in float32 (indices below 10^4 keep errors below 10^-3 voxel).
+    Every map is affine in the fixed index x except for the field's term: ``p' - p = (P -
+    I) A_f x + P_3 d``, moving index ``= M P A_f x + M_3 P_3 d`` (``M`` the moving grid's
+    inverse affine); the (4, 4) products are formed in float64 and applied in float32
+    (indices below 10^4 keep errors below 10^-3 voxel).
     """
-    u = displacement.detach().to("cpu", torch.float32)
     point = np.eye(4) if point_map is None else np.asarray(point_map, dtype=np.float64)
-    to_model = model_grid.matrix("world", "index") @ fixed.affine
-    net_to_world = torch.from_numpy((point[:3, :3] @ model_grid.affine[:3, :3])
-                                    .astype(np.float32))
     offset_map = point @ fixed.affine
-    offset_map[:3, :] -= fixed.affine[:3, :]  # (P - I) A_f: displacement without the net
+    offset_map[:3, :] -= fixed.affine[:3, :]  # (P - I) A_f: displacement without the field
     to_moving_matrix = moving_geometry.matrix("world", "index")
     to_moving = to_moving_matrix @ point @ fixed.affine
-    net_to_moving = torch.from_numpy((to_moving_matrix[:3, :3] @ point[:3, :3]
-                                      @ model_grid.affine[:3, :3]).astype(np.float32))
+    if field is not None:
+        u = field.field_mm.detach().to("cpu", torch.float32)[None]
+        to_field = field.grid.matrix("world", "index") @ fixed.affine
+        field_to_world = torch.from_numpy(point[:3, :3].astype(np.float32))
+        field_to_moving = torch.from_numpy((to_moving_matrix[:3, :3] @ point[:3, :3])
+                                           .astype(np.float32))
     image = torch.from_numpy(np.ascontiguousarray(moving, dtype=np.float32))[None, None]
     labels = values = cells = None
     if moving_labels is not None:
@@ -146,12 +123,13 @@ def to_native(displacement: torch.Tensor, model_grid: Geometry, fixed: Geometry,
     out_warped = np.empty(shape, dtype=np.float32)
     out_labels = np.zeros(shape, dtype=np.uint8) if labels is not None else None
     for sl in _slabs(shape):
-        uq = _field_on_slab(u, to_model, sl, shape)  # (3, s, J, K) model-grid voxels
-        disp = affine_volume(offset_map, shape, rows=sl) + torch.einsum(
-            "ab,bijk->aijk", net_to_world, uq)
+        disp = affine_volume(offset_map, shape, rows=sl)
+        moving_index = affine_volume(to_moving, shape, rows=sl)
+        if field is not None:
+            d = _field_on_slab(u, to_field, sl, shape)  # (3, s, J, K) mm
+            disp += torch.einsum("ab,bijk->aijk", field_to_world, d)
+            moving_index += torch.einsum("ab,bijk->aijk", field_to_moving, d)
         out_disp[:, sl] = disp.numpy()
-        moving_index = affine_volume(to_moving, shape, rows=sl) + torch.einsum(
-            "ab,bijk->aijk", net_to_moving, uq)
         out_warped[sl] = sample_image(image, moving_index).numpy()
         if labels is not None:
             points = moving_index.reshape(3, -1)

@@ -4,34 +4,15 @@ affine stage, and the predicted field as a world displacement the engine starts 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from ddmr.registration.inputs import Volume
-from ddmr.spatial.grid import Geometry
+from ddmr.spatial.displacement import Displacement
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class NetworkField:
-    """The network's pull-back field ``u`` (1, 3, *grid.shape), voxels of ``grid`` (the
-    model's grid over the fixed image); the world displacement it stands for is
-    ``d(p) = grid.affine[:3, :3] u(q)``, ``q`` the grid index of ``p``."""
-
-    grid: Geometry
-    field: torch.Tensor
-
-    def displacement_at(self, points: torch.Tensor) -> torch.Tensor:
-        """``d`` (mm, RAS) at world points (3, ...) (trilinear, border values beyond the
-        grid): (3, ...). The engine's start."""
-        from ddmr.registration.engine import sample_field
-        from ddmr.spatial.field import voxels_to_mm
-
-        return sample_field(voxels_to_mm(self.field[0], self.grid), self.grid, points)
 
 
 def _model_stage(point_map: np.ndarray, fixed_input: torch.Tensor, moving: Volume, space,
@@ -61,7 +42,7 @@ def _model_stage(point_map: np.ndarray, fixed_input: torch.Tensor, moving: Volum
 
 
 def predict(loaded, fixed: Volume, moving: Volume, point_map: np.ndarray, own_stage: bool,
-            device: str) -> tuple[NetworkField, np.ndarray, dict[str, Any]]:
+            device: str) -> tuple[Displacement, np.ndarray, dict[str, Any]]:
     """Run a loaded model on the pair: both images through the preparation recipe onto
     the model's grid (the moving one through ``point_map``), the model's own affine stage
     when ``own_stage`` and the model was trained with one, then the network. Returns the
@@ -85,4 +66,5 @@ def predict(loaded, fixed: Volume, moving: Volume, point_map: np.ndarray, own_st
                                              "spacing_mm": list(space.grid.spacing),
                                              "affine": space.grid.affine.tolist()},
               "coverage": space.coverage}
-    return NetworkField(space.grid, field.float().cpu()), point_map, record
+    # the network's field in voxels of the model's grid, in mm from here on
+    return Displacement.from_voxels(field[0].float().cpu(), space.grid), point_map, record

@@ -12,7 +12,7 @@ OUTPUTS = {"warped": "warped.nii.gz", "warped_seg": "warped_seg.nii.gz",
            "residual_displacement": "residual_displacement.nii.gz",
            "inverse_displacement": "inverse_displacement.nii.gz",
            "transform": "transform.h5", "inverse_transform": "inverse_transform.h5",
-           "jacobian": "jacobian.nii.gz", "overlay": "overlay.png"}
+           "jacobian": "jacobian.nii.gz", "overlay": "overlay.png", "qc_page": "qc.html"}
 
 OUTPUT_FILES = (*OUTPUTS.values(), "summary.json")
 

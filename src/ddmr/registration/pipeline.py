@@ -25,9 +25,9 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -36,6 +36,9 @@ from ddmr.registration.inputs import ImageInput, Volume, read_pair_side
 from ddmr.registration.qc import QCLimits
 from ddmr.registration.result import RegistrationResult
 from ddmr.registration.settings import SAME_KIND_SIMILARITIES, EngineSettings
+
+if TYPE_CHECKING:
+    from ddmr.spatial.displacement import Displacement
 
 logger = logging.getLogger(__name__)
 
@@ -140,43 +143,21 @@ def _engine_settings(engine: Any) -> EngineSettings | None:
     raise ConfigError(f"engine: expected True, False or EngineSettings, got {engine!r}")
 
 
-def _samplers(grid, field, engine):
-    """``d`` at world points from the final field, and the start of its inverse with the
-    name of the method: ``exp(-v)`` in svf mode, the inverse on the engine's grid
-    otherwise, none without the engine (:mod:`ddmr.registration.inverse`)."""
-
+def _inverse_start(engine) -> tuple[Displacement | None, str]:
+    """The start of the inverse and the name of its method: ``exp(-v)`` in svf mode, the
+    inverse on the engine's grid otherwise, none without the engine
+    (:mod:`ddmr.registration.inverse`)."""
     from ddmr.memory import release_free_memory
-    from ddmr.registration.engine import FieldAt
     from ddmr.registration.inverse import grid_inverse
-    from ddmr.spatial.field import voxels_to_mm
+    from ddmr.spatial.displacement import Displacement
 
-    # the engine's own field in mm, not a converted copy
-    millimetres = engine.displacement_mm if engine is not None else voxels_to_mm(field[0], grid)
-
-    residual = FieldAt(millimetres.contiguous(), grid)
     if engine is None:
-        return residual, None, "fixed point"
+        return None, "fixed point"
     on_grid, method = ((engine.inverse_mm, "exp(-v)") if engine.inverse_mm is not None
                        else (grid_inverse(engine.displacement_mm, engine.grid),
                              "fixed point"))
     release_free_memory()  # the grid iteration's volumes, before the moving grid's
-    return residual, FieldAt(on_grid.contiguous(), engine.grid), method
-
-
-def _final_field(network, engine):
-    """(grid, voxel field (1, 3, *grid.shape)) that :func:`to_native` brings to the fixed
-    grid: the engine's result, else the network's, else none (the affine part alone)."""
-    import torch
-
-    from ddmr.spatial.field import mm_to_voxels
-    from ddmr.spatial.grid import Geometry
-
-    if engine is not None:
-        voxels = mm_to_voxels(engine.displacement_mm.numpy(), engine.grid)
-        return engine.grid, torch.from_numpy(voxels)[None]
-    if network is not None:
-        return network.grid, network.field
-    return Geometry(np.eye(4), (2, 2, 2)), torch.zeros(1, 3, 2, 2, 2)
+    return Displacement(on_grid.contiguous(), engine.grid), method
 
 
 def register(fixed: ImageInput, moving: ImageInput, fixed_seg: ImageInput | None = None,
@@ -212,11 +193,11 @@ def register(fixed: ImageInput, moving: ImageInput, fixed_seg: ImageInput | None
         from ddmr.registration.engine import register_deformable
         from ddmr.registration.inverse import invert
         from ddmr.registration.moments import foreground_mask, intensity_scale
-        from ddmr.registration.native import residual_of, to_native
+        from ddmr.registration.native import to_native
         from ddmr.registration.network import predict
         from ddmr.registration.qc import assess_registration
         from ddmr.registration.scores import field_metrics, label_metrics
-        from ddmr.spatial.field import jacobian_determinant_mm
+        from ddmr.spatial.field import jacobian_determinant_mm, residual_of
 
     if affine not in AFFINE_STAGES:
         raise ConfigError(f"--affine {affine!r}: choose one of {', '.join(AFFINE_STAGES)}")
@@ -253,20 +234,18 @@ def register(fixed: ImageInput, moving: ImageInput, fixed_seg: ImageInput | None
             engine_result = register_deformable(
                 fixed_volume.array, fixed_volume.geometry, masks[0], moving_volume.array,
                 moving_volume.geometry, masks[1], alignment.point_map, settings,
-                None if network is None else network.displacement_at, scales)
-    with timer("native"):
-        field_grid, field = _final_field(network, engine_result)
-        native = to_native(field, field_grid, fixed_volume.geometry, moving_volume.array,
+                network, scales)
+    with timer("native"):  # the final field: the engine's, else the network's, else none
+        field = network if engine_result is None else engine_result.displacement()
+        native = to_native(field, fixed_volume.geometry, moving_volume.array,
                            moving_volume.geometry, moving_volume.labels, alignment.point_map)
-        if engine_result is not None:
-            field = None  # the samplers take the engine's field in mm
     with timer("inverse"):
-        residual, start, method = _samplers(field_grid, field, engine_result)
-        inverse = invert(residual, alignment.point_map, fixed_volume.geometry,
+        start, method = _inverse_start(engine_result)
+        inverse = invert(field, alignment.point_map, fixed_volume.geometry,
                          moving_volume.geometry, start, method)
         # the fields on the engine's grid are no longer needed (a 1 mm head: 0.1-0.3 GB)
         engine_summary = None if engine_result is None else engine_result.summary(settings)
-        del field, residual, start, engine_result
+        del field, start, engine_result
     with timer("native"):  # (after the inverse: one volume less at its peak)
         jacobian = jacobian_determinant_mm(native.displacement_mm, fixed_volume.geometry)
     with timer("metrics"):
@@ -313,10 +292,10 @@ def register(fixed: ImageInput, moving: ImageInput, fixed_seg: ImageInput | None
         "inverse": inverse.summary(),
         "runtime_s": runtime,
         "metrics": metrics,
-        "qc": verdict.to_dict(),
+        "qc": {**verdict.to_dict(), "limits": asdict(qc_limits or QCLimits())},
     }
     return RegistrationResult(fixed_volume.geometry, native.warped, native.warped_labels,
                               native.displacement_mm, jacobian.astype(np.float32, copy=False),
                               verdict, summary, fixed_volume.array, moving_volume.array,
                               moving_volume.geometry, alignment.point_map, residual,
-                              inverse.displacement_mm)
+                              inverse.displacement_mm, fixed_volume.labels)

@@ -14,6 +14,7 @@ Outputs (:meth:`RegistrationResult.save`, built in a temporary folder and rename
   fixed points), which maps the fixed image onto the moving one;
 * ``transform.h5`` and ``inverse_transform.h5``: each direction as one ITK composite
   transform (:mod:`ddmr.io.composite`);
+* ``qc.html``: the QC page, self-contained (:mod:`ddmr.registration.qc_page`);
 * ``summary.json``, written last.
 
 ``save(outputs=...)`` (``--outputs``) writes a chosen few (:mod:`ddmr.registration.outputs`).
@@ -83,6 +84,7 @@ class RegistrationResult:
     point_map: np.ndarray | None = field(default=None, repr=False)
     residual_mm: np.ndarray | None = field(default=None, repr=False)
     inverse_mm: np.ndarray | None = field(default=None, repr=False)
+    fixed_labels: np.ndarray | None = field(default=None, repr=False)
 
     def displacement_voxels(self) -> np.ndarray:
         """The displacement (3, I, J, K) in voxels of the fixed grid (ddmr convention)."""
@@ -143,6 +145,11 @@ class RegistrationResult:
                              self.moving, self.moving_geometry, self.warped, self.jacobian,
                              title=f"ddmr register, {self.method()}; {self.qc.line()}",
                              point_map=self.point_map)
+            if "qc_page" in chosen:
+                from ddmr.registration.qc_page import write_qc_page
+
+                write_qc_page(folder / OUTPUTS["qc_page"], self,
+                              fixed_labels=self.fixed_labels)
             for job in pending:
                 job.result()
         self.summary["outputs"] = sorted(path.name for path in folder.iterdir())

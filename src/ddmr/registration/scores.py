@@ -1,5 +1,5 @@
 """Scores of one registration on the fixed grid: label overlap and the field's
-regularity (the definitions of :mod:`ddmr.evaluate.metrics`, on native grids)."""
+regularity (the definitions of :mod:`ddmr.metrics`, on native grids)."""
 
 from __future__ import annotations
 
@@ -37,12 +37,12 @@ def label_metrics(fixed_seg: np.ndarray, warped_seg: np.ndarray,
                   spacing: tuple[float, float, float],
                   moving_seg: np.ndarray | None = None) -> dict[str, Any]:
     """DSC, HD95 (mm) and centroid TRE (mm) of the warped labels against the fixed labels
-    (:mod:`ddmr.evaluate.metrics`): means over the fixed map's foreground labels
+    (:mod:`ddmr.metrics`): means over the fixed map's foreground labels
     (``labels_scored``), and DSC per label; ``dsc_shared``, the mean DSC over the labels
     that the moving map (``moving_seg``, default the warped map) has too
     (``labels_shared``). HD95 is computed on each label's bounding box (same value, less
     work)."""
-    from ddmr.evaluate import metrics
+    from ddmr import metrics
 
     values = metrics.foreground_labels(fixed_seg)
     if not values:
@@ -71,7 +71,7 @@ def label_metrics(fixed_seg: np.ndarray, warped_seg: np.ndarray,
 
 def field_metrics(jacobian: np.ndarray, displacement_mm: np.ndarray) -> dict[str, float]:
     """Folding (% of voxels with det J <= 0) and SDlogJ (std of log max(det J, 1e-9)), the
-    definitions of :mod:`ddmr.evaluate.metrics`, from the Jacobian determinant already
+    definitions of :mod:`ddmr.metrics`, from the Jacobian determinant already
     computed; extreme determinants and the largest displacement (mm)."""
     from ddmr.spatial.field import folding_percent, sdlogj
 

@@ -4,11 +4,12 @@ embedded as base64 PNG, inline CSS, no external assets)."""
 
 from __future__ import annotations
 
-import base64
 import html
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ddmr.io.embed import data_uri
 
 
 @dataclass
@@ -151,9 +152,9 @@ def to_html(document: Document) -> str:
         elif isinstance(block, Table):
             parts.append(table_html(block.markdown))
         else:
-            data = base64.b64encode(Path(block.path).read_bytes()).decode("ascii")
+            data = data_uri(Path(block.path).read_bytes())
             caption = html.escape(block.caption)
-            parts.append(f'<figure><img alt="{caption}" src="data:image/png;base64,{data}">'
+            parts.append(f'<figure><img alt="{caption}" src="{data}">'
                          f"<figcaption>{caption}</figcaption></figure>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ddmr.evaluate.metrics import HIGHER_IS_BETTER, UNITS
 from ddmr.evaluate.tables import COLUMNS, shown_metrics
 from ddmr.io.files import atomic_path
+from ddmr.metrics import HIGHER_IS_BETTER, UNITS
 from ddmr.spatial.grid import Geometry
 from ddmr.spatial.resample import resample_to
 

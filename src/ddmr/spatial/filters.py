@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import math
-from functools import lru_cache
-
 import torch
 import torch.nn.functional as F
+
+from ddmr.spatial.kernels import gaussian_taps
 
 
 def box_mean(x: torch.Tensor, window: int) -> torch.Tensor:
@@ -57,22 +56,6 @@ def _box_axis(source: torch.Tensor, dim: int, radius: int, out: torch.Tensor,
     out.narrow(dim, 0, radius + 1).copy_(scratch.narrow(dim, radius, radius + 1))
     torch.sub(scratch.narrow(dim, n - 1, 1), scratch.narrow(dim, n - window, radius),
               out=out.narrow(dim, n - radius, radius))
-
-
-@lru_cache(maxsize=64)
-def gaussian_taps(sigma: float, n: int) -> tuple[tuple[float, ...], torch.Tensor]:
-    """Weights of taps 0..R (R = floor(4 sigma), at most n - 1; symmetric, summing to 1
-    over -R..R) and, per voxel of the axis, one over the weight of its taps inside the
-    grid (n,) float64 (1 but within R of either end)."""
-    radius = min(math.floor(4.0 * sigma), n - 1)
-    weights = [math.exp(-k * k / (2.0 * sigma * sigma)) for k in range(radius + 1)]
-    total = weights[0] + 2.0 * sum(weights[1:])
-    weights = [w / total for w in weights]
-    scale = torch.ones(n, dtype=torch.float64)
-    for i in [*range(min(radius, n)), *range(max(radius, n - radius), n)]:
-        scale[i] = 1.0 / sum(weights[abs(k)]
-                             for k in range(-min(i, radius), min(n - 1 - i, radius) + 1))
-    return tuple(weights), scale
 
 
 def _gaussian_axis(source: torch.Tensor, dim: int, sigma: float, out: torch.Tensor) -> None:

@@ -124,12 +124,8 @@ class Geometry:
         """The voxel centres of this grid in ``frame`` (:meth:`matrix`): (3, I, J, K)
         (``channels_last``: (I, J, K, 3)), float32 unless ``dtype``, computed in float64;
         only the first axis' ``rows`` when given."""
-        import torch
-
-        from ddmr.spatial.warp import affine_volume
-
-        return affine_volume(self.matrix("index", frame), self.shape, channels_last,
-                             torch.float32 if dtype is None else dtype, rows)
+        return affine_volume(self.matrix("index", frame), self.shape, channels_last, dtype,
+                             rows)
 
     # -- derived quantities (RAS) ------------------------------------------------------
     @property
@@ -334,6 +330,28 @@ def resized_spacing(spacing: Sequence[float], shape: Sequence[int], new_shape: S
     ``new_shape`` over the same extent, corners aligned."""
     return tuple(float(s) * (n - 1) / max(m - 1, 1)
                  for s, n, m in zip(spacing, shape, new_shape, strict=True))
+
+
+def affine_volume(matrix: np.ndarray, shape: tuple[int, int, int],
+                  channels_last: bool = False, dtype: torch.dtype | None = None,
+                  rows: slice | None = None) -> torch.Tensor:
+    """(3, *shape) ``dtype`` (float32 unless given; ``channels_last``: (*shape, 3)): the
+    (4, 4) (or (3, 4)) ``matrix`` applied to every voxel index of a grid of ``shape``
+    (only the first axis' ``rows`` when given), in float64 one channel at a time."""
+    import torch
+
+    first = range(shape[0]) if rows is None else range(*rows.indices(shape[0]))
+    i = torch.arange(first.start, first.stop, dtype=torch.float64)
+    j, k = (torch.arange(n, dtype=torch.float64) for n in shape[1:])
+    shape = (len(first), *shape[1:])
+    m = np.array(matrix, dtype=np.float64)
+    out = torch.empty((*shape, 3) if channels_last else (3, *shape),
+                      dtype=torch.float32 if dtype is None else dtype)
+    for channel in range(3):
+        target = out[..., channel] if channels_last else out[channel]
+        target.copy_(m[channel, 0] * i[:, None, None] + m[channel, 1] * j[None, :, None]
+                     + m[channel, 2] * k[None, None, :] + m[channel, 3])
+    return out
 
 
 def sampling_scale(shape: Sequence[int]) -> list[float]:

@@ -27,10 +27,15 @@ process compiles, ~10-20 s once; later ones load it in well under a second).
 
 from __future__ import annotations
 
+import math
 import os
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 #: ``DDMR_KERNELS=torch`` turns the compiled kernels off (the torch path runs).
 SWITCH = "DDMR_KERNELS"
@@ -53,13 +58,6 @@ def _numba():
 def available() -> bool:
     """True when the compiled kernels run (numba importable, not switched off)."""
     return os.environ.get(SWITCH, "").strip().lower() != "torch" and _numba() is not None
-
-
-def set_threads(threads: int) -> None:
-    """Run the kernels on ``threads`` threads (at most numba's pool size)."""
-    numba = _numba()
-    if numba is not None:
-        numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
 
 
 @lru_cache(maxsize=1)
@@ -135,13 +133,30 @@ def box_sum(volume: np.ndarray, window: int, out: np.ndarray | None = None) -> n
     return _separable(volume, passes, out)
 
 
+@lru_cache(maxsize=64)
+def gaussian_taps(sigma: float, n: int) -> tuple[tuple[float, ...], torch.Tensor]:
+    """Weights of taps 0..R (R = floor(4 sigma), at most n - 1; symmetric, summing to 1
+    over -R..R) and, per voxel of the axis, one over the weight of its taps inside the
+    grid (n,) float64 (1 but within R of either end). The Gaussian of both paths: the
+    torch one (:func:`ddmr.spatial.filters.gaussian_smooth`) and the compiled one."""
+    import torch
+
+    radius = min(math.floor(4.0 * sigma), n - 1)
+    weights = [math.exp(-k * k / (2.0 * sigma * sigma)) for k in range(radius + 1)]
+    total = weights[0] + 2.0 * sum(weights[1:])
+    weights = [w / total for w in weights]
+    scale = torch.ones(n, dtype=torch.float64)
+    for i in [*range(min(radius, n)), *range(max(radius, n - radius), n)]:
+        scale[i] = 1.0 / sum(weights[abs(k)]
+                             for k in range(-min(i, radius), min(n - 1 - i, radius) + 1))
+    return tuple(weights), scale
+
+
 def gaussian_smooth(volume: np.ndarray, sigma: float | tuple[float, float, float],
                     out: np.ndarray | None = None) -> np.ndarray:
     """(C, D, H, W) smoothed by a Gaussian of ``sigma`` voxels (per axis; 0: none),
     truncated at 4 sigma and renormalised at the borders:
     :func:`ddmr.spatial.filters.gaussian_smooth`."""
-    from ddmr.spatial.filters import gaussian_taps
-
     kernels = _compiled()["gauss"]
     volume = _four(volume)
     out = _target(out, volume.shape)

@@ -315,7 +315,8 @@ def _linear(source: np.ndarray, geometry_from: Geometry, geometry_to: Geometry, 
     several times faster."""
     import torch
 
-    from ddmr.spatial.warp import affine_volume, grid_sample_3d
+    from ddmr.spatial.grid import affine_volume
+    from ddmr.spatial.warp import grid_sample_3d
 
     to_sampling = geometry_from.matrix("world", "sampling") @ geometry_to.affine
     grid = affine_volume(to_sampling, geometry_to.shape,

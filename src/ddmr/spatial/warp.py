@@ -13,10 +13,12 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
+# the grid's points under an affine live in grid.py; engine, native and displacement
+# import them from here too
+from ddmr.spatial.grid import affine_volume as affine_volume
 from ddmr.spatial.grid import normalised, sampling_scale
 
 Padding = Literal["zeros", "border", "reflection"]
@@ -57,25 +59,6 @@ def _check_pair(image: torch.Tensor, displacement: torch.Tensor) -> None:
         )
     if image.shape[0] != displacement.shape[0] and image.shape[0] != 1:
         raise ValueError(f"batch sizes differ: {image.shape[0]} vs {displacement.shape[0]}")
-
-
-def affine_volume(matrix: np.ndarray, shape: tuple[int, int, int],
-                  channels_last: bool = False, dtype: torch.dtype = torch.float32,
-                  rows: slice | None = None) -> torch.Tensor:
-    """(3, *shape) ``dtype`` (``channels_last``: (*shape, 3)): the (4, 4) (or (3, 4))
-    ``matrix`` applied to every voxel index of a grid of ``shape`` (only the first axis'
-    ``rows`` when given), in float64 one channel at a time."""
-    first = range(shape[0]) if rows is None else range(*rows.indices(shape[0]))
-    i = torch.arange(first.start, first.stop, dtype=torch.float64)
-    j, k = (torch.arange(n, dtype=torch.float64) for n in shape[1:])
-    shape = (len(first), *shape[1:])
-    m = np.array(matrix, dtype=np.float64)
-    out = torch.empty((*shape, 3) if channels_last else (3, *shape), dtype=dtype)
-    for channel in range(3):
-        target = out[..., channel] if channels_last else out[channel]
-        target.copy_(m[channel, 0] * i[:, None, None] + m[channel, 1] * j[None, :, None]
-                     + m[channel, 2] * k[None, None, :] + m[channel, 3])
-    return out
 
 
 def grid_sample_3d(volume: torch.Tensor, grid: torch.Tensor, padding: Padding = "border",

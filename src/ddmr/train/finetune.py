@@ -38,7 +38,8 @@ def finetune(model: str | Path, data: str | Path, options: RunOptions, mode: str
     from ddmr.model.file import load_model
 
     check_mode(mode)
-    loaded = load_model(model, training=True)  # refuses NaN or Inf weights too
+    # the card's training profile is checked too; NaN or Inf weights are refused
+    loaded = load_model(model, profile=TrainingProfile.from_dict)
     if loaded.card.profile_fields is None:
         raise InputError(f"{model}: the model card has no training profile to fine-tune with")
     design = get_design(design_name) if design_name else loaded.card.design

@@ -13,17 +13,31 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ddmr.config import Design
 from ddmr.errors import InputError
 from ddmr.train.profiles import TrainingProfile
 
-if TYPE_CHECKING:
-    from ddmr.train.run import RunOptions
-
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RunOptions:
+    """Where and how to run: devices, resume, overwrite, the command for the card
+    (:func:`ddmr.train.run.fit` takes them; here, with the run folder's checks, so that
+    neither module imports the other)."""
+
+    rundir: Path
+    resume: bool = False
+    overwrite: bool = False
+    devices: int = 1
+    num_nodes: int = 1
+    accelerator: str = "auto"
+    progress_bar: bool = True
+    command: str | None = None
 
 
 def is_secondary_process() -> bool:

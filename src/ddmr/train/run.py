@@ -14,7 +14,6 @@ import shlex
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from ddmr.errors import InputError
 from ddmr.train.profiles import TrainingProfile
 from ddmr.train.resume import (
     RUN_FILE,
+    RunOptions,
     check_resume_settings,
     check_rundir,
     data_fingerprint,
@@ -36,20 +36,6 @@ from ddmr.train.resume import (
 )
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class RunOptions:
-    """Where and how to run: devices, resume, overwrite, the command for the card."""
-
-    rundir: Path
-    resume: bool = False
-    overwrite: bool = False
-    devices: int = 1
-    num_nodes: int = 1
-    accelerator: str = "auto"
-    progress_bar: bool = True
-    command: str | None = None
 
 
 def data_summary(data: str | Path) -> dict[str, Any]:
