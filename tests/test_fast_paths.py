@@ -14,7 +14,7 @@ from ddmr import metrics
 from ddmr.io.images import load_image, save_image
 from ddmr.registration import native
 from ddmr.spatial import field, warp
-from ddmr.spatial.displacement import Displacement
+from ddmr.spatial.displacement import Displacement, Transform
 from ddmr.spatial.grid import Geometry
 from ddmr.spatial.resample import resample_to
 from ddmr.spatial.warp import label_cells
@@ -75,8 +75,8 @@ def test_native_field_matches_scipy_linear_interpolation(rotated):
     fixed = Geometry(fixed_affine, (17, 15, 20))
     u = torch.randn(1, 3, *model.shape, generator=torch.Generator().manual_seed(0))
     moving = np.random.default_rng(0).random((10, 10, 10)).astype(np.float32)
-    result = native.to_native(Displacement.from_voxels(u[0], model), fixed, moving,
-                              Geometry(np.diag([2.0, 2, 2, 1]), moving.shape))
+    result = native.to_native(Transform(np.eye(4), Displacement.from_voxels(u[0], model)),
+                              fixed, moving, Geometry(np.diag([2.0, 2, 2, 1]), moving.shape))
     to_model = np.linalg.inv(model.affine) @ fixed.affine
     index = np.indices(fixed.shape).reshape(3, -1).astype(np.float64)
     q = to_model[:3, :3] @ index + to_model[:3, 3:]

@@ -10,7 +10,7 @@ import torch
 
 from ddmr.registration.similarity import LocalNCC, Objective, force_from_gradient
 from ddmr.spatial import kernels
-from ddmr.spatial.displacement import Displacement, channels_last_product
+from ddmr.spatial.displacement import Displacement, Transform, channels_last_product
 from ddmr.spatial.grid import affine_volume, sampling_matrix
 from ddmr.spatial.warp import grid_sample_3d
 
@@ -157,9 +157,9 @@ def test_the_inverse_settles_each_point_where_the_torch_path_settles_the_chunk(m
     residual = Displacement(field.contiguous(), fixed)
     point_map = np.eye(4)
     point_map[:3, 3] = (1.5, -2.0, 0.5)
-    ours = invert(residual, point_map, fixed, moving)
+    ours = invert(Transform(point_map, residual), fixed, moving)
     monkeypatch.setenv(kernels.SWITCH, "torch")
-    reference = invert(residual, point_map, fixed, moving)
+    reference = invert(Transform(point_map, residual), fixed, moving)
     assert ours.error_max < 1e-2 and ours.error_mean <= reference.error_mean + 1e-4
     np.testing.assert_allclose(ours.displacement_mm, reference.displacement_mm, atol=1e-2)
     assert ours.overlap_fraction == reference.overlap_fraction

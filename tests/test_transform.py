@@ -74,3 +74,36 @@ def test_from_voxels_is_the_grids_linear_part_and_shapes_are_checked():
         Displacement(torch.zeros(3, 4, 4, 4), geometry)
     with pytest.raises(ValueError, match="beyond"):
         Displacement(voxels, geometry, "wrap")
+
+
+def test_transform_is_itks_composite_of_the_affine_part_after_the_field():
+    import SimpleITK as sitk  # noqa: N813
+
+    from ddmr.spatial.displacement import Transform
+
+    geometry = _geometry()
+    field = Displacement(_field(geometry, 6), geometry)
+    point_map = np.eye(4)
+    point_map[:3, :3] = rotation((0, 1, 1), 12) @ np.diag([1.1, 0.9, 1.05])
+    point_map[:3, 3] = (4.0, -7.0, 12.5)
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+    lps_map = flip @ point_map @ flip
+    affine = sitk.AffineTransform(3)
+    affine.SetMatrix(tuple(lps_map[:3, :3].ravel()))
+    affine.SetTranslation(tuple(lps_map[:3, 3]))
+    lps = field.field_mm.numpy() * np.array([-1.0, -1.0, 1.0])[:, None, None, None]
+    image = sitk.GetImageFromArray(lps.transpose(3, 2, 1, 0).astype(np.float64), isVector=True)
+    origin, spacing, direction = geometry.to_itk()
+    image.SetOrigin(origin)
+    image.SetSpacing(spacing)
+    image.SetDirection(direction)
+    composite = sitk.CompositeTransform([affine, sitk.DisplacementFieldTransform(image)])
+    index = np.random.default_rng(1).uniform(0.5, np.array(geometry.shape) - 1.5, (30, 3))
+    points = geometry.index_to_world(index)
+    ours = Transform(point_map, field)(torch.from_numpy(points.T.astype(np.float32)))
+    theirs = np.array([composite.TransformPoint(tuple(p * flip[:3, :3].diagonal()))
+                       for p in points]) * flip[:3, :3].diagonal()
+    np.testing.assert_allclose(ours.numpy().T, theirs, atol=1e-3)
+    alone = Transform(point_map)(torch.from_numpy(points.T.astype(np.float32)))
+    np.testing.assert_allclose(alone.numpy().T, points @ point_map[:3, :3].T + point_map[:3, 3],
+                               atol=1e-3)

@@ -37,7 +37,7 @@ def engine_field(pair: Any, start: np.ndarray | None = None, settings: Any = Non
     from ddmr.registration.engine import register_deformable
     from ddmr.registration.moments import foreground_mask
     from ddmr.registration.native import to_native
-    from ddmr.spatial.displacement import Displacement
+    from ddmr.spatial.displacement import Displacement, Transform
     from ddmr.spatial.field import mm_to_voxels
     from ddmr.spatial.grid import Geometry
 
@@ -54,7 +54,7 @@ def engine_field(pair: Any, start: np.ndarray | None = None, settings: Any = Non
 
     result = register_deformable(pair.fixed, geometry, masks[0], pair.moving, geometry,
                                  masks[1], point_map, settings, initial)
-    native = to_native(result.displacement(), geometry, pair.moving, geometry, None,
-                       point_map)
+    native = to_native(Transform(point_map, result.displacement()), geometry, pair.moving,
+                       geometry)
     seconds = time.perf_counter() - started
     return mm_to_voxels(native.displacement_mm, geometry), seconds, result

@@ -30,7 +30,7 @@ import torch
 from ddmr.spatial.grid import Geometry
 
 if TYPE_CHECKING:
-    from ddmr.spatial.displacement import Displacement
+    from ddmr.spatial.displacement import Displacement, Transform
 
 #: The most fixed-point iterations of the numerical inverse, and the mean change (mm) of
 #: an iterate at which it stops (its error is measured, and reported, afterwards).
@@ -98,20 +98,19 @@ def grid_inverse(field_mm: torch.Tensor, grid: Geometry) -> torch.Tensor:
     return inverse
 
 
-def invert(residual: Displacement | None, point_map: np.ndarray, fixed: Geometry,
-           moving: Geometry, start: Displacement | None = None,
-           method: str = "fixed point") -> Inverse:
-    """The inverse (module docstring) of ``phi(p) = P(p + d(p))``: ``residual`` is ``d``
-    (None: the affine part alone, inverted exactly); ``start`` an approximate ``e``
+def invert(transform: Transform, fixed: Geometry, moving: Geometry,
+           start: Displacement | None = None, method: str = "fixed point") -> Inverse:
+    """The inverse (module docstring) of ``transform``, ``phi(p) = P(p + d(p))`` (without
+    ``d``: the affine part alone, inverted exactly); ``start`` an approximate ``e``
     (``exp(-v)`` in svf mode, :func:`grid_inverse` otherwise; None: ``-d``) from which
     the fixed-point iteration goes on until its mean change is below the tolerance (with
     the compiled kernels: until each point's mismatch is)."""
     from ddmr.spatial import kernels
     from ddmr.spatial.displacement import plain
 
+    residual, forward_map = transform.residual, transform.point_map
     compiled = residual is not None and kernels.available() and \
         residual.beyond == "border" and plain(residual.field_mm)
-    forward_map = np.asarray(point_map, dtype=np.float64)
     inverse_map = torch.from_numpy(np.linalg.inv(forward_map).astype(np.float32))
     # phi(p) - q = A (p + d(p) - y), A the point map's linear part: in moving voxels
     to_error = torch.from_numpy((moving.matrix("world", "index")[:3, :3] @ forward_map[:3, :3])

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ddmr.spatial.displacement import Displacement
+from ddmr.spatial.displacement import Transform
 from ddmr.spatial.field import (
     SLAB_VOXELS,
     residual_of,  # noqa: F401  (io/composite.py's import, until it names spatial.field)
@@ -89,19 +89,19 @@ class NativeResult:
     warped_labels: np.ndarray | None
 
 
-def to_native(field: Displacement | None, fixed: Geometry, moving: np.ndarray,
-              moving_geometry: Geometry, moving_labels: np.ndarray | None = None,
-              point_map: np.ndarray | None = None) -> NativeResult:
-    """Bring the final ``field`` (None: the affine part alone) to the fixed grid and warp
-    the moving image (and labels) there (see module docstring). ``point_map`` (4, 4)
-    RAS: the affine part, fixed world -> moving world.
+def to_native(transform: Transform, fixed: Geometry, moving: np.ndarray,
+              moving_geometry: Geometry, moving_labels: np.ndarray | None = None
+              ) -> NativeResult:
+    """Bring the ``transform`` (its affine part ``P`` and the final field ``d``, or none)
+    to the fixed grid and warp the moving image (and labels) there (see module
+    docstring).
 
     Every map is affine in the fixed index x except for the field's term: ``p' - p = (P -
     I) A_f x + P_3 d``, moving index ``= M P A_f x + M_3 P_3 d`` (``M`` the moving grid's
     inverse affine); the (4, 4) products are formed in float64 and applied in float32
     (indices below 10^4 keep errors below 10^-3 voxel).
     """
-    point = np.eye(4) if point_map is None else np.asarray(point_map, dtype=np.float64)
+    point, field = transform.point_map, transform.residual
     offset_map = point @ fixed.affine
     offset_map[:3, :] -= fixed.affine[:3, :]  # (P - I) A_f: displacement without the field
     to_moving_matrix = moving_geometry.matrix("world", "index")

@@ -13,6 +13,9 @@ with trilinear interpolation and the rule beyond the grid that the value states
 
 Fields change units only at the edges: :meth:`Displacement.from_voxels` takes a field in
 voxels of its grid (a network's output, a file's), and everything after it works in mm.
+
+:class:`Transform` is a whole registration, ``phi(p) = P(p + d(p))``: the affine part
+``P`` (4, 4) RAS, fixed world -> moving world, after the displacement ``d`` (or none).
 """
 
 from __future__ import annotations
@@ -103,6 +106,31 @@ class Displacement:
         to_sampling = self.grid.matrix("world", "sampling") @ target.affine
         coordinates = affine_volume(to_sampling, target.shape, channels_last=True)
         return grid_sample_3d(self.field_mm[None], coordinates[None])[0]
+
+
+@dataclass(frozen=True)
+class Transform:
+    """``phi(p) = P(p + d(p))``: ``point_map`` ``P`` (4, 4) float64 RAS mm (fixed world ->
+    moving world) after ``residual`` ``d`` (None: the affine part alone)."""
+
+    point_map: np.ndarray
+    residual: Displacement | None = None
+
+    def __post_init__(self) -> None:
+        matrix = np.array(self.point_map, dtype=np.float64)
+        if matrix.shape != (4, 4):
+            raise ValueError(f"point_map must be 4x4, got {matrix.shape}")
+        matrix.setflags(write=False)
+        object.__setattr__(self, "point_map", matrix)
+
+    def __call__(self, points: torch.Tensor) -> torch.Tensor:
+        """``phi`` at world points (3, ...) RAS mm: (3, ...) float32."""
+        flat = points.reshape(3, -1).float()
+        if self.residual is not None:
+            flat = flat + self.residual(flat)
+        linear = torch.from_numpy(self.point_map[:3, :3].astype(np.float32))
+        offset = torch.from_numpy(self.point_map[:3, 3:].astype(np.float32))
+        return (linear @ flat + offset).reshape(points.shape)
 
 
 def plain(tensor: torch.Tensor) -> bool:
