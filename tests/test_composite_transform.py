@@ -181,6 +181,46 @@ def test_ddmr_apply_takes_ddmr_and_ants_composites(registered, tmp_path):
                            ants_warp(grid_of, source, [Path(transform)]))
 
 
+def test_composite_field_is_stored_as_compressed_float32_within_its_step(tmp_path,
+                                                                         monkeypatch):
+    """The field in the ``.h5`` is float32 through HDF5's shuffle and deflate filters (not
+    SimpleITK's uncompressed float64), rounded to ``STEP_MM``: read back by h5py and by
+    ITK it is the field to within half that step (and so within FIELD_STEP_MM), also
+    across chunks of a few k-slices with a partial last one; the same field gives the
+    same bytes."""
+    import h5py
+
+    from ddmr.io import composite
+    from ddmr.io.images import FIELD_STEP_MM
+
+    geometry = oblique_fixed()
+    size_i, size_j, size_k = geometry.shape
+    monkeypatch.setattr(composite, "CHUNK_VALUES", 3 * size_i * size_j * 4)  # 4 slices
+    grid = np.meshgrid(*(np.linspace(0, 3, n) for n in geometry.shape), indexing="ij")
+    field = np.stack([4 * np.sin(grid[0] + grid[2]), 3 * np.cos(grid[1]) * grid[0],
+                      -2.5 * np.sin(grid[2] * grid[1])]).astype(np.float32)
+    field += np.random.default_rng(5).uniform(-0.01, 0.01, field.shape).astype(np.float32)
+    h5 = tmp_path / "t.h5"
+    write_composite(h5, np.eye(4), field, geometry)
+    with h5py.File(h5, "r") as f:
+        assert f["TransformGroup/0/TransformType"][0] == b"CompositeTransform_double_3_3"
+        assert (f["TransformGroup/2/TransformType"][0]
+                == b"DisplacementFieldTransform_double_3_3")
+        data = f["TransformGroup/2/TransformParameters"]
+        assert data.dtype == np.float32 and data.shape == (field.size,)
+        assert data.compression == "gzip" and data.shuffle
+        assert data.chunks == (3 * size_i * size_j * 4,) and size_k % 4  # a partial chunk
+        assert data.id.get_storage_size() < 0.75 * data.size * 4  # smaller than float32
+        stored = data[()].reshape(size_k, size_j, size_i, 3)
+    lps = field * np.array([-1.0, -1.0, 1.0], dtype=np.float32)[:, None, None, None]
+    assert np.abs(stored - lps.transpose(3, 2, 1, 0)).max() <= composite.STEP_MM / 2
+    assert np.array_equal(stored / composite.STEP_MM, np.rint(stored / composite.STEP_MM))
+    dense = displacement_on(read_transform(h5), geometry)  # ITK's reading
+    assert np.abs(dense - field).max() <= composite.STEP_MM / 2 + 1e-5 < FIELD_STEP_MM
+    write_composite(tmp_path / "again.h5", np.eye(4), field, geometry)
+    assert (tmp_path / "again.h5").read_bytes() == h5.read_bytes()
+
+
 def assert_same_inside(mine: np.ndarray, expected: np.ndarray) -> None:
     """The same image where both are defined (non-zero), which is nearly all of where
     ANTs' is: at the image's edge ANTs and DDMR may differ by a voxel."""

@@ -32,6 +32,7 @@ from ddmr.spatial.field import lps_mm_components, lps_mm_to_displacement
 from ddmr.spatial.grid import LPS_FLIP, Geometry, check_geometry
 
 if TYPE_CHECKING:
+    import SimpleITK as sitk  # noqa: N813
     import torch
 
 PathLike = str | os.PathLike[str]
@@ -68,11 +69,13 @@ def save_displacement(path: PathLike, displacement_vox: np.ndarray | torch.Tenso
                              geometry, vector_intent)
 
 
-def _rounded_to_step(component: np.ndarray) -> np.ndarray:
-    """``component`` (a new float32 array) rounded in place to :data:`FIELD_STEP_MM`."""
-    component *= 1.0 / FIELD_STEP_MM
+def _rounded_to_step(component: np.ndarray, step: float = FIELD_STEP_MM) -> np.ndarray:
+    """``component`` (a new float32 array) rounded in place to ``step`` mm (a power of 2:
+    :data:`FIELD_STEP_MM` for the ``.nii.gz`` fields, a finer one for the composite
+    ``.h5`` files of :mod:`ddmr.io.composite`)."""
+    component *= 1.0 / step
     np.rint(component, out=component)
-    component *= FIELD_STEP_MM
+    component *= step
     return component
 
 
@@ -119,6 +122,26 @@ def _lps(matrix: np.ndarray) -> np.ndarray:
     return flip @ np.asarray(matrix, dtype=np.float64) @ flip
 
 
+def itk_affine_parameters(point_map: np.ndarray) -> np.ndarray:
+    """The (4, 4) RAS point map (fixed world -> moving world) as the 12 parameters of an
+    ITK ``AffineTransform`` (float64): its LPS matrix row by row, then its translation;
+    the fixed parameters (the centre) are 0, 0, 0. The one place that builds the affine
+    that ``affine.mat`` and the composite ``.h5`` files hold."""
+    lps = _lps(point_map)
+    return np.concatenate([lps[:3, :3].ravel(), lps[:3, 3]])
+
+
+def itk_affine(point_map: np.ndarray) -> sitk.AffineTransform:
+    """The (4, 4) RAS point map as a SimpleITK affine transform (LPS, centre 0)."""
+    import SimpleITK as sitk  # noqa: N813
+
+    parameters = [float(v) for v in itk_affine_parameters(point_map)]
+    transform = sitk.AffineTransform(3)
+    transform.SetMatrix(parameters[:9])
+    transform.SetTranslation(parameters[9:])
+    return transform
+
+
 def save_affine(path: PathLike, point_map: np.ndarray) -> None:
     """Write a (4, 4) RAS point map (fixed world -> moving world, as ddmr's affine part)
     as an ITK affine transform file (``.mat``, the format ANTs writes; ``.txt``/``.tfm``
@@ -126,10 +149,7 @@ def save_affine(path: PathLike, point_map: np.ndarray) -> None:
     ``ants.apply_transforms(..., [affine.mat])`` apply it (LPS, centre 0)."""
     import SimpleITK as sitk  # noqa: N813
 
-    lps = _lps(point_map)
-    transform = sitk.AffineTransform(3)
-    transform.SetMatrix(tuple(float(v) for v in lps[:3, :3].ravel()))
-    transform.SetTranslation(tuple(float(v) for v in lps[:3, 3]))
+    transform = itk_affine(point_map)
     path = Path(path)
     with atomic_path(path) as temporary:
         sitk.WriteTransform(transform, str(temporary))

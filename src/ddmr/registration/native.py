@@ -24,10 +24,7 @@ import numpy as np
 import torch
 
 from ddmr.spatial.displacement import Transform
-from ddmr.spatial.field import (
-    SLAB_VOXELS,
-    residual_of,  # noqa: F401  (io/composite.py's import, until it names spatial.field)
-)
+from ddmr.spatial.field import SLAB_VOXELS
 from ddmr.spatial.grid import Geometry, affine_volume, normalised
 from ddmr.spatial.warp import (
     grid_sample_3d,
