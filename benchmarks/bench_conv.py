@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from ddmr.config import get_design
+from ddmr.designs import get_design
 from ddmr.nn.conv import Conv3d
 from ddmr.train.module import RegistrationModule
 from ddmr.train.profiles import get_profile

@@ -49,13 +49,13 @@ THREADS = 2
 TISSUE = (1, 2, 3)  # the bundled cohort's CSF, grey and white matter (Atropos classes)
 
 #: DDMR's variants: name -> (model, engine settings changes or None for --fast)
-DDMR = {"ddmr": (None, {}), "ddmr-fast": (None, None), "ddmr-engine": ("none", {}),
-        "ddmr-engine-short": ("none", {"iterations": (60, 40, 0)}),
-        "ddmr-engine-long": ("none", {"iterations": (400, 400, 40), "tolerance": 1e-4,
-                                      "min_step": 0.15}),
+DDMR = {"ddmr": (None, {}), "ddmr-fast": (None, None), "ddmr-engine": (False, {}),
+        "ddmr-engine-short": (False, {"iterations": (60, 40, 0)}),
+        "ddmr-engine-long": (False, {"iterations": (400, 400, 40), "tolerance": 1e-4,
+                                     "min_step": 0.15}),
         # the engine's default before issue 21's 1 mm finding: the whole field smoothed by
         # at least 4 mm each step
-        "ddmr-engine-diff4": ("none", {"diffusion_mm": 4.0})}
+        "ddmr-engine-diff4": (False, {"diffusion_mm": 4.0})}
 PEERS = ("syn", "greedy", "elastix", "convexadam")
 METHODS = ("none", *PEERS, *DDMR)
 

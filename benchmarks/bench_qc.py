@@ -2,7 +2,7 @@
 every wrong pair must fail.
 
 Real pairs (``ddmr.register`` with the default model; the 2 mm pairs also with
-``model="none"``):
+``model=False``, no network):
 
 * ``inter-2mm``: the bundled cohort's 30 ordered pairs of different people;
 * ``headers-2mm``: its two test pairs with the moving image stored another way (axes
@@ -14,7 +14,7 @@ Real pairs (``ddmr.register`` with the default model; the 2 mm pairs also with
 * ``same-1mm``: the two same-subject 1 mm whole-head pairs of ``bench_peers.py``;
 * ``heads-1mm``: the 12 ordered pairs of 1 mm whole heads of ``bench_speed.py``.
 
-Wrong pairs (default model and ``model="none"``): a brain-sized crop of the abdominal CT
+Wrong pairs (default model and ``model=False``): a brain-sized crop of the abdominal CT
 against a brain and the brain against it; the whole CT against the brain and back; uniform
 noise against the brain; a brain with its lower half zeroed against the whole brain (the
 answer is the identity); the left half against the right half and the bottom against the
@@ -44,7 +44,7 @@ sys.path.insert(0, str(HERE))
 OUT = HERE / "qc" / "calibration.jsonl"
 WRONG_DIR = Path.home() / ".cache" / "ddmr-bench" / "qc-wrong"
 SETS = ("wrong", "inter-2mm", "headers-2mm", "ct", "ct-same", "same-1mm", "heads-1mm")
-MODELS = {"default": None, "none": "none"}
+MODELS = {"default": None, "none": False}
 
 
 def _ct_files() -> list[Path]:

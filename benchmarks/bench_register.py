@@ -96,7 +96,7 @@ def timed_process(command: list[str]) -> tuple[float, float, str]:
 
 def ddmr_in_process(paths: dict[str, Path], model: str | None) -> tuple[float, dict]:
     result = register(paths["fixed"], paths["moving"], paths["fixed_seg"], paths["moving_seg"],
-                      model=model)
+                      model=False if model == "none" else model)
     runtime = result.summary["runtime_s"]
     seconds = runtime["total"] - runtime["metrics"] - runtime["qc"]
     return seconds, result.summary
@@ -129,7 +129,7 @@ def main() -> int:
             out = folder / f"ddmr-{k}"
             command = [sys.executable, "-m", "ddmr.cli", "register", "--fixed",
                        str(paths["fixed"]), "--moving", str(paths["moving"]),
-                       "--moving-seg", str(paths["moving_seg"]), "-o", str(out)]
+                       "--moving-labels", str(paths["moving_seg"]), "-o", str(out)]
             if args.model:
                 command += ["--model", args.model]
             cli.append(timed_process(command))
@@ -138,7 +138,7 @@ def main() -> int:
         floor = statistics.median(timed_process([sys.executable, "-c", "import torch"])[0]
                                   for _ in range(args.repeats))
         table = folder / "pairs.csv"
-        table.write_text("fixed,moving,moving_seg,id\n" + "".join(
+        table.write_text("fixed,moving,moving_labels,id\n" + "".join(
             f"{paths['fixed']},{paths['moving']},{paths['moving_seg']},pair{k}\n"
             for k in range(args.batch)))
         batch_command = [sys.executable, "-m", "ddmr.cli", "register", "--pairs", str(table),

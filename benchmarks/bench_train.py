@@ -22,8 +22,8 @@ import time
 
 import torch
 
-from ddmr.config import get_design
 from ddmr.data.cohort import cohort_split, sample_cohort
+from ddmr.designs import get_design
 from ddmr.train.module import RegistrationModule
 from ddmr.train.profiles import get_profile
 

@@ -1,7 +1,7 @@
 """Ship a trained model inside the package: score it on stored held-out pairs, add the
 scores and the learning curve to its card, and write it to ``src/ddmr/model/NAME``.
 
-    python scripts/ship_model.py RUN_DIR --name brain-t1-cpu --pairs PAIRS_DIR \
+    python scripts/ship_model.py RUN_DIR --name brain-t1-cpu --stored-pairs PAIRS_DIR \
         [--curve benchmarks/curves/NAME]
 
 RUN_DIR is a ``ddmr train`` run directory (its ``model.safetensors`` and CSV logs);
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ddmr.commands.renamed import add_renamed
 from ddmr.evaluate.runner import evaluate
 from ddmr.evaluate.tables import summarise
 from ddmr.model.file import load_model, save_model
@@ -83,15 +84,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="ddmr train run directory")
     parser.add_argument("--name", required=True, help="shipped model name")
-    parser.add_argument("--pairs", required=True, type=Path, help="ddmr pairs folder")
+    stored = parser.add_argument("--stored-pairs", type=Path, metavar="PAIRS_DIR",
+                                 help="the pairs folder made by ddmr pairs (required)")
+    add_renamed(parser, "--pairs", stored)  # the old name, for one release
     parser.add_argument("--command", help="the training command, for the card")
     parser.add_argument("--curve", type=Path,
                         help="also write the learning curve as CURVE.csv and CURVE.png")
     args = parser.parse_args()
+    if args.stored_pairs is None:
+        parser.error("the following arguments are required: --stored-pairs")
 
     source = args.run / "model.safetensors"
     loaded = load_model(source)
-    results = evaluate(args.pairs, [source], baselines=("none", "affine"), progress=True)
+    results = evaluate(args.stored_pairs, [source], baselines=("none", "affine"), progress=True)
     summary = summarise(results, [m for m in METRICS if m in results])
     evaluation = {}
     for _, row in summary.iterrows():
@@ -100,7 +105,7 @@ def main() -> int:
     card = dict(loaded.card)
     card["name"] = args.name
     card["evaluation"] = {
-        "pairs": str(args.pairs), "n_pairs": int(results["pair"].nunique()),
+        "pairs": str(args.stored_pairs), "n_pairs": int(results["pair"].nunique()),
         "methods": evaluation,
         "meaning": "means over held-out pairs (bundled cohort test heads, the paper's "
                    "synthetic deformations); 'affine' is DDMR's affine stage alone",

@@ -147,14 +147,14 @@ def writer_argv(root: Path, command: str) -> tuple[list[str], bool]:
         "register": ["register", "--fixed", str(files / "good.nii.gz"), "--moving",
                      str(files / "good.nii.gz"), "--model", str(root / "tiny.safetensors")],
         "pairs": ["pairs", "--data", str(root / "prep"), "--n", "1", "--no-tps"],
-        "evaluate": ["evaluate", "--pairs", str(root / "pairs"), "--models",
+        "evaluate": ["evaluate", "--stored-pairs", str(root / "pairs"), "--models",
                      str(root / "evaluate.safetensors"), "--baselines", "none",
                      "--no-progress"],
         "report": ["report", str(root / "results"), "--overlay-pairs", "0"],
         "train": ["train", "--design", "BL-N", "--data", str(root / "prep"), "--config",
                   str(root / "tiny.yaml"), "--max-steps", "1", "--no-progress"],
         "finetune": ["finetune", "--from", str(root / "finetune.safetensors"), "--data",
-                     str(root / "prep"), "--mode", "full", "--max-steps", "1",
+                     str(root / "prep"), "--strategy", "full", "--max-steps", "1",
                      "--no-progress"],
         "demo": ["demo", "--quick"],
     }[command]
@@ -192,11 +192,11 @@ def case_argv(root: Path, command: str, bad: str, out: Path) -> Argv:
                          "--size", "8", "--spacing", "4", "--no-progress"], env, path, problem)
         if command == "augment":
             argv = ["augment", image, "-o", str(out), "--no-nonrigid"]
-            return Argv(argv + (["--seg", labels] if labels else []), env, path, problem)
+            return Argv(argv + (["--labels", labels] if labels else []), env, path, problem)
         if command == "register":
             argv = ["register", "--fixed", good, "--moving", image, "--model",
                     str(root / "tiny.safetensors"), "-o", str(out)]
-            return Argv(argv + (["--moving-seg", labels] if labels else []), env, path,
+            return Argv(argv + (["--moving-labels", labels] if labels else []), env, path,
                         problem)
     if command == "prepare" and bad == "missing INPUT folder":
         path = str(root / "absent_dataset")
@@ -209,18 +209,18 @@ def case_argv(root: Path, command: str, bad: str, out: Path) -> Argv:
             return Argv(["register", "--fixed", good, "--moving", good, "--model", path,
                          "-o", str(out)], env, path, problem)
         if command == "evaluate":
-            return Argv(["evaluate", "--pairs", str(root / "pairs"), "--models", path,
+            return Argv(["evaluate", "--stored-pairs", str(root / "pairs"), "--models", path,
                          "--baselines", "none", "--no-progress", "-o", str(out)], env, path,
                         problem)
         if command == "finetune":
-            return Argv(["finetune", "--from", path, "--data", str(root / "prep"), "--mode",
-                         "full", "--max-steps", "1", "--no-progress", "-o", str(out)], env,
-                        path, problem)
+            return Argv(["finetune", "--from", path, "--data", str(root / "prep"),
+                         "--strategy", "full", "--max-steps", "1", "--no-progress", "-o",
+                         str(out)], env, path, problem)
     if bad in PAIRS_CASES:
         name, problem = PAIRS_CASES[bad]
         path = root / name
         folder = path.parent if path.name in ("pairs.h5", "pairs.json") else path
-        return Argv(["evaluate", "--pairs", str(folder), "--models",
+        return Argv(["evaluate", "--stored-pairs", str(folder), "--models",
                      str(root / "evaluate.safetensors"), "--baselines", "none",
                      "--no-progress", "-o", str(out)], env, str(root / name), problem)
     if bad in DATA_CASES:
@@ -235,7 +235,7 @@ def case_argv(root: Path, command: str, bad: str, out: Path) -> Argv:
                         problem)
         if command == "finetune":
             return Argv(["finetune", "--from", str(root / "finetune.safetensors"), "--data",
-                         str(data), "--mode", "full", "--max-steps", "1", "--no-progress",
+                         str(data), "--strategy", "full", "--max-steps", "1", "--no-progress",
                          "-o", str(out)], env, named, problem)
         if command == "pairs":
             return Argv(["pairs", "--data", str(data), "--n", "1", "-o", str(out)], env, named,
@@ -345,7 +345,7 @@ def _finetune_model(path: Path) -> Path:
     """A model file whose card has a training profile (what ddmr finetune starts from)."""
     import torch
 
-    from ddmr.config import get_design
+    from ddmr.designs import get_design
     from ddmr.model.file import save_model
     from ddmr.nn import UNet
     from train_helpers import tiny_profile
@@ -361,7 +361,7 @@ def small_model(path: Path) -> Path:
     """A 16^3 BL-N model file (what ddmr evaluate scores)."""
     import torch
 
-    from ddmr.config import get_design
+    from ddmr.designs import get_design
     from ddmr.model.file import save_model
     from ddmr.nn import UNet, UNetConfig
 

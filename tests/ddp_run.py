@@ -9,7 +9,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from ddmr.config import get_design
+from ddmr.designs import get_design
 from ddmr.train.run import RunOptions, fit
 from train_helpers import tiny_profile
 

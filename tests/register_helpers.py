@@ -91,7 +91,7 @@ def save_tiny_model(path: Path, bias: tuple[float, float, float] | None = None,
                     zero: bool = False, spacing: float = 1.0, size: int = 32) -> Path:
     """A 32^3 untrained U-Net model file; ``bias`` (voxels of the model grid, channels
     i, j, k) makes its output that constant translation; ``zero`` the identity."""
-    from ddmr.config import get_design
+    from ddmr.designs import get_design
     from ddmr.model.file import save_model
     from ddmr.nn import UNet, UNetConfig
 

@@ -28,7 +28,7 @@ def inputs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def output(inputs, tmp_path_factory):
     out = tmp_path_factory.mktemp("augment_out") / "pair"
-    status = main(["augment", str(inputs / "image.nii.gz"), "--seg", str(inputs / "seg.nii.gz"),
+    status = main(["augment", str(inputs / "image.nii.gz"), "--labels", str(inputs / "seg.nii.gz"),
                    "-o", str(out), "--seed", "3", "--no-intensity"])
     assert status == 0
     return out
@@ -92,7 +92,7 @@ def test_bad_input_names_the_file_and_leaves_nothing(inputs, tmp_path, capsys):
     assert str(missing) in err and len(err.strip().splitlines()) == 1
     other = tmp_path / "other.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.uint8), AFFINE), other)
-    assert main(["augment", str(inputs / "image.nii.gz"), "--seg", str(other),
+    assert main(["augment", str(inputs / "image.nii.gz"), "--labels", str(other),
                  "-o", str(out)]) == 2
     assert str(other) in capsys.readouterr().err
     assert not out.exists() and not list(tmp_path.glob(".never*"))

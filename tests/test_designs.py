@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from conftest import smooth_field, smooth_volume
-from ddmr.config import DESIGNS, Design, get_design
+from ddmr.designs import DESIGNS, Design, get_design
 from ddmr.errors import ConfigError
 from ddmr.losses import DesignLoss, one_hot
 from ddmr.spatial.warp import warp_image

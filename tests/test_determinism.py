@@ -62,7 +62,7 @@ def test_same_pairs_and_model_give_bit_identical_metrics(workspace, tmp_path):
     root, _, model = workspace
     tables = []
     for name in ("a", "b"):
-        assert main(["evaluate", "--pairs", str(root / "pairs"), "--models", str(model),
+        assert main(["evaluate", "--stored-pairs", str(root / "pairs"), "--models", str(model),
                      "--baselines", "none", "--no-progress", "-o", str(tmp_path / name)]) == 0
         tables.append(pd.read_csv(tmp_path / name / "per_pair.csv").drop(columns="seconds"))
     assert len(tables[0]) == 4 and tables[0]["dsc"].notna().all()

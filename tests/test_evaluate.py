@@ -9,7 +9,7 @@ import torch
 
 from ddmr import metrics
 from ddmr.cli import main
-from ddmr.config import get_design
+from ddmr.designs import get_design
 from ddmr.evaluate.pairs import PairSet
 from ddmr.evaluate.runner import load_methods
 from ddmr.evaluate.tables import summarise, summary_markdown
@@ -46,7 +46,7 @@ def test_method_names_follow_design_or_stem(workspace):
 def test_evaluate_end_to_end(workspace, capsys):
     root, models = workspace
     out = root / "results"
-    argv = ["evaluate", "--pairs", str(root / "pairs"), "--models", *map(str, models),
+    argv = ["evaluate", "--stored-pairs", str(root / "pairs"), "--models", *map(str, models),
             "--baselines", "syn,none", "--ants-iterations", "10x5/5x2", "-o", str(out)]
     assert main(argv) == 0
     printed = capsys.readouterr().out
@@ -95,9 +95,9 @@ def test_evaluate_end_to_end(workspace, capsys):
     # existing results are refused, stats run on them
     assert main(argv) == 2
     assert main(["stats", str(out)]) == 0
-    assert main(["evaluate", "--pairs", str(root / "nope"), "--baselines", "none",
+    assert main(["evaluate", "--stored-pairs", str(root / "nope"), "--baselines", "none",
                  "-o", str(root / "r2")]) == 2
-    assert main(["evaluate", "--pairs", str(root / "pairs"), "--baselines", "",
+    assert main(["evaluate", "--stored-pairs", str(root / "pairs"), "--baselines", "",
                  "-o", str(root / "r2")]) == 2
     assert not (root / "r2").exists()
     # 2 pairs: no test is run, and the statistics say why

@@ -28,9 +28,9 @@ def prepared(tmp_path_factory):
 
 
 def test_pairs_are_every_ordered_pair_of_different_subjects(prepared):
-    assert main(["pairs", "--data", str(prepared / "prep"), "--mode", "inter-subject",
+    assert main(["pairs", "--data", str(prepared / "prep"), "--pairing", "inter-subject",
                  "-o", str(prepared / "test-pairs"), "--no-progress"]) == 0
-    assert main(["pairs", "--data", str(prepared / "prep"), "--mode", "inter-subject",
+    assert main(["pairs", "--data", str(prepared / "prep"), "--pairing", "inter-subject",
                  "--split", "all", "-o", str(prepared / "all-pairs"), "--no-progress"]) == 0
     test = PairSet(prepared / "test-pairs")
     everything = PairSet(prepared / "all-pairs")
@@ -75,7 +75,7 @@ def test_evaluate_scores_inter_subject_pairs_in_world_space(prepared, tmp_path):
     for subject in ("pycortex-s1", "itk-kmeans"):
         _centroid_landmarks(landmarks, subject)
     out = tmp_path / "results"
-    assert main(["evaluate", "--pairs", str(prepared / "test-pairs"), "--baselines",
+    assert main(["evaluate", "--stored-pairs", str(prepared / "test-pairs"), "--baselines",
                  "none,engine", "--engine-iterations", "30,15,0", "--landmarks",
                  str(landmarks), "-o", str(out), "--no-progress"]) == 0
     results = pd.read_csv(out / "per_pair.csv")

@@ -39,7 +39,7 @@ def inter_pairs(tmp_path_factory) -> Path:
     assert main(["prepare", str(ROOT), "-o", str(folder / "prep"), "--size", "32",
                  "--spacing", "6", "--split-file", str(ROOT / "split.json"),
                  "--no-progress"]) == 0
-    assert main(["pairs", "--data", str(folder / "prep"), "--mode", "inter-subject",
+    assert main(["pairs", "--data", str(folder / "prep"), "--pairing", "inter-subject",
                  "-o", str(folder / "pairs"), "--no-progress"]) == 0
     return folder / "pairs"
 
@@ -56,7 +56,7 @@ def test_inter_subject_ants_runs_with_the_given_settings(inter_pairs, tmp_path, 
 
     monkeypatch.setattr(ddmr.baselines.peers, "syn", defaults)
     out = tmp_path / "results"
-    assert main(["evaluate", "--pairs", str(inter_pairs), "--baselines", "syn,none",
+    assert main(["evaluate", "--stored-pairs", str(inter_pairs), "--baselines", "syn,none",
                  "--ants-iterations", "5/2", "-o", str(out), "--no-progress"]) == 0
     results = pd.read_csv(out / "per_pair.csv")
     assert set(results["method"]) == {"SyN", "none"} and results["pair"].nunique() == 2
@@ -275,8 +275,8 @@ def test_register_scores_the_shared_labels_apart(tmp_path, capsys):
     fewer = tmp_path / "fewer.nii.gz"
     save_labels(fewer, np.where(labels >= 13, 0, labels).astype(np.uint8), geometry)
     out = tmp_path / "out"
-    main(["register", "--fixed", str(image), "--moving", str(image), "--fixed-seg",
-          str(ROOT / "labels" / "pycortex-s1.nii.gz"), "--moving-seg", str(fewer),
+    main(["register", "--fixed", str(image), "--moving", str(image), "--fixed-labels",
+          str(ROOT / "labels" / "pycortex-s1.nii.gz"), "--moving-labels", str(fewer),
           "--model", "none", "--fast", "-o", str(out)])
     metrics = json.loads((out / "summary.json").read_text())["metrics"]
     assert metrics["labels_scored"] == list(range(1, 17))

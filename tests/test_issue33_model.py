@@ -205,7 +205,7 @@ def test_a_refusal_of_a_bad_input_imports_no_torch(files, tmp_path, bad):
     elif bad in ("missing moving", "corrupt image"):
         moving = named
     elif bad == "missing label map":
-        extra = ["--fixed-seg", absent]
+        extra = ["--fixed-labels", absent]
     elif bad == "missing model":
         model = named
     elif bad == "bad card":

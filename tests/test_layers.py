@@ -51,7 +51,10 @@ MODELS = frozenset({"model", "nn"})
 ALLOWED: dict[str, frozenset[str]] = {
     "ddmr": frozenset({"errors"}),  # its lazy ``ddmr.register`` is not its own edge
     "errors": frozenset(),
-    "config": frozenset({"errors"}),  # the loss designs
+    "designs": frozenset({"errors"}),  # the loss designs
+    # the old name of ``designs``, a deprecated alias for one release (issue 31)
+    "config": frozenset({"designs", "deprecated"}),
+    "deprecated": frozenset(),  # old spellings that still work, with a warning
     "threads": frozenset({"errors"}),
     "clock": frozenset(),
     "memory": frozenset(),

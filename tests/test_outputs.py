@@ -33,7 +33,7 @@ def result(pair):
     import ddmr
 
     return ddmr.register(pair / "fixed.nii.gz", pair / "moving.nii.gz",
-                         pair / "fixed_seg.nii.gz", pair / "moving_seg.nii.gz", model="none",
+                         pair / "fixed_seg.nii.gz", pair / "moving_seg.nii.gz", model=False,
                          engine=True)
 
 
@@ -114,8 +114,8 @@ def test_cli_outputs_option(pair, tmp_path, capsys):
 
     common = ["register", "--fixed", str(pair / "fixed.nii.gz"),
               "--moving", str(pair / "moving.nii.gz"),
-              "--fixed-seg", str(pair / "fixed_seg.nii.gz"),
-              "--moving-seg", str(pair / "moving_seg.nii.gz"), "--model", "none"]
+              "--fixed-labels", str(pair / "fixed_seg.nii.gz"),
+              "--moving-labels", str(pair / "moving_seg.nii.gz"), "--model", "none"]
     assert main([*common, "--outputs", "warped,nothing", "-o", str(tmp_path / "bad")]) == 2
     assert "unknown output 'nothing'" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import smooth_field, smooth_volume
-from ddmr.config import get_design
+from ddmr.designs import get_design
 from ddmr.losses import DesignLoss, dice_score, one_hot
 from ddmr.nn import UNet, UNetConfig
 from ddmr.spatial.warp import warp_image, warp_labels

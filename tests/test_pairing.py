@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from ddmr.config import get_design
 from ddmr.data.datamodule import PreparedDataModule
+from ddmr.designs import get_design
 from ddmr.errors import ConfigError
 from ddmr.train.module import RegistrationModule, between_subjects
 from ddmr.train.run import RunOptions, data_summary, fit

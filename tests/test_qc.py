@@ -113,7 +113,8 @@ def test_headers_alone_fail_qc_with_exit_3_and_outputs_written(tmp_path, capsys)
     so nothing overlaps. It must end with status 3, the outputs written, one line saying
     what failed; --no-qc makes it exit 0."""
     argv = ["register", "--fixed", str(PAIR["fixed"]), "--moving", str(PAIR["moving"]),
-            "--fixed-seg", str(PAIR["fixed_seg"]), "--moving-seg", str(PAIR["moving_seg"]),
+            "--fixed-labels", str(PAIR["fixed_seg"]),
+            "--moving-labels", str(PAIR["moving_seg"]),
             "--affine", "none"]
     assert main([*argv, "-o", str(tmp_path / "out")]) == 3
     captured = capsys.readouterr()
@@ -234,7 +235,7 @@ def wrong_files(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["none", None])
+@pytest.mark.parametrize("model", [False, None])
 @pytest.mark.parametrize("name,fixed,moving,valid",
                          [p for p in WRONG_PAIRS if p[0] not in ("ct->brain", "brain->ct")])
 def test_pairs_that_do_not_correspond_fail_qc_and_a_mirror_image_passes(

@@ -136,7 +136,7 @@ def _scene():
 def registered():
     """A small registration (engine, both label maps) and the fixed labels."""
     fixed, moving, fixed_seg, moving_seg = _scene()
-    result = ddmr.register(fixed, moving, fixed_seg, moving_seg, model="none")
+    result = ddmr.register(fixed, moving, fixed_seg, moving_seg, model=False)
     return result, fixed_seg[0]
 
 
@@ -147,7 +147,7 @@ def apart():
     affine = moving_geometry.affine.copy()
     affine[0, 3] += 300.0  # the same image, its header 300 mm off
     return ddmr.register(fixed, (moving, Geometry(affine, moving_geometry.shape)),
-                         model="none", engine=False)
+                         model=False, engine=False)
 
 
 # --- the page as HTML --------------------------------------------------------------------
@@ -194,7 +194,7 @@ def test_a_page_without_labels_says_how_to_get_them(registered):
     result, _ = registered
     bare = dataclasses.replace(result, warped_seg=None)
     page = qc_page_html(bare)
-    assert "No label map" in page and "--moving-seg" in page
+    assert "No label map" in page and "--moving-labels" in page
     assert '<figure class="contour"' not in page
 
 
@@ -313,7 +313,7 @@ def test_the_batch_index_lists_the_worst_first_with_thumbnails(batch_files):
         {"fixed": "fixed.nii.gz", "moving": "noise.nii.gz", "id": "noise"},
         {"fixed": "fixed.nii.gz", "moving": "broken.nii.gz", "id": "broken"}])
     out = batch_files / "batch"
-    register_pairs(pairs, out, model="none", affine="none", engine=False, progress=False)
+    register_pairs(pairs, out, model=False, affine=False, engine=False, progress=False)
     page = (out / "index.html").read_text()
     assert _ids(page) == [("broken", "error"), ("noise", "fail"), ("good", "pass")]
     assert "1 raised an error, 1 failed QC, 1 passed QC" in page
@@ -338,10 +338,10 @@ def test_shards_write_the_index_and_merge_rewrites_it(batch_files):
         {"fixed": "fixed.nii.gz", "moving": "moving.nii.gz", "id": "good"},
         {"fixed": "fixed.nii.gz", "moving": "noise.nii.gz", "id": "noise"}])
     out = batch_files / "batch"
-    register_pairs(pairs, out, model="none", affine="none", engine=False, progress=False,
+    register_pairs(pairs, out, model=False, affine=False, engine=False, progress=False,
                    shard=(1, 2))
     assert _ids((out / "index.html").read_text()) == [("good", "pass"), ("noise", "pending")]
-    register_pairs(pairs, out, model="none", affine="none", engine=False, progress=False,
+    register_pairs(pairs, out, model=False, affine=False, engine=False, progress=False,
                    shard=(2, 2))
     (out / "index.html").unlink()
     merge(out)

@@ -45,7 +45,7 @@ def pair(tmp_path_factory):
 def run_register(pair, model, out, **kwargs):
     import ddmr
 
-    kwargs.setdefault("affine", "none")  # the network's field alone, to test the geometry
+    kwargs.setdefault("affine", False)  # the network's field alone, to test the geometry
     kwargs.setdefault("engine", False)
     result = ddmr.register(pair / "fixed.nii.gz", pair / "moving.nii.gz",
                            pair / "fixed_seg.nii.gz", pair / "moving_seg.nii.gz",
@@ -210,8 +210,9 @@ def test_import_ddmr_is_light_and_register_is_a_documented_function():
     code = ("import sys, inspect, pydoc, ddmr; assert 'torch' not in sys.modules; "
             "f = ddmr.register; assert inspect.isfunction(f); "
             "p = inspect.signature(f).parameters; "
-            "assert list(p)[:4] == ['fixed', 'moving', 'fixed_seg', 'moving_seg'], list(p); "
-            "text = pydoc.render_doc(f); assert 'engine' in text and 'fixed_seg' in text; "
+            "assert list(p)[:4] == ['fixed', 'moving', 'fixed_labels', 'moving_labels'], "
+            "list(p); text = pydoc.render_doc(f); "
+            "assert 'engine' in text and 'fixed_labels' in text; "
             "print('ok')")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=False)

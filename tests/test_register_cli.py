@@ -58,8 +58,8 @@ def _args(files, out, *extra, fixed="fixed.nii.gz", moving="moving.nii.gz",
 
 def test_register_command_writes_outputs(files, tmp_path, capsys):
     out = tmp_path / "out"
-    status = main(_args(files, out, "--fixed-seg", str(files / "fixed_seg.nii.gz"),
-                        "--moving-seg", str(files / "moving_seg.nii.gz")))
+    status = main(_args(files, out, "--fixed-labels", str(files / "fixed_seg.nii.gz"),
+                        "--moving-labels", str(files / "moving_seg.nii.gz")))
     assert status == 0
     assert "outputs in" in capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
@@ -96,7 +96,7 @@ def test_bad_input_is_one_line_exit_2_and_no_output(files, tmp_path, capsys, cas
 
 def test_non_integer_labels_are_refused(files, tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(_args(files, out, "--fixed-seg", str(files / "fractional_seg.nii.gz"))) == 2
+    assert main(_args(files, out, "--fixed-labels", str(files / "fractional_seg.nii.gz"))) == 2
     err = capsys.readouterr().err.strip()
     assert "non-integer" in err and len(err.splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
@@ -124,10 +124,10 @@ def test_batch_mode_one_folder_per_pair(files, tmp_path, capsys):
     pairs = tmp_path / "pairs.csv"
     _write_pairs(pairs, [
         {"fixed": str(files / "fixed.nii.gz"), "moving": str(files / "moving.nii.gz"),
-         "fixed_seg": str(files / "fixed_seg.nii.gz"),
-         "moving_seg": str(files / "moving_seg.nii.gz"), "id": "a"},
+         "fixed_labels": str(files / "fixed_seg.nii.gz"),
+         "moving_labels": str(files / "moving_seg.nii.gz"), "id": "a"},
         {"fixed": str(files / "moving.nii.gz"), "moving": str(files / "fixed.nii.gz"),
-         "fixed_seg": "", "moving_seg": "", "id": "b"},
+         "fixed_labels": "", "moving_labels": "", "id": "b"},
     ])
     out = tmp_path / "batch"
     status = main(["register", "--pairs", str(pairs), "--model",
@@ -238,11 +238,12 @@ def test_read_pairs_resolves_relative_paths_and_checks_rows(tmp_path):
     for name in ("f.nii.gz", "m.nii.gz", "s.nii.gz"):
         (tmp_path / "data" / name).write_bytes(b"")
     pairs = tmp_path / "data" / "pairs.csv"
-    pairs.write_text("fixed,moving,moving_seg\nf.nii.gz,m.nii.gz,s.nii.gz\nm.nii.gz,f.nii.gz,\n")
+    pairs.write_text("fixed,moving,moving_labels\nf.nii.gz,m.nii.gz,s.nii.gz\n"
+                     "m.nii.gz,f.nii.gz,\n")
     read = read_pairs(pairs)
     assert [p.id for p in read] == ["pair-001", "pair-002"]
-    assert read[0].moving_seg == tmp_path / "data" / "s.nii.gz"
-    assert read[1].moving_seg is None and read[1].fixed_seg is None
+    assert read[0].moving_labels == tmp_path / "data" / "s.nii.gz"
+    assert read[1].moving_labels is None and read[1].fixed_labels is None
     pairs.write_text("fixed,moving,id\nf.nii.gz,m.nii.gz,x\nm.nii.gz,f.nii.gz,x\n")
     with pytest.raises(InputError, match="duplicate id 'x'"):
         read_pairs(pairs)

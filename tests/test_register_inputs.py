@@ -57,30 +57,34 @@ def test_nibabel_simpleitk_and_array_affine_inputs_equal_the_files(files):
 def test_a_label_map_given_as_the_image_is_warned_about(files, caplog):
     with caplog.at_level(logging.WARNING):
         ddmr.register(files / "fixed_seg.nii.gz", files / "moving.nii.gz",
-                      model=files / "model.safetensors", affine="none")
+                      model=files / "model.safetensors", affine=False)
     assert any("is it a label map?" in r.getMessage() and "fixed" in r.getMessage()
                for r in caplog.records)
 
 
-@pytest.mark.parametrize("given", ["fixed_seg", "moving_seg"])
+@pytest.mark.parametrize("given", ["fixed", "moving"])
 def test_one_label_map_says_what_is_not_computed(files, caplog, given):
     with caplog.at_level(logging.WARNING):
         result = ddmr.register(files / "fixed.nii.gz", files / "moving.nii.gz",
-                               model=files / "model.safetensors", affine="none",
-                               **{given: files / f"{given}.nii.gz"})
+                               model=files / "model.safetensors", affine=False,
+                               **{f"{given}_labels": files / f"{given}_seg.nii.gz"})
     messages = " ".join(r.getMessage() for r in caplog.records)
     assert "DSC/HD95/TRE" in messages
     assert result.summary["metrics"].get("dsc") is None
-    assert (result.warped_seg is not None) == (given == "moving_seg")
+    assert (result.warped_seg is not None) == (given == "moving")
 
 
 def test_every_register_option_states_its_default():
+    import argparse
+
     from ddmr.cli import build_parser
 
     parser = build_parser()
     command = parser._subparsers._group_actions[0].choices["register"]
     for action in command._actions:
         if not action.option_strings or action.dest in ("help", "output"):
+            continue
+        if action.help == argparse.SUPPRESS:  # an old spelling, hidden (test_vocabulary.py)
             continue
         text = action.help or ""
         assert "default" in text or "required" in text, f"{action.option_strings}: {text}"

@@ -129,7 +129,7 @@ def test_run_folders_and_shipped_names_are_models_everywhere(tiny, tmp_path, mon
     assert [m.path.name for m in methods] == ["model.safetensors",
                                               f"{default_model().name}.safetensors"]
     capsys.readouterr()
-    assert main(["evaluate", "--pairs", "absent", "--models", default_model().name,
+    assert main(["evaluate", "--stored-pairs", "absent", "--models", default_model().name,
                  "--baselines", "", "-o", "out"]) == 2  # the model is found, the pairs not
     assert "absent: no such folder" in capsys.readouterr().err
 
@@ -155,7 +155,7 @@ def test_evaluate_refuses_a_model_whose_field_is_not_finite(tmp_path, capsys):
             parameter.mul_(1e30)
     overflow = save_model(tmp_path / "overflow.safetensors", loaded.network,
                           dict(loaded.card))
-    assert main(["evaluate", "--pairs", str(tmp_path / "pairs"), "--models", str(overflow),
+    assert main(["evaluate", "--stored-pairs", str(tmp_path / "pairs"), "--models", str(overflow),
                  "--baselines", "none", "--no-progress", "-o", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.strip().splitlines() == [

@@ -124,7 +124,7 @@ def test_pairs_evaluate_and_report_on_a_full_disk_leave_nothing(workspace, tmp_p
         runs = {
             "pairs": ["pairs", "--data", str(workspace / "prep"), "--n", "1", "--no-tps",
                       "--no-progress", "-o", str(disk / "pairs")],
-            "evaluate": ["evaluate", "--pairs", str(workspace / "pairs"), "--models",
+            "evaluate": ["evaluate", "--stored-pairs", str(workspace / "pairs"), "--models",
                          str(workspace / "evaluate.safetensors"), "--baselines", "none",
                          "--no-progress", "-o", str(disk / "results")],
             "report": ["report", str(workspace / "results"), "--overlay-pairs", "0", "-o",

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ddmr.cli import main
-from ddmr.config import get_design
+from ddmr.designs import get_design
 from ddmr.model.file import save_model
 from ddmr.nn import UNet, UNetConfig
 from ddmr.report.document import parse_markdown, table_html
@@ -47,7 +47,7 @@ def evaluated(tmp_path_factory):
                  str(pairs), "--max-translation", "4", "--no-tps"]) == 0
     model = _model(root / "bl.safetensors", "BL-N")
     results = root / "results"
-    assert main(["evaluate", "--pairs", str(pairs), "--models", str(model), "--baselines",
+    assert main(["evaluate", "--stored-pairs", str(pairs), "--models", str(model), "--baselines",
                  "syn,none", "--ants-iterations", "10x5/5x2", "-o", str(results)]) == 0
     assert main(["stats", str(results)]) == 0
     return root, results, model

@@ -9,8 +9,8 @@ import lightning as L
 import pytest
 import torch
 
-from ddmr.config import DESIGNS, get_design
 from ddmr.data.datamodule import PreparedDataModule
+from ddmr.designs import DESIGNS, get_design
 from ddmr.errors import ConfigError, InputError
 from ddmr.model.file import load_model
 from ddmr.train.finetune import finetune
@@ -188,7 +188,7 @@ def test_two_step_finetuning_freezes_then_trains_the_encoder(labelled, tmp_path)
                        for p in m.parameters()])
     recorder = _EncoderSnapshots()
     model = finetune(source, labelled, RunOptions(tmp_path / "ft", progress_bar=False),
-                     mode="two-step", frozen_steps=3, overrides={"max_steps": 6},
+                     strategy="two-step", frozen_steps=3, overrides={"max_steps": 6},
                      extra_callbacks=[recorder])
     assert torch.equal(recorder.snapshots[3], start)  # step one: encoder unchanged
     assert not torch.equal(recorder.snapshots[6], start)  # step two: encoder trained

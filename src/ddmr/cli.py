@@ -9,8 +9,11 @@ import argparse
 import importlib
 import logging
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
+from ddmr.deprecated import RenamedWarning
 from ddmr.errors import DDMRError, Interrupted
 
 # name -> (module under ddmr.commands, one-line help). Add a line here for a new command.
@@ -87,6 +90,25 @@ def is_out_of_memory(error: BaseException) -> bool:
         text.lower() in str(error).lower() for text in OUT_OF_MEMORY_MESSAGES)
 
 
+@contextmanager
+def renamed_warnings_as_lines(command: str) -> Iterator[None]:
+    """Inside, an old spelling the library meets (a pairs CSV's old column names, say:
+    :class:`ddmr.deprecated.RenamedWarning`) prints ``ddmr COMMAND: warning: ...`` on one
+    line of stderr, every time; other warnings are shown as Python shows them."""
+    with warnings.catch_warnings():
+        shown = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None) -> None:
+            if issubclass(category, RenamedWarning):
+                print(f"ddmr {command}: warning: {message}", file=sys.stderr)
+            else:
+                shown(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        warnings.simplefilter("always", RenamedWarning)
+        yield
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ddmr`` console script; returns the exit status."""
     parser = build_parser()
@@ -96,7 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
-        return int(args._module.run(args) or 0)
+        with renamed_warnings_as_lines(args.command):
+            return int(args._module.run(args) or 0)
     except DDMRError as error:
         if args.debug:
             raise

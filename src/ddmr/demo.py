@@ -256,8 +256,8 @@ class Demo:
         return outdir
 
     def train(self, design: str, data: Path, rundir: Path, steps: int,
-              source_model: Path | None = None, mode: str | None = None) -> Path:
-        from ddmr.config import get_design
+              source_model: Path | None = None, strategy: str | None = None) -> Path:
+        from ddmr.designs import get_design
         from ddmr.train.finetune import finetune
         from ddmr.train.run import RunOptions, fit
 
@@ -268,24 +268,24 @@ class Demo:
         resume = (rundir / "checkpoints" / "last.ckpt").is_file()
         options = RunOptions(rundir, resume=resume, overwrite=not resume, progress_bar=False,
                              command=f"ddmr demo ({rundir.name})")
-        what = f"fine-tuning ({mode})" if source_model else "training"
+        what = f"fine-tuning ({strategy})" if source_model else "training"
         self.say(f"{rundir.name}: {what} {design} for {steps} steps"
                  + (" (resumed)" if resume else ""))
         started = time.perf_counter()
         if source_model is None:
             fit(get_design(design), _profile(self.settings, steps), data, options)
         else:
-            frozen = max(1, steps // 2) if mode == "two-step" else None
+            frozen = max(1, steps // 2) if strategy == "two-step" else None
             every = max(1, steps // 2)  # two validations: each re-makes its pairs
             overrides = {"max_steps": steps, "val_every": every, "checkpoint_every": every,
                          **{k: v for k, v in self.settings.profile.items()
                             if k not in ("unet", "augmentation", "input_size")}}
-            finetune(source_model, data, options, mode=mode or "full", design_name=design,
-                     frozen_steps=frozen, overrides=overrides)
+            finetune(source_model, data, options, strategy=strategy or "full",
+                     design_name=design, frozen_steps=frozen, overrides=overrides)
         self.say(f"{rundir.name}: done in {time.perf_counter() - started:.0f} s")
         return model
 
-    def pairs(self, data: Path, outdir: Path, mode: str = "same-subject") -> Path:
+    def pairs(self, data: Path, outdir: Path, pairing: str = "same-subject") -> Path:
         """Stored test pairs of the held-out subjects: ``n_pairs`` made by the augmentation
         layer (``same-subject``), or every ordered pair of two of them (``inter-subject``)."""
         from ddmr.evaluate.inter import MODE
@@ -294,11 +294,11 @@ class Demo:
         if (outdir / "pairs.json").is_file():
             self.say(f"test pairs: reused {outdir}")
             return outdir
-        what = ("every ordered pair of held-out subjects" if mode == MODE else
+        what = ("every ordered pair of held-out subjects" if pairing == MODE else
                 f"{self.settings.n_pairs} test pairs from held-out subjects")
         self.say(f"storing {what}")
         make_pairs(data, outdir, self.settings.n_pairs, self.settings.pair_seed, "test",
-                   overwrite=True, progress=False, mode=mode)
+                   overwrite=True, progress=False, pairing=pairing)
         return outdir
 
     def evaluate(self, pairs: Path, models: dict[str, Path], outdir: Path) -> Path:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ddmr.commands.renamed import add_renamed_flag
 from ddmr.errors import InputError
 
 
@@ -18,11 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "it maps its fixed points to its moving points, so an image is "
                         "warped onto --reference (required) and points go from its fixed "
                         "space to its moving space, as ANTs applies it")
-    parser.add_argument("--moving", help="image (or label map, with --labels) to warp; "
-                        "required unless --points")
-    parser.add_argument("--labels", action="store_true",
-                        help="--moving is a label map: warp it label-exactly (default: an "
-                        "image, linear interpolation)")
+    parser.add_argument("--moving", metavar="FILE", help="image to warp (linear "
+                        "interpolation); one of --moving, --moving-labels or --points")
+    parser.add_argument("--moving-labels", metavar="FILE",
+                        help="label map to warp, label-exactly (default: none)")
     parser.add_argument("--points", help="landmark CSV to map instead of an image: columns "
                         "x_ras,y_ras,z_ras (or R,A,S) or x_lps,y_lps,z_lps (or L,P,S) in mm, "
                         "or ANTs' x,y,z[,t] with --points-space; with a folder, points of "
@@ -41,15 +41,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing output file (default: refuse)")
     parser.add_argument("-o", "--output", required=True, help="output image or CSV file")
+    add_renamed_flag(parser, "--labels", "labels_flag",
+                     "--moving-labels FILE instead of --moving FILE --labels")
 
 
 def run(args: argparse.Namespace) -> int:
     from ddmr.errors import ConfigError
 
-    if bool(args.moving) == bool(args.points):
-        raise ConfigError("give either --moving IMAGE or --points CSV")
-    if args.points and (args.labels or args.reference):
-        raise ConfigError("--labels and --reference are for images, not --points")
+    if args.labels_flag:  # the old spelling: --moving FILE --labels
+        if args.moving_labels or not args.moving:
+            raise ConfigError("--labels (deprecated) marks --moving as a label map: give "
+                              "--moving-labels FILE alone")
+        args.moving_labels, args.moving = args.moving, None
+    if sum(map(bool, (args.moving, args.moving_labels, args.points))) != 1:
+        raise ConfigError("give one of --moving IMAGE, --moving-labels FILE or --points CSV")
+    if args.points and args.reference:
+        raise ConfigError("--reference is for images and label maps, not --points")
     if args.points_space and not args.points:
         raise ConfigError("--points-space is for --points")
     if Path(args.transform).is_file():  # one ITK/ANTs transform: one direction, no grid
@@ -57,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
 
         if args.inverse:
             raise one_way(args.transform)
-        if args.moving and not args.reference:
+        if not args.points and not args.reference:
             raise no_grid(args.transform)
     output = _check_output(args)
     from ddmr.io.files import output_lock
@@ -79,7 +86,7 @@ def _check_output(args: argparse.Namespace) -> Path:
     if args.points and output.suffix.lower() != ".csv":
         raise InputError(f"{output}: --points writes a CSV file of points; give -o a name "
                          "ending in .csv")
-    if args.moving and not output.is_dir():
+    if not args.points and not output.is_dir():
         _check_writable(output)  # an image file type
     return check_output_file(output, args.overwrite)
 
@@ -109,14 +116,16 @@ def _apply(args: argparse.Namespace) -> int:
         return 0
     from ddmr.io.images import load_geometry, load_image, load_labels, save_image, save_labels
 
-    if args.labels:
-        array, geometry = load_labels(args.moving)
+    labels = bool(args.moving_labels)
+    moving = args.moving_labels or args.moving
+    if labels:
+        array, geometry = load_labels(moving)
     else:  # a constant image is warped as any other (it stays constant)
-        array, geometry = load_image(args.moving, allow_constant=True)
+        array, geometry = load_image(moving, allow_constant=True)
     reference = load_geometry(args.reference) if args.reference else None  # its grid only
-    warped, grid = apply_to_image(transform, array, geometry, labels=args.labels,
+    warped, grid = apply_to_image(transform, array, geometry, labels=labels,
                                   inverse=args.inverse, reference=reference,
-                                  image_name=args.moving, reference_name=args.reference)
-    (save_labels if args.labels else save_image)(args.output, warped, grid)
-    print(f"warped {'labels' if args.labels else 'image'} -> {args.output}")
+                                  image_name=moving, reference_name=args.reference)
+    (save_labels if labels else save_image)(args.output, warped, grid)
+    print(f"warped {'labels' if labels else 'image'} -> {args.output}")
     return 0

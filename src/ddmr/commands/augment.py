@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import argparse
 
+from ddmr.commands.renamed import add_renamed
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("image", help="intensity image (NIfTI, NRRD, MHA)")
-    parser.add_argument("--seg", help="label map on the same grid (warped with the image)")
+    labels = parser.add_argument("--labels", metavar="FILE", help="the image's label map, on "
+                                 "its grid (warped with the image; default none)")
     parser.add_argument("-o", "--output", required=True, help="output folder (must not exist "
                         "or be empty, unless --overwrite)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -32,6 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label-method", choices=("onehot", "nearest"), default="onehot",
                         help="how label maps are warped (default onehot)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output")
+    add_renamed(parser, "--seg", labels)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,6 +51,6 @@ def run(args: argparse.Namespace) -> int:
         max_rotation=args.max_rotation, max_translation=args.max_translation,
         nonrigid=not args.no_nonrigid, tps_grid=args.tps_grid, max_tps=args.max_tps,
         tps_fix_border=args.fix_border, label_method=args.label_method)
-    augment_files(args.image, args.output, args.seg, config, args.seed, args.overwrite)
+    augment_files(args.image, args.output, args.labels, config, args.seed, args.overwrite)
     print(f"synthetic pair written to {args.output}")
     return 0

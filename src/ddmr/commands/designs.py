@@ -11,7 +11,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ddmr.config import design_rows
+    from ddmr.designs import design_rows
 
     rows = design_rows()
     if args.json:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ddmr.commands.renamed import add_renamed
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--pairs", required=True, type=Path, help="folder made by ddmr pairs")
+    stored = parser.add_argument("--stored-pairs", type=Path, metavar="DIR",
+                                 help="the pairs folder made by ddmr pairs (required)")
     parser.add_argument("--models", nargs="*", default=[],
                         help="model files, training run folders or shipped models' names")
     parser.add_argument("--baselines", default="syn,syncc,none",
@@ -33,9 +36,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "kind of pairs (default: 2100x1200x1200x10 affine; SyN 40x20x0, "
                         "SyNCC 100x70x50x20; on inter-subject pairs antspyx's one-call "
                         "defaults)")
+    add_renamed(parser, "--pairs", stored)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.stored_pairs is None:  # (not required by argparse: its old name may give it)
+        from ddmr.errors import ConfigError
+
+        raise ConfigError("--stored-pairs DIR is required: the pairs folder made by ddmr "
+                          "pairs")
     from ddmr.baselines.ants import parse_methods, settings_from_iterations
     from ddmr.commands.register import engine_settings
     from ddmr.errors import ConfigError, InputError
@@ -51,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--engine refines models' fields: give --models (the engine alone "
                           "is the baseline 'engine')")
     settings = settings_from_iterations(args.ants_iterations, baselines)
-    engine = engine_settings(argparse.Namespace(fast=False, similarity=None, mode=None,
+    engine = engine_settings(argparse.Namespace(fast=False, similarity=None, update=None,
                                                 engine_iterations=args.engine_iterations,
                                                 engine_spacing=None))
     # checked before hours of registrations: the output can be written, the models exist
@@ -59,12 +68,12 @@ def run(args: argparse.Namespace) -> int:
     if not args.output.absolute().parent.is_dir():
         raise InputError(f"{args.output}: folder {args.output.parent} does not exist")
     models = [resolve_model(model)[1] for model in args.models]
-    results = evaluate(args.pairs, models, baselines, settings,
+    results = evaluate(args.stored_pairs, models, baselines, settings,
                        progress=not args.no_progress, device=args.device,
                        engine=args.engine, engine_settings=engine, landmarks=args.landmarks)
     write_results(results, args.output, overwrite=args.overwrite,
-                  title=f"Evaluation on {args.pairs} ({results['pair'].nunique()} pairs)",
-                  baselines=baseline_notes(args.pairs, baselines, settings))
+                  title=f"Evaluation on {args.stored_pairs} ({results['pair'].nunique()} "
+                  "pairs)", baselines=baseline_notes(args.stored_pairs, baselines, settings))
     print((args.output / SUMMARY_MD).read_text(), end="")
     print(f"results -> {args.output}")
     return 0

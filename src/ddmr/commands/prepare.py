@@ -48,7 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--atlas-labels", default=None, metavar="LABELS",
                         help="the atlas' label map")
     parser.add_argument("--split", default=".7,.15,.15", metavar="TRAIN,VAL,TEST",
-                        help="subject fractions (default .7,.15,.15)")
+                        help="the train/val/test split: its subject fractions (default "
+                        ".7,.15,.15)")
     parser.add_argument("--split-file", default=None, metavar="JSON",
                         help="fixed split {train: [ids], val: [...], test: [...]} instead of "
                              "--split (the bundled cohort ships one: split.json)")

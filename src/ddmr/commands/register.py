@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 
+from ddmr.commands.renamed import add_renamed
 from ddmr.registration.outputs import OUTPUTS
 from ddmr.registration.settings import MODES, SIMILARITY_NAMES, EngineSettings
 
@@ -20,13 +21,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fixed", help="fixed image (NIfTI, NRRD, MHA; required unless --pairs)")
     parser.add_argument("--moving", help="moving image (any orientation, spacing, field of "
                         "view and world position; required unless --pairs)")
-    parser.add_argument("--fixed-seg", help="fixed label map (with --moving-seg: DSC, HD95, "
-                        "TRE; default none)")
-    parser.add_argument("--moving-seg", help="moving label map, warped to warped_seg.nii.gz "
-                        "(default none)")
-    parser.add_argument("--pairs", help="CSV with columns fixed,moving[,fixed_seg,moving_seg]"
-                        "[,id]: one output subfolder per pair (default: one pair from "
-                        "--fixed/--moving)")
+    fixed_labels = parser.add_argument(
+        "--fixed-labels", metavar="FILE", help="fixed label map (with --moving-labels: DSC, "
+        "HD95, TRE; default none)")
+    moving_labels = parser.add_argument(
+        "--moving-labels", metavar="FILE", help="moving label map, warped to "
+        "warped_seg.nii.gz (default none)")
+    parser.add_argument("--pairs", metavar="CSV", help="CSV with columns fixed,moving"
+                        "[,fixed_labels,moving_labels][,id]: one output subfolder per pair "
+                        "(default: one pair from --fixed/--moving)")
     parser.add_argument("--model", help="shipped model name, model file or training run "
                         "folder, or none for no network (default: the first shipped model; "
                         "see `ddmr models`)")
@@ -54,9 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--similarity", choices=SIMILARITY_NAMES,
                         help="the engine's similarity: lncc local NCC, mi mutual "
                         "information, mind MIND-SSC descriptors (default: lncc)")
-    parser.add_argument("--mode", choices=MODES,
-                        help="the engine's updates: compositive, additive, or svf "
-                        "(stationary velocity, diffeomorphic) (default: compositive)")
+    update = parser.add_argument(
+        "--update", choices=MODES, help="the engine's updates: compositive, additive, or "
+        "svf (stationary velocity, diffeomorphic) (default: compositive)")
     parser.add_argument("--no-qc", action="store_true",
                         help="exit 0 even when the QC verdict fails (default: exit 3)")
     parser.add_argument("--outputs", metavar="NAME,NAME",
@@ -74,6 +77,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="join the shards of the batch folder OUT into OUT/batch.csv "
                         "once every pair is done (default: no merge)")
     parser.add_argument("-o", "--output", help="output folder (required unless --merge)")
+    for old, new in (("--fixed-seg", fixed_labels), ("--moving-seg", moving_labels),
+                     ("--mode", update)):
+        add_renamed(parser, old, new)
+
+
+def model_option(text: str | None):
+    """``--model``'s value for the Python API: ``none`` (no network) is ``False``."""
+    return False if text == "none" else text
+
+
+def affine_option(text: str):
+    """``--affine``'s value for the Python API: ``none`` (the headers) is ``False``."""
+    return False if text == "none" else text
 
 
 def engine_settings(args: argparse.Namespace):
@@ -83,9 +99,9 @@ def engine_settings(args: argparse.Namespace):
     from ddmr.errors import ConfigError
 
     if args.fast:
-        if args.engine_iterations or args.engine_spacing or args.similarity or args.mode:
+        if args.engine_iterations or args.engine_spacing or args.similarity or args.update:
             raise ConfigError("--fast runs no engine: --engine-iterations, --engine-spacing, "
-                              "--similarity and --mode need it")
+                              "--similarity and --update need it")
         return False
     settings = EngineSettings()
     changes = {}
@@ -103,8 +119,8 @@ def engine_settings(args: argparse.Namespace):
         changes["spacing"] = args.engine_spacing  # (checked by EngineSettings)
     if args.similarity:
         changes["similarity"] = args.similarity
-    if args.mode:
-        changes["mode"] = args.mode
+    if args.update:
+        changes["mode"] = args.update
     return replace(settings, **changes)
 
 
@@ -115,11 +131,10 @@ def _check_inputs(args: argparse.Namespace) -> None:
     from ddmr.io.images import load_geometry
     from ddmr.model.file import read_card
     from ddmr.model.shipped import resolve_model
-    from ddmr.registration.pipeline import NO_MODEL
 
-    if args.model != NO_MODEL:
+    if model_option(args.model) is not False:
         read_card(resolve_model(args.model)[1])
-    for path in (args.fixed, args.fixed_seg, args.moving, args.moving_seg):
+    for path in (args.fixed, args.fixed_labels, args.moving, args.moving_labels):
         if path:
             load_geometry(path)
 
@@ -175,12 +190,14 @@ def run(args: argparse.Namespace) -> int:
     if args.shard is not None and not args.pairs:
         raise ConfigError("--shard I/N needs --pairs PAIRS.csv")
     if args.pairs:
-        if args.fixed or args.moving or args.fixed_seg or args.moving_seg:
-            raise ConfigError("--pairs replaces --fixed/--moving/--fixed-seg/--moving-seg")
+        if args.fixed or args.moving or args.fixed_labels or args.moving_labels:
+            raise ConfigError("--pairs replaces --fixed/--moving/--fixed-labels/"
+                              "--moving-labels")
         use_threads(threads)
         from ddmr.registration.batch import parse_shard, register_pairs
 
-        rows = register_pairs(args.pairs, args.output, args.model, args.device, args.affine,
+        rows = register_pairs(args.pairs, args.output, model_option(args.model), args.device,
+                              affine_option(args.affine),
                               args.overwrite, progress=not args.no_progress,
                               shard=parse_shard(args.shard), outputs=outputs,
                               engine=engine)
@@ -208,8 +225,9 @@ def run(args: argparse.Namespace) -> int:
     _check_inputs(args)
     use_threads(threads)
     started = process_seconds()  # the interpreter, its start-up and the command's imports
-    result = register(args.fixed, args.moving, args.fixed_seg, args.moving_seg,
-                      args.model, args.device, args.affine, engine)
+    result = register(args.fixed, args.moving, args.fixed_labels, args.moving_labels,
+                      model_option(args.model), args.device, affine_option(args.affine),
+                      engine)
     result.summary["runtime_s"]["process_start"] = \
         None if started is None else round(started, 3)
     result.save(args.output, overwrite=args.overwrite, outputs=outputs)

@@ -6,15 +6,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ddmr.commands.renamed import add_renamed
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("results", nargs="*", type=Path,
                         help="results folders written by ddmr evaluate (one section each)")
     parser.add_argument("-o", "--output", required=True, type=Path,
                         help="report file (.html); report.md and report_files/ go beside it")
-    parser.add_argument("--pairs", nargs="*", type=Path, default=[],
-                        help="the pairs folder of each results folder, in order (default: "
-                        "the one named in its summary.md)")
+    stored = parser.add_argument(
+        "--stored-pairs", nargs="*", type=Path, default=[], metavar="DIR",
+        help="the pairs folder (made by ddmr pairs) of each results folder, in order "
+        "(default: the one named in its summary.md)")
     parser.add_argument("--models", nargs="*", default=[],
                         help="model files (or run folders, shipped models' names) that were "
                         "evaluated (to draw their overlays)")
@@ -28,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--title", default="DDMR report", help="report title")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing report (and its .md and _files/)")
+    add_renamed(parser, "--pairs", stored)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,13 +45,14 @@ def run(args: argparse.Namespace) -> int:
                             output.with_name(output.stem + "_files")) if p.exists()]
     if existing and not args.overwrite:
         raise InputError(f"{existing[0]}: exists; choose another -o or pass --overwrite")
-    if len(args.pairs) > len(args.results):
-        raise ConfigError("--pairs: give at most one pairs folder per results folder")
+    if len(args.stored_pairs) > len(args.results):
+        raise ConfigError("--stored-pairs: give at most one pairs folder per results folder")
     if args.overlay_pairs < 0:
         raise ConfigError("--overlay-pairs must be >= 0")
     models = {m.name: m.path for m in load_methods(args.models)} if args.models else {}
     sections = [ResultsSection(folder, title=f"Evaluation: {folder.name}",
-                               pairs=args.pairs[k] if k < len(args.pairs) else None,
+                               pairs=args.stored_pairs[k] if k < len(args.stored_pairs)
+                               else None,
                                models=models)
                 for k, folder in enumerate(args.results)]
     options = ReportOptions(overlay_pairs=args.overlay_pairs, title=args.title,

@@ -56,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ddmr.config import get_design
+    from ddmr.designs import get_design
     from ddmr.train.profiles import get_profile
     from ddmr.train.run import fit
 

@@ -1,7 +1,7 @@
 """The inter-subject protocol: ordered pairs of different subjects, each on its own grid
 with its own header, scored in world space (issue 21).
 
-``ddmr pairs --mode inter-subject`` stores every ordered pair of distinct subjects of a
+``ddmr pairs --pairing inter-subject`` stores every ordered pair of distinct subjects of a
 split (6 subjects: 30 pairs; the bundled test split: 2). Each subject is stored once, as
 read from its source files (its native grid; the prepared arrays where the source is
 gone), and a pair names its fixed and moving subject. There is no ground-truth field.
@@ -208,7 +208,7 @@ def score_inter(pair: InterPair, method: str, displacement_mm: np.ndarray, secon
 
 
 def register_inter(pair: InterPair, model: Any, engine: Any) -> tuple[np.ndarray, float]:
-    """``ddmr.register`` on the pair in world space (``model``: a loaded model or "none";
+    """``ddmr.register`` on the pair in world space (``model``: a loaded model or False;
     ``engine``: its settings or False) -> (displacement mm, seconds without metrics)."""
     from ddmr.registration.pipeline import register
 
@@ -235,7 +235,7 @@ def baseline_inter(pair: InterPair, name: str, engine_settings: Any = None,
     if name == "none":
         return np.zeros((3, *pair.fixed_geometry.shape), np.float32), 0.0
     if name in ("affine", "engine"):
-        return register_inter(pair, "none", engine_settings if name == "engine" else False)
+        return register_inter(pair, False, engine_settings if name == "engine" else False)
     if name in ("syn", "syncc") and ants_settings is not None:
         return register_ants_world(fixed, moving, name, ants_settings)
     if name in ("syn", "syncc"):

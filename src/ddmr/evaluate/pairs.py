@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from ddmr.deprecated import renamed_keywords
 from ddmr.errors import ConfigError, InputError
 from ddmr.evaluate.pair_files import ARRAYS, FORMAT, FORMAT_VERSION, INDEX
 from ddmr.io.files import atomic_directory, check_free_space, check_output_folder
@@ -133,9 +134,10 @@ def _write_pairs(folder: Path, data: str | Path, split: str, n: int, seed: int,
     return index
 
 
+@renamed_keywords(mode="pairing")
 def make_pairs(data: str | Path, output: str | Path, n: int, seed: int, split: str = "test",
                config: Any = None, overwrite: bool = False, progress: bool = True,
-               mode: str = "same-subject") -> dict[str, Any]:
+               pairing: str = "same-subject") -> dict[str, Any]:
     """Make ``n`` test pairs from the subjects of ``split`` of a prepared dataset and store
     them in the folder ``output`` (written under a temporary name, then renamed).
 
@@ -144,16 +146,17 @@ def make_pairs(data: str | Path, output: str | Path, n: int, seed: int, split: s
     ``config`` (default :class:`ddmr.augment.AugmentationConfig`) seeded by ``seed``.
     Refuses an existing ``output`` unless ``overwrite``. Returns the index (pairs.json).
 
-    ``mode="inter-subject"`` stores instead every ordered pair of distinct subjects of the
-    split on their own grids (:mod:`ddmr.evaluate.inter`; ``n``, ``seed`` and ``config``
-    are not used).
+    ``pairing="inter-subject"`` stores instead every ordered pair of distinct subjects of
+    the split on their own grids (:mod:`ddmr.evaluate.inter`; ``n``, ``seed`` and
+    ``config`` are not used). (``pairing`` was ``mode`` before; ``mode=`` still works for
+    one release, with a :class:`DeprecationWarning`.)
     """
     from ddmr.augment import AugmentationConfig
     from ddmr.evaluate.inter import MODE, write_inter_pairs
 
-    if mode not in ("same-subject", MODE):
-        raise ConfigError(f"--mode {mode}: choose same-subject or {MODE}")
-    if mode == MODE:
+    if pairing not in ("same-subject", MODE):
+        raise ConfigError(f"--pairing {pairing}: choose same-subject or {MODE}")
+    if pairing == MODE:
         output = check_output_folder(output, overwrite)
         with atomic_directory(output, overwrite) as temporary:
             index = write_inter_pairs(temporary, data, split, progress)

@@ -140,8 +140,8 @@ def evaluate(pairs_path: str | Path, models: Sequence[str | Path] = (),
     each model's field; the baseline ``engine`` is the engine after DDMR's world-space
     affine stage alone (:mod:`ddmr.evaluate.engine_method`).
 
-    Inter-subject pairs (``ddmr pairs --mode inter-subject``) are registered in world space
-    by every method (:mod:`ddmr.evaluate.inter`), with landmark TRE from the files
+    Inter-subject pairs (``ddmr pairs --pairing inter-subject``) are registered in world
+    space by every method (:mod:`ddmr.evaluate.inter`), with landmark TRE from the files
     ``landmarks/<subject>.csv`` where given."""
     from tqdm.auto import tqdm
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ddmr.config import SEGMENTATION_TERMS, Design
+from ddmr.designs import SEGMENTATION_TERMS, Design
 from ddmr.errors import ConfigError
 from ddmr.losses.dice import DiceLoss
 from ddmr.losses.hausdorff import HausdorffDTLoss

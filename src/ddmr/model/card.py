@@ -43,14 +43,14 @@ class ModelCard(Mapping[str, Any]):
 
     @property
     def design_fields(self) -> dict[str, Any] | None:
-        """The design as stored (a :meth:`ddmr.config.Design.to_dict`), or None."""
+        """The design as stored (a :meth:`ddmr.designs.Design.to_dict`), or None."""
         design = self._fields.get("design")
         return design if isinstance(design, dict) else None
 
     @property
     def design(self):
-        """The :class:`ddmr.config.Design`, or None when the card has none."""
-        from ddmr.config import Design
+        """The :class:`ddmr.designs.Design`, or None when the card has none."""
+        from ddmr.designs import Design
 
         fields = self.design_fields
         return None if fields is None else Design.from_dict(fields)

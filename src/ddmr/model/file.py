@@ -213,7 +213,7 @@ def check_card(card: dict[str, Any], path: str | Path,
     (``TrainingProfile.from_dict``, passed in: this module imports no training code), the
     training profile that fine-tuning goes on with) without building anything; returns
     the architecture. Raises :class:`InputError` naming ``path`` and the field."""
-    from ddmr.config import Design
+    from ddmr.designs import Design
     from ddmr.nn.unet import UNetConfig
 
     architecture = card.get("architecture")

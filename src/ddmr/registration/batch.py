@@ -1,7 +1,8 @@
 """Batch registration: a CSV of pairs registered with one loaded model, in shards.
 
-A pairs CSV has columns ``fixed,moving[,fixed_seg,moving_seg][,id]`` (UTF-8, with or
-without a byte-order mark; relative paths are relative to the CSV's folder). Ids are
+A pairs CSV has columns ``fixed,moving[,fixed_labels,moving_labels][,id]`` (UTF-8, with
+or without a byte-order mark; relative paths are relative to the CSV's folder; the label
+map columns' old names ``fixed_seg,moving_seg`` still work for one release). Ids are
 checked before any work: safe file names of at most :data:`MAX_ID_LENGTH` characters,
 unique, and not the name of a file DDMR writes there.
 
@@ -37,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ddmr.deprecated import warn_renamed
 from ddmr.errors import DDMRError, InputError, Interrupted
 
 try:
@@ -54,6 +56,8 @@ ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 RESERVED_IDS = ("batch.csv", "index.html")
 #: The marker of a batch folder: the pairs' ids and the CSV they came from.
 MARKER = ".ddmr-batch.json"
+#: The label map columns of a pairs CSV -> their old names (still read, for one release).
+LABEL_COLUMNS = {"fixed_labels": "fixed_seg", "moving_labels": "moving_seg"}
 #: The per-pair columns of ``batch.csv``.
 COLUMNS = ("id", "fixed", "moving", "seconds", "folding_percent", "dsc", "hd95", "tre", "qc",
            "qc_failed")
@@ -66,8 +70,20 @@ class Pair:
     id: str
     fixed: Path
     moving: Path
-    fixed_seg: Path | None = None
-    moving_seg: Path | None = None
+    fixed_labels: Path | None = None
+    moving_labels: Path | None = None
+
+    @property
+    def fixed_seg(self) -> Path | None:
+        """Deprecated: :attr:`fixed_labels`."""
+        warn_renamed("Pair.fixed_seg", "Pair.fixed_labels")
+        return self.fixed_labels
+
+    @property
+    def moving_seg(self) -> Path | None:
+        """Deprecated: :attr:`moving_labels`."""
+        warn_renamed("Pair.moving_seg", "Pair.moving_labels")
+        return self.moving_labels
 
 
 def check_pair_id(ident: str, where: str) -> str:
@@ -97,9 +113,17 @@ def read_pairs(path: PathLike) -> list[Pair]:
     missing = [c for c in ("fixed", "moving") if c not in columns]
     if missing:
         raise InputError(f"{path}: missing column(s) {', '.join(missing)} "
-                         "(expected fixed,moving[,fixed_seg,moving_seg][,id])")
+                         "(expected fixed,moving[,fixed_labels,moving_labels][,id])")
     if not rows:
         raise InputError(f"{path}: no pairs listed")
+    for new, old in LABEL_COLUMNS.items():  # the old names of the label map columns
+        if old in columns and new in columns:
+            raise InputError(f"{path}: columns {old} and {new} both given ({old} is the old "
+                             f"name of {new}); keep {new}")
+        if old in columns:
+            warn_renamed(f"{path}: column {old}", f"column {new}")
+            for row in rows:
+                row[new] = row.pop(old, "")
 
     def resolve(value: str) -> Path | None:
         if not value:
@@ -117,9 +141,10 @@ def read_pairs(path: PathLike) -> list[Pair]:
             raise InputError(f"{path}: duplicate id {ident!r}")
         seen.add(ident)
         pairs.append(Pair(ident, resolve(row["fixed"]), resolve(row["moving"]),
-                          resolve(row.get("fixed_seg", "")), resolve(row.get("moving_seg", ""))))
+                          resolve(row.get("fixed_labels", "")),
+                          resolve(row.get("moving_labels", ""))))
     for pair in pairs:
-        for name in ("fixed", "moving", "fixed_seg", "moving_seg"):
+        for name in INPUTS.values():
             file = getattr(pair, name)
             if file is not None and not file.exists():
                 raise InputError(f"{file}: no such file ({name} of pair {pair.id})")
@@ -171,8 +196,10 @@ def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
 
 # --- what a pair was registered from, and with which settings ---------------------------
 
-#: The input files of a pair, in :class:`Pair`'s field names.
-INPUTS = ("fixed", "moving", "fixed_seg", "moving_seg")
+#: The input files of a pair: the key of each in a pair's record (``summary.json``'s
+#: ``batch_input``, unchanged from earlier batches) -> its field of :class:`Pair`.
+INPUTS = {"fixed": "fixed", "moving": "moving", "fixed_seg": "fixed_labels",
+          "moving_seg": "moving_labels"}
 
 
 def _file_record(path: Path | None) -> dict[str, Any] | None:
@@ -190,7 +217,7 @@ def pair_record(pair: Pair) -> dict[str, Any]:
     """What ``pair`` is registered from: each input file's :func:`_file_record`. Kept in
     the pair's ``summary.json`` (``batch_input``), so a rerun can tell a changed row or
     file from the one registered."""
-    return {name: _file_record(getattr(pair, name)) for name in INPUTS}
+    return {key: _file_record(getattr(pair, name)) for key, name in INPUTS.items()}
 
 
 def _file_changed(recorded: dict[str, Any] | None, path: Path | None) -> str | None:
@@ -218,9 +245,9 @@ def _pair_changes(recorded: Any, pair: Pair) -> list[str]:
     if not isinstance(recorded, dict):
         return ["its inputs were not recorded (an older ddmr registered it)"]
     changes = []
-    for name in INPUTS:
+    for key, name in INPUTS.items():
         try:
-            change = _file_changed(recorded.get(name), getattr(pair, name))
+            change = _file_changed(recorded.get(key), getattr(pair, name))
         except (AttributeError, TypeError):
             change = "its record is not readable"
         if change:
@@ -228,10 +255,12 @@ def _pair_changes(recorded: Any, pair: Pair) -> list[str]:
     return changes
 
 
-def batch_settings(model: Any, affine: str, options: dict[str, Any]) -> dict[str, Any]:
+def batch_settings(model: Any, affine: str | bool, options: dict[str, Any]
+                   ) -> dict[str, Any]:
     """The settings a batch's pairs are registered with, as JSON: the model (its file's
-    SHA-256, or ``none``), the affine stage and the options of :func:`ddmr.register`
-    (the engine's and QC's settings, defaults filled in)."""
+    SHA-256, or ``none`` for ``False``), the affine stage (``none`` for ``False``) and the
+    options of :func:`ddmr.register` (the engine's and QC's settings, defaults filled
+    in)."""
     import json
     from dataclasses import asdict, is_dataclass
 
@@ -245,8 +274,9 @@ def batch_settings(model: Any, affine: str, options: dict[str, Any]) -> dict[str
         options["engine"] = EngineSettings()
     if options.get("qc_limits") is None:
         options["qc_limits"] = QCLimits()
-    record: dict[str, Any] = {"model": NO_MODEL if model == NO_MODEL else
-                              file_sha256(model.path), "affine": affine}
+    record: dict[str, Any] = {"model": NO_MODEL if model is False else
+                              file_sha256(model.path),
+                              "affine": NO_MODEL if affine is False else affine}
     for key, value in sorted(options.items()):
         record[key] = asdict(value) if is_dataclass(value) else value
     return json.loads(json.dumps(record, default=repr))  # tuples as the marker holds them
@@ -511,12 +541,13 @@ def _stop_on_signals() -> Iterator[None]:
 
 
 def register_pairs(pairs_csv: PathLike, outdir: PathLike, model: Any = None,
-                   device: str = "cpu", affine: str = "world", overwrite: bool = False,
+                   device: str = "cpu", affine: str | bool = "world", overwrite: bool = False,
                    progress: bool = True, shard: tuple[int, int] = (1, 1),
                    outputs: Iterable[str] | None = None, **options: Any
                    ) -> list[dict[str, Any]]:
     """Register the pairs of a pairs CSV (this process's ``shard``) into ``outdir/<id>/``
-    (module docstring; the model is loaded once, ``model="none"`` for no network).
+    (module docstring; the model is loaded once; ``model=False`` for no network,
+    ``affine=False`` for no affine stage, as in :func:`ddmr.register`).
 
     A pair done before is reused when it was registered from the same inputs (the row's
     files, by path and contents) and the batch's settings are the same (model, affine
@@ -541,15 +572,16 @@ def register_pairs(pairs_csv: PathLike, outdir: PathLike, model: Any = None,
     from ddmr.model.shipped import check_device, load
     from ddmr.registration.batch_index import BatchIndex
     from ddmr.registration.outputs import OUTPUTS, check_outputs
-    from ddmr.registration.pipeline import NO_MODEL, register
+    from ddmr.registration.pipeline import check_skips, register
 
     outdir = Path(outdir)
     index, count = shard
     if not 1 <= index <= count:
         raise InputError(f"shard {index}/{count}: expected I/N with 1 <= I <= N")
+    model, affine = check_skips(model, affine)
     pairs = read_pairs(pairs_csv)
     check_device(device)
-    loaded = NO_MODEL if model == NO_MODEL else load(model, device)
+    loaded = False if model is False else load(model, device)
     chosen = check_outputs(outputs)
     settings = batch_settings(loaded, affine, options)
     if chosen != tuple(OUTPUTS):  # (recorded only when chosen: earlier batches hold none)
@@ -569,8 +601,8 @@ def register_pairs(pairs_csv: PathLike, outdir: PathLike, model: Any = None,
                     continue
                 inputs = pair_record(pair)
                 try:
-                    result = register(pair.fixed, pair.moving, pair.fixed_seg,
-                                      pair.moving_seg, loaded, device, affine, **options)
+                    result = register(pair.fixed, pair.moving, pair.fixed_labels,
+                                      pair.moving_labels, loaded, device, affine, **options)
                 except DDMRError as error:  # this pair's input: recorded, the batch goes on
                     rows.append({"id": pair.id, "fixed": str(pair.fixed),
                                  "moving": str(pair.moving), "qc": "error",

@@ -9,7 +9,7 @@ The steps, each in its own module:
    :mod:`~ddmr.registration.ants_affine`; or none, the headers as they are).
 3. **network** (:mod:`~ddmr.registration.network`): the pair in the model's space, the
    model's own affine stage when it helps, the network's field (skipped with
-   ``model="none"``).
+   ``model=False``).
 4. **engine** (:mod:`~ddmr.registration.engine`): the deformable optimiser at the
    images' own resolution, started from the network's field (skipped with
    ``engine=False``, the network alone).
@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ddmr.deprecated import renamed_keywords
 from ddmr.errors import ConfigError
 from ddmr.registration.inputs import ImageInput, Volume, read_pair_side
 from ddmr.registration.qc import QCLimits
@@ -42,11 +43,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: The affine stages :func:`register` offers: DDMR's world-space stage, ANTs' affine
-#: registration, or none (the headers are trusted as they are).
-AFFINE_STAGES = ("world", "ants", "none")
+#: The affine stages :func:`register` offers: DDMR's world-space stage or ANTs' affine
+#: registration (``affine=False``: none, the headers are trusted as they are).
+AFFINE_STAGES = ("world", "ants")
 
-#: ``model=`` value that registers without a network (the affine part and the engine).
+#: The word that names a skipped step in records (``summary.json``, a batch's settings)
+#: and on the command line (``--model none``, ``--affine none``); the API takes False.
 NO_MODEL = "none"
 
 
@@ -88,10 +90,10 @@ class _Alignment:
 def _warn_about_labels(fixed: Volume, moving: Volume) -> None:
     if fixed.labels is not None and moving.labels is None:
         logger.warning("only a fixed label map was given: no warped_seg.nii.gz and no "
-                       "DSC/HD95/TRE (give --moving-seg too)")
+                       "DSC/HD95/TRE (give --moving-labels too)")
     if moving.labels is not None and fixed.labels is None:
         logger.warning("only a moving label map was given: warped_seg.nii.gz is written, "
-                       "but DSC/HD95/TRE need --fixed-seg too")
+                       "but DSC/HD95/TRE need --fixed-labels too")
 
 
 def _check_model_input(card, volumes: tuple[Volume, Volume],
@@ -117,8 +119,8 @@ def _check_model_input(card, volumes: tuple[Volume, Volume],
 
 
 def _affine_part(fixed: Volume, moving: Volume, masks: tuple[np.ndarray, np.ndarray],
-                 stage: str, scales) -> _Alignment:
-    if stage == "none":
+                 stage: str | bool, scales) -> _Alignment:
+    if stage is False:
         return _Alignment(np.eye(4), ["none (headers as they are)"])
     if stage == "ants":
         from ddmr.registration.ants_affine import affine_prealign
@@ -160,27 +162,45 @@ def _inverse_start(engine) -> tuple[Displacement | None, str]:
     return Displacement(on_grid.contiguous(), engine.grid), method
 
 
-def register(fixed: ImageInput, moving: ImageInput, fixed_seg: ImageInput | None = None,
-             moving_seg: ImageInput | None = None, model: Any = None, device: str = "cpu",
-             affine: str = "world", engine: bool | EngineSettings = True,
+def check_skips(model: Any, affine: Any, stacklevel: int = 2) -> tuple[Any, str | bool]:
+    """``model`` and ``affine`` with the old ``"none"`` (deprecated) as ``False``, the
+    affine stage checked."""
+    from ddmr.deprecated import skip_word
+
+    model = skip_word(model, "model", stacklevel + 1)
+    affine = skip_word(affine, "affine", stacklevel + 1)
+    if affine is not False and affine not in AFFINE_STAGES:
+        raise ConfigError(f"--affine {affine!r}: choose one of "
+                          f"{', '.join(AFFINE_STAGES)} or none (False in Python)")
+    return model, affine
+
+
+@renamed_keywords(fixed_seg="fixed_labels", moving_seg="moving_labels")
+def register(fixed: ImageInput, moving: ImageInput, fixed_labels: ImageInput | None = None,
+             moving_labels: ImageInput | None = None, model: Any = None, device: str = "cpu",
+             affine: str | bool = "world", engine: bool | EngineSettings = True,
              qc_limits: QCLimits | None = None) -> RegistrationResult:
     """Register ``moving`` to ``fixed`` in world space.
 
     fixed, moving: images in any orientation, spacing, field of view and world position
         (their headers need not agree): a path (NIfTI, NRRD, MHA), a nibabel or
         SimpleITK image, or an ``(array (I, J, K), Geometry | affine (4, 4) RAS)`` tuple.
-    fixed_seg, moving_seg: label maps on their image's grid (uint8 values 0..255): the
-        moving one is warped to ``warped_seg``; both give DSC, HD95 (mm), TRE (mm).
+    fixed_labels, moving_labels: label maps on their image's grid (uint8 values 0..255):
+        the moving one is warped to ``warped_seg``; both give DSC, HD95 (mm), TRE (mm).
     model: a shipped model's name, a model file or training run folder, a loaded model,
-        None for the default shipped model (``ddmr models``), or ``"none"`` for no
-        network (the affine part and the engine).
+        None for the default shipped model (``ddmr models``), or False for no network
+        (the affine part and the engine).
     device: ``cpu`` or ``cuda`` (for the network).
     affine: the affine part: ``world`` (DDMR's world-space stage, then the model's own
         stage where it has one and it helps), ``ants`` (ANTs' affine registration, kept as
-        it is) or ``none`` (the headers are trusted as they are).
+        it is) or False (none: the headers are trusted as they are).
     engine: run the registration engine after the network (True, the default; or its
         :class:`~ddmr.registration.engine.EngineSettings`); False for the network alone.
     qc_limits: the limits of the QC verdict (:class:`~ddmr.registration.qc.QCLimits`).
+
+    A step is skipped with False (``model=False``, ``affine=False``, ``engine=False``);
+    the old ``"none"`` and the keywords ``fixed_seg``/``moving_seg`` still work for one
+    release, with a :class:`DeprecationWarning`.
 
     Returns a :class:`~ddmr.registration.result.RegistrationResult` (fields on the fixed
     grid, ``qc`` verdict, ``summary``). A failed QC does not raise: check
@@ -200,14 +220,13 @@ def register(fixed: ImageInput, moving: ImageInput, fixed_seg: ImageInput | None
         from ddmr.spatial.displacement import Transform
         from ddmr.spatial.field import jacobian_determinant_mm, residual_of
 
-    if affine not in AFFINE_STAGES:
-        raise ConfigError(f"--affine {affine!r}: choose one of {', '.join(AFFINE_STAGES)}")
+    model, affine = check_skips(model, affine, stacklevel=3)  # (blamed: register's caller)
     settings = _engine_settings(engine)
     check_device(device)
     with timer("load"):
-        loaded = None if model == NO_MODEL else load(model, device)  # before the images
-        fixed_volume = read_pair_side(fixed, fixed_seg, "fixed")
-        moving_volume = read_pair_side(moving, moving_seg, "moving")
+        loaded = None if model is False else load(model, device)  # before the images
+        fixed_volume = read_pair_side(fixed, fixed_labels, "fixed")
+        moving_volume = read_pair_side(moving, moving_labels, "moving")
         _warn_about_labels(fixed_volume, moving_volume)
     with timer("preprocess"):
         masks = (foreground_mask(fixed_volume.array), foreground_mask(moving_volume.array))

@@ -338,7 +338,7 @@ def _metrics_section(summary: dict[str, Any]) -> str:
     notes = ["DSC: mean over the fixed map's labels; DSC shared: over the labels both maps "
              "have; HD95 and TRE (label centroids) in mm."
              if metrics.get("dsc") is not None else
-             "DSC, HD95 and TRE need both label maps (--fixed-seg, --moving-seg)."]
+             "DSC, HD95 and TRE need both label maps (--fixed-labels, --moving-labels)."]
     parts = _runtime_parts(runtime)
     if parts:
         notes.append(f"Runtime by stage (s): {parts}.")
@@ -408,7 +408,7 @@ def _compare_section(views: list[PlaneView], gap: float, affine: bool) -> str:
 def _labels_section(views: list[PlaneView], result: Any, fixed: bool) -> str:
     if all(view.contours is None for view in views):
         return ('<section id="labels"><h2>Labels</h2><p class="small">No label map: give '
-                "--moving-seg (and --fixed-seg) to see the warped label contours on the "
+                "--moving-labels (and --fixed-labels) to see the warped label contours on the "
                 "fixed image.</p></section>")
     scale = _scale(views)
     figures = "".join(

@@ -159,7 +159,7 @@ def _results_blocks(section: ResultsSection, results: pd.DataFrame, ants: dict[s
         blocks.append(Heading("Example registrations", 3))
         if pairs is None or not (Path(pairs) / "pairs.json").is_file():
             blocks.append(Paragraph("No overlays: the stored pairs were not found (give "
-                                    "--pairs)."))
+                                    "--stored-pairs)."))
         else:
             from ddmr.report.overlays import overlay_figures
 

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ddmr.deprecated import renamed_keywords
 from ddmr.errors import ConfigError, InputError
 from ddmr.train.profiles import TrainingProfile
 from ddmr.train.run import RunOptions, fit
@@ -22,22 +23,25 @@ def finetune_profile(card, overrides: dict[str, Any]) -> TrainingProfile:
     return profile.replace(**{k: v for k, v in overrides.items() if v is not None})
 
 
-def check_mode(mode: str) -> None:
-    if mode not in ("full", "two-step"):
-        raise ConfigError(f"--mode {mode}: choose full or two-step")
+def check_strategy(strategy: str) -> None:
+    if strategy not in ("full", "two-step"):
+        raise ConfigError(f"--strategy {strategy}: choose full or two-step")
 
 
-def finetune(model: str | Path, data: str | Path, options: RunOptions, mode: str = "full",
+@renamed_keywords(mode="strategy")
+def finetune(model: str | Path, data: str | Path, options: RunOptions, strategy: str = "full",
              design_name: str | None = None, frozen_steps: int | None = None,
              overrides: dict[str, Any] | None = None,
              extra_callbacks: Sequence[Any] = ()) -> Path | None:
-    """Fine-tune a model file on new data: ``full`` trains everything at once; ``two-step``
-    first trains with the input and encoder groups frozen for ``frozen_steps`` optimiser
-    steps (default half of ``max_steps``), then everything."""
-    from ddmr.config import get_design
+    """Fine-tune a model file on new data with a ``strategy``: ``full`` trains everything
+    at once; ``two-step`` first trains with the input and encoder groups frozen for
+    ``frozen_steps`` optimiser steps (default half of ``max_steps``), then everything.
+    (``strategy`` was ``mode``; ``mode=`` still works for one release, with a
+    :class:`DeprecationWarning`.)"""
+    from ddmr.designs import get_design
     from ddmr.model.file import load_model
 
-    check_mode(mode)
+    check_strategy(strategy)
     # the card's training profile is checked too; NaN or Inf weights are refused
     loaded = load_model(model, profile=TrainingProfile.from_dict)
     if loaded.card.profile_fields is None:
@@ -45,7 +49,7 @@ def finetune(model: str | Path, data: str | Path, options: RunOptions, mode: str
     design = get_design(design_name) if design_name else loaded.card.design
     profile = finetune_profile(loaded.card, overrides or {})
     freeze_until = 0
-    if mode == "two-step":
+    if strategy == "two-step":
         freeze_until = frozen_steps if frozen_steps is not None else profile.max_steps // 2
         if not 0 < freeze_until < profile.max_steps:
             raise ConfigError(f"--frozen-steps {freeze_until}: must be between 1 and "
@@ -53,7 +57,7 @@ def finetune(model: str | Path, data: str | Path, options: RunOptions, mode: str
     extra = {"finetuned_from": {"path": str(Path(model).resolve()),
                                 "sha256": loaded.card.weights_sha256,
                                 "design": loaded.card.design_name},
-             "finetune": {"mode": mode, "frozen_steps": freeze_until,
+             "finetune": {"mode": strategy, "frozen_steps": freeze_until,
                           "frozen_groups": ["input", "encoder"] if freeze_until else []}}
     return fit(design, profile, data, options, initial_state=loaded.network.state_dict(),
                freeze_until=freeze_until, card_extra=extra, extra_callbacks=extra_callbacks)

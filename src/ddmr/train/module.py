@@ -12,7 +12,7 @@ import lightning as L
 import torch
 
 from ddmr.augment.layer import AugmentationLayer, AugmentedPair
-from ddmr.config import Design
+from ddmr.designs import Design
 from ddmr.errors import ConfigError, DivergenceError
 from ddmr.losses import DesignLoss, dice_score, one_hot
 from ddmr.model.predictor import own_alignment

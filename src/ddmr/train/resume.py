@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ddmr.config import Design
+from ddmr.designs import Design
 from ddmr.errors import InputError
 from ddmr.train.profiles import TrainingProfile
 

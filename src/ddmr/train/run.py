@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ddmr.config import Design
+from ddmr.designs import Design
 from ddmr.errors import InputError
 from ddmr.train.profiles import TrainingProfile
 from ddmr.train.resume import (
