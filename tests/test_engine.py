@@ -221,11 +221,11 @@ def test_geometry_of_the_result_follows_the_fixed_foreground():
 
 
 def test_an_engine_that_cannot_fit_in_memory_is_refused_before_allocating(monkeypatch):
-    import ddmr.io.images
+    import ddmr.memory
     from ddmr.errors import InputError
 
     fixed, moving, geometry = _pair()
-    monkeypatch.setattr(ddmr.io.images, "available_memory", lambda: 1_000_000)
+    monkeypatch.setattr(ddmr.memory, "available_memory", lambda: 1_000_000)
     masks = (foreground_mask(fixed), foreground_mask(moving))
     with pytest.raises(InputError, match=r"needs about .* GB for its finest grid .* use --fast"):
         register_deformable(fixed, geometry, masks[0], moving, geometry, masks[1], np.eye(4))

@@ -57,7 +57,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "deprecated": frozenset(),  # old spellings that still work, with a warning
     "threads": frozenset({"errors"}),
     "clock": frozenset(),
-    "memory": frozenset(),
+    "memory": frozenset({"errors"}),
     "optim": frozenset(),
 }
 

@@ -69,10 +69,10 @@ def tps_memory_bytes(shape: Sequence[int], spacing: Sequence[float],
 def check_tps_memory(shape: Sequence[int], spacing: Sequence[float],
                      config: AugmentationConfig, option: str = "--tps-grid") -> None:
     """Raise :class:`ConfigError` naming ``option`` when the thin-plate spline of ``config``
-    would need more memory than this process can allocate (:func:`ddmr.io.images.available_memory`),
+    would need more memory than this process can allocate (:func:`ddmr.memory.available_memory`),
     before anything is allocated."""
     from ddmr.errors import ConfigError
-    from ddmr.io.images import available_memory
+    from ddmr.memory import available_memory
 
     needed = tps_memory_bytes(shape, spacing, config)
     available = available_memory()

@@ -296,7 +296,7 @@ def check_engine_memory(fixed_geometry: Geometry, fixed_mask: np.ndarray,
     """Raise :class:`ddmr.errors.InputError` before anything is allocated when the
     engine's finest level would need more memory than this process can have."""
     from ddmr.errors import InputError
-    from ddmr.io.images import available_memory
+    from ddmr.memory import available_memory
 
     grid = object_grid(fixed_mask, fixed_geometry, finest_spacing(fixed_geometry, settings),
                        settings.margin_mm, MIN_LEVEL_SIZE)
