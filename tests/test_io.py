@@ -282,7 +282,12 @@ def test_displacement_round_trip_and_file_layout(tmp_path):
     error_mm = np.einsum("ab,b...->a...", geometry.affine[:3, :3], back - u)
     assert np.abs(error_mm).max() <= 0.5 * FIELD_STEP_MM + 1e-5
     assert seen.isclose(geometry, 1e-4)
+    in_mm, _ = load_displacement(path, units="mm")  # RAS mm straight from the file's LPS
+    np.testing.assert_allclose(in_mm, np.einsum("ab,b...->a...", geometry.affine[:3, :3], back),
+                               atol=1e-4)
     stored = np.asarray(image.dataobj, dtype=np.float64)
+    np.testing.assert_array_equal(in_mm, (stored[:, :, :, 0, :] * [-1.0, -1.0, 1.0])
+                                  .transpose(3, 0, 1, 2).astype(np.float32))
     assert np.array_equal(stored / FIELD_STEP_MM, np.rint(stored / FIELD_STEP_MM))
     # vectors are LPS mm: a pure +i voxel step is the i axis' LPS direction times spacing
     step = np.zeros_like(u)

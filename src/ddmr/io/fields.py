@@ -79,10 +79,11 @@ def _rounded_to_step(component: np.ndarray, step: float = FIELD_STEP_MM) -> np.n
     return component
 
 
-def load_displacement(path: PathLike) -> tuple[np.ndarray, Geometry]:
-    """Read an ITK/ANTs displacement field: ``(displacement_vox (3, I, J, K) float32,
-    Geometry)``, the inverse of :func:`save_displacement` (also reads fields that ANTs
-    wrote, and .nrrd/.mha vector images)."""
+def load_displacement(path: PathLike, units: str = "voxels") -> tuple[np.ndarray, Geometry]:
+    """Read an ITK/ANTs displacement field: ``(displacement (3, I, J, K) float32 in voxels
+    of the grid (``units="mm"``: RAS mm), Geometry)``, the inverse of
+    :func:`save_displacement` (also reads fields that ANTs wrote, and .nrrd/.mha vector
+    images)."""
     path = _check_readable(path)
     extension = file_extension(path)
     try:
@@ -113,7 +114,7 @@ def load_displacement(path: PathLike) -> tuple[np.ndarray, Geometry]:
     check_geometry(geometry, path)
     if not np.all(np.isfinite(data)):
         raise InputError(f"{path}: displacement field contains NaN or Inf")
-    return lps_mm_to_displacement(data, geometry).astype(np.float32), geometry
+    return lps_mm_to_displacement(data, geometry, units), geometry
 
 
 def _lps(matrix: np.ndarray) -> np.ndarray:

@@ -249,8 +249,8 @@ def _field_file(path: Path) -> Displacement:
     :class:`InputError` for an implausible one (:func:`check_field`)."""
     from ddmr.io.fields import load_displacement
 
-    voxels, geometry = load_displacement(path)
-    field = Displacement.from_voxels(voxels, geometry, "zero")
+    field_mm, geometry = load_displacement(path, units="mm")  # (the one change of units)
+    field = Displacement(field_mm, geometry, "zero")
     check_field(field.field_mm.numpy(), geometry, path)
     return field
 

@@ -290,7 +290,11 @@ def _to_lps(geometry: Geometry, units: str) -> np.ndarray:
     return LPS_FLIP @ (geometry.affine[:3, :3] if units == "voxels" else np.eye(3))
 
 
-def lps_mm_to_displacement(vectors_lps: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """Physical LPS vectors in mm (I, J, K, 3) -> voxel displacement (3, I, J, K) float32."""
-    return _apply_matrix(geometry.matrix("itk", "index")[:3, :3], vectors_lps,
-                         channels_last_in=True)
+def lps_mm_to_displacement(vectors_lps: np.ndarray, geometry: Geometry,
+                           units: str = "voxels") -> np.ndarray:
+    """Physical LPS vectors in mm (I, J, K, 3) -> the displacement (3, I, J, K) float32 in
+    voxels of ``geometry`` (``units="mm"``: RAS mm)."""
+    if units not in ("voxels", "mm"):
+        raise ValueError(f"units must be 'voxels' or 'mm', got {units!r}")
+    matrix = geometry.matrix("itk", "index")[:3, :3] if units == "voxels" else LPS_FLIP
+    return _apply_matrix(matrix, vectors_lps, channels_last_in=True)
