@@ -122,3 +122,33 @@ def tampered_copy(source, target) -> None:
     name = sorted(state)[0]
     state[name] = state[name] + 0.01
     save_file(state, str(target), metadata=metadata)
+
+
+def write_pair(folder: Path, shift=(2.0, -3.0, 1.5)) -> Path:
+    """An oblique anisotropic fixed image (:func:`oblique_fixed`) and a moving one on
+    another grid (:func:`other_moving`) showing the scene moved by ``shift`` mm, with
+    their label maps: ``fixed``, ``moving``, ``fixed_seg``, ``moving_seg`` ``.nii.gz`` in
+    ``folder``. Returns ``folder``."""
+    from ddmr.io.images import save_image, save_labels
+
+    fixed_geometry, moving_geometry = oblique_fixed(), other_moving()
+    save_image(folder / "fixed.nii.gz", sample_scene(fixed_geometry), fixed_geometry)
+    save_image(folder / "moving.nii.gz", sample_scene(moving_geometry, shift), moving_geometry)
+    save_labels(folder / "fixed_seg.nii.gz", sample_scene(fixed_geometry, labels=True),
+                fixed_geometry)
+    save_labels(folder / "moving_seg.nii.gz", sample_scene(moving_geometry, shift, labels=True),
+                moving_geometry)
+    return folder
+
+
+def refused_by(command: str, argv: list[str], capsys) -> str:
+    """Run ``ddmr COMMAND ARGV``: exit status 2 and one line on stderr, returned."""
+    from ddmr.cli import main
+
+    status = main([command, *argv])
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert status == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith(f"ddmr {command}: error: "), lines[0]
+    return lines[0]
+

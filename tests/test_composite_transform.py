@@ -21,7 +21,7 @@ from ddmr.io.composite import (
     write_inverse_composite,
 )
 from ddmr.io.images import load_image, save_image
-from register_helpers import oblique_fixed, other_moving, sample_scene
+from register_helpers import oblique_fixed, other_moving, refused_by, sample_scene
 
 SHIFT = (2.0, -3.0, 1.5)
 
@@ -328,12 +328,7 @@ def test_named_columns_and_points_space_agree_or_are_refused(registered, tmp_pat
 
 def refused(argv: list[str], capsys) -> str:
     """Run ``ddmr apply ARGV``: exit status 2 and one line, returned."""
-    status = main(["apply", *argv])
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert status == 2 and len(lines) == 1 and "Traceback" not in err, err
-    assert lines[0].startswith("ddmr apply: error: "), lines[0]
-    return lines[0]
+    return refused_by("apply", argv, capsys)
 
 
 def test_refusals_exit_2_and_write_nothing(registered, tmp_path, capsys):

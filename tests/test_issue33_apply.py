@@ -20,6 +20,7 @@ from ddmr.errors import InputError
 from ddmr.io.fields import save_displacement
 from ddmr.io.images import save_image
 from ddmr.spatial.grid import LPS_FLIP, Geometry
+from register_helpers import refused_by
 
 SHAPE = (16, 16, 16)
 SHIFT = np.array([6.0, 4.0, -2.0])
@@ -66,12 +67,7 @@ def work(tmp_path) -> Path:
 
 def refused(argv: list[str], capsys) -> str:
     """Run ``ddmr apply ARGV``: exit status 2 and one line, returned."""
-    status = main(["apply", *argv])
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert status == 2 and len(lines) == 1 and "Traceback" not in err, err
-    assert lines[0].startswith("ddmr apply: error: "), lines[0]
-    return lines[0]
+    return refused_by("apply", argv, capsys)
 
 
 def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:

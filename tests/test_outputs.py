@@ -9,23 +9,14 @@ import numpy as np
 import pytest
 
 from ddmr.errors import ConfigError
-from ddmr.io.images import FIELD_STEP_MM, save_image, save_labels
+from ddmr.io.images import FIELD_STEP_MM
 from ddmr.registration.outputs import OUTPUTS, check_outputs
-from register_helpers import oblique_fixed, other_moving, sample_scene
+from register_helpers import write_pair
 
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("pair")
-    fixed_geometry, moving_geometry = oblique_fixed(), other_moving()
-    shift = (2.0, -3.0, 1.5)
-    save_image(folder / "fixed.nii.gz", sample_scene(fixed_geometry), fixed_geometry)
-    save_image(folder / "moving.nii.gz", sample_scene(moving_geometry, shift), moving_geometry)
-    save_labels(folder / "fixed_seg.nii.gz", sample_scene(fixed_geometry, labels=True),
-                fixed_geometry)
-    save_labels(folder / "moving_seg.nii.gz", sample_scene(moving_geometry, shift, labels=True),
-                moving_geometry)
-    return folder
+    return write_pair(tmp_path_factory.mktemp("pair"))
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 
 from ddmr.io.fields import load_displacement
-from ddmr.io.images import load_image, save_image, save_labels
+from ddmr.io.images import load_image, save_image
 from ddmr.spatial.grid import LPS_FLIP
 from register_helpers import (
     oblique_fixed,
     other_moving,
     sample_scene,
     save_tiny_model,
+    write_pair,
 )
 
 
@@ -28,15 +29,7 @@ def correlation(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) ->
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
     """Oblique anisotropic fixed, moving with another FOV/orientation, labels, models."""
-    folder = tmp_path_factory.mktemp("pair")
-    fixed_geometry, moving_geometry = oblique_fixed(), other_moving()
-    shift = (2.0, -3.0, 1.5)
-    save_image(folder / "fixed.nii.gz", sample_scene(fixed_geometry), fixed_geometry)
-    save_image(folder / "moving.nii.gz", sample_scene(moving_geometry, shift), moving_geometry)
-    save_labels(folder / "fixed_seg.nii.gz", sample_scene(fixed_geometry, labels=True),
-                fixed_geometry)
-    save_labels(folder / "moving_seg.nii.gz", sample_scene(moving_geometry, shift, labels=True),
-                moving_geometry)
+    folder = write_pair(tmp_path_factory.mktemp("pair"))
     save_tiny_model(folder / "random.safetensors")
     save_tiny_model(folder / "shift.safetensors", bias=(1.5, -2.0, 1.0))
     return folder

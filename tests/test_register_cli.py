@@ -11,27 +11,19 @@ import numpy as np
 import pytest
 
 from ddmr.cli import main
-from ddmr.io.images import save_image, save_labels
 from register_helpers import (
     oblique_fixed,
-    other_moving,
     sample_scene,
     save_tiny_model,
     tampered_copy,
+    write_pair,
 )
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("cli")
-    fixed_geometry, moving_geometry = oblique_fixed(), other_moving()
-    save_image(folder / "fixed.nii.gz", sample_scene(fixed_geometry), fixed_geometry)
-    save_image(folder / "moving.nii.gz", sample_scene(moving_geometry, (1, 2, 0)),
-               moving_geometry)
-    save_labels(folder / "fixed_seg.nii.gz", sample_scene(fixed_geometry, labels=True),
-                fixed_geometry)
-    save_labels(folder / "moving_seg.nii.gz",
-                sample_scene(moving_geometry, (1, 2, 0), labels=True), moving_geometry)
+    folder = write_pair(tmp_path_factory.mktemp("cli"), shift=(1, 2, 0))
+    fixed_geometry = oblique_fixed()
     save_tiny_model(folder / "tiny.safetensors")
     # bad inputs
     bad = sample_scene(fixed_geometry)

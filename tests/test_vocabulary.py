@@ -19,8 +19,7 @@ import pytest
 from ddmr.cli import build_parser, main
 from ddmr.commands.renamed import RENAMED
 from ddmr.deprecated import RenamedWarning
-from ddmr.io.images import save_image, save_labels
-from register_helpers import oblique_fixed, other_moving, sample_scene
+from register_helpers import oblique_fixed, other_moving, sample_scene, write_pair
 
 # -- the parsers -----------------------------------------------------------------------------
 
@@ -212,15 +211,7 @@ def test_the_old_name_reaches_the_command(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("vocabulary")
-    fixed_geometry, moving_geometry = oblique_fixed(), other_moving()
-    save_image(folder / "fixed.nii.gz", sample_scene(fixed_geometry), fixed_geometry)
-    save_image(folder / "moving.nii.gz", sample_scene(moving_geometry, (1, 2, 0)),
-               moving_geometry)
-    save_labels(folder / "fixed_seg.nii.gz", sample_scene(fixed_geometry, labels=True),
-                fixed_geometry)
-    save_labels(folder / "moving_seg.nii.gz",
-                sample_scene(moving_geometry, (1, 2, 0), labels=True), moving_geometry)
+    folder = write_pair(tmp_path_factory.mktemp("vocabulary"), shift=(1, 2, 0))
     return folder
 
 
