@@ -152,3 +152,14 @@ def refused_by(command: str, argv: list[str], capsys) -> str:
     assert lines[0].startswith(f"ddmr {command}: error: "), lines[0]
     return lines[0]
 
+
+def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
+    """A CSV file of ``header`` and ``rows``."""
+    import csv
+
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+

@@ -21,7 +21,7 @@ from ddmr.io.composite import (
     write_inverse_composite,
 )
 from ddmr.io.images import load_image, save_image
-from register_helpers import oblique_fixed, other_moving, refused_by, sample_scene
+from register_helpers import oblique_fixed, other_moving, refused_by, sample_scene, write_csv
 
 SHIFT = (2.0, -3.0, 1.5)
 
@@ -229,14 +229,6 @@ def assert_same_inside(mine: np.ndarray, expected: np.ndarray) -> None:
     assert mask.mean() > 0.3 and inside.sum() >= 0.98 * mask.sum()
     assert correlation(mine, expected, inside) > 0.9999
     assert np.abs(mine - expected)[inside].max() < 0.01 * np.abs(expected).max()
-
-
-def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
 
 
 def read_csv(path: Path) -> tuple[list[str], list[list[str]]]:

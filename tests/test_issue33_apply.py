@@ -20,7 +20,7 @@ from ddmr.errors import InputError
 from ddmr.io.fields import save_displacement
 from ddmr.io.images import save_image
 from ddmr.spatial.grid import LPS_FLIP, Geometry
-from register_helpers import refused_by
+from register_helpers import refused_by, write_csv
 
 SHAPE = (16, 16, 16)
 SHIFT = np.array([6.0, 4.0, -2.0])
@@ -68,14 +68,6 @@ def work(tmp_path) -> Path:
 def refused(argv: list[str], capsys) -> str:
     """Run ``ddmr apply ARGV``: exit status 2 and one line, returned."""
     return refused_by("apply", argv, capsys)
-
-
-def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
 
 
 # ---------------------------------------------------------------- item 13: out of reach

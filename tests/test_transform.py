@@ -21,6 +21,19 @@ def _field(geometry, seed: int = 3) -> torch.Tensor:
     return torch.rand(3, *geometry.shape, generator=torch.Generator().manual_seed(seed)) * 4 - 2
 
 
+def _itk_field(field: Displacement):
+    """The field as SimpleITK's displacement field transform (LPS, built independently)."""
+    import SimpleITK as sitk  # noqa: N813
+
+    lps = field.field_mm.numpy() * np.array([-1.0, -1.0, 1.0])[:, None, None, None]
+    image = sitk.GetImageFromArray(lps.transpose(3, 2, 1, 0).astype(np.float64), isVector=True)
+    origin, spacing, direction = field.grid.to_itk()
+    image.SetOrigin(origin)
+    image.SetSpacing(spacing)
+    image.SetDirection(direction)
+    return sitk.DisplacementFieldTransform(image)
+
+
 def test_border_rule_is_scipys_linear_interpolation_with_nearest_edges():
     geometry = _geometry()
     field = _field(geometry)
@@ -42,17 +55,10 @@ def test_on_another_grid_equals_reading_at_its_world_points():
 
 
 def test_zero_rule_moves_points_as_itks_displacement_field_transform():
-    import SimpleITK as sitk  # noqa: N813
 
     geometry = _geometry()
     field = Displacement(_field(geometry, 5), geometry, "zero")
-    lps = field.field_mm.numpy() * np.array([-1.0, -1.0, 1.0])[:, None, None, None]
-    image = sitk.GetImageFromArray(lps.transpose(3, 2, 1, 0).astype(np.float64), isVector=True)
-    origin, spacing, direction = geometry.to_itk()
-    image.SetOrigin(origin)
-    image.SetSpacing(spacing)
-    image.SetDirection(direction)
-    transform = sitk.DisplacementFieldTransform(image)
+    transform = _itk_field(field)
     rng = np.random.default_rng(0)
     index = rng.uniform(-0.45, np.array(geometry.shape) - 0.55, (50, 3))  # inside
     far = np.array([[-5.0, 3.0, 2.0], [30.0, 30.0, 30.0]])  # beyond: no displacement
@@ -91,13 +97,7 @@ def test_transform_is_itks_composite_of_the_affine_part_after_the_field():
     affine = sitk.AffineTransform(3)
     affine.SetMatrix(tuple(lps_map[:3, :3].ravel()))
     affine.SetTranslation(tuple(lps_map[:3, 3]))
-    lps = field.field_mm.numpy() * np.array([-1.0, -1.0, 1.0])[:, None, None, None]
-    image = sitk.GetImageFromArray(lps.transpose(3, 2, 1, 0).astype(np.float64), isVector=True)
-    origin, spacing, direction = geometry.to_itk()
-    image.SetOrigin(origin)
-    image.SetSpacing(spacing)
-    image.SetDirection(direction)
-    composite = sitk.CompositeTransform([affine, sitk.DisplacementFieldTransform(image)])
+    composite = sitk.CompositeTransform([affine, _itk_field(field)])
     index = np.random.default_rng(1).uniform(0.5, np.array(geometry.shape) - 1.5, (30, 3))
     points = geometry.index_to_world(index)
     ours = Transform(point_map, field)(torch.from_numpy(points.T.astype(np.float32)))
