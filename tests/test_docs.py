@@ -10,7 +10,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PAGES = ("architecture.md", "registering-your-data.md", "python-api.md", "outputs.md",
-         "reliability.md", "paper-study.md")
+         "reliability.md", "paper-study.md", "pipelines.md")
 
 
 def test_the_python_api_page_is_current():
