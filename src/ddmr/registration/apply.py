@@ -258,9 +258,9 @@ def _field_file(path: Path) -> Displacement:
 def grid_points(geometry: Geometry, stride: int = 1) -> np.ndarray:
     """World points (n, 3) of every voxel of ``geometry`` (C order; every ``stride``-th
     along each axis)."""
-    index = np.stack(np.meshgrid(*[np.arange(0, n, stride) for n in geometry.shape],
-                                 indexing="ij"), -1)
-    return geometry.index_to_world(index.reshape(-1, 3).astype(np.float64))
+    strided = Geometry(geometry.affine @ np.diag([stride, stride, stride, 1.0]),
+                       tuple(len(range(0, n, stride)) for n in geometry.shape))
+    return strided.points(channels_last=True, dtype=torch.float64).reshape(-1, 3).numpy()
 
 
 def apply_to_image(transform: SavedTransform | TransformFile, array: np.ndarray,

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 #: an iterate at which it stops (its error is measured, and reported, afterwards).
 ITERATIONS = 30
 TOLERANCE_MM = 1e-3
-#: Moving-grid voxels handled at once.
+#: About how many moving-grid voxels are handled at once (whole rows of the first axis).
 CHUNK = 1 << 18
 
 
@@ -60,15 +60,6 @@ class Inverse:
                 "overlap_fraction": self.overlap_fraction,
                 "meaning": "inverse_displacement.nii.gz: on the moving grid, LPS mm, maps "
                            "moving points to fixed points"}
-
-
-def _points(geometry: Geometry, start: int, stop: int) -> torch.Tensor:
-    """World points (3, n) of the flat voxel range [start, stop) of ``geometry``."""
-    flat = torch.arange(start, stop, dtype=torch.int64)
-    _, j_size, k_size = geometry.shape
-    index = torch.stack([flat // (j_size * k_size), (flat // k_size) % j_size, flat % k_size])
-    affine = torch.from_numpy(geometry.affine.astype(np.float64))
-    return (affine[:3, :3] @ index.double() + affine[:3, 3:4]).float()
 
 
 def grid_inverse(field_mm: torch.Tensor, grid: Geometry) -> torch.Tensor:
@@ -120,9 +111,12 @@ def invert(transform: Transform, fixed: Geometry, moving: Geometry,
     out = np.empty((3, size), dtype=np.float32)
     errors = np.empty(size, dtype=np.float32)  # of the voxels inside, in order
     inside_total = 0
-    for begin in range(0, size, CHUNK):
-        stop = min(begin + CHUNK, size)
-        q = _points(moving, begin, stop)
+    row = moving.shape[1] * moving.shape[2]
+    step = max(1, CHUNK // row)
+    for first in range(0, moving.shape[0], step):
+        rows = slice(first, min(first + step, moving.shape[0]))
+        begin, stop = rows.start * row, rows.stop * row
+        q = moving.points(rows=rows).reshape(3, -1)  # world points of whole rows
         y = inverse_map[:3, :3] @ q + inverse_map[:3, 3:4]
         if residual is None:  # P^-1 exactly
             p, mismatch = y, torch.zeros_like(y)

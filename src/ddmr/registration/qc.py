@@ -111,11 +111,13 @@ def _unit(values: np.ndarray) -> np.ndarray:
 
 
 def _ncc(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = _unit(a), _unit(b)
-    a = a - a.mean()
-    b = b - b.mean()
-    denominator = math.sqrt(float((a * a).sum()) * float((b * b).sum()))
-    return float((a * b).sum()) / denominator if denominator > 0 else 0.0
+    """Global NCC (:func:`ddmr.losses.ncc.global_ncc`) of two arrays, in float64."""
+    import torch
+
+    from ddmr.losses.ncc import global_ncc
+
+    pair = (torch.from_numpy(_unit(values).reshape(1, -1)) for values in (a, b))
+    return float(global_ncc(*pair)[0])
 
 
 def affine_shape(point_map: np.ndarray) -> tuple[np.ndarray, float]:
