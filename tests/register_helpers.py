@@ -163,3 +163,19 @@ def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
         writer.writerows(rows)
     return path
 
+
+def write_batch_images(folder: Path) -> Path:
+    """A batch's inputs in ``folder``: ``fixed`` (:func:`oblique_fixed`), ``moving`` and
+    ``other`` (:func:`other_moving`, the scene moved two ways) ``.nii.gz``, and
+    ``tiny.safetensors`` (:func:`save_tiny_model`). Returns ``folder``."""
+    from ddmr.io.images import save_image
+
+    fixed_geometry, moving_geometry = oblique_fixed(), other_moving()
+    save_image(folder / "fixed.nii.gz", sample_scene(fixed_geometry), fixed_geometry)
+    save_image(folder / "moving.nii.gz", sample_scene(moving_geometry, (1, 2, 0)),
+               moving_geometry)
+    save_image(folder / "other.nii.gz", sample_scene(moving_geometry, (0, -2, 1)),
+               moving_geometry)
+    save_tiny_model(folder / "tiny.safetensors")
+    return folder
+

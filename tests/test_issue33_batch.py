@@ -18,22 +18,14 @@ import pytest
 
 from ddmr.cli import main
 from ddmr.io.images import save_image
-from register_helpers import oblique_fixed, other_moving, sample_scene, save_tiny_model
+from register_helpers import oblique_fixed, sample_scene, save_tiny_model, write_batch_images
 
 BOM = b"\xef\xbb\xbf"
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("batch33")
-    fixed_geometry, moving_geometry = oblique_fixed(), other_moving()
-    save_image(folder / "fixed.nii.gz", sample_scene(fixed_geometry), fixed_geometry)
-    save_image(folder / "moving.nii.gz", sample_scene(moving_geometry, (1, 2, 0)),
-               moving_geometry)
-    save_image(folder / "other.nii.gz", sample_scene(moving_geometry, (0, -2, 1)),
-               moving_geometry)
-    save_tiny_model(folder / "tiny.safetensors")
-    return folder
+    return write_batch_images(tmp_path_factory.mktemp("batch33"))
 
 
 def _write_pairs(path, rows, bom: bool = False) -> None:

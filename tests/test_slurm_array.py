@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from ddmr.io.images import save_image
-from register_helpers import oblique_fixed, other_moving, sample_scene, save_tiny_model
+from register_helpers import other_moving, write_batch_images
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "slurm" / "register_array.sh"
 
@@ -87,16 +87,9 @@ PAIR_FILES = ("warped.nii.gz", "displacement.nii.gz", "affine.mat",
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> Path:
     """Tiny images: a fixed one, two moving ones, noise (it fails QC), a tiny model."""
-    folder = tmp_path_factory.mktemp("slurm")
-    fixed_geometry, moving_geometry = oblique_fixed(), other_moving()
-    save_image(folder / "fixed.nii.gz", sample_scene(fixed_geometry), fixed_geometry)
-    save_image(folder / "moving.nii.gz", sample_scene(moving_geometry, (1, 2, 0)),
-               moving_geometry)
-    save_image(folder / "other.nii.gz", sample_scene(moving_geometry, (0, -2, 1)),
-               moving_geometry)
-    noise = np.random.default_rng(0).uniform(0, 100, moving_geometry.shape)
-    save_image(folder / "noise.nii.gz", noise.astype(np.float32), moving_geometry)
-    save_tiny_model(folder / "tiny.safetensors")
+    folder = write_batch_images(tmp_path_factory.mktemp("slurm"))
+    noise = np.random.default_rng(0).uniform(0, 100, other_moving().shape)
+    save_image(folder / "noise.nii.gz", noise.astype(np.float32), other_moving())
     return folder
 
 
