@@ -138,11 +138,11 @@ def test_overlay_cuts_read_a_slab_with_the_values_of_the_whole_volume():
                                   [0, 0, 0, 1.0]]), array.shape)  # permuted, oblique
     for _, plane in overlay.slice_geometries(geometry):
         whole = resample_to(array, geometry, plane, order=1, cval=np.nan)[:, :, 0]
-        np.testing.assert_allclose(overlay._cut(array, geometry, plane), whole, atol=1e-5)
+        np.testing.assert_allclose(overlay.cut_slice(array, geometry, plane), whole, atol=1e-5)
         moved = np.array(plane.affine)
         moved[:3, 3] += 500.0  # a plane beyond the volume: all NaN, as before
         far = Geometry(moved, plane.shape)
-        assert np.isnan(overlay._cut(array, geometry, far)).all()
+        assert np.isnan(overlay.cut_slice(array, geometry, far)).all()
 
 
 def test_the_inverse_settles_each_point_where_the_torch_path_settles_the_chunk(monkeypatch):

@@ -52,7 +52,7 @@ def slice_geometries(geometry: Geometry, centre: np.ndarray | None = None,
     return out
 
 
-def _cut(array: np.ndarray, geometry: Geometry, plane: Geometry, order: int = 1
+def cut_slice(array: np.ndarray, geometry: Geometry, plane: Geometry, order: int = 1
          ) -> np.ndarray:
     """``array`` (I, J, K) on ``geometry`` resampled (trilinear; ``order`` 0: nearest, for
     label maps) onto the one-voxel-thick ``plane``: (rows, columns) float32, NaN beyond
@@ -75,7 +75,7 @@ def _cut(array: np.ndarray, geometry: Geometry, plane: Geometry, order: int = 1
 WINDOW_VOXELS = 1 << 21
 
 
-def _window(array: np.ndarray, voxels: int = WINDOW_VOXELS) -> tuple[float, float]:
+def display_window(array: np.ndarray, voxels: int = WINDOW_VOXELS) -> tuple[float, float]:
     """The display window: the 1st and 99th percentiles (of a regular subsample of at
     most ``voxels`` voxels)."""
     step = max(1, int(np.ceil((array.size / voxels) ** (1 / 3))))
@@ -83,7 +83,7 @@ def _window(array: np.ndarray, voxels: int = WINDOW_VOXELS) -> tuple[float, floa
     return float(lo), float(hi if hi > lo else lo + 1.0)
 
 
-def _scaled(image: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+def scaled_grey(image: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     return np.clip((image - window[0]) / (window[1] - window[0]), 0.0, 1.0)
 
 
@@ -101,7 +101,7 @@ def _grey(image: np.ndarray) -> np.ndarray:
     return np.repeat((values * 255 + 0.5).astype(np.uint8)[:, :, None], 3, axis=2)
 
 
-def _diverging(jacobian: np.ndarray, low: float, high: float) -> np.ndarray:
+def diverging_rgb(jacobian: np.ndarray, low: float, high: float) -> np.ndarray:
     """Jacobian determinants -> RGB uint8: white at 1, towards blue down to ``low``,
     towards red up to ``high``; NaN black."""
     j = np.nan_to_num(jacobian, nan=1.0)
@@ -149,7 +149,7 @@ def _colour_bar(width: int, height: int, low: float, high: float) -> np.ndarray:
     position = np.linspace(0.0, 1.0, width)
     values = np.where(position < 0.5, low + (1.0 - low) * position * 2,
                       1.0 + (high - 1.0) * (position - 0.5) * 2)
-    return np.repeat(_diverging(values[None, :], low, high), height, axis=0)
+    return np.repeat(diverging_rgb(values[None, :], low, high), height, axis=0)
 
 
 def headers_gap(fixed_geometry: Geometry, moving_geometry: Geometry) -> float:
@@ -197,7 +197,7 @@ def save_overlay(path: str | Path, fixed: np.ndarray, fixed_geometry: Geometry,
     Pillow (no matplotlib: it is a third of a registration's start-up)."""
     from PIL import Image, ImageDraw
 
-    fixed_window, moving_window = _window(fixed), _window(moving)
+    fixed_window, moving_window = display_window(fixed), display_window(moving)
     low = min(float(np.nanmin(jacobian)), 0.5)
     high = max(float(np.nanmax(jacobian)), 1.5)
     apart = headers_gap(fixed_geometry, moving_geometry)
@@ -205,22 +205,22 @@ def save_overlay(path: str | Path, fixed: np.ndarray, fixed_geometry: Geometry,
                                                else []) + ["warped", "checkerboard", "det J"]
     rows, notes = [], {}
     for view, plane in slice_geometries(fixed_geometry):
-        f = _scaled(_cut(fixed, fixed_geometry, plane), fixed_window)
+        f = scaled_grey(cut_slice(fixed, fixed_geometry, plane), fixed_window)
         moved = [("headers", plane)]
         if point_map is not None:
             moved.append(("affine", Geometry(np.asarray(point_map) @ plane.affine,
                                              plane.shape)))
         panels = [_grey(f)]
         for stage, where in moved:
-            m = _scaled(_cut(moving, moving_geometry, where), moving_window)
+            m = scaled_grey(cut_slice(moving, moving_geometry, where), moving_window)
             m[np.isnan(f)] = np.nan  # the moving image as resampled onto the fixed grid
             if not np.isfinite(m).any():
                 notes[len(rows), len(panels)] = missing_note(stage, apart)
                 m = np.full(m.shape, NOTE_GREY / 255.0)
             panels.append(_grey(m))
-        w = _scaled(_cut(warped, fixed_geometry, plane), moving_window)
-        j = _cut(jacobian, fixed_geometry, plane)
-        panels += [_grey(w), _grey(checkerboard(f, w)), _diverging(j, low, high)]
+        w = scaled_grey(cut_slice(warped, fixed_geometry, plane), moving_window)
+        j = cut_slice(jacobian, fixed_geometry, plane)
+        panels += [_grey(w), _grey(checkerboard(f, w)), diverging_rgb(j, low, high)]
         rows.append((view, panels))
     longest = max(max(p.shape[0], p.shape[1]) for _, panels in rows for p in panels)
     scale = CELL / longest

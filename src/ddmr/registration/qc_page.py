@@ -30,12 +30,12 @@ from ddmr.io.embed import data_uri, encode_image, image_uri
 from ddmr.io.files import atomic_path
 from ddmr.overlay import (
     ORIENTATION,
-    _cut,
-    _diverging,
-    _scaled,
-    _window,
+    cut_slice,
+    display_window,
+    diverging_rgb,
     headers_gap,
     missing_note,
+    scaled_grey,
     slice_geometries,
 )
 from ddmr.registration.qc import QCLimits, Verdict
@@ -213,7 +213,7 @@ def _contours(fixed: np.ndarray, warped_labels: np.ndarray | None,
 def _jacobian_rgb(jacobian: np.ndarray, low: float, high: float) -> tuple[np.ndarray, int]:
     """det J slice -> RGB (blue below 1, white at 1, red above; folded pixels marked in
     :data:`FOLDING_RGB`, grown by a pixel so they show), and the count of folded pixels."""
-    rgb = _diverging(jacobian, low, high)
+    rgb = diverging_rgb(jacobian, low, high)
     folded = np.nan_to_num(jacobian, nan=1.0) <= 0
     grown = folded.copy()
     grown[1:] |= folded[:-1]
@@ -243,32 +243,32 @@ def _views(result: Any, fixed_labels: np.ndarray | None
            ) -> tuple[list[PlaneView], str, tuple[float, float]]:
     """The panels of the three planes, the thumbnail ``data:`` URI and the det J range."""
     geometry, moving_geometry = result.geometry, result.moving_geometry
-    fixed_window = _window(result.fixed, WINDOW_VOXELS)
-    moving_window = _window(result.moving, WINDOW_VOXELS)
+    fixed_window = display_window(result.fixed, WINDOW_VOXELS)
+    moving_window = display_window(result.moving, WINDOW_VOXELS)
     centre = _foreground_centre(result.fixed, geometry, fixed_window)
     low, high = _jacobian_range(result)
     gap = headers_gap(geometry, moving_geometry)
     views, thumbnail = [], ""
     for name, plane in slice_geometries(geometry, centre, PAGE_PIXELS):
-        f = _scaled(_cut(result.fixed, geometry, plane), fixed_window)
+        f = scaled_grey(cut_slice(result.fixed, geometry, plane), fixed_window)
         view = PlaneView(name, _position(name, centre), _grey(f))
-        w = _scaled(_cut(result.warped, geometry, plane), moving_window)
+        w = scaled_grey(cut_slice(result.warped, geometry, plane), moving_window)
         view.moving["warped"] = _grey(w)
         stages = [("headers", plane)]
         if result.point_map is not None:
             stages.insert(0, ("affine", Geometry(np.asarray(result.point_map) @ plane.affine,
                                                  plane.shape)))
         for stage, where in stages:
-            m = _scaled(_cut(result.moving, moving_geometry, where), moving_window)
+            m = scaled_grey(cut_slice(result.moving, moving_geometry, where), moving_window)
             m[np.isnan(f)] = np.nan
             view.moving[stage] = _grey(m) if np.isfinite(m).any() else \
                 missing_note(stage, gap)
         labels = None if result.warped_seg is None else \
-            _cut(result.warped_seg, geometry, plane, order=0)
-        own = None if fixed_labels is None else _cut(fixed_labels, geometry, plane, order=0)
+            cut_slice(result.warped_seg, geometry, plane, order=0)
+        own = None if fixed_labels is None else cut_slice(fixed_labels, geometry, plane, order=0)
         if labels is not None or own is not None:
             view.contours, view.labels_shown = _contours(view.fixed, labels, own)
-        view.jacobian, view.folded = _jacobian_rgb(_cut(result.jacobian, geometry, plane),
+        view.jacobian, view.folded = _jacobian_rgb(cut_slice(result.jacobian, geometry, plane),
                                                    low, high)
         if name == "axial":
             thumbnail = _thumbnail(f, w)
@@ -438,7 +438,7 @@ def _jacobian_section(views: list[PlaneView], limits: tuple[float, float],
         f'style="{_size(v, scale)}">{_image(v.jacobian, f"det J, {v.name}", "layer")}</div>'
         f"<figcaption>{v.name}: {v.folded} folded voxel{'s' if v.folded != 1 else ''} on this "
         "slice</figcaption></figure>" for v in views)
-    ends = _diverging(np.array([[low, 1.0, high]]), low, high)[0]
+    ends = diverging_rgb(np.array([[low, 1.0, high]]), low, high)[0]
     gradient = ", ".join(f"rgb({c[0]},{c[1]},{c[2]})" for c in ends)
     folding = _number(measures.get("folding_percent"), 3, " %")
     swatch = "rgb({},{},{})".format(*FOLDING_RGB)
