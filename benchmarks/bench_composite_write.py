@@ -99,9 +99,9 @@ def h5py_writer(dtype, level: int | None, rounded: bool):
 
         vectors = _vectors(field, dtype)
         if rounded:
-            from ddmr.io.fields import _rounded_to_step
+            from ddmr.io.fields import rounded_to_step
 
-            _rounded_to_step(vectors, composite.STEP_MM)
+            rounded_to_step(vectors, composite.STEP_MM)
         options = {} if level is None else {
             "chunks": (min(vectors.size, composite.CHUNK_VALUES),), "shuffle": True,
             "compression": "gzip", "compression_opts": level}

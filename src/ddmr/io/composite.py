@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ddmr.errors import InputError
-from ddmr.io.fields import _rounded_to_step, itk_affine_parameters
+from ddmr.io.fields import itk_affine_parameters, rounded_to_step
 from ddmr.io.files import atomic_path
 from ddmr.io.images import FIELD_STEP_MM
 from ddmr.spatial.grid import LPS_FLIP, Geometry
@@ -163,7 +163,7 @@ def _write_field(group, field_mm: np.ndarray, geometry: Geometry) -> None:
                       casting="same_kind")
             np.multiply(block[..., :count].T, signs[axis], out=slab[:count, ..., axis])
         slab[count:] = 0  # HDF5 stores the last chunk whole; its tail is never read
-        _rounded_to_step(slab, STEP_MM)
+        rounded_to_step(slab, STEP_MM)
         np.copyto(planes, slab.view(np.uint8).reshape(-1, 4).T)
         dataset.id.write_direct_chunk((start * per_slice,),
                                       isal_zlib.compress(planes, DEFLATE_LEVEL))

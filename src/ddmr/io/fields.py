@@ -65,11 +65,11 @@ def save_displacement(path: PathLike, displacement_vox: np.ndarray | torch.Tenso
 
     with atomic_path(path) as temporary:  # one LPS component in memory at a time
         _write_nifti_volumes(temporary, (*geometry.shape, 1, 3),
-                             map(_rounded_to_step, lps_mm_components(array, geometry, units)),
+                             map(rounded_to_step, lps_mm_components(array, geometry, units)),
                              geometry, vector_intent)
 
 
-def _rounded_to_step(component: np.ndarray, step: float = FIELD_STEP_MM) -> np.ndarray:
+def rounded_to_step(component: np.ndarray, step: float = FIELD_STEP_MM) -> np.ndarray:
     """``component`` (a new float32 array) rounded in place to ``step`` mm (a power of 2:
     :data:`FIELD_STEP_MM` for the ``.nii.gz`` fields, a finer one for the composite
     ``.h5`` files of :mod:`ddmr.io.composite`)."""
