@@ -68,7 +68,11 @@ class RegistrationResult:
         its age when the last file but ``summary.json`` was written: the whole process),
         ``engine`` (similarity before and after, steps per level), ``metrics`` (folding
         %, SDlogJ, Jacobian range, largest displacement in mm; DSC, HD95 mm, centroid TRE
-        mm with both label maps) and ``qc``.
+        mm with both label maps) and ``qc`` (the verdict and the ``limits`` it used).
+    fixed, moving: the images (I, J, K) on their grids (``geometry``, ``moving_geometry``);
+    point_map: the affine part (4, 4) RAS, fixed world -> moving world; residual_mm: ``d``
+        (3, I, J, K) RAS mm on the fixed grid (``P(p + d(p))``); inverse_mm: the inverse on
+        the moving grid; fixed_labels: the fixed label map, for the QC page's contours.
     """
 
     geometry: Geometry
