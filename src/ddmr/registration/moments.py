@@ -31,7 +31,7 @@ MOMENT_POINTS = 200_000
 def otsu_threshold(values: np.ndarray, bins: int = OTSU_BINS) -> float:
     """Otsu's threshold of ``values`` (any shape): the level that maximises the
     between-class variance of the histogram; values above it are foreground."""
-    values = np.asarray(values)
+    values = np.ravel(values, order="K")  # (a view in the array's own order: no copy)
     if values.dtype.kind != "f":
         values = values.astype(np.float64)
     low, high = float(values.min()), float(values.max())
@@ -60,8 +60,7 @@ def foreground_mask(array: np.ndarray) -> np.ndarray:
         return np.ones(array.shape, dtype=bool)
     sizes = np.bincount(labelled.ravel())
     sizes[0] = 0
-    kept = np.nonzero(sizes >= sizes.max() / 20)[0]
-    mask = np.isin(labelled, kept)
+    mask = (sizes >= sizes.max() / 20)[labelled]  # the components kept, by lookup
     # the holes are filled inside the mask's box grown by a voxel: the background shell
     # around the box reaches the array's border, so the same voxels are holes (tested)
     box = tuple(slice(max(b.start - 1, 0), b.stop + 1) for b in index_box(mask))
