@@ -2,8 +2,8 @@
 candidate setting, scored as ``bench_peers.py`` scores a whole registration, on the
 training pairs (to choose) and the test pairs (to report).
 
-    python benchmarks/bench_affine.py run [--kind 2mm|1mm] [--variants ncc,lncc5,...]
-    python benchmarks/bench_affine.py table
+    python benchmarks/bench_affine.py run [--kind 2mm|1mm] [--variants ncc,lncc5,...] [--out DIR]
+    python benchmarks/bench_affine.py table [--out DIR]
 
 Pairs (:mod:`speed_pairs`, ``all``): ``2mm`` every ordered pair of the bundled cohort's six
 skull-stripped heads; ``1mm`` every ordered pair of the four whole heads. A pair is
@@ -79,8 +79,9 @@ def run(args: argparse.Namespace) -> None:
     from ddmr.registration.moments import foreground_mask, intensity_scale
 
     bench_peers.set_threads()
-    OUT.mkdir(exist_ok=True)
-    rows_file = OUT / "rows.jsonl"
+    out = Path(args.out)
+    out.mkdir(exist_ok=True, parents=True)
+    rows_file = out / "rows.jsonl"
     done = set()
     if rows_file.exists():
         done = {(r["kind"], r["pair"], r["variant"])
@@ -114,7 +115,7 @@ def table(args: argparse.Namespace) -> None:
     import pandas as pd
 
     rows = pd.DataFrame([json.loads(line) for line in
-                         (OUT / "rows.jsonl").read_text().splitlines()])
+                         (Path(args.out) / "rows.jsonl").read_text().splitlines()])
     columns = ["dsc", "dsc_tissue", "dsc_subcortical", "hd95", "seconds"]
     summary = rows.groupby(["kind", "split", "variant"])[columns].mean().reset_index()
     summary.insert(3, "pairs", rows.groupby(["kind", "split", "variant"]).size().values)
@@ -130,7 +131,9 @@ def main() -> None:
     run_parser = commands.add_parser("run")
     run_parser.add_argument("--kind", choices=("2mm", "1mm"), default="2mm")
     run_parser.add_argument("--variants", default=",".join(VARIANTS))
-    commands.add_parser("table")
+    table_parser = commands.add_parser("table")
+    for command in (run_parser, table_parser):
+        command.add_argument("--out", default=str(OUT), help="folder of rows.jsonl")
     args = parser.parse_args()
     {"run": run, "table": table}[args.command](args)
 
