@@ -129,7 +129,7 @@ def read_volume(value: ImageInput, name: str, labels: bool = False
 def looks_like_labels(array: np.ndarray) -> bool:
     """Whether an intensity image (I, J, K) holds only a few integer values (a label map
     given where an image was expected)."""
-    sample = array.ravel()[:: max(1, array.size // 200_000)]
+    sample = array.ravel(order="K")[:: max(1, array.size // 200_000)]  # no copy
     if not np.array_equal(sample, np.round(sample)):
         return False
     return np.unique(sample).size <= LABEL_LIKE_VALUES and \

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ddmr.spatial import kernels
 from ddmr.spatial.displacement import Transform
 from ddmr.spatial.field import SLAB_VOXELS
 from ddmr.spatial.grid import Geometry, affine_volume, normalised
@@ -119,15 +120,24 @@ def to_native(transform: Transform, fixed: Geometry, moving: np.ndarray,
     out_disp = np.empty((3, *shape), dtype=np.float32)
     out_warped = np.empty(shape, dtype=np.float32)
     out_labels = np.zeros(shape, dtype=np.uint8) if labels is not None else None
+    compiled = kernels.available()
     for sl in _slabs(shape):
-        disp = affine_volume(offset_map, shape, rows=sl)
-        moving_index = affine_volume(to_moving, shape, rows=sl)
-        if field is not None:
-            d = _field_on_slab(u, to_field, sl, shape)  # (3, s, J, K) mm
-            disp += torch.einsum("ab,bijk->aijk", field_to_world, d)
-            moving_index += torch.einsum("ab,bijk->aijk", field_to_moving, d)
-        out_disp[:, sl] = disp.numpy()
-        out_warped[sl] = sample_image(image, moving_index).numpy()
+        if compiled:  # one fused pass: the same maps and samples
+            moving_index = torch.from_numpy(kernels.native_rows(
+                None if field is None else u[0].numpy(),
+                to_field if field is not None else None, offset_map,
+                field_to_world.numpy() if field is not None else None, to_moving,
+                field_to_moving.numpy() if field is not None else None,
+                image[0, 0].numpy(), sl, out_disp, out_warped))
+        else:
+            disp = affine_volume(offset_map, shape, rows=sl)
+            moving_index = affine_volume(to_moving, shape, rows=sl)
+            if field is not None:
+                d = _field_on_slab(u, to_field, sl, shape)  # (3, s, J, K) mm
+                disp += torch.einsum("ab,bijk->aijk", field_to_world, d)
+                moving_index += torch.einsum("ab,bijk->aijk", field_to_moving, d)
+            out_disp[:, sl] = disp.numpy()
+            out_warped[sl] = sample_image(image, moving_index).numpy()
         if labels is not None:
             points = moving_index.reshape(3, -1)
             out_labels[sl] = sample_labels(labels, points, values, cells).numpy().reshape(

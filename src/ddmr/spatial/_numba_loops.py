@@ -220,25 +220,31 @@ def lncc_products(a, b, out):
 @jit
 def lncc_centres(sums, sum_a, var_a, count, eps, out):
     """The squared correlation's sum and the four window statistics of its gradient
-    (alpha, alpha mean_a, beta, beta mean_b) from the warped window sums."""
+    (alpha, alpha mean_a, beta, beta mean_b) from the warped window sums (float32
+    arithmetic, one reciprocal per voxel; the sum in float64)."""
     _, d_, h_, w_ = sums.shape
+    eps32 = np.float32(eps)
+    one, two, zero = np.float32(1.0), np.float32(2.0), np.float32(0.0)
     total = 0.0
     for slab in prange(d_ * h_):
         i, j = divmod(np.int64(slab), h_)
         for k in range(w_):
-            n = count[i, j, k]
+            inverse_n = one / count[i, j, k]
+            sa = sum_a[i, j, k]
             sb = sums[0, i, j, k]
-            mean_b = sb / n
-            cov = sums[2, i, j, k] - sum_a[i, j, k] * mean_b
-            var_b = max(sums[1, i, j, k] - sb * mean_b, 0.0)
+            mean_b = sb * inverse_n
+            cov = sums[2, i, j, k] - sa * mean_b
+            var_b = sums[1, i, j, k] - sb * mean_b
+            if var_b < zero:
+                var_b = zero
             va = var_a[i, j, k]
-            denominator = var_b * va + eps
-            cc = cov * cov / denominator
+            inverse = one / (var_b * va + eps32)
+            alpha = two * cov * inverse
+            cc = cov * alpha / two
             total += cc
-            alpha = 2.0 * cov / denominator
-            beta = 2.0 * cc * va / denominator
+            beta = two * cc * va * inverse
             out[0, i, j, k] = alpha
-            out[1, i, j, k] = alpha * (sum_a[i, j, k] / n)
+            out[1, i, j, k] = alpha * (sa * inverse_n)
             out[2, i, j, k] = beta
             out[3, i, j, k] = beta * mean_b
     return total
@@ -335,3 +341,53 @@ def fixed_point(field, matrix, y, p, mismatch, iterations, tolerance):
                     or iteration == iterations:
                 break
             p[0, n], p[1, n], p[2, n] = x0 - m0, x1 - m1, x2 - m2
+
+
+@jit
+def native_rows(field, to_field, offset_map, field_to_world, to_moving, field_to_moving,
+                image, start, stop, displacement, warped, index):
+    """The final transform on rows ``start:stop`` of the fixed grid (I, J, K): per fixed
+    voxel x, ``d`` = ``field`` (3, ...) at the voxel coordinates ``to_field @ (x, 1)``
+    (trilinear, border values; no field when ``field`` has one voxel of zeros and the
+    matrices are zero), then ``displacement[:, x] = offset_map @ (x, 1) + field_to_world
+    @ d`` (mm), the moving index ``m = to_moving @ (x, 1) + field_to_moving @ d`` into
+    ``index[:, x - start]`` (3, stop - start, J, K), and ``warped[x]`` = ``image`` at m
+    (trilinear, edge values up to half a voxel beyond the grid, 0 further out: ITK's
+    linear interpolator). Matrices are (3, 4) or (3, 3) float64."""
+    _, j_, k_ = warped.shape
+    md, mh, mw = image.shape
+    image4 = image.reshape((1, md, mh, mw))
+    for row in prange((stop - start) * j_):
+        i, j = divmod(np.int64(row), j_)
+        x = start + i
+        d = np.empty((3, 1), dtype=np.float32)
+        v = np.empty((1, 1), dtype=np.float32)
+        for k in range(k_):
+            q0 = to_field[0, 0] * x + to_field[0, 1] * j + to_field[0, 2] * k + to_field[0, 3]
+            q1 = to_field[1, 0] * x + to_field[1, 1] * j + to_field[1, 2] * k + to_field[1, 3]
+            q2 = to_field[2, 0] * x + to_field[2, 1] * j + to_field[2, 2] * k + to_field[2, 3]
+            trilinear(field, q0, q1, q2, d, 0)
+            d0, d1, d2 = d[0, 0], d[1, 0], d[2, 0]
+            for a in range(3):
+                displacement[a, x, j, k] = (
+                    offset_map[a, 0] * x + offset_map[a, 1] * j + offset_map[a, 2] * k
+                    + offset_map[a, 3] + field_to_world[a, 0] * d0
+                    + field_to_world[a, 1] * d1 + field_to_world[a, 2] * d2)
+            m0 = (to_moving[0, 0] * x + to_moving[0, 1] * j + to_moving[0, 2] * k
+                  + to_moving[0, 3] + field_to_moving[0, 0] * d0
+                  + field_to_moving[0, 1] * d1 + field_to_moving[0, 2] * d2)
+            m1 = (to_moving[1, 0] * x + to_moving[1, 1] * j + to_moving[1, 2] * k
+                  + to_moving[1, 3] + field_to_moving[1, 0] * d0
+                  + field_to_moving[1, 1] * d1 + field_to_moving[1, 2] * d2)
+            m2 = (to_moving[2, 0] * x + to_moving[2, 1] * j + to_moving[2, 2] * k
+                  + to_moving[2, 3] + field_to_moving[2, 0] * d0
+                  + field_to_moving[2, 1] * d1 + field_to_moving[2, 2] * d2)
+            index[0, i, j, k] = m0
+            index[1, i, j, k] = m1
+            index[2, i, j, k] = m2
+            if (m0 < -0.5 or m0 > md - 0.5 or m1 < -0.5 or m1 > mh - 0.5
+                    or m2 < -0.5 or m2 > mw - 0.5):
+                warped[x, j, k] = 0.0
+            else:
+                trilinear(image4, m0, m1, m2, v, 0)
+                warped[x, j, k] = v[0, 0]

@@ -15,7 +15,9 @@ to float32 rounding; tested against them):
 * :class:`LNCCKernel` - :class:`ddmr.registration.similarity.LocalNCC`'s value and, from
   its gradient, the engine's force (central differences, one-sided at the borders, as
   :func:`ddmr.registration.similarity.force_from_gradient`);
-* :func:`largest_norm` - the largest vector length of a field.
+* :func:`largest_norm` - the largest vector length of a field;
+* :func:`native_rows` - :func:`ddmr.registration.native.to_native`'s displacement, moving
+  indices and warped image (``sample_image``) on rows of the fixed grid.
 
 Arrays are C-contiguous float32 numpy arrays (torch CPU tensors share their memory through
 ``.numpy()``), channels first: (C, D, H, W). Compiled code is cached on disk (the first
@@ -69,7 +71,7 @@ def _compiled():
     return {"box": (loops.box_first, loops.box_middle, loops.box_last),
             "gauss": (loops.gauss_first, loops.gauss_middle, loops.gauss_last),
             "sample": loops.sample, "sample_points": loops.sample_points,
-            "fixed_point": loops.fixed_point,
+            "fixed_point": loops.fixed_point, "native_rows": loops.native_rows,
             "lncc_products": loops.lncc_products,
             "lncc_centres": loops.lncc_centres, "lncc_force": loops.lncc_force,
             "largest_norm": loops.largest_norm}
@@ -248,6 +250,31 @@ class LNCCKernel:
         _compiled()["lncc_force"](self.a, b, centres, 1.0 / b.size,
                                   np.asarray(spacing, dtype=np.float64), out)
         return value, out
+
+
+def native_rows(field: np.ndarray | None, to_field: np.ndarray, offset_map: np.ndarray,
+                field_to_world: np.ndarray, to_moving: np.ndarray,
+                field_to_moving: np.ndarray, image: np.ndarray, rows: slice,
+                displacement: np.ndarray, warped: np.ndarray) -> np.ndarray:
+    """Rows ``rows`` of the fixed grid (I, J, K): writes ``displacement`` (3, I, J, K) mm
+    and ``warped`` (I, J, K) there and returns the moving indices (3, rows, J, K) (see
+    :func:`ddmr.spatial._numba_loops.native_rows`; ``field`` None: the affine part
+    alone). Matrices (3, 4) or (4, 4) and (3, 3), any float dtype."""
+    if field is None:
+        field = np.zeros((3, 1, 1, 1), dtype=np.float32)
+        to_field = np.zeros((3, 4))
+        field_to_world = field_to_moving = np.zeros((3, 3))
+    index = np.empty((3, rows.stop - rows.start, *warped.shape[1:]), dtype=np.float32)
+
+    def matrix(m):
+        return np.ascontiguousarray(np.asarray(m)[:3], dtype=np.float64)
+
+    _compiled()["native_rows"](
+        _four(field), matrix(to_field), matrix(offset_map), matrix(field_to_world),
+        matrix(to_moving), matrix(field_to_moving),
+        np.ascontiguousarray(image, dtype=np.float32), rows.start, rows.stop,
+        displacement, warped, index)
+    return index
 
 
 def largest_norm(field: np.ndarray) -> float:
