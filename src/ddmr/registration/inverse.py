@@ -108,6 +108,18 @@ def invert(transform: Transform, fixed: Geometry, moving: Geometry,
                                 .astype(np.float32))
     to_fixed = torch.from_numpy(fixed.matrix("world", "index").astype(np.float32))
     size = int(np.prod(moving.shape))
+    if compiled and (start is None or (start.beyond == "border" and plain(start.field_mm))):
+        # one pass over the moving grid: each voxel iterated until it settles
+        out, errors = kernels.invert_grid(
+            residual.field_mm.numpy(), residual.grid.matrix("world", "index"),
+            None if start is None else start.field_mm.contiguous().numpy(),
+            None if start is None else start.grid.matrix("world", "index"),
+            np.linalg.inv(forward_map) @ moving.affine, moving.affine,
+            fixed.matrix("world", "index"), fixed.shape, to_error.numpy(), moving.shape,
+            ITERATIONS, TOLERANCE_MM)
+        inside = errors != -1.0
+        return Inverse(out, method, *_error_statistics(errors[inside]),
+                       int(np.count_nonzero(inside)) / size)
     out = np.empty((3, size), dtype=np.float32)
     errors = np.empty(size, dtype=np.float32)  # of the voxels inside, in order
     inside_total = 0
@@ -144,9 +156,15 @@ def invert(transform: Transform, fixed: Geometry, moving: Geometry,
             errors[inside_total:inside_total + count] = \
                 error.square_().sum(dim=0).sqrt_().numpy()  # (norm(dim=0): slow)
         inside_total += count
-    error = errors[:inside_total]
+    return Inverse(out.reshape(3, *moving.shape), method,
+                   *_error_statistics(errors[:inside_total]), inside_total / size)
+
+
+def _error_statistics(error: np.ndarray) -> tuple[float, float, float]:
+    """Mean, 95th percentile and largest of the finite values of ``error`` (n,) (a
+    scratch array: reordered), NaN for none."""
     error = error[np.isfinite(error)] if not np.isfinite(error).all() else error
-    stats = ((float(error.mean(dtype=np.float64)),
-              float(np.percentile(error, 95, overwrite_input=True)), float(error.max()))
-             if error.size else (float("nan"),) * 3)
-    return Inverse(out.reshape(3, *moving.shape), method, *stats, inside_total / size)
+    if not error.size:
+        return (float("nan"),) * 3
+    return (float(error.mean(dtype=np.float64)),
+            float(np.percentile(error, 95, overwrite_input=True)), float(error.max()))

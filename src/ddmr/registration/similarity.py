@@ -195,7 +195,7 @@ class Objective:
 
     def value(self, warped: torch.Tensor) -> float:
         if self.kernel is not None:
-            return float(self.kernel.similarity(warped[0].contiguous().numpy())[0])
+            return float(self.kernel.similarity(warped[0].contiguous().numpy()))
         return self.evaluate(warped)[0]
 
     def force(self, warped: torch.Tensor) -> tuple[float, torch.Tensor]:

@@ -13,68 +13,6 @@ inline = numba.njit(cache=True, inline="always")
 
 
 @jit
-def box_last(src, out, radius):
-    """Window sums along the last axis of (C, D, H, W), zero beyond the grid."""
-    c_, d_, h_, w_ = src.shape
-    for row in prange(c_ * d_ * h_):
-        c, rest = divmod(np.int64(row), d_ * h_)
-        d, h = divmod(np.int64(rest), h_)
-        line = src[c, d, h]
-        target = out[c, d, h]
-        total = 0.0
-        for k in range(min(radius, w_ - 1) + 1):
-            total += line[k]
-        target[0] = total
-        for k in range(1, w_):
-            if k + radius < w_:
-                total += line[k + radius]
-            if k - radius - 1 >= 0:
-                total -= line[k - radius - 1]
-            target[k] = total
-
-@jit
-def box_middle(src, out, radius):
-    """Window sums along axis 2 of (C, D, H, W) (running rows of W in float64)."""
-    c_, d_, h_, w_ = src.shape
-    for slab in prange(c_ * d_):
-        c, d = divmod(np.int64(slab), d_)
-        plane = src[c, d]
-        target = out[c, d]
-        total = np.zeros(w_, dtype=np.float64)
-        for j in range(min(radius, h_ - 1) + 1):
-            for k in range(w_):
-                total[k] += plane[j, k]
-        for j in range(h_):
-            if j > 0 and j + radius < h_:
-                for k in range(w_):
-                    total[k] += plane[j + radius, k]
-            if j - radius - 1 >= 0:
-                for k in range(w_):
-                    total[k] -= plane[j - radius - 1, k]
-            for k in range(w_):
-                target[j, k] = total[k]
-
-@jit
-def box_first(src, out, radius):
-    """Window sums along axis 1 of (C, D, H, W) (running rows of W in float64)."""
-    c_, d_, h_, w_ = src.shape
-    for column in prange(c_ * h_):
-        c, h = divmod(np.int64(column), h_)
-        total = np.zeros(w_, dtype=np.float64)
-        for i in range(min(radius, d_ - 1) + 1):
-            for k in range(w_):
-                total[k] += src[c, i, h, k]
-        for i in range(d_):
-            if i > 0 and i + radius < d_:
-                for k in range(w_):
-                    total[k] += src[c, i + radius, h, k]
-            if i - radius - 1 >= 0:
-                for k in range(w_):
-                    total[k] -= src[c, i - radius - 1, h, k]
-            for k in range(w_):
-                out[c, i, h, k] = total[k]
-
-@jit
 def gauss_last(src, out, weights, scale):
     """Gaussian taps along the last axis of (C, D, H, W), border voxels rescaled."""
     c_, d_, h_, w_ = src.shape
@@ -391,3 +329,171 @@ def native_rows(field, to_field, offset_map, field_to_world, to_moving, field_to
             else:
                 trilinear(image4, m0, m1, m2, v, 0)
                 warped[x, j, k] = v[0, 0]
+
+
+# -- a box sum along three axes in one pass over a volume: planes summed along two axes,
+# kept in a ring of the planes a window along the first axis spans (cache-sized), and
+# their running sum as the window slides
+
+
+@inline
+def _box_plane(plane, radius, rows, out):
+    """Window sums of one (H, W) plane along W then H into ``out`` (H, W) float64
+    (``rows`` (H, W) float64 scratch), zero beyond the plane."""
+    h_, w_ = plane.shape
+    for j in range(h_):
+        total = 0.0
+        for k in range(min(radius, w_ - 1) + 1):
+            total += plane[j, k]
+        rows[j, 0] = total
+        for k in range(1, w_):
+            if k + radius < w_:
+                total += plane[j, k + radius]
+            if k - radius - 1 >= 0:
+                total -= plane[j, k - radius - 1]
+            rows[j, k] = total
+    for k in range(w_):
+        out[0, k] = 0.0
+    for j in range(min(radius, h_ - 1) + 1):
+        for k in range(w_):
+            out[0, k] += rows[j, k]
+    for j in range(1, h_):
+        for k in range(w_):
+            out[j, k] = out[j - 1, k]
+        if j + radius < h_:
+            for k in range(w_):
+                out[j, k] += rows[j + radius, k]
+        if j - radius - 1 >= 0:
+            for k in range(w_):
+                out[j, k] -= rows[j - radius - 1, k]
+
+
+@jit
+def box_volume(src, out, radius, chunks):
+    """Window sums of (D, H, W) over a cube of ``2 radius + 1`` voxels (zero beyond the
+    grid) into ``out`` (not ``src``), in ``chunks`` slabs along D run in parallel."""
+    d_, h_, w_ = src.shape
+    slots = 2 * radius + 1
+    for chunk in prange(chunks):
+        first, stop = chunk * d_ // chunks, (chunk + 1) * d_ // chunks
+        if first >= stop:
+            continue
+        ring = np.empty((slots, h_, w_), dtype=np.float64)
+        rows = np.empty((h_, w_), dtype=np.float64)
+        running = np.zeros((h_, w_), dtype=np.float64)
+        for p in range(max(0, first - radius), min(d_, first + radius + 1)):
+            slot = ring[p % slots]
+            _box_plane(src[p], radius, rows, slot)
+            for j in range(h_):
+                for k in range(w_):
+                    running[j, k] += slot[j, k]
+        for i in range(first, stop):
+            for j in range(h_):
+                for k in range(w_):
+                    out[i, j, k] = running[j, k]
+            if i + 1 == stop:
+                break
+            slot = ring[(i - radius) % slots]  # the plane leaving is the slot entering
+            if i - radius >= 0:
+                for j in range(h_):
+                    for k in range(w_):
+                        running[j, k] -= slot[j, k]
+            if i + radius + 1 < d_:
+                _box_plane(src[i + radius + 1], radius, rows, slot)
+                for j in range(h_):
+                    for k in range(w_):
+                        running[j, k] += slot[j, k]
+
+
+@jit
+def invert_grid(field, to_field, start, to_start, has_start, to_y, to_q, to_fixed,
+                fixed_shape, to_error, iterations, tolerance, out, errors):
+    """The inverse of ``p -> p + d(p)`` composed with the point maps, at every voxel x of
+    a moving grid (I, J, K): ``q = to_q @ (x, 1)`` and ``y = to_y @ (x, 1)`` (world mm),
+    ``p`` from ``y + start(y)`` (``has_start``; else ``y - d(y)``) by ``p <- y - d(p)``
+    until each component of the mismatch ``p + d(p) - y`` is below ``tolerance`` mm or
+    after ``iterations`` updates (``d``: ``field`` at ``to_field @ (p, 1)``, trilinear,
+    border values; ``start`` likewise at ``to_start``). Writes ``out[:, x] = p - q`` and
+    ``errors[x] = |to_error @ mismatch|``, or -1 where ``to_fixed @ (p, 1)`` lies more
+    than half a voxel outside the fixed grid of ``fixed_shape``."""
+    _, i_, j_, k_ = out.shape
+    for row in prange(i_ * j_):
+        i, j = divmod(np.int64(row), j_)
+        sampled = np.empty((3, 1), dtype=np.float32)
+        for k in range(k_):
+            q0 = to_q[0, 0] * i + to_q[0, 1] * j + to_q[0, 2] * k + to_q[0, 3]
+            q1 = to_q[1, 0] * i + to_q[1, 1] * j + to_q[1, 2] * k + to_q[1, 3]
+            q2 = to_q[2, 0] * i + to_q[2, 1] * j + to_q[2, 2] * k + to_q[2, 3]
+            y0 = np.float32(to_y[0, 0] * i + to_y[0, 1] * j + to_y[0, 2] * k + to_y[0, 3])
+            y1 = np.float32(to_y[1, 0] * i + to_y[1, 1] * j + to_y[1, 2] * k + to_y[1, 3])
+            y2 = np.float32(to_y[2, 0] * i + to_y[2, 1] * j + to_y[2, 2] * k + to_y[2, 3])
+            if has_start:
+                source, matrix, sign = start, to_start, np.float32(1.0)
+            else:
+                source, matrix, sign = field, to_field, np.float32(-1.0)
+            c0 = matrix[0, 0] * y0 + matrix[0, 1] * y1 + matrix[0, 2] * y2 + matrix[0, 3]
+            c1 = matrix[1, 0] * y0 + matrix[1, 1] * y1 + matrix[1, 2] * y2 + matrix[1, 3]
+            c2 = matrix[2, 0] * y0 + matrix[2, 1] * y1 + matrix[2, 2] * y2 + matrix[2, 3]
+            trilinear(source, c0, c1, c2, sampled, 0)
+            x0 = y0 + sign * sampled[0, 0]
+            x1 = y1 + sign * sampled[1, 0]
+            x2 = y2 + sign * sampled[2, 0]
+            m0 = m1 = m2 = np.float32(0.0)
+            for iteration in range(iterations + 1):
+                c0 = (to_field[0, 0] * x0 + to_field[0, 1] * x1 + to_field[0, 2] * x2
+                      + to_field[0, 3])
+                c1 = (to_field[1, 0] * x0 + to_field[1, 1] * x1 + to_field[1, 2] * x2
+                      + to_field[1, 3])
+                c2 = (to_field[2, 0] * x0 + to_field[2, 1] * x1 + to_field[2, 2] * x2
+                      + to_field[2, 3])
+                trilinear(field, c0, c1, c2, sampled, 0)  # d(p)
+                m0 = sampled[0, 0] + x0 - y0
+                m1 = sampled[1, 0] + x1 - y1
+                m2 = sampled[2, 0] + x2 - y2
+                if (abs(m0) < tolerance and abs(m1) < tolerance and abs(m2) < tolerance) \
+                        or iteration == iterations:
+                    break
+                x0, x1, x2 = x0 - m0, x1 - m1, x2 - m2
+            out[0, i, j, k] = x0 - q0
+            out[1, i, j, k] = x1 - q1
+            out[2, i, j, k] = x2 - q2
+            f0 = to_fixed[0, 0] * x0 + to_fixed[0, 1] * x1 + to_fixed[0, 2] * x2 + to_fixed[0, 3]
+            f1 = to_fixed[1, 0] * x0 + to_fixed[1, 1] * x1 + to_fixed[1, 2] * x2 + to_fixed[1, 3]
+            f2 = to_fixed[2, 0] * x0 + to_fixed[2, 1] * x1 + to_fixed[2, 2] * x2 + to_fixed[2, 3]
+            if (f0 < -0.5 or f0 > fixed_shape[0] - 0.5 or f1 < -0.5
+                    or f1 > fixed_shape[1] - 0.5 or f2 < -0.5 or f2 > fixed_shape[2] - 0.5):
+                errors[i, j, k] = -1.0
+            else:
+                e0 = to_error[0, 0] * m0 + to_error[0, 1] * m1 + to_error[0, 2] * m2
+                e1 = to_error[1, 0] * m0 + to_error[1, 1] * m1 + to_error[1, 2] * m2
+                e2 = to_error[2, 0] * m0 + to_error[2, 1] * m1 + to_error[2, 2] * m2
+                errors[i, j, k] = math.sqrt(e0 * e0 + e1 * e1 + e2 * e2)
+
+
+@jit
+def resample_linear(image, matrix, cval, out):
+    """out[x] = ``image`` (any strides) at the voxel coordinates ``matrix @ (x, 1)``
+    (trilinear; edge values up to half a voxel beyond the grid, ``cval`` further out: as
+    :func:`ddmr.spatial.resample.resample_to`'s torch path) for
+    every voxel x of ``out`` (I, J, K)."""
+    i_, j_, k_ = out.shape
+    md, mh, mw = image.shape
+    for row in prange(i_ * j_):
+        i, j = divmod(np.int64(row), j_)
+        for k in range(k_):
+            p0 = matrix[0, 0] * i + matrix[0, 1] * j + matrix[0, 2] * k + matrix[0, 3]
+            p1 = matrix[1, 0] * i + matrix[1, 1] * j + matrix[1, 2] * k + matrix[1, 3]
+            p2 = matrix[2, 0] * i + matrix[2, 1] * j + matrix[2, 2] * k + matrix[2, 3]
+            # (1e-4 voxel of slack: a grid's own edge stays inside after rounding)
+            if (p0 < -0.5001 or p0 > md - 0.4999 or p1 < -0.5001 or p1 > mh - 0.4999
+                    or p2 < -0.5001 or p2 > mw - 0.4999):
+                out[i, j, k] = cval
+                continue
+            x0, x1, fx = corner(p0, md)
+            y0, y1, fy = corner(p1, mh)
+            z0, z1, fz = corner(p2, mw)
+            gx, gy, gz = 1.0 - fx, 1.0 - fy, 1.0 - fz
+            out[i, j, k] = (gx * (gy * (gz * image[x0, y0, z0] + fz * image[x0, y0, z1])
+                                  + fy * (gz * image[x0, y1, z0] + fz * image[x0, y1, z1]))
+                            + fx * (gy * (gz * image[x1, y0, z0] + fz * image[x1, y0, z1])
+                                    + fy * (gz * image[x1, y1, z0] + fz * image[x1, y1, z1])))

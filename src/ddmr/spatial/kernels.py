@@ -10,6 +10,10 @@ to float32 rounding; tested against them):
 * :func:`sample_points` - ``grid_sample`` (the same) at voxel coordinates of given points;
 * :func:`fixed_point` - the inverse's fixed-point iteration
   (:func:`ddmr.registration.inverse.invert`), each point until it settles;
+* :func:`invert_grid` - the same iteration at every voxel of a grid, with the errors of
+  :func:`ddmr.registration.inverse.invert`;
+* :func:`resample_linear` - :func:`ddmr.spatial.resample.resample_to`'s trilinear
+  resampling (ITK's half-voxel rule) through an affine index map;
 * :func:`sample_affine` - ``grid_sample`` (trilinear, aligned corners, border values) at
   voxel coordinates ``L u(x) + B x + c`` made on the fly, plus an optional addend;
 * :class:`LNCCKernel` - :class:`ddmr.registration.similarity.LocalNCC`'s value and, from
@@ -68,10 +72,11 @@ def _compiled():
     cache on first use."""
     from ddmr.spatial import _numba_loops as loops
 
-    return {"box": (loops.box_first, loops.box_middle, loops.box_last),
+    return {"box_volume": loops.box_volume,
             "gauss": (loops.gauss_first, loops.gauss_middle, loops.gauss_last),
             "sample": loops.sample, "sample_points": loops.sample_points,
             "fixed_point": loops.fixed_point, "native_rows": loops.native_rows,
+            "invert_grid": loops.invert_grid, "resample_linear": loops.resample_linear,
             "lncc_products": loops.lncc_products,
             "lncc_centres": loops.lncc_centres, "lncc_force": loops.lncc_force,
             "largest_norm": loops.largest_norm}
@@ -125,14 +130,32 @@ def _same(a: np.ndarray, b: np.ndarray) -> bool:
 
 def box_sum(volume: np.ndarray, window: int, out: np.ndarray | None = None) -> np.ndarray:
     """Sums of (C, D, H, W) over a cubic ``window`` (odd, voxels), zero beyond the grid:
-    :func:`ddmr.spatial.filters.box_sum`."""
-    kernels = _compiled()["box"]
+    :func:`ddmr.spatial.filters.box_sum`. One pass over each channel (three axes fused);
+    in place (``out`` is ``volume``) through one channel of scratch."""
+    kernel = _compiled()["box_volume"]
     radius = window // 2
     volume = _four(volume)
-    out = _target(out, volume.shape)
-    passes = [(kernels[axis], radius) for axis in range(3)
-              if radius > 0 and volume.shape[axis + 1] > 1]
-    return _separable(volume, passes, out)
+    result = np.empty_like(volume) if out is None else _target(out, volume.shape)
+    in_place = _same(result, volume)
+    scratch = np.empty_like(volume[0]) if in_place else None
+    chunks = max(1, min(_numba().get_num_threads(), volume.shape[1]))
+    for channel in range(volume.shape[0]):
+        target = scratch if in_place else result[channel]
+        kernel(volume[channel], target, radius, chunks)
+        if in_place:
+            result[channel] = scratch
+    return result
+
+
+def box_sum_down(buffer: np.ndarray, window: int) -> np.ndarray:
+    """Window sums of the C volumes in ``buffer[1:]`` ((C + 1, D, H, W) float32,
+    C-contiguous), each written one slot down (channel c of ``buffer[1:]`` into slot c):
+    the sums as ``buffer[:C]``, in place without copies."""
+    kernel = _compiled()["box_volume"]
+    chunks = max(1, min(_numba().get_num_threads(), buffer.shape[1]))
+    for channel in range(buffer.shape[0] - 1):
+        kernel(buffer[channel + 1], buffer[channel], window // 2, chunks)
+    return buffer[:-1]
 
 
 @lru_cache(maxsize=64)
@@ -214,6 +237,42 @@ def fixed_point(field: np.ndarray, matrix: np.ndarray, y: np.ndarray, start: np.
     return p, mismatch
 
 
+def invert_grid(field: np.ndarray, to_field: np.ndarray, start: np.ndarray | None,
+                to_start: np.ndarray | None, to_y: np.ndarray, to_q: np.ndarray,
+                to_fixed: np.ndarray, fixed_shape: tuple[int, int, int],
+                to_error: np.ndarray, shape: tuple[int, int, int], iterations: int,
+                tolerance: float) -> tuple[np.ndarray, np.ndarray]:
+    """At every voxel of a grid of ``shape``: the inverse displacement ``p - q`` (3,
+    *shape) and the error of each voxel (*shape; -1 outside the fixed grid); see
+    :func:`ddmr.spatial._numba_loops.invert_grid`. Matrices (3, 4) or (4, 4) (``to_error``
+    (3, 3)); ``start`` None: the iteration starts from ``y - d(y)``."""
+    def matrix(m):
+        return np.ascontiguousarray(np.asarray(m)[:3], dtype=np.float64)
+
+    out = np.empty((3, *shape), dtype=np.float32)
+    errors = np.empty(shape, dtype=np.float32)
+    field = _four(field)
+    _compiled()["invert_grid"](
+        field, matrix(to_field), field if start is None else _four(start),
+        matrix(to_field if to_start is None else to_start), start is not None,
+        matrix(to_y), matrix(to_q), matrix(to_fixed),
+        np.asarray(fixed_shape, dtype=np.int64), matrix(to_error), int(iterations),
+        float(tolerance), out, errors)
+    return out, errors
+
+
+def resample_linear(image: np.ndarray, matrix: np.ndarray, shape: tuple[int, int, int],
+                    cval: float) -> np.ndarray:
+    """``image`` (I, J, K; float32 of any strides) at the voxel coordinates ``matrix @ (x,
+    1)`` ((3, 4) or (4, 4)) of every voxel x of a grid of ``shape``: (*shape) float32."""
+    out = np.empty(shape, dtype=np.float32)
+    image = np.asarray(image, dtype=np.float32)  # (no copy of a float32 array)
+    _compiled()["resample_linear"](image, np.ascontiguousarray(np.asarray(matrix)[:3],
+                                                               dtype=np.float64),
+                                   float(cval), out)
+    return out
+
+
 class LNCCKernel:
     """Local squared NCC (window ``window`` voxels) against the fixed image ``a`` (D, H, W):
     :meth:`force` gives the similarity of a warped image and the force from it, as
@@ -229,25 +288,38 @@ class LNCCKernel:
         self.sum_a = np.ascontiguousarray(sums[0])
         var_a = sums[1] - sums[0] * (sums[0] / self.count)
         self.var_a = np.ascontiguousarray(np.maximum(var_a, 0.0, out=var_a))
+        self._work: tuple[np.ndarray, np.ndarray] | None = None
 
-    def similarity(self, b: np.ndarray) -> tuple[float, np.ndarray]:
-        """(mean squared correlation, its window statistics (4, D, H, W))."""
+    def _buffers(self) -> tuple[np.ndarray, np.ndarray]:
+        """The (4, D, H, W) and (5, D, H, W) float32 work buffers of every call, made on
+        the first (fresh memory each call costs page faults)."""
+        if self._work is None:
+            self._work = (np.empty((4, *self.a.shape), dtype=np.float32),
+                          np.empty((5, *self.a.shape), dtype=np.float32))
+        return self._work
+
+    def similarity(self, b: np.ndarray) -> float:
+        """The mean squared correlation of the warped image ``b`` (D, H, W)."""
+        return self._statistics(b)[0]
+
+    def _statistics(self, b: np.ndarray) -> tuple[float, np.ndarray]:
+        """(mean squared correlation, a (5, D, H, W) buffer holding the four window
+        statistics of its gradient in ``[1:]``)."""
         kernels = _compiled()
-        products = np.empty((3, *b.shape), dtype=np.float32)
-        kernels["lncc_products"](self.a, np.ascontiguousarray(b), products)
-        sums = box_sum(products, self.window, out=products)
-        centres = np.empty((4, *b.shape), dtype=np.float32)
+        products, centres = self._buffers()
+        kernels["lncc_products"](self.a, np.ascontiguousarray(b), products[1:])
+        sums = box_sum_down(products, self.window)
         total = kernels["lncc_centres"](sums, self.sum_a, self.var_a, self.count, self.eps,
-                                        centres)
+                                        centres[1:])
         return total / b.size, centres
 
     def force(self, b: np.ndarray, spacing: tuple[float, float, float]
               ) -> tuple[float, np.ndarray]:
         """(similarity, the force (3, D, H, W)) of the warped image ``b`` (D, H, W)."""
-        value, centres = self.similarity(b)
-        box_sum(centres, self.window, out=centres)
+        value, centres = self._statistics(b)
+        sums = box_sum_down(centres, self.window)
         out = np.empty((3, *b.shape), dtype=np.float32)
-        _compiled()["lncc_force"](self.a, b, centres, 1.0 / b.size,
+        _compiled()["lncc_force"](self.a, b, sums, 1.0 / b.size,
                                   np.asarray(spacing, dtype=np.float64), out)
         return value, out
 

@@ -313,6 +313,11 @@ def _linear(source: np.ndarray, geometry_from: Geometry, geometry_to: Geometry, 
     beyond its grid, ``cval`` further out) by ``grid_sample`` on every torch thread: the
     numbers of ``ndimage.affine_transform(order=1, mode="nearest")`` to float32 rounding,
     several times faster."""
+    from ddmr.spatial import kernels
+
+    if kernels.available():  # one pass, reading the source in its own order
+        return kernels.resample_linear(source, geometry_from.matrix("world", "index")
+                                       @ geometry_to.affine, geometry_to.shape, cval)
     import torch
 
     from ddmr.spatial.grid import affine_volume
