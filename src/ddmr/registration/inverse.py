@@ -66,19 +66,29 @@ def grid_inverse(field_mm: torch.Tensor, grid: Geometry) -> torch.Tensor:
     """The inverse of ``id + d`` on the grid of ``d`` (3, *grid.shape) mm: ``e`` (same
     shape, mm) with ``e(y) = -d(y + e(y))`` at the grid's points, by fixed-point
     iteration on the grid (border values beyond it), started from the same computed on
-    every other voxel (recursively, down to 16 voxels an axis): a start for
+    every other voxel (recursively, down to 16 voxels an axis; with the compiled
+    kernels, each voxel until it settles): a start for
     :func:`invert` that costs a grid's worth of samples per iteration, and few of them,
     instead of a moving image's."""
     from ddmr.registration.engine import GridComposition
-    from ddmr.spatial.displacement import Displacement
+    from ddmr.spatial import kernels
+    from ddmr.spatial.displacement import Displacement, plain
 
+    coarse = coarse_grid = None
     if min(grid.shape) >= 32:
         coarse_grid = Geometry(grid.affine @ np.diag([2.0, 2.0, 2.0, 1.0]),
                                tuple(field_mm[0, ::2, ::2, ::2].shape))
         coarse = grid_inverse(field_mm[:, ::2, ::2, ::2].contiguous(), coarse_grid)
-        inverse = Displacement(coarse, coarse_grid).on(grid)
-    else:
-        inverse = -field_mm  # (a new tensor: the iteration changes it in place)
+    if kernels.available() and plain(field_mm):  # each voxel iterated until it settles
+        to_index = grid.matrix("world", "index")
+        inverse, _ = kernels.invert_grid(
+            field_mm.contiguous().numpy(), to_index,
+            None if coarse is None else coarse.numpy(),
+            None if coarse is None else coarse_grid.matrix("world", "index"),
+            grid.affine, grid.affine, to_index, grid.shape, np.eye(3), grid.shape,
+            ITERATIONS, TOLERANCE_MM)
+        return torch.from_numpy(inverse)
+    inverse = -field_mm if coarse is None else Displacement(coarse, coarse_grid).on(grid)
     compose = GridComposition(grid)
     for _ in range(ITERATIONS):
         updated = compose(field_mm, inverse).neg_()
