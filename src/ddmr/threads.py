@@ -21,6 +21,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from ddmr.errors import ConfigError
 
@@ -102,3 +104,17 @@ def use_threads(threads: int | None = None) -> int:
         logger.info("threadpoolctl is not installed; BLAS keeps its own thread count")
     logger.info("using %d thread(s)", threads)
     return threads
+
+
+def on_both(job: Callable[[Any], Any], first: Any, second: Any) -> tuple[Any, Any]:
+    """``(job(first), job(second))``, the two on threads of their own when DDMR has more
+    than one (for work that releases the GIL: decompression, scipy.ndimage, numpy);
+    an error of either is raised as it is."""
+    if workers() < 2:
+        return job(first), job(second)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(job, second)
+        result = job(first)
+        return result, pending.result()

@@ -37,6 +37,7 @@ from ddmr.registration.inputs import ImageInput, Volume, read_pair_side
 from ddmr.registration.qc import QCLimits
 from ddmr.registration.result import RegistrationResult
 from ddmr.registration.settings import SAME_KIND_SIMILARITIES, EngineSettings
+from ddmr.threads import on_both
 
 if TYPE_CHECKING:
     from ddmr.spatial.displacement import Displacement
@@ -225,14 +226,21 @@ def register(fixed: ImageInput, moving: ImageInput, fixed_labels: ImageInput | N
     check_device(device)
     with timer("load"):
         loaded = None if model is False else load(model, device)  # before the images
-        fixed_volume = read_pair_side(fixed, fixed_labels, "fixed")
-        moving_volume = read_pair_side(moving, moving_labels, "moving")
+        fixed_volume, moving_volume = on_both(lambda side: read_pair_side(*side),
+                                              (fixed, fixed_labels, "fixed"),
+                                              (moving, moving_labels, "moving"))
         _warn_about_labels(fixed_volume, moving_volume)
     with timer("preprocess"):
-        masks = (foreground_mask(fixed_volume.array), foreground_mask(moving_volume.array))
-        # the intensities mapped to [0, 1], once for the affine stage and the engine
-        scales = tuple(intensity_scale(volume.array, mask) for volume, mask
-                       in zip((fixed_volume, moving_volume), masks, strict=True)) \
+        def foreground(volume: Volume) -> tuple[np.ndarray, tuple[float, float]]:
+            """The foreground and the intensities mapped to [0, 1], once for the affine
+            stage and the engine."""
+            mask = foreground_mask(volume.array)
+            return mask, intensity_scale(volume.array, mask)
+
+        (fixed_mask, fixed_scale), (moving_mask, moving_scale) = on_both(
+            foreground, fixed_volume, moving_volume)
+        masks = (fixed_mask, moving_mask)
+        scales = (fixed_scale, moving_scale) \
             if affine == "world" or settings is not None else None
         alignment = _affine_part(fixed_volume, moving_volume, masks, affine, scales)
     network = network_record = None
