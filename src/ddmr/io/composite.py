@@ -152,9 +152,18 @@ def _write_field(group, field_mm: np.ndarray, geometry: Geometry) -> None:
                                    dtype=np.float32, chunks=(per_slice * slices,),
                                    shuffle=True, compression="gzip",
                                    compression_opts=DEFLATE_LEVEL)
+    from ddmr.spatial import kernels
+
     signs = np.diag(LPS_FLIP)  # RAS mm -> LPS mm
+    planes = np.empty((4, per_slice * slices), dtype=np.uint8)  # byte b of every value
+    if kernels.available() and field_mm.dtype == np.float32:  # one pass per chunk
+        for start in range(0, size_k, slices):
+            kernels.itk_chunk_shuffled(field_mm, signs, STEP_MM,
+                                       slice(start, min(start + slices, size_k)), planes)
+            dataset.id.write_direct_chunk((start * per_slice,),
+                                          isal_zlib.compress(planes, DEFLATE_LEVEL))
+        return
     slab = np.empty((slices, size_j, size_i, 3), dtype=np.float32)  # (k, j, i, component)
-    planes = np.empty((4, slab.size), dtype=np.uint8)  # shuffled: byte b of every value
     block = np.empty((size_i, size_j, slices), dtype=np.float32)
     for start in range(0, size_k, slices):
         count = min(slices, size_k - start)

@@ -12,6 +12,7 @@ same warped image as ddmr (``tests/test_io.py`` proves it).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,7 +29,7 @@ from ddmr.io.images import (
     _quiet_nibabel,
     _write_nifti_volumes,
 )
-from ddmr.spatial.field import lps_mm_components, lps_mm_to_displacement
+from ddmr.spatial.field import lps_matrix, lps_mm_components, lps_mm_to_displacement
 from ddmr.spatial.grid import LPS_FLIP, Geometry, check_geometry
 
 if TYPE_CHECKING:
@@ -65,8 +66,22 @@ def save_displacement(path: PathLike, displacement_vox: np.ndarray | torch.Tenso
 
     with atomic_path(path) as temporary:  # one LPS component in memory at a time
         _write_nifti_volumes(temporary, (*geometry.shape, 1, 3),
-                             map(rounded_to_step, lps_mm_components(array, geometry, units)),
+                             _rounded_lps_components(array, geometry, units),
                              geometry, vector_intent)
+
+
+def _rounded_lps_components(array: np.ndarray, geometry: Geometry, units: str
+                            ) -> Iterator[np.ndarray]:
+    """The LPS mm components of a field (3, I, J, K), each rounded to
+    :data:`~ddmr.io.images.FIELD_STEP_MM`, one (I, J, K) array at a time (with the
+    compiled kernels, made in Fortran order: written without a transposed copy)."""
+    from ddmr.spatial import kernels
+
+    if kernels.available() and array.dtype == np.float32:
+        for row in lps_matrix(geometry, units):
+            yield kernels.lps_component_f_order(array, row, FIELD_STEP_MM).T
+        return
+    yield from map(rounded_to_step, lps_mm_components(array, geometry, units))
 
 
 def rounded_to_step(component: np.ndarray, step: float = FIELD_STEP_MM) -> np.ndarray:

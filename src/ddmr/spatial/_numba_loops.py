@@ -497,3 +497,59 @@ def resample_linear(image, matrix, cval, out):
                                   + fy * (gz * image[x0, y1, z0] + fz * image[x0, y1, z1]))
                             + fx * (gy * (gz * image[x1, y0, z0] + fz * image[x1, y0, z1])
                                     + fy * (gz * image[x1, y1, z0] + fz * image[x1, y1, z1])))
+
+
+# -- fields in the layouts files store them
+
+
+@jit
+def lps_component_f_order(field, row, step, out):
+    """``out[k, j, i]`` (K, J, I) = ``row @ field[:, i, j, k]`` of a field (3, I, J, K)
+    rounded to ``step`` (float32 arithmetic): one component in NIfTI's order (the first
+    axis fastest), blocks of k kept together for locality."""
+    _, i_, j_, k_ = field.shape
+    scale, inverse = np.float32(step), np.float32(1.0 / step)
+    r0, r1, r2 = row[0], row[1], row[2]
+    blocks = (k_ + 15) // 16
+    for block in prange(blocks * j_):
+        kb, j = divmod(np.int64(block), j_)
+        k_first, k_stop = kb * 16, min(k_, kb * 16 + 16)
+        for i in range(i_):
+            for k in range(k_first, k_stop):
+                value = np.float32(r0 * field[0, i, j, k] + r1 * field[1, i, j, k]
+                                   + r2 * field[2, i, j, k])
+                out[k, j, i] = np.rint(value * inverse) * scale
+
+
+@jit
+def itk_chunk_shuffled(field, signs, step, k_first, k_stop, planes):
+    """Slices ``k_first:k_stop`` of a field (3, I, J, K) as ITK stores a displacement
+    field's parameters (the three components fastest, then i, j, k), each value times
+    ``signs[component]`` and rounded to ``step`` (float32), written byte-shuffled as
+    HDF5's shuffle filter stores them: ``planes[b, n]`` byte b of value n ((4, N) uint8,
+    values beyond the slices set to 0)."""
+    _, i_, j_, _ = field.shape
+    scale, inverse = np.float32(step), np.float32(1.0 / step)
+    per_slice = 3 * i_ * j_
+    count = k_stop - k_first
+    total = planes.shape[1]
+    for j in prange(j_):
+        values = np.empty((count, 3 * i_), dtype=np.float32)
+        for i in range(i_):
+            for c in range(3):
+                sign = signs[c]
+                for kk in range(count):
+                    value = np.float32(sign * field[c, i, j, k_first + kk])
+                    values[kk, 3 * i + c] = np.rint(value * inverse) * scale
+        bits = values.view(np.uint32)
+        for kk in range(count):
+            base = kk * per_slice + j * 3 * i_
+            for n in range(3 * i_):
+                word = bits[kk, n]
+                planes[0, base + n] = word & 255
+                planes[1, base + n] = (word >> 8) & 255
+                planes[2, base + n] = (word >> 16) & 255
+                planes[3, base + n] = (word >> 24) & 255
+    for n in prange(count * per_slice, total):
+        for b in range(4):
+            planes[b, n] = 0

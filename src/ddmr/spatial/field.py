@@ -269,7 +269,7 @@ def displacement_to_lps_mm(displacement: np.ndarray, geometry: Geometry,
                            units: str = "voxels") -> np.ndarray:
     """A displacement (3, I, J, K), in voxels of ``geometry`` or (``units="mm"``) in RAS
     mm, -> physical LPS vectors in mm (I, J, K, 3) float32."""
-    return _apply_matrix(_to_lps(geometry, units), displacement, channels_last_out=True)
+    return _apply_matrix(lps_matrix(geometry, units), displacement, channels_last_out=True)
 
 
 def lps_mm_components(displacement: np.ndarray, geometry: Geometry,
@@ -277,12 +277,12 @@ def lps_mm_components(displacement: np.ndarray, geometry: Geometry,
     """The LPS mm components of :func:`displacement_to_lps_mm`, one (I, J, K) float32
     array at a time (a file written from them holds one component in memory, not a
     copy of the whole field)."""
-    matrix = _to_lps(geometry, units)
+    matrix = lps_matrix(geometry, units)
     for row in matrix:
         yield _apply_row(row, displacement)
 
 
-def _to_lps(geometry: Geometry, units: str) -> np.ndarray:
+def lps_matrix(geometry: Geometry, units: str) -> np.ndarray:
     """(3, 3): a displacement in ``units`` (``voxels`` of ``geometry`` or RAS ``mm``) ->
     LPS mm."""
     if units not in ("voxels", "mm"):

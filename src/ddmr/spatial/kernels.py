@@ -14,6 +14,8 @@ to float32 rounding; tested against them):
   :func:`ddmr.registration.inverse.invert`;
 * :func:`resample_linear` - :func:`ddmr.spatial.resample.resample_to`'s trilinear
   resampling (ITK's half-voxel rule) through an affine index map;
+* :func:`lps_component_f_order`, :func:`itk_chunk_shuffled` - a field's components in
+  the layouts of :mod:`ddmr.io.fields` and :mod:`ddmr.io.composite`, rounded as they round;
 * :func:`sample_affine` - ``grid_sample`` (trilinear, aligned corners, border values) at
   voxel coordinates ``L u(x) + B x + c`` made on the fly, plus an optional addend;
 * :class:`LNCCKernel` - :class:`ddmr.registration.similarity.LocalNCC`'s value and, from
@@ -77,6 +79,8 @@ def _compiled():
             "sample": loops.sample, "sample_points": loops.sample_points,
             "fixed_point": loops.fixed_point, "native_rows": loops.native_rows,
             "invert_grid": loops.invert_grid, "resample_linear": loops.resample_linear,
+            "lps_component_f_order": loops.lps_component_f_order,
+            "itk_chunk_shuffled": loops.itk_chunk_shuffled,
             "lncc_products": loops.lncc_products,
             "lncc_centres": loops.lncc_centres, "lncc_force": loops.lncc_force,
             "largest_norm": loops.largest_norm}
@@ -271,6 +275,26 @@ def resample_linear(image: np.ndarray, matrix: np.ndarray, shape: tuple[int, int
                                                                dtype=np.float64),
                                    float(cval), out)
     return out
+
+
+def lps_component_f_order(field: np.ndarray, row: np.ndarray, step: float) -> np.ndarray:
+    """``row @ field`` of a field (3, I, J, K) rounded to ``step`` (as
+    :func:`ddmr.io.fields.rounded_to_step`), as a (K, J, I) float32 array: the component in
+    the order a NIfTI file stores it."""
+    field = _four(field)
+    out = np.empty(field.shape[:0:-1], dtype=np.float32)
+    _compiled()["lps_component_f_order"](field, np.asarray(row, dtype=np.float64),
+                                         float(step), out)
+    return out
+
+
+def itk_chunk_shuffled(field: np.ndarray, signs: np.ndarray, step: float, slices: slice,
+                       planes: np.ndarray) -> None:
+    """Slices ``slices`` (along k) of a field (3, I, J, K) in ITK's parameter order, times
+    ``signs`` (3,) and rounded to ``step``, byte-shuffled into ``planes`` (4, N) uint8
+    (zero beyond): :func:`ddmr.io.composite`'s chunks."""
+    _compiled()["itk_chunk_shuffled"](_four(field), np.asarray(signs, dtype=np.float64),
+                                      float(step), slices.start, slices.stop, planes)
 
 
 class LNCCKernel:
