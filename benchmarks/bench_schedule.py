@@ -1,0 +1,102 @@
+"""The engine's schedule (iterations per level) against accuracy and time, on the training
+and test pairs of ``bench_speed.py`` (issue 28: fewer iterations to the same objective).
+
+Each variant is ``ddmr.register`` in-process with ``model=False`` and an
+:class:`~ddmr.registration.settings.EngineSettings` whose iterations per level are the
+variant's (``100,50,10`` is the default; ``200,200,10`` was before 2026-12-07), scored as ``bench_peers.score`` scores (tissue
+and subcortical DSC apart, HD95). Settings are chosen on ``train`` (pairs of the cohort's
+training people) and reported on ``test``. Rows go to ``OUT/rows.jsonl`` (resumable)::
+
+    python benchmarks/bench_schedule.py run --kind 1mm --variants 200,200,10:100,50,3
+    python benchmarks/bench_schedule.py table --out benchmarks/schedule
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_peers
+from bench_affine import _pairs
+
+
+def _row(pair: dict, variant: str) -> dict:
+    import ddmr
+    from ddmr.registration.settings import EngineSettings
+
+    iterations = tuple(int(n) for n in variant.split(","))
+    started = time.perf_counter()
+    result = ddmr.register(pair["fixed"], pair["moving"], model=False,
+                           engine=EngineSettings(iterations=iterations))
+    seconds = time.perf_counter() - started
+    scored = _score(pair, result.displacement_mm)
+    engine = result.summary["engine"]
+    return {"pair": pair["id"], "split": pair["split"], "variant": variant, **scored,
+            "seconds": round(seconds, 3), "engine_s": engine["seconds"],
+            "steps": [level["steps"] for level in engine["levels"]],
+            "load": os.getloadavg()[0]}
+
+
+def _score(pair: dict, displacement) -> dict:
+    from ddmr.io.images import load_image, load_labels
+
+    sides = {"truth": None}
+    for side in ("fixed", "moving"):
+        sides[side] = load_image(pair[side])
+        sides[f"{side}_labels"] = load_labels(pair[f"{side}_labels"])[0]
+    return bench_peers.score(sides, displacement)
+
+
+def run(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows_file = out / "rows.jsonl"
+    done = {(r["kind"], r["pair"], r["variant"]) for r in map(
+        json.loads, rows_file.read_text().splitlines())} if rows_file.is_file() else set()
+    for pair in _pairs(args.kind):
+        if args.split != "all" and pair["split"] != args.split:
+            continue
+        for variant in args.variants.split(":"):
+            if (args.kind, pair["id"], variant) in done:
+                continue
+            row = {"kind": args.kind, **_row(pair, variant)}
+            print(json.dumps(row), flush=True)
+            with rows_file.open("a") as handle:
+                handle.write(json.dumps(row) + "\n")
+
+
+def table(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    rows = pd.DataFrame([json.loads(line) for line in
+                         (Path(args.out) / "rows.jsonl").read_text().splitlines()])
+    columns = ["dsc", "dsc_tissue", "dsc_subcortical", "hd95", "folding", "seconds",
+               "engine_s"]
+    summary = rows.groupby(["kind", "split", "variant"])[columns].mean().reset_index()
+    summary.insert(3, "pairs", rows.groupby(["kind", "split", "variant"]).size().values)
+    print(summary.to_markdown(index=False, floatfmt=".4f"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    go = commands.add_parser("run")
+    go.add_argument("--kind", choices=("2mm", "1mm"), required=True)
+    go.add_argument("--split", choices=("train", "test", "all"), default="train")
+    go.add_argument("--variants", default="100,50,10",
+                    help="iterations per level, variants separated by ':'")
+    go.add_argument("--out", default="benchmarks/schedule")
+    show = commands.add_parser("table")
+    show.add_argument("--out", default="benchmarks/schedule")
+    args = parser.parse_args()
+    {"run": run, "table": table}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
