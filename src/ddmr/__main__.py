@@ -1,5 +1,3 @@
-import sys
+from ddmr.cli import console
 
-from ddmr.cli import main
-
-sys.exit(main())
+console()

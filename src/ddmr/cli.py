@@ -109,6 +109,23 @@ def renamed_warnings_as_lines(command: str) -> Iterator[None]:
         yield
 
 
+def console() -> None:
+    """The ``ddmr`` console script: :func:`main`, then the exit. When nothing else runs
+    (no other thread), the streams are flushed and the process ends at once: the
+    interpreter's own teardown of torch and numba took ~0.6 s after every file had been
+    written and closed (benchmarks/RESULTS.md, issue 28)."""
+    import os
+    import threading
+
+    code = main()
+    if threading.active_count() > 1:
+        sys.exit(code)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ddmr`` console script; returns the exit status."""
     parser = build_parser()
