@@ -3,9 +3,10 @@ and test pairs of ``bench_speed.py`` (issue 28: fewer iterations to the same obj
 
 Each variant is ``ddmr.register`` in-process with ``model=False`` and an
 :class:`~ddmr.registration.settings.EngineSettings` whose iterations per level are the
-variant's (``100,50,10`` is the default; ``200,200,10`` was before 2026-12-07), scored as ``bench_peers.score`` scores (tissue
-and subcortical DSC apart, HD95). Settings are chosen on ``train`` (pairs of the cohort's
-training people) and reported on ``test``. Rows go to ``OUT/rows.jsonl`` (resumable)::
+variant's (``100,50,10`` is the default; ``200,200,10`` was, before 2026-12-07), scored as
+``bench_peers.score`` scores (tissue and subcortical DSC apart, HD95). Settings are chosen
+on ``train`` (pairs of the cohort's training people) and reported on ``test``. Rows go to
+``OUT/rows.jsonl`` (resumable)::
 
     python benchmarks/bench_schedule.py run --kind 1mm --variants 200,200,10:100,50,3
     python benchmarks/bench_schedule.py table --out benchmarks/schedule

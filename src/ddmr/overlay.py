@@ -262,5 +262,5 @@ def save_overlay(path: str | Path, fixed: np.ndarray, fixed_geometry: Geometry,
               fill="black", font=font)
     path = Path(path)
     with atomic_path(path) as temporary:
-        canvas.save(temporary, format="PNG")
+        canvas.save(temporary, format="PNG", compress_level=1)  # fast (as io.embed)
     return path
