@@ -312,15 +312,6 @@ class LNCCKernel:
         self.sum_a = np.ascontiguousarray(sums[0])
         var_a = sums[1] - sums[0] * (sums[0] / self.count)
         self.var_a = np.ascontiguousarray(np.maximum(var_a, 0.0, out=var_a))
-        self._work: tuple[np.ndarray, np.ndarray] | None = None
-
-    def _buffers(self) -> tuple[np.ndarray, np.ndarray]:
-        """The (4, D, H, W) and (5, D, H, W) float32 work buffers of every call, made on
-        the first (fresh memory each call costs page faults)."""
-        if self._work is None:
-            self._work = (np.empty((4, *self.a.shape), dtype=np.float32),
-                          np.empty((5, *self.a.shape), dtype=np.float32))
-        return self._work
 
     def similarity(self, b: np.ndarray) -> float:
         """The mean squared correlation of the warped image ``b`` (D, H, W)."""
@@ -328,14 +319,17 @@ class LNCCKernel:
 
     def _statistics(self, b: np.ndarray) -> tuple[float, np.ndarray]:
         """(mean squared correlation, a (5, D, H, W) buffer holding the four window
-        statistics of its gradient in ``[1:]``)."""
+        statistics of its gradient in ``[1:]``). One buffer of five volumes serves every
+        step: the products in slots 2-4, their window sums one slot down (1-3), and the
+        statistics over the sums (1-4; the kernel reads a voxel's sums before it writes
+        that voxel's statistics)."""
         kernels = _compiled()
-        products, centres = self._buffers()
-        kernels["lncc_products"](self.a, np.ascontiguousarray(b), products[1:])
-        sums = box_sum_down(products, self.window)
+        work = np.empty((5, *b.shape), dtype=np.float32)
+        kernels["lncc_products"](self.a, np.ascontiguousarray(b), work[2:])
+        sums = box_sum_down(work[1:], self.window)
         total = kernels["lncc_centres"](sums, self.sum_a, self.var_a, self.count, self.eps,
-                                        centres[1:])
-        return total / b.size, centres
+                                        work[1:])
+        return total / b.size, work
 
     def force(self, b: np.ndarray, spacing: tuple[float, float, float]
               ) -> tuple[float, np.ndarray]:
