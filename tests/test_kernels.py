@@ -269,10 +269,14 @@ def test_field_files_hold_the_same_values_on_both_paths(units, tmp_path, monkeyp
         monkeypatch.setenv(kernels.SWITCH, "" if path_kind == "compiled" else "torch")
         save_displacement(tmp_path / f"{path_kind}.nii.gz", field, geometry, units)
         composite.write_composite(tmp_path / f"{path_kind}.h5", point_map, field, geometry)
-        with h5py.File(tmp_path / f"{path_kind}.h5") as h5:
-            parameters = h5["TransformGroup/1/TransformParameters"][()]
+        composite.write_inverse_composite(tmp_path / f"{path_kind}-inverse.h5", point_map,
+                                          field, geometry)
+        parameters = []
+        for name in (f"{path_kind}.h5", f"{path_kind}-inverse.h5"):
+            with h5py.File(tmp_path / name) as h5:
+                parameters.append(h5["TransformGroup/2/TransformParameters"][()])
         written[path_kind] = (np.asarray(nib.load(tmp_path / f"{path_kind}.nii.gz").dataobj),
-                              parameters)
-    np.testing.assert_array_equal(written["compiled"][0], written["torch"][0])
-    np.testing.assert_array_equal(written["compiled"][1], written["torch"][1])
+                              *parameters)
+    for compiled, reference in zip(written["compiled"], written["torch"], strict=True):
+        np.testing.assert_array_equal(compiled, reference)
     assert np.abs(written["compiled"][0]).max() > 1.0  # the values, not zeros

@@ -85,17 +85,24 @@ def write_inverse_composite(path: PathLike, point_map: np.ndarray, inverse_mm: n
     P^-1(q + r(q))`` with ``r = P(q + inverse_mm(q)) - q`` on ``moving_geometry``, which
     is ``q + inverse_mm(q)`` there (module docstring). ``point_map`` ``P`` (4, 4) RAS, fixed
     world -> moving world; ``inverse_mm`` (3, I, J, K) RAS mm on ``moving_geometry``."""
-    from ddmr.spatial.field import residual_of
+    from ddmr.spatial import kernels
+    from ddmr.spatial.field import residual_of, residual_parts
 
     inverse_map = np.linalg.inv(np.asarray(point_map, dtype=np.float64))
-    residual = residual_of(inverse_mm, moving_geometry, inverse_map)
-    _write(path, inverse_map, residual, moving_geometry)
+    if kernels.available() and inverse_mm.dtype == np.float32:  # r made chunk by chunk
+        _write(path, inverse_map, inverse_mm, moving_geometry,
+               residual_parts(moving_geometry, inverse_map))
+        return
+    _write(path, inverse_map, residual_of(inverse_mm, moving_geometry, inverse_map),
+           moving_geometry)
 
 
 def _write(path: PathLike, point_map: np.ndarray, field_mm: np.ndarray,
-           geometry: Geometry) -> None:
+           geometry: Geometry, maps: tuple[np.ndarray, np.ndarray] | None = None) -> None:
     """The composite [``point_map``, ``field_mm`` on ``geometry``] (RAS, as
-    :func:`write_composite` takes them) to ``path``, atomically."""
+    :func:`write_composite` takes them) to ``path``, atomically; with ``maps`` (linear
+    (3, 3), position (3, 4); compiled kernels only) the field written is ``linear @
+    field_mm + position @ (x, 1)``, made as the chunks are."""
     import platform
 
     import h5py
@@ -122,7 +129,7 @@ def _write(path: PathLike, point_map: np.ndarray, field_mm: np.ndarray,
         _string(field, "TransformType", "DisplacementFieldTransform_double_3_3")
         _parameters(field, "TransformFixedParameters",
                     np.array([*geometry.shape, *origin, *spacing, *direction]))
-        _write_field(field, field_mm, geometry)
+        _write_field(field, field_mm, geometry, maps)
 
 
 def _string(group, name: str, value: str) -> None:
@@ -137,12 +144,13 @@ def _parameters(group, name: str, values: np.ndarray) -> None:
     group.create_dataset(name, data=np.asarray(values, dtype=np.float64))
 
 
-def _write_field(group, field_mm: np.ndarray, geometry: Geometry) -> None:
+def _write_field(group, field_mm: np.ndarray, geometry: Geometry,
+                 maps: tuple[np.ndarray, np.ndarray] | None = None) -> None:
     """The ``TransformParameters`` of a displacement field transform: its LPS mm vectors
     in ITK's pixel order (the three components fastest, then i, j, k) as float32 rounded
     to :data:`STEP_MM`, in chunks of whole k-slices, each built, shuffled and deflated
     here (the bytes that HDF5's shuffle and deflate filters undo) and written as it is:
-    one chunk in memory at a time."""
+    one chunk in memory at a time. ``maps``: as :func:`_write`."""
     from isal import isal_zlib
 
     size_i, size_j, size_k = geometry.shape
@@ -157,12 +165,15 @@ def _write_field(group, field_mm: np.ndarray, geometry: Geometry) -> None:
     signs = np.diag(LPS_FLIP)  # RAS mm -> LPS mm
     planes = np.empty((4, per_slice * slices), dtype=np.uint8)  # byte b of every value
     if kernels.available() and field_mm.dtype == np.float32:  # one pass per chunk
+        linear, position = maps or (np.eye(3), np.zeros((3, 4)))
         for start in range(0, size_k, slices):
-            kernels.itk_chunk_shuffled(field_mm, signs, STEP_MM,
+            kernels.itk_chunk_shuffled(field_mm, linear, position, signs, STEP_MM,
                                        slice(start, min(start + slices, size_k)), planes)
             dataset.id.write_direct_chunk((start * per_slice,),
                                           isal_zlib.compress(planes, DEFLATE_LEVEL))
         return
+    if maps is not None:
+        raise ValueError("maps are applied by the compiled kernels only")
     slab = np.empty((slices, size_j, size_i, 3), dtype=np.float32)  # (k, j, i, component)
     block = np.empty((size_i, size_j, slices), dtype=np.float32)
     for start in range(0, size_k, slices):

@@ -522,12 +522,13 @@ def lps_component_f_order(field, row, step, out):
 
 
 @jit
-def itk_chunk_shuffled(field, signs, step, k_first, k_stop, planes):
-    """Slices ``k_first:k_stop`` of a field (3, I, J, K) as ITK stores a displacement
-    field's parameters (the three components fastest, then i, j, k), each value times
-    ``signs[component]`` and rounded to ``step`` (float32), written byte-shuffled as
-    HDF5's shuffle filter stores them: ``planes[b, n]`` byte b of value n ((4, N) uint8,
-    values beyond the slices set to 0)."""
+def itk_chunk_shuffled(field, linear, position, signs, step, k_first, k_stop, planes):
+    """Slices ``k_first:k_stop`` of the field ``linear @ field[:, x] + position @ (x, 1)``
+    ((3, 3) and (3, 4), float64; ``field`` (3, I, J, K)) as ITK stores a displacement
+    field's parameters (the three components fastest, then i, j, k), each component cast
+    to float32, times ``signs[component]`` and rounded to ``step`` (float32), written
+    byte-shuffled as HDF5's shuffle filter stores them: ``planes[b, n]`` byte b of value
+    n ((4, N) uint8, values beyond the slices set to 0)."""
     _, i_, j_, _ = field.shape
     scale, inverse = np.float32(step), np.float32(1.0 / step)
     per_slice = 3 * i_ * j_
@@ -539,7 +540,12 @@ def itk_chunk_shuffled(field, signs, step, k_first, k_stop, planes):
             for c in range(3):
                 sign = signs[c]
                 for kk in range(count):
-                    value = np.float32(sign * field[c, i, j, k_first + kk])
+                    k = k_first + kk
+                    value = np.float32(
+                        linear[c, 0] * field[0, i, j, k] + linear[c, 1] * field[1, i, j, k]
+                        + linear[c, 2] * field[2, i, j, k] + position[c, 0] * i
+                        + position[c, 1] * j + position[c, 2] * k + position[c, 3])
+                    value = np.float32(sign * value)
                     values[kk, 3 * i + c] = np.rint(value * inverse) * scale
         bits = values.view(np.uint32)
         for kk in range(count):

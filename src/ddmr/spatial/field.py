@@ -237,17 +237,28 @@ def mm_to_voxels(displacement_mm: np.ndarray, geometry: Geometry) -> np.ndarray:
     return _apply_matrix(geometry.matrix("world", "index")[:3, :3], displacement_mm)
 
 
+def residual_parts(geometry: Geometry, point_map: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """The two maps of :func:`residual_of`, float64: ``linear`` (3, 3) on the
+    displacement and ``position`` (3, 4) on the voxel index (i, j, k, 1), so that ``d =
+    linear @ disp + position @ (x, 1)`` at voxel x."""
+    inverse = np.linalg.inv(np.asarray(point_map, dtype=np.float64))
+    linear = inverse[:3, :3]
+    position = np.empty((3, 4))
+    position[:, :3] = (linear - np.eye(3)) @ geometry.affine[:3, :3]
+    position[:, 3] = (linear - np.eye(3)) @ geometry.affine[:3, 3] + inverse[:3, 3]
+    return linear, position
+
+
 def residual_of(displacement_mm: np.ndarray, geometry: Geometry, point_map: np.ndarray
                 ) -> np.ndarray:
     """``d`` (3, I, J, K) float32 RAS mm with ``p' = P(p + d(p))``, ``p' = p +
     displacement_mm`` at the points p of ``geometry`` and ``P`` the affine point map
-    (4, 4): ``d = P^-1(p') - p = L disp + (L - I) p + t`` (``P^-1 = (L, t)``), in slabs,
-    in float64 (made after the inverse, so that it is not held at the process's peak).
-    The non-rigid part of a whole transform whose affine part is ``P``."""
-    inverse = np.linalg.inv(np.asarray(point_map, dtype=np.float64))
-    linear, offset = inverse[:3, :3], inverse[:3, 3]
-    to_residual = (linear - np.eye(3)) @ geometry.affine[:3, :3]
-    base = (linear - np.eye(3)) @ geometry.affine[:3, 3] + offset
+    (4, 4): ``d = P^-1(p') - p = L disp + (L - I) p + t`` (``P^-1 = (L, t)``;
+    :func:`residual_parts`), in slabs, in float64 (made after the inverse, so that it is
+    not held at the process's peak). The non-rigid part of a whole transform whose affine
+    part is ``P``."""
+    linear, position = residual_parts(geometry, point_map)
     shape = geometry.shape
     out = np.empty((3, *shape), dtype=np.float32)
     step = max(1, SLAB_VOXELS // max(shape[1] * shape[2], 1))
@@ -259,9 +270,9 @@ def residual_of(displacement_mm: np.ndarray, geometry: Geometry, point_map: np.n
         block = displacement_mm[:, sl]
         for a in range(3):
             out[a, sl] = (linear[a, 0] * block[0] + linear[a, 1] * block[1]
-                          + linear[a, 2] * block[2] + to_residual[a, 0] * index[0]
-                          + to_residual[a, 1] * index[1] + to_residual[a, 2] * index[2]
-                          + base[a])
+                          + linear[a, 2] * block[2] + position[a, 0] * index[0]
+                          + position[a, 1] * index[1] + position[a, 2] * index[2]
+                          + position[a, 3])
     return out
 
 

@@ -288,13 +288,19 @@ def lps_component_f_order(field: np.ndarray, row: np.ndarray, step: float) -> np
     return out
 
 
-def itk_chunk_shuffled(field: np.ndarray, signs: np.ndarray, step: float, slices: slice,
+def itk_chunk_shuffled(field: np.ndarray, linear: np.ndarray, position: np.ndarray,
+                       signs: np.ndarray, step: float, slices: slice,
                        planes: np.ndarray) -> None:
-    """Slices ``slices`` (along k) of a field (3, I, J, K) in ITK's parameter order, times
-    ``signs`` (3,) and rounded to ``step``, byte-shuffled into ``planes`` (4, N) uint8
-    (zero beyond): :func:`ddmr.io.composite`'s chunks."""
-    _compiled()["itk_chunk_shuffled"](_four(field), np.asarray(signs, dtype=np.float64),
-                                      float(step), slices.start, slices.stop, planes)
+    """Slices ``slices`` (along k) of the field ``linear @ field + position @ (x, 1)``
+    (``field`` (3, I, J, K), ``linear`` (3, 3), ``position`` (3, 4)) in ITK's parameter
+    order, times ``signs`` (3,) and rounded to ``step``, byte-shuffled into ``planes``
+    (4, N) uint8 (zero beyond): :func:`ddmr.io.composite`'s chunks."""
+    def matrix(m):
+        return np.ascontiguousarray(m, dtype=np.float64)
+
+    _compiled()["itk_chunk_shuffled"](_four(field), matrix(linear), matrix(position),
+                                      matrix(signs), float(step), slices.start, slices.stop,
+                                      planes)
 
 
 class LNCCKernel:
