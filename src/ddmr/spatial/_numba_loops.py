@@ -14,22 +14,29 @@ inline = numba.njit(cache=True, inline="always")
 
 @jit
 def gauss_last(src, out, weights, scale):
-    """Gaussian taps along the last axis of (C, D, H, W), border voxels rescaled."""
+    """Gaussian taps along the last axis of (C, D, H, W), border voxels rescaled: each row
+    copied between zeros (``radius`` each side), then one pass per tap over the whole row
+    (vectorised; zero beyond the grid, as the inside taps alone)."""
     c_, d_, h_, w_ = src.shape
     radius = weights.shape[0] - 1
+    taps = np.empty(2 * radius + 1, dtype=np.float32)
+    for t in range(-radius, radius + 1):
+        taps[t + radius] = weights[abs(t)]
     for row in prange(c_ * d_ * h_):
         c, rest = divmod(np.int64(row), d_ * h_)
         d, h = divmod(np.int64(rest), h_)
         line = src[c, d, h]
         target = out[c, d, h]
+        padded = np.zeros(w_ + 2 * radius, dtype=np.float32)
+        total = np.zeros(w_, dtype=np.float32)
         for k in range(w_):
-            target[k] = weights[0] * line[k]
-        for t in range(1, radius + 1):
-            weight = np.float32(weights[t])
-            for k in range(t, w_):
-                target[k] += weight * line[k - t]
-            for k in range(w_ - t):
-                target[k] += weight * line[k + t]
+            padded[k + radius] = line[k]
+        for t in range(2 * radius + 1):
+            weight = taps[t]
+            for k in range(w_):
+                total[k] += weight * padded[k + t]
+        for k in range(w_):
+            target[k] = total[k]
         for k in range(min(radius, w_)):
             target[k] *= scale[k]
         for k in range(max(radius, w_ - radius), w_):
