@@ -111,14 +111,22 @@ def run(args: argparse.Namespace) -> None:
                 handle.write(json.dumps(row) + "\n")
 
 
-def table(args: argparse.Namespace) -> None:
+def split_means(out: Path, columns: list[str]):
+    """The rows of ``out/rows.jsonl`` (a DataFrame) and the means of ``columns`` per kind,
+    split and variant, with the number of pairs (a DataFrame): the tables of this bench
+    and ``bench_schedule.py``."""
     import pandas as pd
 
     rows = pd.DataFrame([json.loads(line) for line in
-                         (Path(args.out) / "rows.jsonl").read_text().splitlines()])
-    columns = ["dsc", "dsc_tissue", "dsc_subcortical", "hd95", "seconds"]
+                         (Path(out) / "rows.jsonl").read_text().splitlines()])
     summary = rows.groupby(["kind", "split", "variant"])[columns].mean().reset_index()
     summary.insert(3, "pairs", rows.groupby(["kind", "split", "variant"]).size().values)
+    return rows, summary
+
+
+def table(args: argparse.Namespace) -> None:
+    rows, summary = split_means(args.out, ["dsc", "dsc_tissue", "dsc_subcortical", "hd95",
+                                           "seconds"])
     print(summary.to_markdown(index=False, floatfmt=".3f"))
     worst = rows.groupby(["kind", "split", "variant"])["dsc"].min().rename("worst pair dsc")
     print()

@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_peers
-from bench_affine import _pairs
+from bench_affine import _pairs, split_means
 
 
 def _row(pair: dict, variant: str) -> dict:
@@ -73,14 +73,8 @@ def run(args: argparse.Namespace) -> None:
 
 
 def table(args: argparse.Namespace) -> None:
-    import pandas as pd
-
-    rows = pd.DataFrame([json.loads(line) for line in
-                         (Path(args.out) / "rows.jsonl").read_text().splitlines()])
-    columns = ["dsc", "dsc_tissue", "dsc_subcortical", "hd95", "folding", "seconds",
-               "engine_s"]
-    summary = rows.groupby(["kind", "split", "variant"])[columns].mean().reset_index()
-    summary.insert(3, "pairs", rows.groupby(["kind", "split", "variant"]).size().values)
+    _, summary = split_means(args.out, ["dsc", "dsc_tissue", "dsc_subcortical", "hd95",
+                                        "folding", "seconds", "engine_s"])
     print(summary.to_markdown(index=False, floatfmt=".4f"))
 
 

@@ -25,6 +25,21 @@ def test_console_script_runs():
     assert result.returncode == 0 and "UW-NSD" in result.stdout
 
 
+def test_console_script_ends_with_the_commands_status_and_its_whole_output(tmp_path):
+    """The console script leaves at once after the command (``ddmr.cli.console``): the
+    status is the command's, and what it printed (buffered: stdout is a pipe) arrives."""
+    missing = tmp_path / "missing.nii.gz"
+    result = subprocess.run([sys.executable, "-m", "ddmr", "register", "--fixed", str(missing),
+                             "--moving", str(missing), "-o", str(tmp_path / "out")],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 2
+    assert result.stderr.startswith("ddmr register: error:") and "missing.nii.gz" in result.stderr
+    assert not (tmp_path / "out").exists()
+    listing = subprocess.run([sys.executable, "-m", "ddmr", "designs", "--json"],
+                             capture_output=True, text=True, check=False)
+    assert listing.returncode == 0 and json.loads(listing.stdout)[-1]["design"] == "UW-NSDH"
+
+
 def test_unknown_command_exits_2():
     result = subprocess.run([sys.executable, "-m", "ddmr", "nope"], capture_output=True,
                             text=True, check=False)
