@@ -121,14 +121,15 @@ def to_native(transform: Transform, fixed: Geometry, moving: np.ndarray,
     out_warped = np.empty(shape, dtype=np.float32)
     out_labels = np.zeros(shape, dtype=np.uint8) if labels is not None else None
     compiled = kernels.available()
+    if compiled:  # the field and its maps as the kernel takes them (None: no field)
+        kernel_field = ((u[0].numpy(), to_field, field_to_world.numpy(),
+                         field_to_moving.numpy()) if field is not None else (None,) * 4)
     for sl in _slabs(shape):
         if compiled:  # one fused pass: the same maps and samples
+            field_values, to_values, values_to_world, values_to_moving = kernel_field
             moving_index = torch.from_numpy(kernels.native_rows(
-                None if field is None else u[0].numpy(),
-                to_field if field is not None else None, offset_map,
-                field_to_world.numpy() if field is not None else None, to_moving,
-                field_to_moving.numpy() if field is not None else None,
-                image[0, 0].numpy(), sl, out_disp, out_warped))
+                field_values, to_values, offset_map, values_to_world, to_moving,
+                values_to_moving, image[0, 0].numpy(), sl, out_disp, out_warped))
         else:
             disp = affine_volume(offset_map, shape, rows=sl)
             moving_index = affine_volume(to_moving, shape, rows=sl)
