@@ -3,7 +3,9 @@ and test pairs of ``bench_speed.py`` (issue 28: fewer iterations to the same obj
 
 Each variant is ``ddmr.register`` in-process with ``model=False`` and an
 :class:`~ddmr.registration.settings.EngineSettings` whose iterations per level are the
-variant's (``100,50,10`` is the default; ``200,200,10`` was, before 2026-12-07), scored as
+variant's (``100,50,10`` is the default; ``200,200,10`` was, before 2026-12-07); a variant
+written ``network+100,50,10`` starts the engine from the shipped model's field
+(``model=None``, issue 30) instead of the affine part alone. Rows are scored as
 ``bench_peers.score`` scores (tissue and subcortical DSC apart, HD95). Settings are chosen
 on ``train`` (pairs of the cohort's training people) and reported on ``test``. Rows go to
 ``OUT/rows.jsonl`` (resumable)::
@@ -31,9 +33,10 @@ def _row(pair: dict, variant: str) -> dict:
     import ddmr
     from ddmr.registration.settings import EngineSettings
 
-    iterations = tuple(int(n) for n in variant.split(","))
+    network, _, steps = variant.rpartition("+")
+    iterations = tuple(int(n) for n in steps.split(","))
     started = time.perf_counter()
-    result = ddmr.register(pair["fixed"], pair["moving"], model=False,
+    result = ddmr.register(pair["fixed"], pair["moving"], model=None if network else False,
                            engine=EngineSettings(iterations=iterations))
     seconds = time.perf_counter() - started
     scored = _score(pair, result.displacement_mm)
@@ -41,6 +44,7 @@ def _row(pair: dict, variant: str) -> dict:
     return {"pair": pair["id"], "split": pair["split"], "variant": variant, **scored,
             "seconds": round(seconds, 3), "engine_s": engine["seconds"],
             "steps": [level["steps"] for level in engine["levels"]],
+            "started_from": engine["started_from"],
             "load": os.getloadavg()[0]}
 
 
