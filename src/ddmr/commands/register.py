@@ -31,8 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "[,fixed_labels,moving_labels][,id]: one output subfolder per pair "
                         "(default: one pair from --fixed/--moving)")
     parser.add_argument("--model", help="shipped model name, model file or training run "
-                        "folder, or none for no network (default: the first shipped model; "
-                        "see `ddmr models`)")
+                        "folder: the engine starts from its field; none for no network "
+                        "(default: none, and the first shipped model with --fast; see "
+                        "`ddmr models`)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument("--threads", type=int, metavar="N",
                         help="threads for torch, scipy and BLAS, at most 4 per logical "
@@ -132,8 +133,9 @@ def _check_inputs(args: argparse.Namespace) -> None:
     from ddmr.model.file import read_card
     from ddmr.model.shipped import resolve_model
 
-    if model_option(args.model) is not False:
-        read_card(resolve_model(args.model)[1])
+    network = model_option(args.model)  # None: the default model only with --fast
+    if network is not False and (network is not None or args.fast):
+        read_card(resolve_model(network)[1])
     for path in (args.fixed, args.fixed_labels, args.moving, args.moving_labels):
         if path:
             load_geometry(path)

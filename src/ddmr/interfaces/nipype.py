@@ -126,7 +126,8 @@ class RegisterInputSpec(CommandLineInputSpec):
     moving_labels = File(exists=True, argstr="--moving-labels %s",
                          desc="moving label map, warped to warped_seg")
     model = Str(argstr="--model %s", desc="shipped model name, model file or training run "
-                "folder, or 'none' for no network (default: the first shipped model)")
+                "folder, or 'none' for no network (default: none, the engine from the "
+                "affine part)")
     device = traits.Enum("cpu", "cuda", argstr="--device %s", desc="cpu or cuda")
     num_threads = traits.Int(1, usedefault=True, nohash=True, argstr="--threads %d",
                              desc="threads of torch, scipy and BLAS in the process (and "

@@ -578,7 +578,7 @@ def register_pairs(pairs_csv: PathLike, outdir: PathLike, model: Any = None,
     index, count = shard
     if not 1 <= index <= count:
         raise InputError(f"shard {index}/{count}: expected I/N with 1 <= I <= N")
-    model, affine = check_skips(model, affine)
+    model, affine = check_skips(model, affine, options.get("engine", True))
     pairs = read_pairs(pairs_csv)
     check_device(device)
     loaded = False if model is False else load(model, device)

@@ -163,9 +163,13 @@ def _inverse_start(engine) -> tuple[Displacement | None, str]:
     return Displacement(on_grid.contiguous(), engine.grid), method
 
 
-def check_skips(model: Any, affine: Any, stacklevel: int = 2) -> tuple[Any, str | bool]:
+def check_skips(model: Any, affine: Any, engine: Any = True, stacklevel: int = 2
+                ) -> tuple[Any, str | bool]:
     """``model`` and ``affine`` with the old ``"none"`` (deprecated) as ``False``, the
-    affine stage checked."""
+    affine stage checked. ``model`` None (the default) becomes the default shipped model
+    for the network alone (``engine`` False) and ``False`` (no network) when the engine
+    runs: between people the engine from the network's field ended no better than from
+    the affine part (issue 30; benchmarks/RESULTS.md, "The network's start")."""
     from ddmr.deprecated import skip_word
 
     model = skip_word(model, "model", stacklevel + 1)
@@ -173,6 +177,8 @@ def check_skips(model: Any, affine: Any, stacklevel: int = 2) -> tuple[Any, str 
     if affine is not False and affine not in AFFINE_STAGES:
         raise ConfigError(f"--affine {affine!r}: choose one of "
                           f"{', '.join(AFFINE_STAGES)} or none (False in Python)")
+    if model is None and engine is not False:
+        model = False
     return model, affine
 
 
@@ -188,9 +194,11 @@ def register(fixed: ImageInput, moving: ImageInput, fixed_labels: ImageInput | N
         SimpleITK image, or an ``(array (I, J, K), Geometry | affine (4, 4) RAS)`` tuple.
     fixed_labels, moving_labels: label maps on their image's grid (uint8 values 0..255):
         the moving one is warped to ``warped_seg``; both give DSC, HD95 (mm), TRE (mm).
-    model: a shipped model's name, a model file or training run folder, a loaded model,
-        None for the default shipped model (``ddmr models``), or False for no network
-        (the affine part and the engine).
+    model: a shipped model's name, a model file or training run folder, or a loaded
+        model: the engine starts from its field (or from the affine part alone where that
+        scores better); False for no network (the affine part and the engine); None (the
+        default): no network when the engine runs, the default shipped model (``ddmr
+        models``) for the network alone (``engine=False``).
     device: ``cpu`` or ``cuda`` (for the network).
     affine: the affine part: ``world`` (DDMR's world-space stage, then the model's own
         stage where it has one and it helps), ``ants`` (ANTs' affine registration, kept as
@@ -221,7 +229,7 @@ def register(fixed: ImageInput, moving: ImageInput, fixed_labels: ImageInput | N
         from ddmr.spatial.displacement import Transform
         from ddmr.spatial.field import jacobian_determinant_mm, residual_of
 
-    model, affine = check_skips(model, affine, stacklevel=3)  # (blamed: register's caller)
+    model, affine = check_skips(model, affine, engine, stacklevel=3)  # (blamed: the caller)
     settings = _engine_settings(engine)
     check_device(device)
     with timer("load"):

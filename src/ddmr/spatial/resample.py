@@ -139,6 +139,25 @@ def _smoothed(array: np.ndarray, sigma: np.ndarray | None
     return source, applied_sigma(sigma)
 
 
+def _renormalised_smoothed(array: np.ndarray, sigma: np.ndarray | None) -> np.ndarray:
+    """``array`` as float32 smoothed as :func:`_smoothed` smooths it, but by the engine's
+    Gaussian, :func:`ddmr.spatial.filters.gaussian_smooth` (renormalised at the borders
+    where scipy's repeats the edge; compiled, several times faster at 1 mm). A Fortran-
+    ordered scan is smoothed in its own order (no copy; the result is Fortran-ordered)."""
+    sigmas = applied_sigma(sigma)
+    source = np.asarray(array, dtype=np.float32)
+    if not any(sigmas):
+        return source
+    import torch
+
+    from ddmr.spatial.filters import gaussian_smooth
+
+    if source.flags.f_contiguous and not source.flags.c_contiguous:
+        return gaussian_smooth(torch.from_numpy(source.T)[None], sigmas[::-1]).numpy()[0].T
+    return gaussian_smooth(torch.from_numpy(np.ascontiguousarray(source))[None],
+                           sigmas).numpy()[0]
+
+
 def spline_source(array: np.ndarray, geometry: Geometry, order: int = 3,
                   sigma: np.ndarray | None = None) -> SplineSource:
     """Smooth ``array`` (I, J, K) by ``sigma`` (source voxels; skipped when all <= 0.1)
@@ -279,7 +298,9 @@ def resample_to(array: np.ndarray, geometry_from: Geometry, geometry_to: Geometr
     ``order`` 3 (cubic B-spline) suits images, 0 (nearest) label maps. Points outside the
     source grid (beyond half a voxel from it) take ``cval``. For ``order > 1`` the result
     is clipped to the input's range (no spline overshoot). ``antialias`` first smooths
-    with a Gaussian along the axes that get coarser (:func:`antialias_sigma`). Returns an
+    with a Gaussian along the axes that get coarser (:func:`antialias_sigma`): for
+    ``order`` 1 (the pyramid levels of the affine stage and the engine) the engine's,
+    renormalised at the borders; otherwise scipy's, the edge repeated. Returns an
     array of ``geometry_to.shape`` and the input dtype for ``order == 0``, float32
     otherwise.
     """
@@ -294,14 +315,12 @@ def resample_to(array: np.ndarray, geometry_from: Geometry, geometry_to: Geometr
             return fast
         return resample_spline(spline_source(array, geometry_from, order, sigma),
                                geometry_to, cval)
+    if order == 1:
+        return _linear(_renormalised_smoothed(array, antialias_sigma(
+            geometry_from, geometry_to) if antialias else None), geometry_from, geometry_to,
+            cval)
     matrix, offset = _index_map(geometry_from, geometry_to)
-    source = array
-    if order == 1:
-        source, _ = _smoothed(array, antialias_sigma(geometry_from, geometry_to)
-                              if antialias else None)
-    if order == 1:
-        return _linear(source, geometry_from, geometry_to, cval)
-    output = ndimage.affine_transform(source, matrix, offset, output_shape=geometry_to.shape,
+    output = ndimage.affine_transform(array, matrix, offset, output_shape=geometry_to.shape,
                                       order=order, mode="nearest")
     output[~_inside(geometry_from, geometry_to)] = cval
     return output
