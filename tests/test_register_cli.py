@@ -94,12 +94,22 @@ def test_non_integer_labels_are_refused(files, tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_default_register_runs_the_engine_from_the_affine_part(files, tmp_path, capsys):
+    # no --model: no network (issue 30: its start did not help between people)
+    out = tmp_path / "out"
+    assert main(_args(files, out, model=None)) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model"] is None
+    assert summary["engine"]["started_from"] == "affine"
+    assert summary["runtime_s"]["network"] == 0.0
+
+
 def test_model_is_required_while_none_ships(files, tmp_path, capsys, monkeypatch):
     import ddmr.model.shipped
 
     monkeypatch.setattr(ddmr.model.shipped, "shipped_models", lambda: [])
     out = tmp_path / "out"
-    assert main(_args(files, out, model=None)) == 2
+    assert main(_args(files, out, "--fast", model=None)) == 2  # the network alone
     err = capsys.readouterr().err.strip()
     assert "--model" in err and len(err.splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
