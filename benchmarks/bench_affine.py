@@ -11,7 +11,9 @@ skull-stripped heads; ``1mm`` every ordered pair of the four whole heads. A pair
 validation people), ``test`` otherwise: settings are chosen on ``train`` alone.
 
 Variants (:data:`VARIANTS`): the affine stage's similarity per pyramid level (8 mm, 4 mm),
-``ncc`` the global NCC, ``lncc<w>`` the engine's local squared NCC over ``w^3`` voxels.
+``ncc`` the global NCC, ``lncc<w>`` the engine's local squared NCC over ``w^3`` voxels;
+``-reverse`` (:data:`REVERSE`): a result more anisotropic than 1.25 (or the number given)
+is fitted the other way round too (``AffineSettings.reverse_anisotropy``).
 Rows (one per pair and variant: DSC over all labels, tissue and subcortical apart, HD95,
 seconds of the affine stage) go to ``benchmarks/affine/rows.jsonl``; a rerun skips rows
 already there.
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -35,6 +38,8 @@ OUT = Path(__file__).resolve().parent / "affine"
 VARIANTS = {"ncc": (("ncc", "ncc"), 5), "lncc3": (("ncc", "lncc"), 3),
             "lncc5": (("ncc", "lncc"), 5), "lncc9": (("ncc", "lncc"), 9),
             "lncc5-both": (("lncc", "lncc"), 5)}
+#: variant -> ``reverse_anisotropy`` (default: never, as before 2026-12-07)
+REVERSE = {"lncc3-reverse": 1.25, "lncc3-reverse-1.15": 1.15}
 
 
 def _pairs(kind: str) -> list[dict]:
@@ -97,15 +102,18 @@ def run(args: argparse.Namespace) -> None:
         for variant in variants:
             if (args.kind, pair["id"], variant) in done:
                 continue
-            similarities, window = VARIANTS[variant]
-            settings = AffineSettings(similarities=similarities, window=window)
+            similarities, window = VARIANTS[variant.split("-reverse")[0]]
+            settings = AffineSettings(similarities=similarities, window=window,
+                                      reverse_anisotropy=REVERSE.get(variant, math.inf))
             started = time.perf_counter()
             result = world_affine(fixed, fixed_geometry, moving, moving_geometry, settings,
                                   masks=masks, scales=scales)
             seconds = time.perf_counter() - started
             scores = bench_peers.score(data, _displacement(result.point_map, fixed_geometry))
             row = {"kind": args.kind, "pair": pair["id"], "split": pair["split"],
-                   "variant": variant, "seconds": seconds, "start": result.start, **scores}
+                   "variant": variant, "seconds": seconds, "start": result.start,
+                   "reversed": result.reversed, "reverse_tried": result.reverse_tried,
+                   **scores}
             print(json.dumps(row), flush=True)
             with rows_file.open("a") as handle:
                 handle.write(json.dumps(row) + "\n")

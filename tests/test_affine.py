@@ -9,7 +9,9 @@ import torch
 
 from ddmr.registration.affine import (
     AffineSettings,
+    _Fit,
     _Level,
+    _level,
     _Problem,
     world_affine,
 )
@@ -65,6 +67,54 @@ def test_a_known_affine_is_found_with_the_local_similarity(similarities):
     ours = points @ result.point_map[:3, :3].T + result.point_map[:3, 3]
     expected = points @ truth[:3, :3].T + truth[:3, 3]
     assert np.linalg.norm(ours - expected, axis=1).mean() < 1.5  # mm
+
+
+def _known_pair():
+    fixed_geometry = grid((40, 44, 38), (2.0, 2.0, 2.0), np.eye(3), (0.0, 0.0, 0.0))
+    moving_geometry = grid((36, 40, 42), (2.2, 2.0, 1.8), rotation((0, 1, 1), 20),
+                           (30.0, -50.0, 200.0))
+    truth = np.eye(4)
+    truth[:3, :3] = rotation((1, 0, 0), 8) @ np.diag([1.05, 0.97, 1.0])
+    truth[:3, 3] = (33.0, -47.0, 196.0)
+    return (_image(fixed_geometry), fixed_geometry,
+            _image(moving_geometry, truth), moving_geometry)
+
+
+def test_a_fit_scores_its_own_result_as_it_found_it():
+    # score(point map) goes back to the fit's own parameters (translation about the centres)
+    import math
+
+    from ddmr.registration.moments import foreground_mask, intensity_scale, moments
+
+    fixed, fixed_geometry, moving, moving_geometry = _known_pair()
+    settings = AffineSettings(reverse_anisotropy=math.inf)
+    sides = []
+    for image, geometry in ((fixed, fixed_geometry), (moving, moving_geometry)):
+        mask = foreground_mask(image)
+        sides.append((image, geometry, mask, intensity_scale(image, mask),
+                      moments(mask, geometry)))
+    levels = [tuple(_level(image, geometry, mask, spacing, settings.margin_mm, scale)
+                    for image, geometry, mask, scale, _ in sides)
+              for spacing in settings.levels_mm]
+    fit = _Fit(levels, sides[0][4], sides[1][4], settings)
+    assert fit.score(fit.result.point_map) == pytest.approx(fit.result.similarity, rel=1e-4)
+    assert fit.score(np.eye(4)) < fit.result.similarity
+
+
+def test_an_anisotropic_result_is_fitted_the_other_way_round_too():
+    import math
+
+    fixed, fixed_geometry, moving, moving_geometry = _known_pair()
+    once = world_affine(fixed, fixed_geometry, moving, moving_geometry,
+                        AffineSettings(reverse_anisotropy=math.inf))
+    assert not once.reverse_tried and not once.reversed
+    backward = world_affine(moving, moving_geometry, fixed, fixed_geometry,
+                            AffineSettings(reverse_anisotropy=math.inf))
+    always = world_affine(fixed, fixed_geometry, moving, moving_geometry,
+                          AffineSettings(reverse_anisotropy=1.0))
+    assert always.reverse_tried and always.summary()["reverse_tried"]
+    expected = np.linalg.inv(backward.point_map) if always.reversed else once.point_map
+    np.testing.assert_allclose(always.point_map, expected, atol=1e-6)
 
 
 def test_settings_name_one_known_similarity_per_level():

@@ -58,7 +58,13 @@ class AffineSettings:
     around each foreground box; rotations: try the principal-axes starts too;
     similarities: per level, ``ncc`` (global) or ``lncc`` (local, ``window`` voxels): the
     default, local NCC over 3^3 voxels at the finest level, was chosen on the training
-    pairs of ``benchmarks/bench_affine.py`` (benchmarks/RESULTS.md, issue 29)."""
+    pairs of ``benchmarks/bench_affine.py`` (benchmarks/RESULTS.md, issue 29);
+    reverse_anisotropy: a result more anisotropic than this
+    (:func:`~ddmr.registration.qc.affine_anisotropy`) is fitted the other way round too
+    (the moving image as the fixed one) and the better of the two by the similarity of
+    both directions is kept (``math.inf``: never). Between heads whose fields of view
+    differ (one cut below the cerebellum) one direction's pyramid can squeeze the head
+    along z where the other does not (RESULTS.md, issue 29)."""
 
     levels_mm: tuple[float, ...] = (8.0, 4.0)
     iterations: tuple[int, ...] = (60, 40)
@@ -69,6 +75,7 @@ class AffineSettings:
     rotations: bool = True
     similarities: tuple[str, ...] = ("ncc", "lncc")
     window: int = 3
+    reverse_anisotropy: float = 1.25
 
     def __post_init__(self) -> None:
         if len(self.levels_mm) != len(self.iterations) or not self.levels_mm:
@@ -92,11 +99,14 @@ class AffineResult:
     similarity: float
     candidates: dict[str, float] = field(default_factory=dict)
     kept_start: bool = False
+    reverse_tried: bool = False
+    reversed: bool = False
 
     def summary(self) -> dict[str, Any]:
         return {"matrix_ras": self.point_map.tolist(), "start": self.start,
                 "similarity_start": self.similarity_start, "similarity": self.similarity,
-                "candidates": self.candidates, "kept_start": self.kept_start}
+                "candidates": self.candidates, "kept_start": self.kept_start,
+                "reverse_tried": self.reverse_tried, "reversed": self.reversed}
 
 
 @dataclass(frozen=True)
@@ -189,6 +199,60 @@ def _optimise(problem: _Problem, centre: np.ndarray, linear: np.ndarray,
     return best
 
 
+class _Fit:
+    """The pyramid of one direction, optimised (module docstring, steps 1-4): ``result``,
+    and :meth:`score` of any point map on its finest level."""
+
+    def __init__(self, levels: list[tuple[_Level, _Level]], fixed_moments: Moments,
+                 moving_moments: Moments, settings: AffineSettings) -> None:
+        c_f, c_m = fixed_moments.centre, moving_moments.centre
+        self.centres = c_f, c_m
+        problems = [_Problem(fixed_level, moving_level, c_f, similarity, settings.window)
+                    for (fixed_level, moving_level), similarity
+                    in zip(levels, settings.similarities, strict=True)]
+        self.finest = problems[-1]
+        # (name, linear part, translation): the headers as they are (the identity map),
+        # then the starts from the moments, in order of preference
+        starts = [(HEADERS_AS_THEY_ARE, np.eye(3), c_f - c_m)]
+        starts += [(name, linear, np.zeros(3)) for name, linear
+                   in candidate_linear_maps(fixed_moments, moving_moments)]
+        if not settings.rotations:
+            starts = starts[:2]
+        candidates: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
+        for name, linear, translation in starts:
+            candidates[name] = _optimise(problems[0], c_m, linear, translation,
+                                         settings.candidate_iterations, settings)
+        best = max(score for _, _, score in candidates.values())
+        chosen = next(name for name, _, _ in starts
+                      if candidates[name][2] >= best - CANDIDATE_MARGIN)
+        _, start_linear, start_translation = next(s for s in starts if s[0] == chosen)
+        start_score = self._similarity(start_translation, start_linear)
+        translation, linear, _ = candidates[chosen]
+        score = -math.inf
+        for problem, iterations in zip(problems, settings.iterations, strict=True):
+            translation, linear, score = _optimise(problem, c_m, linear, translation,
+                                                   iterations, settings)
+        kept_start = not score >= start_score
+        if kept_start:
+            translation, linear, score = start_translation, start_linear, start_score
+        self.result = AffineResult(point_map(c_f, c_m + translation, linear), chosen,
+                                   start_score, score,
+                                   {k: v[2] for k, v in candidates.items()}, kept_start)
+
+    def _similarity(self, translation: np.ndarray, linear: np.ndarray) -> float:
+        with torch.no_grad():
+            return float(self.finest.similarity(
+                torch.from_numpy(self.centres[1].astype(np.float32)),
+                torch.from_numpy(np.asarray(translation).astype(np.float32)),
+                torch.from_numpy(np.asarray(linear).astype(np.float32))))
+
+    def score(self, point_map: np.ndarray) -> float:
+        """The finest level's similarity of a (4, 4) point map (fixed -> moving world)."""
+        c_f, c_m = self.centres
+        linear = point_map[:3, :3]
+        return self._similarity(point_map[:3, 3] + linear @ c_f - c_m, linear)
+
+
 def world_affine(fixed: np.ndarray, fixed_geometry: Geometry, moving: np.ndarray,
                  moving_geometry: Geometry, settings: AffineSettings | None = None,
                  masks: tuple[np.ndarray, np.ndarray] | None = None,
@@ -197,11 +261,12 @@ def world_affine(fixed: np.ndarray, fixed_geometry: Geometry, moving: np.ndarray
     """The affine point map from the fixed to the moving world (module docstring) of
     two images (I, J, K) on their own grids; ``masks`` their foregrounds and ``scales``
     their :func:`~ddmr.registration.moments.intensity_scale` when already known."""
+    from ddmr.registration.qc import affine_anisotropy
+
     settings = settings or AffineSettings()
     fixed_mask, moving_mask = masks or (foreground_mask(fixed), foreground_mask(moving))
     fixed_moments: Moments = moments(fixed_mask, fixed_geometry)
     moving_moments: Moments = moments(moving_mask, moving_geometry)
-    c_f, c_m = fixed_moments.centre, moving_moments.centre
     scales = scales or (intensity_scale(fixed, fixed_mask),
                         intensity_scale(moving, moving_mask))
     levels = [(_level(fixed, fixed_geometry, fixed_mask, s, settings.margin_mm, scales[0]),
@@ -211,40 +276,22 @@ def world_affine(fixed: np.ndarray, fixed_geometry: Geometry, moving: np.ndarray
     torch.set_num_threads(1)  # small problems: one thread is faster than several here
     try:
         with torch.inference_mode(False), torch.enable_grad():
-            problems = [_Problem(fixed_level, moving_level, c_f, similarity,
-                                 settings.window)
-                        for (fixed_level, moving_level), similarity
-                        in zip(levels, settings.similarities, strict=True)]
-            # (name, linear part, translation): the headers as they are (the identity
-            # map), then the starts from the moments, in order of preference
-            starts = [(HEADERS_AS_THEY_ARE, np.eye(3), c_f - c_m)]
-            starts += [(name, linear, np.zeros(3)) for name, linear
-                       in candidate_linear_maps(fixed_moments, moving_moments)]
-            if not settings.rotations:
-                starts = starts[:2]
-            candidates: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
-            for name, linear, translation in starts:
-                candidates[name] = _optimise(problems[0], c_m, linear, translation,
-                                             settings.candidate_iterations, settings)
-            best = max(score for _, _, score in candidates.values())
-            chosen = next(name for name, _, _ in starts
-                          if candidates[name][2] >= best - CANDIDATE_MARGIN)
-            _, start_linear, start_translation = next(s for s in starts if s[0] == chosen)
-            finest = problems[-1]
-            with torch.no_grad():
-                start_score = float(finest.similarity(
-                    torch.from_numpy(c_m.astype(np.float32)),
-                    torch.from_numpy(start_translation.astype(np.float32)),
-                    torch.from_numpy(start_linear.astype(np.float32))))
-            translation, linear, _ = candidates[chosen]
-            score = -math.inf
-            for problem, iterations in zip(problems, settings.iterations, strict=True):
-                translation, linear, score = _optimise(problem, c_m, linear, translation,
-                                                       iterations, settings)
+            forward = _Fit(levels, fixed_moments, moving_moments, settings)
+            result = forward.result
+            if affine_anisotropy(result.point_map) > settings.reverse_anisotropy:
+                backward = _Fit([(m, f) for f, m in levels], moving_moments, fixed_moments,
+                                settings)
+                reverse = np.linalg.inv(backward.result.point_map)
+
+                def both(point_map: np.ndarray) -> float:
+                    return forward.score(point_map) + backward.score(np.linalg.inv(point_map))
+
+                result.reverse_tried = True
+                if both(reverse) > both(result.point_map):
+                    result = AffineResult(reverse, result.start, result.similarity_start,
+                                          forward.score(reverse), result.candidates,
+                                          result.kept_start, reverse_tried=True,
+                                          reversed=True)
     finally:
         torch.set_num_threads(threads)
-    kept_start = not score >= start_score
-    if kept_start:
-        translation, linear, score = start_translation, start_linear, start_score
-    return AffineResult(point_map(c_f, c_m + translation, linear), chosen, start_score,
-                        score, {k: v[2] for k, v in candidates.items()}, kept_start)
+    return result

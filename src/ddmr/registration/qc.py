@@ -132,6 +132,13 @@ def affine_shape(point_map: np.ndarray) -> tuple[np.ndarray, float]:
     return sigma, float(off.max())
 
 
+def affine_anisotropy(point_map: np.ndarray) -> float:
+    """The largest over the smallest scale of the linear part of a (4, 4) point map
+    (:func:`affine_shape`): 1 for a similarity transform."""
+    scales, _ = affine_shape(point_map)
+    return float(scales.max() / max(scales.min(), 1e-12))
+
+
 def affine_turn_degrees(point_map: np.ndarray) -> float:
     """The angle (degrees) of the rotation ``R`` of the linear part ``A = R S`` (polar
     decomposition) of a (4, 4) point map: how far it turns the moving image against the
@@ -236,7 +243,7 @@ def _affine_checks(point_map: np.ndarray | None, limits: QCLimits
     """Scale, anisotropy, shear and turn of the affine part."""
     point_map = np.eye(4) if point_map is None else point_map
     scales, shear = affine_shape(point_map)
-    anisotropy = float(scales.max() / max(scales.min(), 1e-12))
+    anisotropy = affine_anisotropy(point_map)
     turn = affine_turn_degrees(point_map)
     measures = {"affine_scales": scales.tolist(), "affine_shear": shear,
                 "affine_anisotropy": anisotropy, "affine_turn_degrees": turn}
