@@ -5,7 +5,9 @@ Each variant is ``ddmr.register`` in-process with ``model=False`` and an
 :class:`~ddmr.registration.settings.EngineSettings` whose iterations per level are the
 variant's (``100,50,10`` is the default; ``200,200,10`` was, before 2026-12-07); a variant
 written ``network+100,50,10`` starts the engine from the shipped model's field
-(``model=None``, issue 30) instead of the affine part alone. Rows are scored as
+(``model=None``, issue 30) instead of the affine part alone, and ``window=5+100,50,10``
+(also ``fluid=``, ``diffusion=``, ``step=``: :data:`SETTINGS`) changes one engine setting
+(issue 29). Rows are scored as
 ``bench_peers.score`` scores (tissue and subcortical DSC apart, HD95). Settings are chosen
 on ``train`` (pairs of the cohort's training people) and reported on ``test``. Rows go to
 ``OUT/rows.jsonl`` (resumable)::
@@ -28,16 +30,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_peers
 from bench_affine import _pairs, split_means
 
+#: a variant's ``name=value`` options -> the :class:`EngineSettings` fields they set
+SETTINGS = {"window": "window", "fluid": "fluid_sigma", "diffusion": "diffusion_sigma",
+            "step": "step"}
+
 
 def _row(pair: dict, variant: str) -> dict:
     import ddmr
     from ddmr.registration.settings import EngineSettings
 
-    network, _, steps = variant.rpartition("+")
-    iterations = tuple(int(n) for n in steps.split(","))
+    *options, steps = variant.split("+")
+    settings = {"iterations": tuple(int(n) for n in steps.split(","))}
+    for option in options:
+        if option != "network":
+            name, _, value = option.partition("=")
+            settings[SETTINGS[name]] = type(getattr(EngineSettings(), SETTINGS[name]))(value)
     started = time.perf_counter()
-    result = ddmr.register(pair["fixed"], pair["moving"], model=None if network else False,
-                           engine=EngineSettings(iterations=iterations))
+    result = ddmr.register(pair["fixed"], pair["moving"],
+                           model=None if "network" in options else False,
+                           engine=EngineSettings(**settings))
     seconds = time.perf_counter() - started
     scored = _score(pair, result.displacement_mm)
     engine = result.summary["engine"]

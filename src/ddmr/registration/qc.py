@@ -9,7 +9,9 @@ voxels), in world space:
 * similarity: global NCC of the fixed image and the moving image, before and after,
   inside the fixed foreground (grown by :data:`REGION_MARGIN` voxels);
 * the field: finite everywhere, folding (% of voxels with det J <= 0), the range of the
-  Jacobian determinant (0.1 and 99.9 percentiles);
+  Jacobian determinant (0.1 and 99.9 percentiles), and the part of the fixed foreground
+  it compresses to under :data:`COMPRESSED_BELOW` (det J): the moving image stretched
+  over anatomy it does not show;
 * the affine part: its scales (singular values of the linear part), their ratio
   (anisotropy), shear, and its turn against the headers (the angle of its rotation);
 * the images themselves: each has spatial structure (neighbouring voxels correlate, as
@@ -34,6 +36,9 @@ from ddmr.spatial.grid import Geometry, index_box
 QC_POINTS = 300_000
 #: Voxels of background kept around the fixed foreground for the similarity.
 REGION_MARGIN = 2
+#: det J below this (a fixed region showing a moving region over 3x smaller) counts as
+#: compressed in the ``compressed`` check.
+COMPRESSED_BELOW = 0.3
 
 
 @dataclass(frozen=True)
@@ -45,7 +50,9 @@ class QCLimits:
     max_inverse_error: mean ``|phi(phi^-1(q)) - q|`` (moving voxels) of the inverse;
     min_similarity: NCC after registration, whatever it was before; max_anisotropy:
     largest over smallest affine scale; max_turn_degrees: the affine part's rotation;
-    min_structure: neighbour correlation of each image (:func:`neighbour_correlation`)."""
+    min_structure: neighbour correlation of each image (:func:`neighbour_correlation`);
+    max_compressed_percent: % of the fixed foreground with det J below
+    :data:`COMPRESSED_BELOW`."""
 
     min_overlap: float = 0.5
     max_similarity_drop: float = 0.02
@@ -58,6 +65,7 @@ class QCLimits:
     max_turn_degrees: float = 60.0
     max_inverse_error: float = 0.5
     min_structure: float = 0.3
+    max_compressed_percent: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -310,6 +318,11 @@ def assess(inputs: QCInputs, displacement_mm: np.ndarray, jacobian: np.ndarray,
     else:
         folding, low, high = math.nan, math.nan, math.nan
     measures.update(folding_percent=folding, jacobian_p0_1=low, jacobian_p99_9=high)
+    sampled = jacobian[subsample(jacobian.shape)]  # on the grid of ``inputs``
+    if sampled.shape == inputs.fixed_mask.shape and inputs.fixed_mask.any():
+        sampled = sampled[inputs.fixed_mask]
+    compressed = float(100.0 * np.mean(sampled < COMPRESSED_BELOW)) if finite else math.nan
+    measures["compressed_percent"] = compressed
     ok = folding <= limits.max_folding_percent
     checks.append(Check("folding", ok, f"folding {folding:.3f} %"
                         + ("" if ok else f" (over {limits.max_folding_percent:g} %)")))
@@ -318,6 +331,12 @@ def assess(inputs: QCInputs, displacement_mm: np.ndarray, jacobian: np.ndarray,
     checks.append(Check("jacobian", ok, f"det J {low:.2f}..{high:.2f} (0.1-99.9th percentile)"
                         + ("" if ok else f" (outside {lo:g}..{hi:g}: extreme local volume "
                                          "change)")))
+    ok = compressed <= limits.max_compressed_percent
+    checks.append(Check("compressed", ok, f"compressed {compressed:.1f} %"
+                        + ("" if ok else f" (over {limits.max_compressed_percent:g} % of the "
+                                         f"fixed foreground at det J < {COMPRESSED_BELOW:g}: "
+                                         "the moving image stretched over anatomy it does "
+                                         "not show)")))
     more, values = _affine_checks(point_map, limits)
     checks += more
     measures.update(values)

@@ -470,6 +470,11 @@ def _check_values(name: str, m: dict[str, Any], limits: QCLimits) -> tuple[str, 
         lo, hi = limits.jacobian_range
         return (f"{n(m['jacobian_p0_1'])} .. {n(m['jacobian_p99_9'])} (0.1-99.9th pct)",
                 f"within {lo:g} .. {hi:g}")
+    if name == "compressed":
+        from ddmr.registration.qc import COMPRESSED_BELOW
+
+        return (n(m["compressed_percent"], 1, " %") + f" of the fixed foreground at det J < "
+                f"{COMPRESSED_BELOW:g}", f"\u2264 {limits.max_compressed_percent:g} %")
     if name == "affine_scale":
         lo, hi = limits.scale_range
         scales = [float(s) for s in m["affine_scales"]]
