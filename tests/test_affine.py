@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from ddmr.registration.affine import (
     AffineSettings,
@@ -143,3 +144,26 @@ def test_the_foreground_fills_the_same_holes_inside_its_box_as_in_the_whole_arra
         whole = fill_holes(whole, axis)
     np.testing.assert_array_equal(ours, whole)
     assert ours[15, 15, 10] and ours[13, 20, 17] and not ours[27, 31, 1]
+
+
+def test_a_large_image_has_its_foreground_found_on_every_second_voxel(monkeypatch):
+    # a 1 mm-sized grid: the object, its enclosed hole and its open notch as the full
+    # computation finds them, to the 2-voxel steps of the coarse grid at the borders
+    import ddmr.registration.moments as moments
+
+    image = np.zeros((181, 167, 149), np.float32)  # 4.5 M voxels, odd sizes
+    image[20:150, 15:140, 10:130] = 100.0
+    image[60:90, 50:80, 40:70] = 0.0  # enclosed: filled
+    image[120:150, 100:140, 10:30] = 0.0  # open to the object's outside: not filled
+    image += np.random.default_rng(4).normal(0, 1, image.shape).astype(np.float32)
+    assert image.size > moments.DECIMATE_ABOVE
+    coarse = moments.foreground_mask(image)
+    monkeypatch.setattr(moments, "DECIMATE_ABOVE", image.size)
+    full = moments.foreground_mask(image)
+    assert coarse.shape == full.shape and coarse.dtype == bool
+    assert full[75, 65, 55] and coarse[75, 65, 55] and not coarse[140, 120, 20]
+    differ = coarse != full
+    assert differ.mean() < 0.01
+    # where they differ, within a voxel of the full mask's border
+    border = full ^ ndimage.binary_erosion(full)
+    assert np.all(ndimage.binary_dilation(border, iterations=1)[differ])
