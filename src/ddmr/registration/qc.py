@@ -65,7 +65,7 @@ class QCLimits:
     max_turn_degrees: float = 60.0
     max_inverse_error: float = 0.5
     min_structure: float = 0.3
-    max_compressed_percent: float = 5.0
+    max_compressed_percent: float = 15.0
 
 
 @dataclass(frozen=True)
