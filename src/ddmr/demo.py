@@ -60,7 +60,7 @@ class DemoSettings:
     profile: further cpu-profile overrides (e.g. ``{"val_pairs": 1}``), applied last.
     n_pairs, pair_seed: stored test pairs. baselines: of syn, syncc, none, affine, engine.
     engine: also score each model refined by the registration engine (``<model>+engine``,
-    what ``ddmr register`` does).
+    what ``ddmr register --model MODEL`` does).
     ants_affine, ants_syn: ANTs iterations per level (None: ANTs defaults of ddmr).
     transfer_design, transfer_steps, phantoms, phantom_shape, phantom_spacing,
     ct_spacing: the transfer study. overlay_pairs: pairs drawn per section.
@@ -457,9 +457,11 @@ class Demo:
                 "Made by `ddmr demo` on a CPU with the small `cpu` training profile and few "
                 "training steps. These networks are demonstrations of the training "
                 "pipeline and have barely started to learn: the cpu profile's affine stage "
-                "does most of their work. `<model>+engine` rows are what `ddmr register` "
-                "does: the network's field refined by the registration engine at the "
-                "images' own resolution; compare those with ANTs (`ddmr models` shows the "
+                "does most of their work. `<model>+engine` rows are what `ddmr register "
+                "--model MODEL` does: the network's field refined by the registration engine "
+                "at the images' own resolution (`ddmr register` without `--model` runs the "
+                "engine from the affine part alone); compare those with ANTs (`ddmr models` "
+                "shows the "
                 "shipped model, trained for longer). Every method is scored by the same "
                 "code on the same stored pairs."])
         html, _ = build_report(self.folder / "report.html", sections,
