@@ -243,7 +243,8 @@ def test_pairs_that_do_not_correspond_fail_qc_and_a_mirror_image_passes(
     """A CT crop against a brain and back, noise against a brain, a half brain stretched
     over a whole one (its affine part right, the engine filling the empty half: the
     ``compressed`` check), halves turned onto each other: QC FAILED, with no network
-    (the default) and with the shipped one (issue 33). The brain against its own mirror image passes."""
+    (the default) and with the shipped one (issue 33). The brain against its own mirror
+    image passes."""
     import ddmr
 
     result = ddmr.register(wrong_files[fixed], wrong_files[moving], model=model)

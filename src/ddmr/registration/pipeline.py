@@ -169,7 +169,7 @@ def check_skips(model: Any, affine: Any, engine: Any = True, stacklevel: int = 2
     affine stage checked. ``model`` None (the default) becomes the default shipped model
     for the network alone (``engine`` False) and ``False`` (no network) when the engine
     runs: between people the engine from the network's field ended no better than from
-    the affine part (issue 30; benchmarks/RESULTS.md, "The network's start")."""
+    the affine part (benchmarks/RESULTS.md, issue 30)."""
     from ddmr.deprecated import skip_word
 
     model = skip_word(model, "model", stacklevel + 1)
