@@ -12,8 +12,8 @@ validation people), ``test`` otherwise: settings are chosen on ``train`` alone.
 
 Variants (:data:`VARIANTS`): the affine stage's similarity per pyramid level (8 mm, 4 mm),
 ``ncc`` the global NCC, ``lncc<w>`` the engine's local squared NCC over ``w^3`` voxels;
-``-reverse`` (:data:`REVERSE`): a result more anisotropic than 1.25 (or the number given)
-is fitted the other way round too (``AffineSettings.reverse_anisotropy``).
+``-reverse`` (:data:`REVERSE`): a result more anisotropic than 1.25 is fitted the other way
+round too (``AffineSettings.reverse_anisotropy``).
 Rows (one per pair and variant: DSC over all labels, tissue and subcortical apart, HD95,
 seconds of the affine stage) go to ``benchmarks/affine/rows.jsonl``; a rerun skips rows
 already there.
@@ -39,7 +39,7 @@ VARIANTS = {"ncc": (("ncc", "ncc"), 5), "lncc3": (("ncc", "lncc"), 3),
             "lncc5": (("ncc", "lncc"), 5), "lncc9": (("ncc", "lncc"), 9),
             "lncc5-both": (("lncc", "lncc"), 5)}
 #: variant -> ``reverse_anisotropy`` (default: never, as before 2026-12-07)
-REVERSE = {"lncc3-reverse": 1.25, "lncc3-reverse-1.15": 1.15}
+REVERSE = {"lncc3-reverse": 1.25}
 
 
 def _pairs(kind: str) -> list[dict]:

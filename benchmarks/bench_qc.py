@@ -44,10 +44,10 @@ sys.path.insert(0, str(HERE))
 OUT = HERE / "qc" / "calibration.jsonl"
 WRONG_DIR = Path.home() / ".cache" / "ddmr-bench" / "qc-wrong"
 SETS = ("wrong", "inter-2mm", "headers-2mm", "ct", "ct-same", "same-1mm", "heads-1mm")
-#: ``default``: ``ddmr.register``'s own (no network since 2026-12-07; the rows of
-#: ``calibration.jsonl`` before that: the shipped network); ``network``: the shipped model
-#: named (``none`` in the earlier rows: no network)
-MODELS = {"default": None, "network": "brain-t1-cpu", "none": False}
+#: ``default``: ``ddmr.register``'s own (no network since 2026-12-07; in the rows of
+#: ``calibration.jsonl``, from before: the shipped network, and ``none`` no network);
+#: ``network``: the shipped model named
+MODELS = {"default": None, "network": "brain-t1-cpu"}
 
 
 def _ct_files() -> list[Path]:

@@ -126,8 +126,6 @@ def test_settings_name_one_known_similarity_per_level():
 
 
 def test_the_foreground_fills_the_same_holes_inside_its_box_as_in_the_whole_array():
-    from scipy import ndimage
-
     from ddmr.registration.moments import fill_holes, foreground_mask
 
     rng = np.random.default_rng(3)
