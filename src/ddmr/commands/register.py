@@ -27,6 +27,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     moving_labels = parser.add_argument(
         "--moving-labels", metavar="FILE", help="moving label map, warped to "
         "warped_seg.nii.gz (default none)")
+    parser.add_argument("--guide", metavar="LABELS",
+                        help="label values (such as 5,1,2,3) that guide the registration: "
+                        "their overlap joins the similarity of the affine stage and of the "
+                        "engine; needs both label maps, each showing every guided label; "
+                        "DSC is then reported for the guided labels and the held-out "
+                        "others apart (default: none, the label maps only score)")
     parser.add_argument("--pairs", metavar="CSV", help="CSV with columns fixed,moving"
                         "[,fixed_labels,moving_labels][,id]: one output subfolder per pair "
                         "(default: one pair from --fixed/--moving)")
@@ -141,6 +147,10 @@ def _check_inputs(args: argparse.Namespace) -> None:
             load_geometry(path)
 
 
+def _dsc(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def _print_result(summary: dict, method: str, qc_line: str, output: str) -> None:
     metrics = summary["metrics"]
     line = (f"registered in {summary['runtime_s']['total']:.1f} s ({method}); folding "
@@ -154,6 +164,10 @@ def _print_result(summary: dict, method: str, qc_line: str, output: str) -> None
         for key, name in (("hd95", "HD95"), ("tre", "TRE")):
             if metrics.get(key) is not None:
                 line += f"; {name} {metrics[key]:.2f} mm"
+        guidance = metrics.get("guidance")
+        if guidance:
+            line += "; DSC guided " + _dsc(guidance["dsc_guided"]) + ", held out " + _dsc(
+                guidance["dsc_held_out"]) + f" ({len(guidance['labels_held_out'])} labels)"
     print(line)
     engine = summary.get("engine")
     if engine:
@@ -185,7 +199,10 @@ def run(args: argparse.Namespace) -> int:
     if not args.output:
         raise ConfigError("-o OUT is required (the output folder)")
     engine = engine_settings(args)
+    from ddmr.registration.guidance import parse_labels
     from ddmr.registration.outputs import check_outputs
+
+    guide = None if args.guide is None else parse_labels(args.guide)
 
     outputs = check_outputs(args.outputs)
     threads = check_threads(args.threads)  # (applied once the inputs are checked: torch)
@@ -202,7 +219,7 @@ def run(args: argparse.Namespace) -> int:
                               affine_option(args.affine),
                               args.overwrite, progress=not args.no_progress,
                               shard=parse_shard(args.shard), outputs=outputs,
-                              engine=engine)
+                              engine=engine, guide=guide)
         errors = [row for row in rows if row["qc"] == "error"]
         failed = [row["id"] for row in rows if row["qc"] == "fail"]
         reused = sum(row["reused"] for row in rows)
@@ -229,7 +246,7 @@ def run(args: argparse.Namespace) -> int:
     started = process_seconds()  # the interpreter, its start-up and the command's imports
     result = register(args.fixed, args.moving, args.fixed_labels, args.moving_labels,
                       model_option(args.model), args.device, affine_option(args.affine),
-                      engine)
+                      engine, guide=guide)
     result.summary["runtime_s"]["process_start"] = \
         None if started is None else round(started, 3)
     result.save(args.output, overwrite=args.overwrite, outputs=outputs)

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ddmr.losses.ncc import global_ncc
 from ddmr.optim import Adam
+from ddmr.registration.guidance import AFFINE_WEIGHT, Guide, centroid_shift, soft_dice
 from ddmr.registration.levels import object_grid, scaled_on
 from ddmr.registration.moments import (
     Moments,
@@ -47,6 +47,16 @@ from ddmr.spatial.grid import Geometry, sampling_scale
 CANDIDATE_MARGIN = 0.02
 #: The name of the start that trusts the headers as they are (the identity point map).
 HEADERS_AS_THEY_ARE = "headers as they are"
+#: The global NCC is penalised where less than this fraction of the smaller level's
+#: points fall inside the other scan (:func:`weighted_ncc`).
+MIN_OVERLAP = 0.5
+#: Two foregrounds whose extents along the body (S) axis differ by this factor are a
+#: partial field of view: translations along that axis are searched as starts.
+PARTIAL_EXTENT = 1.5
+#: The body-axis search keeps placements where the shorter foreground overlaps the
+#: longer by at least this fraction of its extent, and its best ones as starts.
+SEARCH_OVERLAP = 0.9
+SEARCH_STARTS = 3
 
 
 @dataclass(frozen=True)
@@ -101,26 +111,55 @@ class AffineResult:
     kept_start: bool = False
     reverse_tried: bool = False
     reversed: bool = False
+    partial_field_of_view: bool = False
 
     def summary(self) -> dict[str, Any]:
         return {"matrix_ras": self.point_map.tolist(), "start": self.start,
                 "similarity_start": self.similarity_start, "similarity": self.similarity,
                 "candidates": self.candidates, "kept_start": self.kept_start,
-                "reverse_tried": self.reverse_tried, "reversed": self.reversed}
+                "reverse_tried": self.reverse_tried, "reversed": self.reversed,
+                "partial_field_of_view": self.partial_field_of_view,
+                "linear_part": "rotation and one scale" if self.partial_field_of_view
+                else "affine"}
 
 
 @dataclass(frozen=True)
 class _Level:
-    """One pyramid level of one image: values (1, 1, D, H, W) in [0, 1] on ``grid``."""
+    """One pyramid level of one image: values (1, 1, D, H, W) in [0, 1] on ``grid``, and
+    the guided labels' fractions (1, K, D, H, W) when guided."""
 
     values: torch.Tensor
     grid: Geometry
+    labels: torch.Tensor | None = None
 
 
 def _level(array: np.ndarray, geometry: Geometry, mask: np.ndarray, spacing: float,
-           margin: float, scale: tuple[float, float]) -> _Level:
+           margin: float, scale: tuple[float, float],
+           labels: tuple[Guide, str] | None = None) -> _Level:
     grid = object_grid(mask, geometry, max(spacing, min(geometry.spacing)), margin, 2)
-    return _Level(torch.from_numpy(scaled_on(array, geometry, grid, scale))[None, None], grid)
+    fractions = None
+    if labels is not None:
+        guide, side = labels
+        fractions = torch.from_numpy((guide.fixed_on if side == "fixed"
+                                      else guide.moving_on)(geometry, grid))[None]
+    return _Level(torch.from_numpy(scaled_on(array, geometry, grid, scale))[None, None], grid,
+                  fractions)
+
+
+def weighted_ncc(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor, reference: int
+                 ) -> torch.Tensor:
+    """Pearson correlation of ``a`` and ``b`` (N,) with the weights ``weight`` (N,) (where
+    both scans have data), minus a penalty that grows from 0 to 1 as the weights' sum
+    falls from :data:`MIN_OVERLAP` of ``reference`` points (the smaller scan's) to 0: a
+    scalar."""
+    total = weight.sum().clamp_min(1e-6)
+    mean_a = (weight * a).sum() / total
+    mean_b = (weight * b).sum() / total
+    da, db = a - mean_a, b - mean_b
+    covariance = (weight * da * db).sum()
+    variance = (weight * da * da).sum() * (weight * db * db).sum()
+    penalty = torch.relu(MIN_OVERLAP - total / reference) / MIN_OVERLAP
+    return covariance / torch.sqrt(variance + 1e-12) - penalty
 
 
 class _LocalValue(torch.autograd.Function):
@@ -141,7 +180,8 @@ class _LocalValue(torch.autograd.Function):
 
 class _Problem:
     """The fixed level's points and values and the moving level, for one level;
-    ``similarity``: ``ncc`` (global) or ``lncc`` (local, ``window`` voxels)."""
+    ``similarity``: ``ncc`` (global, where both scans have data) or ``lncc`` (local,
+    ``window`` voxels); plus the guided labels' soft Dice where guided."""
 
     def __init__(self, fixed: _Level, moving: _Level, fixed_centre: np.ndarray,
                  similarity: str = "ncc", window: int = 5) -> None:
@@ -154,7 +194,15 @@ class _Problem:
         points = fixed.grid.points(channels_last=True, dtype=torch.float64).reshape(-1, 3)
         self.points = (points - torch.as_tensor(fixed_centre, dtype=torch.float64)).float()
         self.values = fixed.values.reshape(-1)
-        self.moving = moving.values
+        # the moving image, a channel of ones (where it has data: 0 beyond it, sampled
+        # with zeros) and the guided labels' fractions, sampled together
+        channels = [moving.values, torch.ones_like(moving.values)]
+        if moving.labels is not None:
+            channels.append(moving.labels)
+        self.moving = torch.cat(channels, dim=1)
+        self.labels = None if fixed.labels is None else fixed.labels.reshape(
+            fixed.labels.shape[1], -1)
+        self.reference = min(self.values.numel(), moving.values.numel())
         # world -> index -> sampling in two float32 steps (one fused matrix rounds
         # differently, and the optimisation's end point follows the rounding)
         to_index = moving.grid.matrix("world", "index")
@@ -169,16 +217,34 @@ class _Problem:
         index = world @ self.to_index.T + self.to_index_offset
         grid = (index * self.scale - 1.0).flip(-1).view(1, 1, 1, -1, 3)
         sampled = F.grid_sample(self.moving, grid, mode="bilinear", padding_mode="zeros",
-                                align_corners=True).reshape(-1)
+                                align_corners=True).reshape(self.moving.shape[1], -1)
+        image, weight = sampled[0], sampled[1]
         if self.local is not None:
-            return _LocalValue.apply(sampled.view(self.shape), self.local)
-        return global_ncc(self.values[None], sampled[None], eps=1e-12)[0]
+            value = _LocalValue.apply(image.view(self.shape), self.local)
+        else:
+            value = weighted_ncc(self.values, image, weight, self.reference)
+        if self.labels is not None:
+            value = value + AFFINE_WEIGHT * soft_dice(self.labels, sampled[2:], weight)
+        return value
+
+
+def _nearest_similarity(linear: torch.Tensor) -> torch.Tensor:
+    """The rotation times one scale (3, 3) nearest to ``linear`` (3, 3): ``U V^T`` times
+    the mean singular value."""
+    u, singular, vt = torch.linalg.svd(linear)
+    rotation = u @ vt
+    if float(torch.det(rotation)) < 0:
+        rotation = u @ torch.diag(torch.tensor([1.0, 1.0, -1.0])) @ vt
+    return rotation * singular.mean()
 
 
 def _optimise(problem: _Problem, centre: np.ndarray, linear: np.ndarray,
-              translation: np.ndarray, iterations: int, settings: AffineSettings
-              ) -> tuple[np.ndarray, np.ndarray, float]:
-    """Adam on (translation, linear part) for ``iterations`` steps; the best iterate."""
+              translation: np.ndarray, iterations: int, settings: AffineSettings,
+              similarity_only: bool = False) -> tuple[np.ndarray, np.ndarray, float]:
+    """Adam on (translation, linear part) for ``iterations`` steps; the best iterate.
+    ``similarity_only``: the linear part is brought back to a rotation times one scale
+    after every step (a partial field of view does not show the scale along the body
+    axis)."""
     centre_t = torch.from_numpy(centre.astype(np.float32))
     t = torch.tensor(translation, dtype=torch.float32, requires_grad=True)
     a = torch.tensor(linear, dtype=torch.float32, requires_grad=True)
@@ -196,6 +262,9 @@ def _optimise(problem: _Problem, centre: np.ndarray, linear: np.ndarray,
             break
         (-value).backward()
         optimiser.step()
+        if similarity_only:
+            with torch.no_grad():
+                a.copy_(_nearest_similarity(a))
     return best
 
 
@@ -204,7 +273,8 @@ class _Fit:
     and :meth:`score` of any point map on its finest level."""
 
     def __init__(self, levels: list[tuple[_Level, _Level]], fixed_moments: Moments,
-                 moving_moments: Moments, settings: AffineSettings) -> None:
+                 moving_moments: Moments, settings: AffineSettings,
+                 label_shift: np.ndarray | None = None) -> None:
         c_f, c_m = fixed_moments.centre, moving_moments.centre
         self.centres = c_f, c_m
         problems = [_Problem(fixed_level, moving_level, c_f, similarity, settings.window)
@@ -218,10 +288,16 @@ class _Fit:
                    in candidate_linear_maps(fixed_moments, moving_moments)]
         if not settings.rotations:
             starts = starts[:2]
+        if label_shift is not None:  # P(p) = p + shift
+            starts.insert(1, ("guided labels' centroids", np.eye(3), label_shift - c_m + c_f))
+        self.partial = partial_field_of_view(levels[0])
+        if self.partial:
+            starts += _body_axis_starts(problems[0], levels[0], c_f, c_m)
         candidates: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
         for name, linear, translation in starts:
             candidates[name] = _optimise(problems[0], c_m, linear, translation,
-                                         settings.candidate_iterations, settings)
+                                         settings.candidate_iterations, settings,
+                                         self.partial)
         best = max(score for _, _, score in candidates.values())
         chosen = next(name for name, _, _ in starts
                       if candidates[name][2] >= best - CANDIDATE_MARGIN)
@@ -231,13 +307,14 @@ class _Fit:
         score = -math.inf
         for problem, iterations in zip(problems, settings.iterations, strict=True):
             translation, linear, score = _optimise(problem, c_m, linear, translation,
-                                                   iterations, settings)
+                                                   iterations, settings, self.partial)
         kept_start = not score >= start_score
         if kept_start:
             translation, linear, score = start_translation, start_linear, start_score
         self.result = AffineResult(point_map(c_f, c_m + translation, linear), chosen,
                                    start_score, score,
-                                   {k: v[2] for k, v in candidates.items()}, kept_start)
+                                   {k: v[2] for k, v in candidates.items()}, kept_start,
+                                   partial_field_of_view=self.partial)
 
     def _similarity(self, translation: np.ndarray, linear: np.ndarray) -> float:
         with torch.no_grad():
@@ -253,14 +330,60 @@ class _Fit:
         return self._similarity(point_map[:3, 3] + linear @ c_f - c_m, linear)
 
 
+def _body_extents(level: tuple[_Level, _Level]) -> list[tuple[float, float]]:
+    """The (lowest, highest) S coordinate (mm) of each side's level grid."""
+    boxes = [side.grid.world_corners()[:, 2] for side in level]
+    return [(float(b.min()), float(b.max())) for b in boxes]
+
+
+def partial_field_of_view(level: tuple[_Level, _Level]) -> bool:
+    """Whether one foreground (its level grid) is :data:`PARTIAL_EXTENT` times longer
+    than the other along the body (S) axis."""
+    (f0, f1), (m0, m1) = _body_extents(level)
+    return max(f1 - f0, m1 - m0) >= PARTIAL_EXTENT * min(f1 - f0, m1 - m0)
+
+
+def _body_axis_starts(problem: _Problem, level: tuple[_Level, _Level], c_f: np.ndarray,
+                      c_m: np.ndarray) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """For a partial field of view (:func:`partial_field_of_view`, wherever the headers
+    place it): the translations along the body axis (the centres matched across it, the
+    headers' orientation) that overlap the shorter foreground by :data:`SEARCH_OVERLAP`,
+    one per level voxel, scored by the coarsest level's similarity; the best
+    :data:`SEARCH_STARTS`, at least two voxels apart, as named starts."""
+    (f0, f1), (m0, m1) = _body_extents(level)
+    shorter = min(f1 - f0, m1 - m0)
+    spacing = level[0].grid.spacing[2]
+    shifts = np.arange(m0 - f1 + SEARCH_OVERLAP * shorter,
+                       m1 - f0 - SEARCH_OVERLAP * shorter + spacing / 2, spacing)
+    centre = torch.from_numpy(c_m.astype(np.float32))
+    linear = torch.eye(3)
+    scored = []
+    with torch.no_grad():
+        for shift in shifts:  # P(p) = p + (c_m - c_f across the axis, shift along it)
+            translation = np.array([0.0, 0.0, shift - (c_m[2] - c_f[2])])
+            value = float(problem.similarity(centre, torch.from_numpy(
+                translation.astype(np.float32)), linear))
+            scored.append((value, float(shift), translation))
+    chosen: list[tuple[float, float, np.ndarray]] = []
+    for value, shift, translation in sorted(scored, key=lambda s: -s[0]):
+        if all(abs(shift - other) >= 2 * spacing for _, other, _ in chosen):
+            chosen.append((value, shift, translation))
+        if len(chosen) == SEARCH_STARTS:
+            break
+    return [(f"body axis {shift:+.0f} mm", np.eye(3), translation)
+            for _, shift, translation in chosen]
+
+
 def world_affine(fixed: np.ndarray, fixed_geometry: Geometry, moving: np.ndarray,
                  moving_geometry: Geometry, settings: AffineSettings | None = None,
                  masks: tuple[np.ndarray, np.ndarray] | None = None,
-                 scales: tuple[Scale, Scale] | None = None
+                 scales: tuple[Scale, Scale] | None = None, guide: Guide | None = None
                  ) -> AffineResult:
     """The affine point map from the fixed to the moving world (module docstring) of
     two images (I, J, K) on their own grids; ``masks`` their foregrounds and ``scales``
-    their :func:`~ddmr.registration.moments.intensity_scale` when already known."""
+    their :func:`~ddmr.registration.moments.intensity_scale` when already known;
+    ``guide`` the guided labels (:mod:`ddmr.registration.guidance`): their soft Dice is
+    added to the similarity, and their centroids make one more start."""
     from ddmr.registration.qc import affine_anisotropy
 
     settings = settings or AffineSettings()
@@ -269,18 +392,21 @@ def world_affine(fixed: np.ndarray, fixed_geometry: Geometry, moving: np.ndarray
     moving_moments: Moments = moments(moving_mask, moving_geometry)
     scales = scales or (intensity_scale(fixed, fixed_mask),
                         intensity_scale(moving, moving_mask))
-    levels = [(_level(fixed, fixed_geometry, fixed_mask, s, settings.margin_mm, scales[0]),
-               _level(moving, moving_geometry, moving_mask, s, settings.margin_mm, scales[1]))
+    levels = [(_level(fixed, fixed_geometry, fixed_mask, s, settings.margin_mm, scales[0],
+                      None if guide is None else (guide, "fixed")),
+               _level(moving, moving_geometry, moving_mask, s, settings.margin_mm, scales[1],
+                      None if guide is None else (guide, "moving")))
               for s in settings.levels_mm]  # resampled on every thread
+    shift = None if guide is None else centroid_shift(guide, fixed_geometry, moving_geometry)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small problems: one thread is faster than several here
     try:
         with torch.inference_mode(False), torch.enable_grad():
-            forward = _Fit(levels, fixed_moments, moving_moments, settings)
+            forward = _Fit(levels, fixed_moments, moving_moments, settings, shift)
             result = forward.result
             if affine_anisotropy(result.point_map) > settings.reverse_anisotropy:
                 backward = _Fit([(m, f) for f, m in levels], moving_moments, fixed_moments,
-                                settings)
+                                settings, None if shift is None else -shift)
                 reverse = np.linalg.inv(backward.result.point_map)
 
                 def both(point_map: np.ndarray) -> float:
@@ -291,7 +417,8 @@ def world_affine(fixed: np.ndarray, fixed_geometry: Geometry, moving: np.ndarray
                     result = AffineResult(reverse, result.start, result.similarity_start,
                                           forward.score(reverse), result.candidates,
                                           result.kept_start, reverse_tried=True,
-                                          reversed=True)
+                                          reversed=True,
+                                          partial_field_of_view=result.partial_field_of_view)
     finally:
         torch.set_num_threads(threads)
     return result

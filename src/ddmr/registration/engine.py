@@ -38,10 +38,11 @@ import numpy as np
 import torch
 
 from ddmr.memory import release_free_memory
+from ddmr.registration.guidance import ENGINE_WEIGHT, Guide, dice_gradient
 from ddmr.registration.levels import object_grid, scaled_on
 from ddmr.registration.moments import Scale, intensity_scale
 from ddmr.registration.settings import EngineSettings
-from ddmr.registration.similarity import Objective, make_similarity
+from ddmr.registration.similarity import Objective, force_from_gradient, make_similarity
 from ddmr.spatial import kernels
 from ddmr.spatial.displacement import Displacement, channels_last_product, plain
 from ddmr.spatial.filters import gaussian_smooth
@@ -125,14 +126,21 @@ class _Side:
 
 class _Level:
     """One level: the fixed features on ``grid``, the moving features on their own grid,
-    and the map from a displacement on ``grid`` to moving-grid sampling coordinates."""
+    and the map from a displacement on ``grid`` to moving-grid sampling coordinates; the
+    points that map beyond the moving grid (``overlap``, None where none does) get no
+    force; the guided labels' fractions on both grids where guided."""
 
     def __init__(self, fixed: _Side, moving: _Side, point_map: np.ndarray, spacing: float,
-                 settings: EngineSettings, similarity) -> None:
+                 settings: EngineSettings, similarity, guide: Guide | None = None) -> None:
         self.grid = fixed.level_grid(spacing, settings.margin_mm)
         moving_grid = moving.level_grid(spacing, settings.margin_mm)
         self.fixed = similarity.features(fixed.on(self.grid))
         self.moving = similarity.features(moving.on(moving_grid))[None]
+        self.guide_fixed = self.guide_moving = None
+        if guide is not None:
+            self.guide_fixed = torch.from_numpy(guide.fixed_on(fixed.mask_geometry, self.grid))
+            self.guide_moving = torch.from_numpy(
+                guide.moving_on(moving.mask_geometry, moving_grid))[None]
         self.spacing = torch.tensor(self.grid.spacing, dtype=torch.float32).view(3, 1, 1, 1)
         self.objective = Objective(similarity, self.fixed, self.grid.spacing)
         # moving voxel of P(p + d) = A d + B x, p the world point of grid voxel x
@@ -146,6 +154,8 @@ class _Level:
             self.linear = torch.from_numpy(to_moving[:3, :3].astype(np.float32))
             self.q0 = affine_volume(to_moving @ self.grid.affine, self.grid.shape,
                                      channels_last=True)
+        self.overlap = _inside(to_voxels @ self.grid.affine, self.grid.shape,
+                               moving_grid.shape)
         self.displaced = GridComposition(self.grid)
 
     def points(self) -> torch.Tensor:
@@ -153,14 +163,55 @@ class _Level:
         (a full-size grid at the finest level)."""
         return self.grid.points()
 
-    def warp(self, displacement_mm: torch.Tensor) -> torch.Tensor:
-        """Moving features at ``P(p + d(p))``: (C, *grid.shape)."""
+    def warp(self, displacement_mm: torch.Tensor, volume: torch.Tensor | None = None
+             ) -> torch.Tensor:
+        """Moving features (or ``volume`` (1, C, ...) on the moving level's grid) at
+        ``P(p + d(p))``: (C, *grid.shape)."""
+        volume = self.moving if volume is None else volume
         if self.compiled:
             return torch.from_numpy(kernels.sample_affine(
-                self.moving[0].numpy(), displacement_mm.contiguous().numpy(), self.linear,
+                volume[0].numpy(), displacement_mm.contiguous().numpy(), self.linear,
                 self.base))
         grid = channels_last_product(self.linear, displacement_mm).add_(self.q0)
-        return grid_sample_3d(self.moving, grid[None])[0]
+        return grid_sample_3d(volume, grid[None])[0]
+
+    def value(self, displacement_mm: torch.Tensor) -> float:
+        """The objective at ``d``: the similarity, plus the guidance term where guided."""
+        value = self.objective.value(self.warp(displacement_mm))
+        if self.guide_fixed is not None:
+            labels = self.warp(displacement_mm, self.guide_moving)
+            value += ENGINE_WEIGHT * dice_gradient(self.guide_fixed, labels, self.overlap)[0]
+        return value
+
+    def force(self, displacement_mm: torch.Tensor) -> tuple[float, torch.Tensor]:
+        """The objective at ``d`` (:meth:`value`) and its force (3, *grid.shape): none
+        where the points map beyond the moving grid."""
+        value, force = self.objective.force(self.warp(displacement_mm))
+        if self.overlap is not None:
+            force.mul_(self.overlap)
+        if self.guide_fixed is not None:
+            labels = self.warp(displacement_mm, self.guide_moving)
+            dice, gradient = dice_gradient(self.guide_fixed, labels, self.overlap)
+            value += ENGINE_WEIGHT * dice
+            force.add_(force_from_gradient(gradient, labels, self.objective.spacing),
+                       alpha=ENGINE_WEIGHT)
+        return value, force
+
+
+def _inside(to_voxels: np.ndarray, shape: tuple[int, int, int],
+            moving_shape: tuple[int, int, int]) -> torch.Tensor | None:
+    """(*shape) float32: 1 where the voxel coordinates ``to_voxels @ (x, 1)`` (3, 4) of a
+    grid's voxels x fall inside a grid of ``moving_shape``, 0 elsewhere; None where all
+    do. One axis at a time (no volume of coordinates)."""
+    axes = [np.arange(n, dtype=np.float64) for n in shape]
+    inside = np.ones(shape, dtype=bool)
+    for row, n in zip(to_voxels[:3], moving_shape, strict=True):
+        where = (row[3] + row[0] * axes[0][:, None, None] + row[1] * axes[1][None, :, None]
+                 + row[2] * axes[2][None, None, :])
+        inside &= (where >= -0.5) & (where <= n - 0.5)
+    if inside.all():
+        return None
+    return torch.from_numpy(inside.astype(np.float32))
 
 
 class GridComposition:
@@ -244,8 +295,7 @@ def _run_level(level: _Level, start: torch.Tensor, settings: EngineSettings,
     for taken in range(iterations + 1):
         displacement = (_exp(variable, level, settings.integration_steps)
                         if settings.mode == "svf" else variable)
-        warped = level.warp(displacement)
-        value, update = level.objective.force(warped)  # the force, which becomes the update
+        value, update = level.force(displacement)  # the force, which becomes the update
         history.append(value)
         if not math.isfinite(best_value) or value > best_value + settings.tolerance * abs(
                 best_value):
@@ -262,7 +312,6 @@ def _run_level(level: _Level, start: torch.Tensor, settings: EngineSettings,
         if taken == iterations:
             break
         # in place wherever a volume is used once (memory: benchmarks/RESULTS.md)
-        del warped
         gaussian_smooth(update, fluid, out=update)
         largest = _largest_norm(update)
         if not largest > 0:
@@ -323,13 +372,15 @@ def register_deformable(fixed: np.ndarray, fixed_geometry: Geometry, fixed_mask:
                         moving_mask: np.ndarray, point_map: np.ndarray,
                         settings: EngineSettings | None = None,
                         initial: Displacement | None = None,
-                        scales: tuple[Scale, Scale] | None = None
-                        ) -> EngineResult:
+                        scales: tuple[Scale, Scale] | None = None,
+                        guide: Guide | None = None) -> EngineResult:
     """Run the engine (module docstring) on two images (I, J, K) on their own grids with
     their foreground masks, after the affine ``point_map`` (4, 4, RAS, fixed world ->
     moving world). ``initial(points)`` gives the starting ``d`` (mm) at world points
     (3, ...) (None: zero, the affine part alone). ``scales``: the images'
-    :func:`~ddmr.registration.moments.intensity_scale` when already known."""
+    :func:`~ddmr.registration.moments.intensity_scale` when already known; ``guide`` the
+    guided labels (:mod:`ddmr.registration.guidance`), whose soft Dice joins the
+    similarity."""
     settings = settings or EngineSettings()
     check_engine_memory(fixed_geometry, fixed_mask, settings)
     started = time.perf_counter()
@@ -349,13 +400,12 @@ def register_deformable(fixed: np.ndarray, fixed_geometry: Geometry, fixed_mask:
         started_from = "affine"
         for factor, iterations in zip(settings.levels, settings.iterations, strict=True):
             # each level built when it starts, the one before it freed when it ends
-            level = _Level(*sides, point_map, finest * factor, settings, similarity)
+            level = _Level(*sides, point_map, finest * factor, settings, similarity, guide)
             if variable is None:
                 variable = torch.zeros((3, *level.grid.shape))
                 if initial is not None:  # the network's start, unless the affine part's
                     given = initial(level.points())  # is better by the engine's similarity
-                    if level.objective.value(level.warp(given)) >= \
-                            level.objective.value(level.warp(variable)):
+                    if level.value(given) >= level.value(variable):
                         variable, started_from = given, "network"
             else:
                 variable = Displacement(variable, previous.grid).on(level.grid)
@@ -366,7 +416,7 @@ def register_deformable(fixed: np.ndarray, fixed_geometry: Geometry, fixed_mask:
         finest_level = level
         start = (initial(finest_level.points()) if started_from == "network"
                  else torch.zeros((3, *finest_level.grid.shape)))
-        start_value = finest_level.objective.value(finest_level.warp(start))
+        start_value = finest_level.value(start)
         displacement = (_exp(variable, finest_level, settings.integration_steps)
                         if settings.mode == "svf" else variable)
         inverse = (_exp(-variable, finest_level, settings.integration_steps)

@@ -144,3 +144,27 @@ def to_native(transform: Transform, fixed: Geometry, moving: np.ndarray,
             out_labels[sl] = sample_labels(labels, points, values, cells).numpy().reshape(
                 moving_index.shape[1:])
     return NativeResult(out_disp, out_warped, out_labels)
+
+
+def seen_by_moving(displacement_mm: np.ndarray, fixed_geometry: Geometry,
+                   moving_geometry: Geometry) -> np.ndarray:
+    """(I, J, K) bool on the fixed grid: the voxels whose moving point ``p + u(p)``
+    (``displacement_mm`` (3, I, J, K), RAS mm) lies within half a voxel of the moving grid:
+    where the moving image has data. Slab by slab."""
+    to_index = moving_geometry.matrix("world", "index") @ fixed_geometry.affine
+    from_world = moving_geometry.matrix("world", "index")[:3, :3]
+    shape = fixed_geometry.shape
+    limit = np.asarray(moving_geometry.shape, dtype=np.float64) - 0.5
+    out = np.empty(shape, dtype=bool)
+    j, k = np.meshgrid(np.arange(shape[1]), np.arange(shape[2]), indexing="ij")
+    for slab in _slabs(shape):
+        i = np.arange(shape[0])[slab][:, None, None]
+        inside = np.ones((len(i), *shape[1:]), dtype=bool)
+        for axis in range(3):
+            row = to_index[axis]
+            where = row[0] * i + row[1] * j + row[2] * k + row[3]
+            for c in range(3):
+                where = where + from_world[axis, c] * displacement_mm[c, slab]
+            inside &= (where >= -0.5) & (where <= limit[axis])
+        out[slab] = inside
+    return out

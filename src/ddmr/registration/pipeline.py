@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -120,7 +120,7 @@ def _check_model_input(card, volumes: tuple[Volume, Volume],
 
 
 def _affine_part(fixed: Volume, moving: Volume, masks: tuple[np.ndarray, np.ndarray],
-                 stage: str | bool, scales) -> _Alignment:
+                 stage: str | bool, scales, guide) -> _Alignment:
     if stage is False:
         return _Alignment(np.eye(4), ["none (headers as they are)"])
     if stage == "ants":
@@ -132,8 +132,28 @@ def _affine_part(fixed: Volume, moving: Volume, masks: tuple[np.ndarray, np.ndar
     from ddmr.registration.affine import world_affine
 
     result = world_affine(fixed.array, fixed.geometry, moving.array, moving.geometry,
-                          masks=masks, scales=scales)
+                          masks=masks, scales=scales, guide=guide)
     return _Alignment(result.point_map, ["world affine"], world=result.summary())
+
+
+def _scored_labels(fixed: Volume, moving: Volume, native) -> tuple[np.ndarray, str]:
+    """The fixed labels to score against the warped ones, and where: the whole fixed grid,
+    or, where the moving image shows less than
+    :data:`~ddmr.registration.qc.SEEN_WHOLE` of the fixed foreground's labels (a partial
+    field of view), only the voxels it shows (a label cut off by its field of view is not
+    a registration error)."""
+    from ddmr.registration.native import seen_by_moving
+    from ddmr.registration.qc import SEEN_WHOLE
+
+    seen = seen_by_moving(native.displacement_mm, fixed.geometry, moving.geometry)
+    labelled = fixed.labels > 0
+    shown = np.count_nonzero(labelled & seen)
+    if shown >= SEEN_WHOLE * np.count_nonzero(labelled):
+        return fixed.labels, "the fixed grid"
+    share = 100.0 * shown / max(np.count_nonzero(labelled), 1)
+    return np.where(seen, fixed.labels, 0).astype(fixed.labels.dtype), (
+        f"where the moving image has data (partial field of view: {share:.0f} % of the "
+        "fixed labels' voxels)")
 
 
 def _engine_settings(engine: Any) -> EngineSettings | None:
@@ -186,7 +206,8 @@ def check_skips(model: Any, affine: Any, engine: Any = True, stacklevel: int = 2
 def register(fixed: ImageInput, moving: ImageInput, fixed_labels: ImageInput | None = None,
              moving_labels: ImageInput | None = None, model: Any = None, device: str = "cpu",
              affine: str | bool = "world", engine: bool | EngineSettings = True,
-             qc_limits: QCLimits | None = None) -> RegistrationResult:
+             qc_limits: QCLimits | None = None, guide: Sequence[int] | None = None
+             ) -> RegistrationResult:
     """Register ``moving`` to ``fixed`` in world space.
 
     fixed, moving: images in any orientation, spacing, field of view and world position
@@ -206,6 +227,11 @@ def register(fixed: ImageInput, moving: ImageInput, fixed_labels: ImageInput | N
     engine: run the registration engine after the network (True, the default; or its
         :class:`~ddmr.registration.engine.EngineSettings`); False for the network alone.
     qc_limits: the limits of the QC verdict (:class:`~ddmr.registration.qc.QCLimits`).
+    guide: label values both label maps show that guide the registration: their soft
+        Dice joins the similarity of the affine stage (and their centroids make one more
+        start) and of the engine (:mod:`~ddmr.registration.guidance`); scores then report
+        the guided labels apart from the others. None (the default): the label maps only
+        score.
 
     A step is skipped with False (``model=False``, ``affine=False``, ``engine=False``);
     the old ``"none"`` and the keywords ``fixed_seg``/``moving_seg`` still work for one
@@ -220,12 +246,14 @@ def register(fixed: ImageInput, moving: ImageInput, fixed_labels: ImageInput | N
         from ddmr.model.file import file_sha256
         from ddmr.model.shipped import check_device, load
         from ddmr.registration.engine import register_deformable
+        from ddmr.registration.guidance import make_guide
         from ddmr.registration.inverse import invert
+        from ddmr.registration.modality import Modality, check_pair, modality
         from ddmr.registration.moments import foreground_mask, intensity_scale
         from ddmr.registration.native import to_native
         from ddmr.registration.network import predict
         from ddmr.registration.qc import assess_registration
-        from ddmr.registration.scores import field_metrics, label_metrics
+        from ddmr.registration.scores import field_metrics, guided_apart, label_metrics
         from ddmr.spatial.displacement import Transform
         from ddmr.spatial.field import jacobian_determinant_mm, residual_of
 
@@ -238,19 +266,22 @@ def register(fixed: ImageInput, moving: ImageInput, fixed_labels: ImageInput | N
                                               (fixed, fixed_labels, "fixed"),
                                               (moving, moving_labels, "moving"))
         _warn_about_labels(fixed_volume, moving_volume)
+        guided = make_guide(guide, fixed_volume.labels, moving_volume.labels)
     with timer("preprocess"):
-        def foreground(volume: Volume) -> tuple[np.ndarray, tuple[float, float]]:
-            """The foreground and the intensities mapped to [0, 1], once for the affine
-            stage and the engine."""
+        def foreground(volume: Volume) -> tuple[np.ndarray, Modality]:
+            """The foreground and the intensities mapped to [0, 1] (a CT's HU window, or
+            the image's own percentiles), once for the affine stage and the engine."""
             mask = foreground_mask(volume.array)
-            return mask, intensity_scale(volume.array, mask)
+            return mask, modality(volume.array, intensity_scale(volume.array, mask))
 
-        (fixed_mask, fixed_scale), (moving_mask, moving_scale) = on_both(
+        (fixed_mask, fixed_kind), (moving_mask, moving_kind) = on_both(
             foreground, fixed_volume, moving_volume)
+        check_pair(fixed_kind, moving_kind, None if settings is None else settings.similarity,
+                   affine)
         masks = (fixed_mask, moving_mask)
-        scales = (fixed_scale, moving_scale) \
+        scales = (fixed_kind.scale, moving_kind.scale) \
             if affine == "world" or settings is not None else None
-        alignment = _affine_part(fixed_volume, moving_volume, masks, affine, scales)
+        alignment = _affine_part(fixed_volume, moving_volume, masks, affine, scales, guided)
     network = network_record = None
     warnings = []
     if loaded is not None:
@@ -270,7 +301,7 @@ def register(fixed: ImageInput, moving: ImageInput, fixed_labels: ImageInput | N
             engine_result = register_deformable(
                 fixed_volume.array, fixed_volume.geometry, masks[0], moving_volume.array,
                 moving_volume.geometry, masks[1], alignment.point_map, settings,
-                network, scales)
+                network, scales, guided)
     with timer("native"):  # the final field: the engine's, else the network's, else none
         transform = Transform(alignment.point_map, network if engine_result is None
                               else engine_result.displacement())
@@ -288,8 +319,12 @@ def register(fixed: ImageInput, moving: ImageInput, fixed_labels: ImageInput | N
     with timer("metrics"):
         metrics: dict[str, Any] = field_metrics(jacobian, native.displacement_mm)
         if fixed_volume.labels is not None and native.warped_labels is not None:
-            metrics.update(label_metrics(fixed_volume.labels, native.warped_labels,
+            fixed_labels, seen = _scored_labels(fixed_volume, moving_volume, native)
+            metrics.update(label_metrics(fixed_labels, native.warped_labels,
                                          fixed_volume.geometry.spacing, moving_volume.labels))
+            metrics["scored_within"] = seen
+            if guided is not None:
+                metrics["guidance"] = guided_apart(metrics, guided.labels)
     with timer("qc"):
         verdict = assess_registration(
             fixed_volume, moving_volume, masks, native, jacobian, alignment.point_map,
@@ -320,6 +355,8 @@ def register(fixed: ImageInput, moving: ImageInput, fixed_labels: ImageInput | N
         "model": model_record,
         "warnings": warnings,
         "device": str(device),
+        "intensities": {"fixed": fixed_kind.summary(), "moving": moving_kind.summary()},
+        "guide": None if guided is None else guided.summary(),
         "affine_prealignment": alignment.summary(),
         "engine": engine_summary,
         "fixed_grid": {"shape": list(fixed_volume.geometry.shape),

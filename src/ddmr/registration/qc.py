@@ -105,6 +105,12 @@ class Verdict:
                 "measures": self.measures}
 
 
+#: A moving image that shows this fraction of the fixed foreground shows all of it.
+SEEN_WHOLE = 0.95
+#: A partial field of view must show at least this fraction of the fixed foreground.
+MIN_SEEN = 0.05
+
+
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
     total = int(a.sum()) + int(b.sum())
     return 2.0 * float(np.logical_and(a, b).sum()) / total if total else 0.0
@@ -221,6 +227,17 @@ class QCInputs:
     mask_before: np.ndarray
     moving_after: np.ndarray
     mask_after: np.ndarray
+    seen_before: np.ndarray | None = None
+    seen_after: np.ndarray | None = None
+
+    def partial(self) -> bool:
+        """Whether the moving image shows less than :data:`SEEN_WHOLE` of the fixed
+        foreground after registration (``seen_after``: where a point falls inside the
+        moving grid; a partial field of view): the image checks then count only there."""
+        if self.seen_after is None or not self.fixed_mask.any():
+            return False
+        seen = np.count_nonzero(self.fixed_mask & self.seen_after)
+        return seen < SEEN_WHOLE * np.count_nonzero(self.fixed_mask)
 
 
 def _image_checks(traits: tuple[Traits, Traits], same_kind: bool, limits: QCLimits
@@ -293,10 +310,25 @@ def assess(inputs: QCInputs, displacement_mm: np.ndarray, jacobian: np.ndarray,
                         "the displacement has NaN or Inf values (a model with non-finite "
                         "weights?)"))
     region = ndimage.binary_dilation(inputs.fixed_mask, iterations=REGION_MARGIN)
-    overlap_before = _dice(inputs.fixed_mask, inputs.mask_before)
-    overlap_after = _dice(inputs.fixed_mask, inputs.mask_after)
-    ncc_before = _ncc(inputs.fixed[region], inputs.moving_before[region]) if finite else 0.0
-    ncc_after = _ncc(inputs.fixed[region], inputs.moving_after[region]) if finite else 0.0
+    fixed_mask = inputs.fixed_mask
+    regions = (region, region)
+    if inputs.partial():  # what both scans show: before (headers) and after apart
+        seen = np.count_nonzero(fixed_mask & inputs.seen_after) / np.count_nonzero(fixed_mask)
+        measures["seen_fraction"] = float(seen)
+        checks.append(Check("seen", seen >= MIN_SEEN,
+                            f"partial field of view: the moving image shows {100 * seen:.0f} "
+                            "% of the fixed foreground; the checks below count only there"
+                            + ("" if seen >= MIN_SEEN else f" (below {100 * MIN_SEEN:g} %)")))
+        fixed_mask = fixed_mask & inputs.seen_after
+        regions = (region & inputs.seen_before, region & inputs.seen_after)
+        overlap_before = _dice(inputs.fixed_mask & inputs.seen_before, inputs.mask_before)
+    else:
+        overlap_before = _dice(inputs.fixed_mask, inputs.mask_before)
+    overlap_after = _dice(fixed_mask, inputs.mask_after)
+    ncc_before, ncc_after = (
+        _ncc(inputs.fixed[where], moving[where]) if finite and where.any() else 0.0
+        for where, moving in zip(regions, (inputs.moving_before, inputs.moving_after),
+                                 strict=True))
     measures.update(foreground_overlap_before=overlap_before,
                     foreground_overlap_after=overlap_after,
                     ncc_before=ncc_before, ncc_after=ncc_after)
@@ -319,8 +351,8 @@ def assess(inputs: QCInputs, displacement_mm: np.ndarray, jacobian: np.ndarray,
         folding, low, high = math.nan, math.nan, math.nan
     measures.update(folding_percent=folding, jacobian_p0_1=low, jacobian_p99_9=high)
     sampled = jacobian[subsample(jacobian.shape)]  # on the grid of ``inputs``
-    if sampled.shape == inputs.fixed_mask.shape and inputs.fixed_mask.any():
-        sampled = sampled[inputs.fixed_mask]
+    if sampled.shape == fixed_mask.shape and fixed_mask.any():
+        sampled = sampled[fixed_mask]
     compressed = float(100.0 * np.mean(sampled < COMPRESSED_BELOW)) if finite else math.nan
     measures["compressed_percent"] = compressed
     ok = folding <= limits.max_folding_percent
@@ -372,6 +404,12 @@ def sample_points(array: np.ndarray, geometry: Geometry, points: np.ndarray,
     return sample_image(image, torch.from_numpy(index)).numpy()
 
 
+def _inside(geometry: Geometry, points: np.ndarray) -> np.ndarray:
+    """(n,) bool: RAS world points (n, 3) within half a voxel of ``geometry``'s grid."""
+    index = geometry.world_to_index(points)
+    return np.all((index >= -0.5) & (index <= np.asarray(geometry.shape) - 0.5), axis=1)
+
+
 def assess_registration(fixed, moving, masks: tuple[np.ndarray, np.ndarray], native,
                         jacobian: np.ndarray, point_map: np.ndarray | None,
                         limits: QCLimits | None = None,
@@ -394,7 +432,9 @@ def assess_registration(fixed, moving, masks: tuple[np.ndarray, np.ndarray], nat
         sample_points(moving.array, moving.geometry, points).reshape(shape),
         sample_points(masks[1], moving.geometry, points, nearest=True).reshape(shape),
         native.warped[where],
-        sample_points(masks[1], moving.geometry, moved, nearest=True).reshape(shape))
+        sample_points(masks[1], moving.geometry, moved, nearest=True).reshape(shape),
+        _inside(moving.geometry, points).reshape(shape),
+        _inside(moving.geometry, moved).reshape(shape))
     traits = (image_traits(fixed.array, masks[0]), image_traits(moving.array, masks[1]))
     return assess(inputs, native.displacement_mm, jacobian, point_map, limits, inverse_error,
                   traits, same_kind)

@@ -4,6 +4,7 @@ regularity (the definitions of :mod:`ddmr.metrics`, on native grids)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -67,6 +68,20 @@ def label_metrics(fixed_seg: np.ndarray, warped_seg: np.ndarray,
             "tre": metrics.centroid_tre(fixed_seg, warped_seg, spacing, values),
             "dsc_per_label": {str(v): float(d) for v, d in zip(values, dice, strict=True)},
         }
+
+
+def guided_apart(metrics: dict[str, Any], guided: Sequence[int]) -> dict[str, Any]:
+    """The mean DSC of the guided labels and of the others both maps show (held out),
+    from :func:`label_metrics`'s ``dsc_per_label`` and ``labels_shared``."""
+    per_label = metrics["dsc_per_label"]
+    shared = [v for v in metrics["labels_shared"] if str(v) in per_label]
+    held_out = [v for v in shared if v not in guided]
+
+    def mean(values: list[int]) -> float | None:
+        return float(np.mean([per_label[str(v)] for v in values])) if values else None
+
+    return {"labels": list(guided), "dsc_guided": mean([v for v in shared if v in guided]),
+            "labels_held_out": held_out, "dsc_held_out": mean(held_out)}
 
 
 def field_metrics(jacobian: np.ndarray, displacement_mm: np.ndarray) -> dict[str, float]:
