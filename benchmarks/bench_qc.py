@@ -16,10 +16,10 @@ model, ``network``):
 
 Wrong pairs (defaults and ``network``): a brain-sized crop of the abdominal CT
 against a brain and the brain against it; the whole CT against the brain and back; uniform
-noise against the brain; a brain with its lower half zeroed against the whole brain (the
-answer is the identity); the left half against the right half and the bottom against the
-top (no shared voxels). A valid pair that must pass: the brain against its own copy
-flipped left to right.
+noise against the brain; the left half against the right half and the bottom against the
+top (no shared voxels). Valid pairs that must pass: the brain against its own copy
+flipped left to right, and a brain with its lower half zeroed against the whole brain (a
+partial view; the answer is the identity).
 
     python benchmarks/bench_qc.py run [--sets inter-2mm,ct,...] [--out FILE]   # resumable
     python benchmarks/bench_qc.py table [--out FILE]

@@ -240,15 +240,20 @@ def wrong_files(tmp_path_factory):
                          [p for p in WRONG_PAIRS if p[0] not in ("ct->brain", "brain->ct")])
 def test_pairs_that_do_not_correspond_fail_qc_and_a_mirror_image_passes(
         wrong_files, model, name, fixed, moving, valid):
-    """A CT crop against a brain and back, noise against a brain, a half brain stretched
-    over a whole one (its affine part right, the engine filling the empty half: the
-    ``compressed`` check), halves turned onto each other: QC FAILED, with no network
-    (the default) and with the shipped one (issue 33). The brain against its own mirror
-    image passes."""
+    """A CT crop against a brain and back, noise against a brain, halves turned onto each
+    other: QC FAILED, with no network (the default) and with the shipped one (issue 33).
+    The brain against its own mirror image passes, and so does the brain with its lower
+    half zeroed against the whole one, a partial view registered where it shows the brain:
+    the identity, its half not stretched over the whole (issue 32; before, the engine
+    filled the empty half and the ``compressed`` check failed it)."""
     import ddmr
 
     result = ddmr.register(wrong_files[fixed], wrong_files[moving], model=model)
     assert result.qc.passed == valid, result.qc.line()
+    if moving == "lower-zeroed":
+        assert result.qc.measures["compressed_percent"] < 1.0
+        upper = result.displacement_mm[:, :, :, result.displacement_mm.shape[3] // 2 + 8:]
+        assert np.median(np.linalg.norm(upper, axis=0)) < 2.0  # mm: the identity there
 
 
 @pytest.mark.slow

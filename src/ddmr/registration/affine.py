@@ -125,11 +125,13 @@ class AffineResult:
 
 @dataclass(frozen=True)
 class _Level:
-    """One pyramid level of one image: values (1, 1, D, H, W) in [0, 1] on ``grid``, and
-    the guided labels' fractions (1, K, D, H, W) when guided."""
+    """One pyramid level of one image: values (1, 1, D, H, W) in [0, 1] on ``grid``, the
+    image's own grid ``source`` (where it has data), and the guided labels' fractions
+    (1, K, D, H, W) when guided."""
 
     values: torch.Tensor
     grid: Geometry
+    source: Geometry
     labels: torch.Tensor | None = None
 
 
@@ -143,7 +145,7 @@ def _level(array: np.ndarray, geometry: Geometry, mask: np.ndarray, spacing: flo
         fractions = torch.from_numpy((guide.fixed_on if side == "fixed"
                                       else guide.moving_on)(geometry, grid))[None]
     return _Level(torch.from_numpy(scaled_on(array, geometry, grid, scale))[None, None], grid,
-                  fractions)
+                  geometry, fractions)
 
 
 def weighted_ncc(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor, reference: int
@@ -194,12 +196,14 @@ class _Problem:
         points = fixed.grid.points(channels_last=True, dtype=torch.float64).reshape(-1, 3)
         self.points = (points - torch.as_tensor(fixed_centre, dtype=torch.float64)).float()
         self.values = fixed.values.reshape(-1)
-        # the moving image, a channel of ones (where it has data: 0 beyond it, sampled
-        # with zeros) and the guided labels' fractions, sampled together
-        channels = [moving.values, torch.ones_like(moving.values)]
-        if moving.labels is not None:
-            channels.append(moving.labels)
-        self.moving = torch.cat(channels, dim=1)
+        # the moving image and the guided labels' fractions, sampled together
+        self.moving = (moving.values if moving.labels is None
+                       else torch.cat([moving.values, moving.labels], dim=1))
+        # world -> the moving image's own voxels, and its bounds: where it has data
+        source = moving.source.matrix("world", "index")
+        self.to_source = torch.from_numpy(source[:3, :3].astype(np.float32))
+        self.to_source_offset = torch.from_numpy(source[:3, 3].astype(np.float32))
+        self.source_limit = torch.tensor(moving.source.shape, dtype=torch.float32) - 0.5
         self.labels = None if fixed.labels is None else fixed.labels.reshape(
             fixed.labels.shape[1], -1)
         self.reference = min(self.values.numel(), moving.values.numel())
@@ -218,13 +222,16 @@ class _Problem:
         grid = (index * self.scale - 1.0).flip(-1).view(1, 1, 1, -1, 3)
         sampled = F.grid_sample(self.moving, grid, mode="bilinear", padding_mode="zeros",
                                 align_corners=True).reshape(self.moving.shape[1], -1)
-        image, weight = sampled[0], sampled[1]
+        with torch.no_grad():
+            voxel = world @ self.to_source.T + self.to_source_offset
+            weight = ((voxel >= -0.5) & (voxel <= self.source_limit)).all(dim=1).float()
+        image = sampled[0]
         if self.local is not None:
             value = _LocalValue.apply(image.view(self.shape), self.local)
         else:
             value = weighted_ncc(self.values, image, weight, self.reference)
         if self.labels is not None:
-            value = value + AFFINE_WEIGHT * soft_dice(self.labels, sampled[2:], weight)
+            value = value + AFFINE_WEIGHT * soft_dice(self.labels, sampled[1:], weight)
         return value
 
 

@@ -127,8 +127,8 @@ class _Side:
 class _Level:
     """One level: the fixed features on ``grid``, the moving features on their own grid,
     and the map from a displacement on ``grid`` to moving-grid sampling coordinates; the
-    points that map beyond the moving grid (``overlap``, None where none does) get no
-    force; the guided labels' fractions on both grids where guided."""
+    points that map beyond the moving image's own grid (``overlap``, None where none
+    does) get no force; the guided labels' fractions on both grids where guided."""
 
     def __init__(self, fixed: _Side, moving: _Side, point_map: np.ndarray, spacing: float,
                  settings: EngineSettings, similarity, guide: Guide | None = None) -> None:
@@ -154,8 +154,8 @@ class _Level:
             self.linear = torch.from_numpy(to_moving[:3, :3].astype(np.float32))
             self.q0 = affine_volume(to_moving @ self.grid.affine, self.grid.shape,
                                      channels_last=True)
-        self.overlap = _inside(to_voxels @ self.grid.affine, self.grid.shape,
-                               moving_grid.shape)
+        self.overlap = _inside(moving.mask_geometry.matrix("world", "index") @ point_map
+                               @ self.grid.affine, self.grid.shape, moving.mask_geometry.shape)
         self.displaced = GridComposition(self.grid)
 
     def points(self) -> torch.Tensor:
@@ -185,7 +185,7 @@ class _Level:
 
     def force(self, displacement_mm: torch.Tensor) -> tuple[float, torch.Tensor]:
         """The objective at ``d`` (:meth:`value`) and its force (3, *grid.shape): none
-        where the points map beyond the moving grid."""
+        where the points map beyond the moving image."""
         value, force = self.objective.force(self.warp(displacement_mm))
         if self.overlap is not None:
             force.mul_(self.overlap)

@@ -288,10 +288,12 @@ def register(fixed: ImageInput, moving: ImageInput, fixed_labels: ImageInput | N
         warnings = _check_model_input(loaded.card, (fixed_volume, moving_volume), masks)
         with timer("network"):
             # the model's own affine stage only on input like its training data's: on a
-            # whole head it tilts what the world-space stage found (issue 24)
+            # whole head it tilts what the world-space stage found (issue 24), on a partial
+            # view it squeezes the half it sees (issue 32)
+            partial = bool((alignment.world or {}).get("partial_field_of_view"))
             network, alignment.point_map, network_record = predict(
                 loaded, fixed_volume, moving_volume, alignment.point_map,
-                affine == "world" and not warnings, device)
+                affine == "world" and not warnings and not partial, device)
             alignment.model_stage = network_record.pop("model_stage")
             if alignment.model_stage and alignment.model_stage["used"]:
                 alignment.stages.append("model's own affine stage")
