@@ -67,7 +67,7 @@ def _cut(side, start_mm: float, stop_mm: float, shift_mm: float):
 
     image, labels, geometry = side
     spacing = geometry.spacing[2]
-    a, b = int(round(start_mm / spacing)), int(round(stop_mm / spacing))
+    a, b = round(start_mm / spacing), round(stop_mm / spacing)
     affine = geometry.affine.copy()
     affine[:3, 3] = geometry.index_to_world(np.array([[0.0, 0.0, a]]))[0]
     affine[2, 3] += shift_mm

@@ -6,7 +6,8 @@ CT (132 x 150 x 132 mm: lumbar spine and bowel), uniform noise (64^3 at 2.5 mm, 
 two unusual pairs it must pass: the brain with its lower half zeroed (a partial view of the
 same brain registered to the whole one: the answer is the identity, which DDMR finds since
 issue 32, where it used to stretch the half over the whole), and the brain flipped left
-to right on the same header (a mirror image). Used by ``tests/test_qc.py`` and ``benchmarks/bench_qc.py``.
+to right on the same header (a mirror image). Used by ``tests/test_qc.py`` and
+``benchmarks/bench_qc.py``.
 """
 
 from __future__ import annotations
