@@ -114,7 +114,7 @@ def _pair(fixed: str, moving: str, f, m) -> dict:
 def _guide(kind: str, pair: dict) -> tuple[int, ...]:
     wanted = CT_GUIDE if kind == "ct" else BRAIN_GUIDE
     both = set(np.unique(pair["fixed_labels"])) & set(np.unique(pair["moving_labels"]))
-    return tuple(v for v in wanted if v in both)
+    return tuple(int(v) for v in wanted if v in both)
 
 
 def score(kind: str, pair: dict, displacement: np.ndarray, guide: tuple[int, ...]) -> dict:
@@ -141,7 +141,7 @@ def score(kind: str, pair: dict, displacement: np.ndarray, guide: tuple[int, ...
 
     return {"dsc_liver": dice.get(LIVER) if kind == "ct" else None,
             "dsc_guided": mean(guide), "dsc_held_out": mean(held_out),
-            "held_out": held_out, "dsc_shared": mean(values),
+            "held_out": [int(v) for v in held_out], "dsc_shared": mean(values),
             "seen_percent": float(100.0 * seen[pair["fixed_labels"] > 0].mean()),
             "folding": folding_percent(jacobian_determinant_mm(displacement, geometry))}
 

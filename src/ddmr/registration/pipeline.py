@@ -248,7 +248,7 @@ def register(fixed: ImageInput, moving: ImageInput, fixed_labels: ImageInput | N
         from ddmr.registration.engine import register_deformable
         from ddmr.registration.guidance import make_guide
         from ddmr.registration.inverse import invert
-        from ddmr.registration.modality import Modality, check_pair, modality
+        from ddmr.registration.modality import Modality, modality
         from ddmr.registration.moments import foreground_mask, intensity_scale
         from ddmr.registration.native import to_native
         from ddmr.registration.network import predict
@@ -276,8 +276,6 @@ def register(fixed: ImageInput, moving: ImageInput, fixed_labels: ImageInput | N
 
         (fixed_mask, fixed_kind), (moving_mask, moving_kind) = on_both(
             foreground, fixed_volume, moving_volume)
-        check_pair(fixed_kind, moving_kind, None if settings is None else settings.similarity,
-                   affine)
         masks = (fixed_mask, moving_mask)
         scales = (fixed_kind.scale, moving_kind.scale) \
             if affine == "world" or settings is not None else None

@@ -163,11 +163,6 @@ def affine_turn_degrees(point_map: np.ndarray) -> float:
     return math.degrees(math.acos(min(1.0, max(-1.0, cosine))))
 
 
-#: Values at or below this (HU) are air in a CT; no MR magnitude image has them.
-HOUNSFIELD_AIR = -500.0
-#: An image with at least this fraction of its voxels at or below :data:`HOUNSFIELD_AIR`
-#: is a CT in Hounsfield units (a brain-sized crop of an abdomen: 0.3 % of bowel gas).
-HOUNSFIELD_AIR_FRACTION = 0.001
 
 
 @dataclass(frozen=True)
@@ -204,9 +199,10 @@ def neighbour_correlation(array: np.ndarray, mask: np.ndarray) -> float:
 
 def image_traits(array: np.ndarray, mask: np.ndarray) -> Traits:
     """The :class:`Traits` of an image (I, J, K) with foreground ``mask``."""
-    step = subsample(array.shape)
-    air = float(np.mean(array[step] <= HOUNSFIELD_AIR))
-    return Traits(neighbour_correlation(array, mask), air >= HOUNSFIELD_AIR_FRACTION)
+    from ddmr.registration.modality import looks_like_ct
+
+    return Traits(neighbour_correlation(array, mask),
+                  looks_like_ct(array[subsample(array.shape)]))
 
 
 def subsample(shape: tuple[int, int, int]) -> tuple[slice, slice, slice]:
