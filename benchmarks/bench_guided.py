@@ -5,6 +5,9 @@ others.
     python benchmarks/bench_guided.py run --kind ct|brain [--methods ddmr,ddmr-guided,greedy,syn]
     python benchmarks/bench_guided.py table --kind ct|brain
 
+``ddmr-guided@W`` (any W) runs the guided variant with the engine's guidance weight W (a
+curve; ``ddmr-guided`` uses :data:`ddmr.registration.guidance.ENGINE_WEIGHT`).
+
 Pairs:
 
 ``ct``
@@ -37,6 +40,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
+from ddmr.registration.guidance import ENGINE_WEIGHT as DEFAULT_WEIGHT
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -153,7 +158,11 @@ def _run_method(name: str, kind: str, pair: dict) -> tuple[np.ndarray, float, di
     from ddmr.baselines import peers
 
     if name.startswith("ddmr"):
-        guide = _guide(kind, pair) if name == "ddmr-guided" else None
+        from ddmr.registration import guidance
+
+        # ddmr-guided@W: the engine's guidance weight W (a curve; default ENGINE_WEIGHT)
+        guidance.ENGINE_WEIGHT = float(name.split("@")[1]) if "@" in name else DEFAULT_WEIGHT
+        guide = _guide(kind, pair) if name.startswith("ddmr-guided") else None
         started = time.perf_counter()
         result = ddmr.register(pair["fixed"], pair["moving"],
                                (pair["fixed_labels"], pair["fixed"][1]),

@@ -14,6 +14,7 @@ from ddmr.registration.affine import (
     _Level,
     _level,
     _Problem,
+    weighted_ncc,
     world_affine,
 )
 from ddmr.spatial.grid import Geometry
@@ -30,10 +31,14 @@ def _image(geometry: Geometry, moved: np.ndarray | None = None) -> np.ndarray:
         geometry.shape).astype(np.float32)
 
 
-def test_the_local_similarity_has_the_gradient_of_its_value():
+@pytest.mark.parametrize("guided", [False, True])
+def test_the_local_similarity_has_the_gradient_of_its_value(guided):
+    """Its gradient against finite differences, with the guided labels' soft Dice added
+    (issue 32) and without."""
     geometry = grid((20, 22, 18), (3.0, 3.0, 3.0), np.eye(3), (0.0, 0.0, 0.0))
     values = torch.from_numpy(_image(geometry) / 200.0)[None, None]
-    level = _Level(values, geometry)
+    labels = (values > 0.2).float() if guided else None
+    level = _Level(values, geometry, geometry, labels)
     problem = _Problem(level, level, np.zeros(3), "lncc", 5)
     centre = torch.zeros(3)
     translation = torch.tensor([1.5, -2.0, 0.7], requires_grad=True)
@@ -47,6 +52,20 @@ def test_the_local_similarity_has_the_gradient_of_its_value():
             minus = problem.similarity(centre, translation - step, linear)
         assert float(translation.grad[axis]) == pytest.approx(
             float(plus - minus) / 2e-2, rel=0.05, abs=1e-5)
+
+
+def test_the_weighted_ncc_is_pearson_over_the_points_both_scans_show():
+    """Against numpy's correlation over the weighted points; the overlap penalty from
+    half the reference count down."""
+    rng = np.random.default_rng(3)
+    a, b = rng.random(200), rng.random(200)
+    b[:120] += a[:120]
+    weight = np.zeros(200)
+    weight[:120] = 1.0
+    value = weighted_ncc(*(torch.from_numpy(v) for v in (a, b, weight)), reference=120)
+    assert float(value) == pytest.approx(np.corrcoef(a[:120], b[:120])[0, 1], rel=1e-9)
+    penalised = weighted_ncc(*(torch.from_numpy(v) for v in (a, b, weight)), reference=480)
+    assert float(value - penalised) == pytest.approx((0.5 - 120 / 480) / 0.5)
 
 
 @pytest.mark.parametrize("similarities", [("ncc", "lncc"), ("lncc", "lncc")])

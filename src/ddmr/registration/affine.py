@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ddmr.losses.ncc import global_ncc
 from ddmr.optim import Adam
 from ddmr.registration.guidance import AFFINE_WEIGHT, Guide, centroid_shift, soft_dice
 from ddmr.registration.levels import object_grid, scaled_on
@@ -182,11 +183,12 @@ class _LocalValue(torch.autograd.Function):
 
 class _Problem:
     """The fixed level's points and values and the moving level, for one level;
-    ``similarity``: ``ncc`` (global, where both scans have data) or ``lncc`` (local,
-    ``window`` voxels); plus the guided labels' soft Dice where guided."""
+    ``similarity``: ``ncc`` (global; with ``partial``, a partial field of view, only where
+    both scans have data: :func:`weighted_ncc`) or ``lncc`` (local, ``window`` voxels);
+    plus the guided labels' soft Dice where guided."""
 
     def __init__(self, fixed: _Level, moving: _Level, fixed_centre: np.ndarray,
-                 similarity: str = "ncc", window: int = 5) -> None:
+                 similarity: str = "ncc", window: int = 5, partial: bool = False) -> None:
         from ddmr.registration.similarity import LocalNCC
 
         shape = fixed.grid.shape
@@ -207,6 +209,7 @@ class _Problem:
         self.labels = None if fixed.labels is None else fixed.labels.reshape(
             fixed.labels.shape[1], -1)
         self.reference = min(self.values.numel(), moving.values.numel())
+        self.partial = partial
         # world -> index -> sampling in two float32 steps (one fused matrix rounds
         # differently, and the optimisation's end point follows the rounding)
         to_index = moving.grid.matrix("world", "index")
@@ -228,8 +231,10 @@ class _Problem:
         image = sampled[0]
         if self.local is not None:
             value = _LocalValue.apply(image.view(self.shape), self.local)
-        else:
+        elif self.partial:
             value = weighted_ncc(self.values, image, weight, self.reference)
+        else:
+            value = global_ncc(self.values[None], image[None], eps=1e-12)[0]
         if self.labels is not None:
             value = value + AFFINE_WEIGHT * soft_dice(self.labels, sampled[1:], weight)
         return value
@@ -284,7 +289,9 @@ class _Fit:
                  label_shift: np.ndarray | None = None) -> None:
         c_f, c_m = fixed_moments.centre, moving_moments.centre
         self.centres = c_f, c_m
-        problems = [_Problem(fixed_level, moving_level, c_f, similarity, settings.window)
+        self.partial = partial_field_of_view(levels[0])
+        problems = [_Problem(fixed_level, moving_level, c_f, similarity, settings.window,
+                             self.partial)
                     for (fixed_level, moving_level), similarity
                     in zip(levels, settings.similarities, strict=True)]
         self.finest = problems[-1]
@@ -297,7 +304,6 @@ class _Fit:
             starts = starts[:2]
         if label_shift is not None:  # P(p) = p + shift
             starts.insert(1, ("guided labels' centroids", np.eye(3), label_shift - c_m + c_f))
-        self.partial = partial_field_of_view(levels[0])
         if self.partial:
             starts += _body_axis_starts(problems[0], levels[0], c_f, c_m)
         candidates: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from ddmr.memory import release_free_memory
-from ddmr.registration.guidance import ENGINE_WEIGHT, Guide, dice_gradient
+from ddmr.registration.guidance import Guide, dice_gradient
 from ddmr.registration.levels import object_grid, scaled_on
 from ddmr.registration.moments import Scale, intensity_scale
 from ddmr.registration.settings import EngineSettings
@@ -126,17 +126,23 @@ class _Side:
 
 class _Level:
     """One level: the fixed features on ``grid``, the moving features on their own grid,
-    and the map from a displacement on ``grid`` to moving-grid sampling coordinates; the
-    points that map beyond the moving image's own grid (``overlap``, None where none
-    does) get no force; the guided labels' fractions on both grids where guided."""
+    and the map from a displacement on ``grid`` to moving-grid sampling coordinates; for a
+    partial field of view (``partial``), the points that map beyond the moving level's
+    grid (``overlap``, None where none does or the view is whole:
+    the moving foreground's box and margin, within its image) get no force, so the
+    moving object is not stretched where the moving image does not show it (a field of
+    view cut short, or zero-filled); the guided labels' fractions on both grids where
+    guided."""
 
     def __init__(self, fixed: _Side, moving: _Side, point_map: np.ndarray, spacing: float,
-                 settings: EngineSettings, similarity, guide: Guide | None = None) -> None:
+                 settings: EngineSettings, similarity, guide: Guide | None = None,
+                 partial: bool = False) -> None:
         self.grid = fixed.level_grid(spacing, settings.margin_mm)
         moving_grid = moving.level_grid(spacing, settings.margin_mm)
         self.fixed = similarity.features(fixed.on(self.grid))
         self.moving = similarity.features(moving.on(moving_grid))[None]
         self.guide_fixed = self.guide_moving = None
+        self.guide_weight = 0.0 if guide is None else guide.engine_weight
         if guide is not None:
             self.guide_fixed = torch.from_numpy(guide.fixed_on(fixed.mask_geometry, self.grid))
             self.guide_moving = torch.from_numpy(
@@ -154,8 +160,8 @@ class _Level:
             self.linear = torch.from_numpy(to_moving[:3, :3].astype(np.float32))
             self.q0 = affine_volume(to_moving @ self.grid.affine, self.grid.shape,
                                      channels_last=True)
-        self.overlap = _inside(moving.mask_geometry.matrix("world", "index") @ point_map
-                               @ self.grid.affine, self.grid.shape, moving.mask_geometry.shape)
+        self.overlap = _inside(to_voxels @ self.grid.affine, self.grid.shape,
+                               moving_grid.shape) if partial else None
         self.displaced = GridComposition(self.grid)
 
     def points(self) -> torch.Tensor:
@@ -180,21 +186,22 @@ class _Level:
         value = self.objective.value(self.warp(displacement_mm))
         if self.guide_fixed is not None:
             labels = self.warp(displacement_mm, self.guide_moving)
-            value += ENGINE_WEIGHT * dice_gradient(self.guide_fixed, labels, self.overlap)[0]
+            value += self.guide_weight * dice_gradient(self.guide_fixed, labels,
+                                                       self.overlap)[0]
         return value
 
     def force(self, displacement_mm: torch.Tensor) -> tuple[float, torch.Tensor]:
         """The objective at ``d`` (:meth:`value`) and its force (3, *grid.shape): none
-        where the points map beyond the moving image."""
+        where the points map beyond the moving level's grid."""
         value, force = self.objective.force(self.warp(displacement_mm))
         if self.overlap is not None:
             force.mul_(self.overlap)
         if self.guide_fixed is not None:
             labels = self.warp(displacement_mm, self.guide_moving)
             dice, gradient = dice_gradient(self.guide_fixed, labels, self.overlap)
-            value += ENGINE_WEIGHT * dice
+            value += self.guide_weight * dice
             force.add_(force_from_gradient(gradient, labels, self.objective.spacing),
-                       alpha=ENGINE_WEIGHT)
+                       alpha=self.guide_weight)
         return value, force
 
 
@@ -373,14 +380,15 @@ def register_deformable(fixed: np.ndarray, fixed_geometry: Geometry, fixed_mask:
                         settings: EngineSettings | None = None,
                         initial: Displacement | None = None,
                         scales: tuple[Scale, Scale] | None = None,
-                        guide: Guide | None = None) -> EngineResult:
+                        guide: Guide | None = None, partial: bool = False) -> EngineResult:
     """Run the engine (module docstring) on two images (I, J, K) on their own grids with
     their foreground masks, after the affine ``point_map`` (4, 4, RAS, fixed world ->
     moving world). ``initial(points)`` gives the starting ``d`` (mm) at world points
     (3, ...) (None: zero, the affine part alone). ``scales``: the images'
     :func:`~ddmr.registration.moments.intensity_scale` when already known; ``guide`` the
     guided labels (:mod:`ddmr.registration.guidance`), whose soft Dice joins the
-    similarity."""
+    similarity; ``partial``: a partial field of view (the affine stage's finding), where
+    the force counts only where the moving image shows its object."""
     settings = settings or EngineSettings()
     check_engine_memory(fixed_geometry, fixed_mask, settings)
     started = time.perf_counter()
@@ -400,7 +408,8 @@ def register_deformable(fixed: np.ndarray, fixed_geometry: Geometry, fixed_mask:
         started_from = "affine"
         for factor, iterations in zip(settings.levels, settings.iterations, strict=True):
             # each level built when it starts, the one before it freed when it ends
-            level = _Level(*sides, point_map, finest * factor, settings, similarity, guide)
+            level = _Level(*sides, point_map, finest * factor, settings, similarity, guide,
+                           partial)
             if variable is None:
                 variable = torch.zeros((3, *level.grid.shape))
                 if initial is not None:  # the network's start, unless the affine part's

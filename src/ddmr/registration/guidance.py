@@ -38,11 +38,13 @@ ENGINE_WEIGHT = 0.1
 
 @dataclass(frozen=True)
 class Guide:
-    """The guided label values and the two label maps (I, J, K) on their images' grids."""
+    """The guided label values, the two label maps (I, J, K) on their images' grids, and
+    the weight of the guidance term in the engine."""
 
     labels: tuple[int, ...]
     fixed: np.ndarray
     moving: np.ndarray
+    engine_weight: float = ENGINE_WEIGHT
 
     def fixed_on(self, geometry: Geometry, grid: Geometry) -> np.ndarray:
         """The fixed map's label fractions on ``grid``: (K, *grid.shape) float32."""
@@ -54,7 +56,7 @@ class Guide:
 
     def summary(self) -> dict:
         return {"labels": list(self.labels), "affine_weight": AFFINE_WEIGHT,
-                "engine_weight": ENGINE_WEIGHT}
+                "engine_weight": self.engine_weight}
 
 
 def parse_labels(text: str) -> tuple[int, ...]:
@@ -85,7 +87,7 @@ def make_guide(labels: Sequence[int] | None, fixed: np.ndarray | None,
     if missing:
         raise InputError(f"--guide: label(s) {', '.join(map(str, missing))} are not in "
                          "both label maps; guide with labels both scans show")
-    return Guide(labels, fixed, moving)
+    return Guide(labels, fixed, moving, ENGINE_WEIGHT)  # (the module's value when called)
 
 
 def fractions_on(labels: np.ndarray, geometry: Geometry, grid: Geometry,

@@ -34,6 +34,7 @@ import numpy as np
 from ddmr.deprecated import renamed_keywords
 from ddmr.errors import ConfigError
 from ddmr.registration.inputs import ImageInput, Volume, read_pair_side
+from ddmr.registration.modality import Modality
 from ddmr.registration.qc import QCLimits
 from ddmr.registration.result import RegistrationResult
 from ddmr.registration.settings import SAME_KIND_SIMILARITIES, EngineSettings
@@ -117,6 +118,19 @@ def _check_model_input(card, volumes: tuple[Volume, Volume],
     for line in lines:
         logger.warning("%s", line)
     return lines
+
+
+def _check_kinds(fixed: Modality, moving: Modality, affine: str | bool) -> list[str]:
+    """A warning line (logged, and for ``summary.json``) when a CT meets another kind of
+    image in DDMR's affine stage, which compares intensities (NCC); QC fails the pair
+    where the engine's similarity does too (its ``image_kind`` check)."""
+    if fixed.kind == moving.kind or affine != "world":
+        return []
+    line = ("one image is a CT in Hounsfield units and the other is not: DDMR's affine "
+            "stage compares intensities (NCC); for CT against MR use --affine ants (mutual "
+            "information) with --similarity mi or mind")
+    logger.warning("%s", line)
+    return [line]
 
 
 def _affine_part(fixed: Volume, moving: Volume, masks: tuple[np.ndarray, np.ndarray],
@@ -248,7 +262,7 @@ def register(fixed: ImageInput, moving: ImageInput, fixed_labels: ImageInput | N
         from ddmr.registration.engine import register_deformable
         from ddmr.registration.guidance import make_guide
         from ddmr.registration.inverse import invert
-        from ddmr.registration.modality import Modality, modality
+        from ddmr.registration.modality import modality
         from ddmr.registration.moments import foreground_mask, intensity_scale
         from ddmr.registration.native import to_native
         from ddmr.registration.network import predict
@@ -276,19 +290,19 @@ def register(fixed: ImageInput, moving: ImageInput, fixed_labels: ImageInput | N
 
         (fixed_mask, fixed_kind), (moving_mask, moving_kind) = on_both(
             foreground, fixed_volume, moving_volume)
+        warnings = _check_kinds(fixed_kind, moving_kind, affine)
         masks = (fixed_mask, moving_mask)
         scales = (fixed_kind.scale, moving_kind.scale) \
             if affine == "world" or settings is not None else None
         alignment = _affine_part(fixed_volume, moving_volume, masks, affine, scales, guided)
     network = network_record = None
-    warnings = []
+    partial = bool((alignment.world or {}).get("partial_field_of_view"))
     if loaded is not None:
-        warnings = _check_model_input(loaded.card, (fixed_volume, moving_volume), masks)
+        warnings += _check_model_input(loaded.card, (fixed_volume, moving_volume), masks)
         with timer("network"):
             # the model's own affine stage only on input like its training data's: on a
             # whole head it tilts what the world-space stage found (issue 24), on a partial
             # view it squeezes the half it sees (issue 32)
-            partial = bool((alignment.world or {}).get("partial_field_of_view"))
             network, alignment.point_map, network_record = predict(
                 loaded, fixed_volume, moving_volume, alignment.point_map,
                 affine == "world" and not warnings and not partial, device)
@@ -301,7 +315,7 @@ def register(fixed: ImageInput, moving: ImageInput, fixed_labels: ImageInput | N
             engine_result = register_deformable(
                 fixed_volume.array, fixed_volume.geometry, masks[0], moving_volume.array,
                 moving_volume.geometry, masks[1], alignment.point_map, settings,
-                network, scales, guided)
+                network, scales, guided, partial)
     with timer("native"):  # the final field: the engine's, else the network's, else none
         transform = Transform(alignment.point_map, network if engine_result is None
                               else engine_result.displacement())
