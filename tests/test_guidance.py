@@ -12,6 +12,7 @@ from ddmr.io.images import load_image, load_labels
 from ddmr.registration.guidance import dice_gradient, make_guide, parse_labels, soft_dice
 from ddmr.registration.modality import CT_WINDOW_HU, modality
 from ddmr.registration.native import seen_by_moving
+from ddmr.registration.qc import Verdict, add_guidance
 from ddmr.spatial.grid import Geometry
 
 LIVER, SPLEEN = 5, 1
@@ -159,3 +160,12 @@ def test_guidance_raises_the_guided_overlap_between_two_patients(tmp_path, capsy
     assert main([*common, "-o", str(tmp_path / "kidney"), "--guide", "2"]) == 2
     assert "not in both label maps" in capsys.readouterr().err
     assert not (tmp_path / "kidney").exists()
+
+
+def test_qc_reports_the_guided_labels_apart_and_fails_when_they_do_not_meet():
+    for guided, passed in ((0.93, True), (0.31, False), (None, False)):
+        verdict = Verdict([], {})
+        add_guidance(verdict, {"dsc_guided": guided, "dsc_held_out": 0.44})
+        assert verdict.passed is passed
+        assert verdict.measures == {"guided_dsc": guided, "held_out_dsc": 0.44}
+        assert "held out 0.44" in verdict.line()

@@ -266,7 +266,7 @@ def register(fixed: ImageInput, moving: ImageInput, fixed_labels: ImageInput | N
         from ddmr.registration.moments import foreground_mask, intensity_scale
         from ddmr.registration.native import to_native
         from ddmr.registration.network import predict
-        from ddmr.registration.qc import assess_registration
+        from ddmr.registration.qc import add_guidance, assess_registration
         from ddmr.registration.scores import field_metrics, guided_apart, label_metrics
         from ddmr.spatial.displacement import Transform
         from ddmr.spatial.field import jacobian_determinant_mm, residual_of
@@ -344,6 +344,8 @@ def register(fixed: ImageInput, moving: ImageInput, fixed_labels: ImageInput | N
             fixed_volume, moving_volume, masks, native, jacobian, alignment.point_map,
             qc_limits, inverse.error_mean,
             same_kind=settings is None or settings.similarity in SAME_KIND_SIMILARITIES)
+        if "guidance" in metrics:
+            add_guidance(verdict, metrics["guidance"], qc_limits)
     with timer("native"):  # the residual, now that the inverse's volumes are gone
         residual = residual_of(native.displacement_mm, fixed_volume.geometry,
                                alignment.point_map)

@@ -52,7 +52,8 @@ class QCLimits:
     largest over smallest affine scale; max_turn_degrees: the affine part's rotation;
     min_structure: neighbour correlation of each image (:func:`neighbour_correlation`);
     max_compressed_percent: % of the fixed foreground with det J below
-    :data:`COMPRESSED_BELOW`."""
+    :data:`COMPRESSED_BELOW`; min_guided_dsc: mean DSC of the guided labels
+    (``--guide``) after registration (the labels the user named as anchors)."""
 
     min_overlap: float = 0.5
     max_similarity_drop: float = 0.02
@@ -66,6 +67,7 @@ class QCLimits:
     max_inverse_error: float = 0.5
     min_structure: float = 0.3
     max_compressed_percent: float = 15.0
+    min_guided_dsc: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -398,6 +400,21 @@ def sample_points(array: np.ndarray, geometry: Geometry, points: np.ndarray,
         return out
     image = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]
     return sample_image(image, torch.from_numpy(index)).numpy()
+
+
+def add_guidance(verdict: Verdict, guidance: dict[str, Any], limits: QCLimits | None = None
+                 ) -> None:
+    """Add the guided labels' overlap to ``verdict``, apart from the held-out labels'
+    (:func:`ddmr.registration.scores.guided_apart`): a check that the guided labels
+    overlap by at least ``min_guided_dsc``, and both means as measures."""
+    limits = limits or QCLimits()
+    guided, held_out = guidance["dsc_guided"], guidance["dsc_held_out"]
+    verdict.measures.update(guided_dsc=guided, held_out_dsc=held_out)
+    ok = guided is not None and guided >= limits.min_guided_dsc
+    text = ("guided labels DSC " + ("-" if guided is None else f"{guided:.2f}")
+            + (f", held out {held_out:.2f}" if held_out is not None else ""))
+    verdict.checks.append(Check("guided_labels", ok, text + ("" if ok else (
+        f" (below {limits.min_guided_dsc:g}: the guided labels were not brought together)"))))
 
 
 def _inside(geometry: Geometry, points: np.ndarray) -> np.ndarray:
