@@ -41,8 +41,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ddmr.registration.guidance import ENGINE_WEIGHT as DEFAULT_WEIGHT
-
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import bench_peers  # noqa: E402
@@ -158,15 +156,14 @@ def _run_method(name: str, kind: str, pair: dict) -> tuple[np.ndarray, float, di
     from ddmr.baselines import peers
 
     if name.startswith("ddmr"):
-        from ddmr.registration import guidance
-
         # ddmr-guided@W: the engine's guidance weight W (a curve; default ENGINE_WEIGHT)
-        guidance.ENGINE_WEIGHT = float(name.split("@")[1]) if "@" in name else DEFAULT_WEIGHT
+        weight = float(name.split("@")[1]) if "@" in name else None
         guide = _guide(kind, pair) if name.startswith("ddmr-guided") else None
         started = time.perf_counter()
         result = ddmr.register(pair["fixed"], pair["moving"],
                                (pair["fixed_labels"], pair["fixed"][1]),
-                               (pair["moving_labels"], pair["moving"][1]), guide=guide)
+                               (pair["moving_labels"], pair["moving"][1]), guide=guide,
+                               guide_weight=weight)
         seconds = time.perf_counter() - started
         world = result.summary["affine_prealignment"]["world_affine"] or {}
         return result.displacement_mm, seconds, {

@@ -220,8 +220,8 @@ def check_skips(model: Any, affine: Any, engine: Any = True, stacklevel: int = 2
 def register(fixed: ImageInput, moving: ImageInput, fixed_labels: ImageInput | None = None,
              moving_labels: ImageInput | None = None, model: Any = None, device: str = "cpu",
              affine: str | bool = "world", engine: bool | EngineSettings = True,
-             qc_limits: QCLimits | None = None, guide: Sequence[int] | None = None
-             ) -> RegistrationResult:
+             qc_limits: QCLimits | None = None, guide: Sequence[int] | None = None,
+             guide_weight: float | None = None) -> RegistrationResult:
     """Register ``moving`` to ``fixed`` in world space.
 
     fixed, moving: images in any orientation, spacing, field of view and world position
@@ -246,6 +246,10 @@ def register(fixed: ImageInput, moving: ImageInput, fixed_labels: ImageInput | N
         start) and of the engine (:mod:`~ddmr.registration.guidance`); scores then report
         the guided labels apart from the others. None (the default): the label maps only
         score.
+    guide_weight: the guidance term's weight in the engine (None:
+        :data:`~ddmr.registration.guidance.ENGINE_WEIGHT`, 0.3); on the bench, sparse
+        organs (CT) did best near it and dense tissue classes (brains) with 1
+        (benchmarks/RESULTS.md, issue 32).
 
     A step is skipped with False (``model=False``, ``affine=False``, ``engine=False``);
     the old ``"none"`` and the keywords ``fixed_seg``/``moving_seg`` still work for one
@@ -280,7 +284,7 @@ def register(fixed: ImageInput, moving: ImageInput, fixed_labels: ImageInput | N
                                               (fixed, fixed_labels, "fixed"),
                                               (moving, moving_labels, "moving"))
         _warn_about_labels(fixed_volume, moving_volume)
-        guided = make_guide(guide, fixed_volume.labels, moving_volume.labels)
+        guided = make_guide(guide, fixed_volume.labels, moving_volume.labels, guide_weight)
     with timer("preprocess"):
         def foreground(volume: Volume) -> tuple[np.ndarray, Modality]:
             """The foreground and the intensities mapped to [0, 1] (a CT's HU window, or
