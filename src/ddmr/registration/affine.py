@@ -225,9 +225,11 @@ class _Problem:
         grid = (index * self.scale - 1.0).flip(-1).view(1, 1, 1, -1, 3)
         sampled = F.grid_sample(self.moving, grid, mode="bilinear", padding_mode="zeros",
                                 align_corners=True).reshape(self.moving.shape[1], -1)
-        with torch.no_grad():
-            voxel = world @ self.to_source.T + self.to_source_offset
-            weight = ((voxel >= -0.5) & (voxel <= self.source_limit)).all(dim=1).float()
+        weight = None  # where the moving image has data: 1, else 0
+        if self.partial or self.labels is not None:
+            with torch.no_grad():
+                voxel = world @ self.to_source.T + self.to_source_offset
+                weight = ((voxel >= -0.5) & (voxel <= self.source_limit)).all(dim=1).float()
         image = sampled[0]
         if self.local is not None:
             value = _LocalValue.apply(image.view(self.shape), self.local)
