@@ -126,8 +126,15 @@ def test_a_partial_field_of_view_is_found_wherever_its_header_puts_it(direction)
     found = np.asarray(world["matrix_ras"]) @ np.append(centre, 1.0)
     assert np.linalg.norm(found[:3] - (truth @ np.append(centre, 1.0))[:3]) < 6.0
     assert result.summary["metrics"]["dsc_per_label"][str(LIVER)] > 0.9
-    # QC counts only where the slab has data when the slab is the moving image
+    # QC counts only where the slab has data when the slab is the moving image, and the
+    # pictures (overlay.png, qc.html) cut through the slab, not the abdomen's centre
     assert ("partial field of view" in result.qc.line()) == (direction == "slab->whole")
+    centre = result.view_centre()
+    if direction == "slab->whole":
+        slab_z = whole[2].index_to_world(np.array([[0.0, 0.0, middle]]))[0, 2]
+        assert abs(centre[2] - slab_z) < 15.0
+    else:
+        assert centre is None
 
 
 @pytest.mark.slow

@@ -188,13 +188,15 @@ def _note_lines(draw, text: str, font, box: tuple[int, int]) -> list[str]:
 def save_overlay(path: str | Path, fixed: np.ndarray, fixed_geometry: Geometry,
                  moving: np.ndarray, moving_geometry: Geometry, warped: np.ndarray,
                  jacobian: np.ndarray, title: str = "ddmr register",
-                 point_map: np.ndarray | None = None) -> Path:
+                 point_map: np.ndarray | None = None, centre: np.ndarray | None = None
+                 ) -> Path:
     """Write the overlay figure (PNG) atomically. ``fixed``, ``warped`` and ``jacobian``
     are (I, J, K) on ``fixed_geometry``; ``moving`` (I', J', K') on its own grid, shown
     through world coordinates as the headers place it and, with ``point_map`` (4, 4, RAS,
     fixed world -> moving world), after the affine part alone; a moving panel with
-    nothing of the image on its slice says so in words (:func:`missing_note`). Drawn with
-    Pillow (no matplotlib: it is a third of a registration's start-up)."""
+    nothing of the image on its slice says so in words (:func:`missing_note`). The slices
+    cut through ``centre`` (RAS mm; default the fixed box's centre). Drawn with Pillow (no
+    matplotlib: it is a third of a registration's start-up)."""
     from PIL import Image, ImageDraw
 
     fixed_window, moving_window = display_window(fixed), display_window(moving)
@@ -204,7 +206,7 @@ def save_overlay(path: str | Path, fixed: np.ndarray, fixed_geometry: Geometry,
     columns = ["fixed", "moving (headers)"] + (["moving (affine)"] if point_map is not None
                                                else []) + ["warped", "checkerboard", "det J"]
     rows, notes = [], {}
-    for view, plane in slice_geometries(fixed_geometry):
+    for view, plane in slice_geometries(fixed_geometry, centre):
         f = scaled_grey(cut_slice(fixed, fixed_geometry, plane), fixed_window)
         moved = [("headers", plane)]
         if point_map is not None:

@@ -245,7 +245,9 @@ def _views(result: Any, fixed_labels: np.ndarray | None
     geometry, moving_geometry = result.geometry, result.moving_geometry
     fixed_window = display_window(result.fixed, WINDOW_VOXELS)
     moving_window = display_window(result.moving, WINDOW_VOXELS)
-    centre = _foreground_centre(result.fixed, geometry, fixed_window)
+    centre = result.view_centre()  # a partial field of view: where the moving image is
+    if centre is None:
+        centre = _foreground_centre(result.fixed, geometry, fixed_window)
     low, high = _jacobian_range(result)
     gap = headers_gap(geometry, moving_geometry)
     views, thumbnail = [], ""

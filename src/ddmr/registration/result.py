@@ -96,6 +96,21 @@ class RegistrationResult:
 
         return mm_to_voxels(self.displacement_mm, self.geometry)
 
+    def view_centre(self) -> np.ndarray | None:
+        """The world point (RAS mm) the pictures cut through for a partial field of view
+        (QC measured what the moving image shows): the centre of the fixed voxels the
+        moving image shows, where the fixed image's centre may lie outside them; None
+        otherwise (each picture's own default)."""
+        if "seen_fraction" not in self.qc.measures:
+            return None
+        from ddmr.registration.native import seen_by_moving
+
+        index = np.argwhere(seen_by_moving(self.displacement_mm, self.geometry,
+                                           self.moving_geometry))
+        if len(index) == 0:
+            return None
+        return self.geometry.index_to_world(index.mean(axis=0)[None])[0]
+
     def method(self) -> str:
         """What registered: ``model NAME + engine``, ``model NAME``, ``engine``, ``affine``."""
         model = self.summary.get("model")
@@ -148,7 +163,7 @@ class RegistrationResult:
                 save_overlay(folder / OUTPUTS["overlay"], self.fixed, self.geometry,
                              self.moving, self.moving_geometry, self.warped, self.jacobian,
                              title=f"ddmr register, {self.method()}; {self.qc.line()}",
-                             point_map=self.point_map)
+                             point_map=self.point_map, centre=self.view_centre())
             if "qc_page" in chosen:
                 from ddmr.registration.qc_page import write_qc_page
 
