@@ -85,7 +85,8 @@ def make_guide(labels: Sequence[int] | None, fixed: np.ndarray | None,
         return None
     if fixed is None or moving is None:
         raise InputError("guidance needs both label maps: give --fixed-labels and "
-                         "--moving-labels with --guide")
+                         "--moving-labels with --guide (in a pairs CSV, the fixed_labels "
+                         "and moving_labels columns)")
     present = set(np.unique(fixed).tolist()) & set(np.unique(moving).tolist())
     missing = [v for v in labels if v not in present]
     if missing:
