@@ -3,7 +3,11 @@
 1. **Starts**: the headers as they are (the identity map), then, from the moments
    (:mod:`ddmr.registration.moments`), the foreground centres matched with the isotropic
    scale of the two foreground volumes and a linear part that is either the headers' own
-   orientation or one of the four rotations between the principal axes.
+   orientation or one of the four rotations between the principal axes; the guided
+   labels' centroids matched, where guided (:mod:`ddmr.registration.guidance`); and, for a
+   partial field of view (one foreground 1.5 times longer than the other along an RAS
+   axis, such as a CT slab against an abdomen), the best translations along that axis,
+   searched (:func:`cut_axis`).
 2. **Candidates**: each start is optimised briefly on the coarsest level; the best by
    similarity goes on (the first in that order unless a later one beats it clearly).
 3. **Pyramid**: the point map ``P(p) = c_m + t + A (p - c_f)`` (fixed world -> moving
@@ -14,7 +18,10 @@
    brain's outline where the global NCC trades it for the scalp and the neck.
    Both images are resampled, with anti-aliasing, onto grids over their own foreground
    boxes at each level's voxel size, so the moving image is sampled through its own
-   geometry, wherever its header puts it.
+   geometry, wherever its header puts it. For a partial field of view the global NCC
+   counts only where both scans have data (:func:`weighted_ncc`) and the linear part is
+   a rotation times one scale (the slab does not show the scale across it). Where
+   guided, the guided labels' soft Dice is added to the similarity.
 4. **Never worse than the start**: the result is kept only if its similarity on the
    finest level is at least that of the start.
 """
@@ -51,11 +58,11 @@ HEADERS_AS_THEY_ARE = "headers as they are"
 #: The global NCC is penalised where less than this fraction of the smaller level's
 #: points fall inside the other scan (:func:`weighted_ncc`).
 MIN_OVERLAP = 0.5
-#: Two foregrounds whose extents along the body (S) axis differ by this factor are a
-#: partial field of view: translations along that axis are searched as starts.
+#: Two foregrounds whose extents along an RAS axis differ by this factor are a partial
+#: field of view (:func:`cut_axis`): translations along that axis are searched as starts.
 PARTIAL_EXTENT = 1.5
-#: The body-axis search keeps placements where the shorter foreground overlaps the
-#: longer by at least this fraction of its extent, and its best ones as starts.
+#: The search keeps placements where the shorter foreground overlaps the longer by at
+#: least this fraction of its extent, and its best ones as starts.
 SEARCH_OVERLAP = 0.9
 SEARCH_STARTS = 3
 
@@ -102,7 +109,9 @@ class AffineResult:
     start chosen; similarity_start / similarity: global NCC on the finest level at the
     start and at the result (``similarity >= similarity_start``); candidates: NCC of each
     start after its brief optimisation; kept_start: the optimisation did not improve on
-    the start, which is returned."""
+    the start, which is returned; reverse_tried / reversed: the fit the other way round
+    was tried / kept; partial_field_of_view: one foreground was cut short
+    (:func:`cut_axis`)."""
 
     point_map: np.ndarray
     start: str
@@ -291,7 +300,8 @@ class _Fit:
                  label_shift: np.ndarray | None = None) -> None:
         c_f, c_m = fixed_moments.centre, moving_moments.centre
         self.centres = c_f, c_m
-        self.partial = partial_field_of_view(levels[0])
+        self.cut_axis = cut_axis(levels[0])
+        self.partial = self.cut_axis is not None
         problems = [_Problem(fixed_level, moving_level, c_f, similarity, settings.window,
                              self.partial)
                     for (fixed_level, moving_level), similarity
@@ -306,8 +316,8 @@ class _Fit:
             starts = starts[:2]
         if label_shift is not None:  # P(p) = p + shift
             starts.insert(1, ("guided labels' centroids", np.eye(3), label_shift - c_m + c_f))
-        if self.partial:
-            starts += _body_axis_starts(problems[0], levels[0], c_f, c_m)
+        if self.cut_axis is not None:
+            starts += _cut_axis_starts(problems[0], levels[0], self.cut_axis, c_f, c_m)
         candidates: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
         for name, linear, translation in starts:
             candidates[name] = _optimise(problems[0], c_m, linear, translation,
@@ -345,29 +355,35 @@ class _Fit:
         return self._similarity(point_map[:3, 3] + linear @ c_f - c_m, linear)
 
 
-def _body_extents(level: tuple[_Level, _Level]) -> list[tuple[float, float]]:
-    """The (lowest, highest) S coordinate (mm) of each side's level grid."""
-    boxes = [side.grid.world_corners()[:, 2] for side in level]
-    return [(float(b.min()), float(b.max())) for b in boxes]
+#: The RAS axes by name (the starts of :func:`_cut_axis_starts` are named with them).
+AXES = "RAS"
 
 
-def partial_field_of_view(level: tuple[_Level, _Level]) -> bool:
-    """Whether one foreground (its level grid) is :data:`PARTIAL_EXTENT` times longer
-    than the other along the body (S) axis."""
-    (f0, f1), (m0, m1) = _body_extents(level)
-    return max(f1 - f0, m1 - m0) >= PARTIAL_EXTENT * min(f1 - f0, m1 - m0)
+def cut_axis(level: tuple[_Level, _Level]) -> int | None:
+    """The RAS axis along which one foreground (its level grid) is
+    :data:`PARTIAL_EXTENT` times longer than the other (where several are, the one of
+    the largest ratio): a partial field of view, cut across that axis (the body axis for
+    a CT slab); None where no axis is."""
+    corners = [side.grid.world_corners() for side in level]
+    lengths = np.array([c.max(axis=0) - c.min(axis=0) for c in corners])  # (2, 3) mm
+    ratio = lengths.max(axis=0) / np.maximum(lengths.min(axis=0), 1e-6)
+    axis = int(np.argmax(ratio))
+    return axis if ratio[axis] >= PARTIAL_EXTENT else None
 
 
-def _body_axis_starts(problem: _Problem, level: tuple[_Level, _Level], c_f: np.ndarray,
-                      c_m: np.ndarray) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """For a partial field of view (:func:`partial_field_of_view`, wherever the headers
-    place it): the translations along the body axis (the centres matched across it, the
-    headers' orientation) that overlap the shorter foreground by :data:`SEARCH_OVERLAP`,
-    one per level voxel, scored by the coarsest level's similarity; the best
-    :data:`SEARCH_STARTS`, at least two voxels apart, as named starts."""
-    (f0, f1), (m0, m1) = _body_extents(level)
+def _cut_axis_starts(problem: _Problem, level: tuple[_Level, _Level], axis: int,
+                     c_f: np.ndarray, c_m: np.ndarray
+                     ) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """For a partial field of view cut across ``axis`` (:func:`cut_axis`), wherever the
+    headers place it: the translations along that axis (the centres matched across it,
+    the headers' orientation) that overlap the shorter foreground by
+    :data:`SEARCH_OVERLAP`, one per level voxel, scored by the coarsest level's
+    similarity; the best :data:`SEARCH_STARTS`, at least two voxels apart, as named
+    starts."""
+    (f0, f1), (m0, m1) = [(float(c[:, axis].min()), float(c[:, axis].max()))
+                          for c in (side.grid.world_corners() for side in level)]
     shorter = min(f1 - f0, m1 - m0)
-    spacing = level[0].grid.spacing[2]
+    spacing = level[0].grid.spacing[axis]
     shifts = np.arange(m0 - f1 + SEARCH_OVERLAP * shorter,
                        m1 - f0 - SEARCH_OVERLAP * shorter + spacing / 2, spacing)
     centre = torch.from_numpy(c_m.astype(np.float32))
@@ -375,7 +391,8 @@ def _body_axis_starts(problem: _Problem, level: tuple[_Level, _Level], c_f: np.n
     scored = []
     with torch.no_grad():
         for shift in shifts:  # P(p) = p + (c_m - c_f across the axis, shift along it)
-            translation = np.array([0.0, 0.0, shift - (c_m[2] - c_f[2])])
+            translation = np.zeros(3)
+            translation[axis] = shift - (c_m[axis] - c_f[axis])
             value = float(problem.similarity(centre, torch.from_numpy(
                 translation.astype(np.float32)), linear))
             scored.append((value, float(shift), translation))
@@ -385,7 +402,7 @@ def _body_axis_starts(problem: _Problem, level: tuple[_Level, _Level], c_f: np.n
             chosen.append((value, shift, translation))
         if len(chosen) == SEARCH_STARTS:
             break
-    return [(f"body axis {shift:+.0f} mm", np.eye(3), translation)
+    return [(f"along {AXES[axis]} {shift:+.0f} mm", np.eye(3), translation)
             for _, shift, translation in chosen]
 
 
