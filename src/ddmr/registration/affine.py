@@ -29,6 +29,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -147,13 +148,14 @@ class _Level:
 
 def _level(array: np.ndarray, geometry: Geometry, mask: np.ndarray, spacing: float,
            margin: float, scale: tuple[float, float],
-           labels: tuple[Guide, str] | None = None) -> _Level:
+           label_fractions: Callable[[Geometry, Geometry], np.ndarray] | None = None
+           ) -> _Level:
+    """The level of ``spacing`` mm; ``label_fractions(geometry, grid)`` the guided labels'
+    fractions on its grid (:meth:`~ddmr.registration.guidance.Guide.fixed_on` or
+    ``moving_on``), where guided."""
     grid = object_grid(mask, geometry, max(spacing, min(geometry.spacing)), margin, 2)
-    fractions = None
-    if labels is not None:
-        guide, side = labels
-        fractions = torch.from_numpy((guide.fixed_on if side == "fixed"
-                                      else guide.moving_on)(geometry, grid))[None]
+    fractions = None if label_fractions is None else torch.from_numpy(
+        label_fractions(geometry, grid))[None]
     return _Level(torch.from_numpy(scaled_on(array, geometry, grid, scale))[None, None], grid,
                   geometry, fractions)
 
@@ -266,8 +268,7 @@ def _optimise(problem: _Problem, centre: np.ndarray, linear: np.ndarray,
               similarity_only: bool = False) -> tuple[np.ndarray, np.ndarray, float]:
     """Adam on (translation, linear part) for ``iterations`` steps; the best iterate.
     ``similarity_only``: the linear part is brought back to a rotation times one scale
-    after every step (a partial field of view does not show the scale along the body
-    axis)."""
+    after every step (a partial field of view does not show the scale across its cut)."""
     centre_t = torch.from_numpy(centre.astype(np.float32))
     t = torch.tensor(translation, dtype=torch.float32, requires_grad=True)
     a = torch.tensor(linear, dtype=torch.float32, requires_grad=True)
@@ -425,9 +426,9 @@ def world_affine(fixed: np.ndarray, fixed_geometry: Geometry, moving: np.ndarray
     scales = scales or (intensity_scale(fixed, fixed_mask),
                         intensity_scale(moving, moving_mask))
     levels = [(_level(fixed, fixed_geometry, fixed_mask, s, settings.margin_mm, scales[0],
-                      None if guide is None else (guide, "fixed")),
+                      None if guide is None else guide.fixed_on),
                _level(moving, moving_geometry, moving_mask, s, settings.margin_mm, scales[1],
-                      None if guide is None else (guide, "moving")))
+                      None if guide is None else guide.moving_on))
               for s in settings.levels_mm]  # resampled on every thread
     shift = None if guide is None else centroid_shift(guide, fixed_geometry, moving_geometry)
     threads = torch.get_num_threads()

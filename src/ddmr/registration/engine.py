@@ -41,6 +41,7 @@ from ddmr.memory import release_free_memory
 from ddmr.registration.guidance import Guide, dice_gradient
 from ddmr.registration.levels import object_grid, scaled_on
 from ddmr.registration.moments import Scale, intensity_scale
+from ddmr.registration.native import inside_grid
 from ddmr.registration.settings import EngineSettings
 from ddmr.registration.similarity import Objective, force_from_gradient, make_similarity
 from ddmr.spatial import kernels
@@ -160,8 +161,12 @@ class _Level:
             self.linear = torch.from_numpy(to_moving[:3, :3].astype(np.float32))
             self.q0 = affine_volume(to_moving @ self.grid.affine, self.grid.shape,
                                      channels_last=True)
-        self.overlap = _inside(to_voxels @ self.grid.affine, self.grid.shape,
-                               moving_grid.shape) if partial else None
+        self.overlap = None
+        if partial:
+            inside = inside_grid(to_voxels @ self.grid.affine, self.grid.shape,
+                                 moving_grid.shape)
+            if not inside.all():
+                self.overlap = torch.from_numpy(inside.astype(np.float32))
         self.displaced = GridComposition(self.grid)
 
     def points(self) -> torch.Tensor:
@@ -203,22 +208,6 @@ class _Level:
             force.add_(force_from_gradient(gradient, labels, self.objective.spacing),
                        alpha=self.guide_weight)
         return value, force
-
-
-def _inside(to_voxels: np.ndarray, shape: tuple[int, int, int],
-            moving_shape: tuple[int, int, int]) -> torch.Tensor | None:
-    """(*shape) float32: 1 where the voxel coordinates ``to_voxels @ (x, 1)`` (3, 4) of a
-    grid's voxels x fall inside a grid of ``moving_shape``, 0 elsewhere; None where all
-    do. One axis at a time (no volume of coordinates)."""
-    axes = [np.arange(n, dtype=np.float64) for n in shape]
-    inside = np.ones(shape, dtype=bool)
-    for row, n in zip(to_voxels[:3], moving_shape, strict=True):
-        where = (row[3] + row[0] * axes[0][:, None, None] + row[1] * axes[1][None, :, None]
-                 + row[2] * axes[2][None, None, :])
-        inside &= (where >= -0.5) & (where <= n - 0.5)
-    if inside.all():
-        return None
-    return torch.from_numpy(inside.astype(np.float32))
 
 
 class GridComposition:

@@ -150,21 +150,32 @@ def seen_by_moving(displacement_mm: np.ndarray, fixed_geometry: Geometry,
                    moving_geometry: Geometry) -> np.ndarray:
     """(I, J, K) bool on the fixed grid: the voxels whose moving point ``p + u(p)``
     (``displacement_mm`` (3, I, J, K), RAS mm) lies within half a voxel of the moving grid:
-    where the moving image has data. Slab by slab."""
-    to_index = moving_geometry.matrix("world", "index") @ fixed_geometry.affine
-    from_world = moving_geometry.matrix("world", "index")[:3, :3]
-    shape = fixed_geometry.shape
-    limit = np.asarray(moving_geometry.shape, dtype=np.float64) - 0.5
+    where the moving image has data."""
+    from_world = moving_geometry.matrix("world", "index")
+    return inside_grid(from_world @ fixed_geometry.affine, fixed_geometry.shape,
+                       moving_geometry.shape, displacement_mm, from_world[:3, :3])
+
+
+def inside_grid(to_voxels: np.ndarray, shape: tuple[int, int, int],
+                target_shape: tuple[int, int, int],
+                displacement_mm: np.ndarray | None = None,
+                mm_to_voxels: np.ndarray | None = None) -> np.ndarray:
+    """(*shape) bool: the voxels x of a grid whose target voxel coordinates
+    ``to_voxels @ (x, 1)`` ((3, 4) or (4, 4)), plus ``mm_to_voxels @ u(x)`` for a
+    displacement ``u`` (3, *shape) mm where given, lie within half a voxel of a grid of
+    ``target_shape``. Slab by slab, one axis at a time (no volume of coordinates)."""
+    limit = np.asarray(target_shape, dtype=np.float64) - 0.5
     out = np.empty(shape, dtype=bool)
     j, k = np.meshgrid(np.arange(shape[1]), np.arange(shape[2]), indexing="ij")
     for slab in _slabs(shape):
         i = np.arange(shape[0])[slab][:, None, None]
         inside = np.ones((len(i), *shape[1:]), dtype=bool)
         for axis in range(3):
-            row = to_index[axis]
+            row = to_voxels[axis]
             where = row[0] * i + row[1] * j + row[2] * k + row[3]
-            for c in range(3):
-                where = where + from_world[axis, c] * displacement_mm[c, slab]
+            if displacement_mm is not None:
+                for c in range(3):
+                    where = where + mm_to_voxels[axis, c] * displacement_mm[c, slab]
             inside &= (where >= -0.5) & (where <= limit[axis])
         out[slab] = inside
     return out
