@@ -7,7 +7,9 @@ variant's (``100,50,10`` is the default; ``200,200,10`` was, before 2026-12-07);
 written ``network+100,50,10`` starts the engine from the shipped model's field
 (``model=None``, issue 30) instead of the affine part alone, and ``window=5+100,50,10``
 (also ``fluid=``, ``diffusion=``, ``step=``: :data:`SETTINGS`) changes one engine setting
-(issue 29). Rows are scored as
+(issue 29); ``tissue=W+100,50,10`` guides the registration (``guide``, weight W in the
+engine) with each image's own three intensity classes inside its foreground
+(:func:`intensity_classes`: no labels from outside; issue 29). Rows are scored as
 ``bench_peers.score`` scores (tissue and subcortical DSC apart, HD95). Settings are chosen
 on ``train`` (pairs of the cohort's training people) and reported on ``test``. Rows go to
 ``OUT/rows.jsonl`` (resumable)::
@@ -25,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_peers
@@ -35,18 +39,43 @@ SETTINGS = {"window": "window", "fluid": "fluid_sigma", "diffusion": "diffusion_
             "step": "step"}
 
 
+def intensity_classes(array: np.ndarray, mask: np.ndarray, k: int = 3) -> np.ndarray:
+    """(I, J, K) uint8: the voxels of ``mask`` labelled 1..k by a k-means of their
+    intensities (on a regular subsample of at most ~200 000; centres started at evenly
+    spaced percentiles, 30 Lloyd steps), darkest first; 0 outside."""
+    values = array[mask].astype(np.float64)
+    sample = values[:: max(1, values.size // 200_000)]
+    centres = np.percentile(sample, np.linspace(100 / (k + 1), 100 * k / (k + 1), k))
+    for _ in range(30):
+        nearest = np.argmin(np.abs(sample[:, None] - centres[None]), axis=1)
+        centres = np.array([sample[nearest == i].mean() if (nearest == i).any() else c
+                            for i, c in enumerate(centres)])
+    out = np.zeros(array.shape, np.uint8)
+    out[mask] = np.argmin(np.abs(values[:, None] - centres[None]), axis=1) + 1
+    return out
+
+
 def _row(pair: dict, variant: str) -> dict:
     import ddmr
+    from ddmr.io.images import load_image
+    from ddmr.registration.moments import foreground_mask
     from ddmr.registration.settings import EngineSettings
 
     *options, steps = variant.split("+")
     settings = {"iterations": tuple(int(n) for n in steps.split(","))}
+    guidance: dict = {}
     for option in options:
-        if option != "network":
-            name, _, value = option.partition("=")
+        name, _, value = option.partition("=")
+        if name == "tissue":
+            images = [load_image(pair[side]) for side in ("fixed", "moving")]
+            labels = [(intensity_classes(a, foreground_mask(a)), g) for a, g in images]
+            guidance = {"fixed": images[0], "moving": images[1], "fixed_labels": labels[0],
+                        "moving_labels": labels[1], "guide": (1, 2, 3),
+                        "guide_weight": float(value)}
+        elif name != "network":
             settings[SETTINGS[name]] = type(getattr(EngineSettings(), SETTINGS[name]))(value)
     started = time.perf_counter()
-    result = ddmr.register(pair["fixed"], pair["moving"],
+    result = ddmr.register(**{"fixed": pair["fixed"], "moving": pair["moving"], **guidance},
                            model=None if "network" in options else False,
                            engine=EngineSettings(**settings))
     seconds = time.perf_counter() - started
