@@ -68,6 +68,11 @@ def test_guide_labels_are_checked():
         make_guide((5, 1), labels, other)
     with pytest.raises(InputError, match="both label maps"):
         make_guide((5,), labels, None)
+    with pytest.raises(InputError, match="--guide-weight needs --guide"):
+        make_guide(None, labels, other, engine_weight=1.0)
+    with pytest.raises(InputError, match="--guide-weight"):
+        make_guide((5,), labels, other, engine_weight=-1.0)
+    assert make_guide((5,), labels, other, engine_weight=1.0).engine_weight == 1.0
 
 
 def test_a_ct_gets_the_hu_window_and_an_mr_its_own_percentiles():

@@ -206,6 +206,8 @@ def run(args: argparse.Namespace) -> int:
     from ddmr.registration.outputs import check_outputs
 
     guide = None if args.guide is None else parse_labels(args.guide)
+    if args.guide_weight is not None and guide is None:
+        raise ConfigError("--guide-weight needs --guide (the labels it weighs)")
 
     outputs = check_outputs(args.outputs)
     threads = check_threads(args.threads)  # (applied once the inputs are checked: torch)

@@ -77,11 +77,11 @@ def make_guide(labels: Sequence[int] | None, fixed: np.ndarray | None,
                ) -> Guide | None:
     """The :class:`Guide` of ``labels`` (None: no guidance), checked: both label maps are
     given, each guided label is in both, and ``engine_weight`` (None:
-    :data:`ENGINE_WEIGHT`) is a positive number."""
-    if labels is None:
-        return None
-    labels = tuple(int(v) for v in labels)
+    :data:`ENGINE_WEIGHT`) is a positive number, given only with labels."""
+    labels = () if labels is None else tuple(int(v) for v in labels)
     if not labels:
+        if engine_weight is not None:
+            raise InputError("--guide-weight needs --guide (the labels it weighs)")
         return None
     if fixed is None or moving is None:
         raise InputError("guidance needs both label maps: give --fixed-labels and "
