@@ -12,12 +12,14 @@ import lightning as L
 import torch
 
 from ddmr.augment.layer import AugmentationLayer, AugmentedPair
+from ddmr.augment.synthesis import label_intensities, synthesise
 from ddmr.designs import Design
 from ddmr.errors import ConfigError, DivergenceError
 from ddmr.losses import DesignLoss, dice_score, one_hot
 from ddmr.model.predictor import own_alignment
 from ddmr.nn import UNet
 from ddmr.spatial.warp import warp_image, warp_labels
+from ddmr.train.engine_targets import through_augmentation
 from ddmr.train.profiles import TrainingProfile
 
 VAL_SEED_OFFSET = 1_000_003
@@ -45,6 +47,18 @@ def between_subjects(fixed: AugmentedPair, moving: AugmentedPair) -> AugmentedPa
                                displacement=unknown, generating_displacement=unknown)
 
 
+def synthesised(batch: dict[str, Any], table: torch.Tensor | None,
+                generator: torch.Generator) -> dict[str, Any]:
+    """``batch`` with its images drawn from its label maps through the intensity lookup
+    ``table`` (:func:`ddmr.augment.synthesis.synthesise`); unchanged when ``table`` is
+    None."""
+    if table is None:
+        return batch
+    if batch.get("labels") is None:
+        raise ConfigError("synthesis draws images from label maps, and the data has none")
+    return {**batch, "image": synthesise(batch["labels"], table, generator)}
+
+
 class RegistrationModule(L.LightningModule):
     """Trains a :class:`~ddmr.nn.UNet` on pairs made by the augmentation layer.
 
@@ -64,9 +78,16 @@ class RegistrationModule(L.LightningModule):
         if self.design.needs_segmentations and len(self.label_values) < 2:
             raise ConfigError(f"design {self.design.name} needs label maps with at least one "
                               "foreground label")
-        if self.profile.pairing == "inter-subject" and self.design.supervised_weight > 0:
+        if self.profile.synthesis > 0 and len(self.label_values) < 2:
+            raise ConfigError("synthesis draws images from label maps: the data needs label "
+                              "maps with at least one foreground label")
+        if self.profile.engine_targets and self.design.supervised_weight <= 0:
+            raise ConfigError("engine_targets are the supervised term's targets: give a "
+                              "supervised weight (--supervised-weight)")
+        if (self.profile.pairing == "inter-subject" and self.design.supervised_weight > 0
+                and not self.profile.engine_targets):
             raise ConfigError("inter-subject pairs have no known field: the supervised term "
-                              "needs supervised_weight 0 (or pairing mixed)")
+                              "needs supervised_weight 0, pairing mixed or engine_targets")
         self.network = UNet(self.profile.unet)
         self.loss = DesignLoss(self.design)
         self.augmentation = AugmentationLayer(self.profile.augmentation,
@@ -77,6 +98,7 @@ class RegistrationModule(L.LightningModule):
         self._plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
         self._plateau_state: dict[str, Any] | None = None
         self._val_outputs: list[dict[str, float]] = []
+        self._engine_fields: dict[tuple[str, str], torch.Tensor] | None = None
         self._elapsed_before = 0.0  # training seconds of earlier (resumed) segments
         self._segment_start: float | None = None
 
@@ -88,6 +110,25 @@ class RegistrationModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         self._segment_start = time.monotonic()
+
+    def on_fit_start(self) -> None:
+        if self.profile.engine_targets and self._engine_fields is None:
+            self._engine_fields = self._compute_engine_fields()
+
+    def _compute_engine_fields(self) -> dict[tuple[str, str], torch.Tensor]:
+        """The engine's fields between every two training subjects on the network's grid
+        (:func:`ddmr.train.engine_targets.engine_fields`)."""
+        from ddmr.prepare.recipe import preprocess
+        from ddmr.train.engine_targets import engine_fields
+
+        dataset = self.trainer.datamodule.datasets["train"]
+        images, spacing = {}, None
+        for index in range(len(dataset)):
+            item = dataset[index]
+            image, _, spacing = preprocess(item["image"][None], item["spacing"].tolist(),
+                                           self.profile.input_size)
+            images[item["id"]] = image[0, 0]
+        return engine_fields(images, spacing)
 
     # -- pairs and losses ----------------------------------------------------------------
     def _train_generator(self) -> torch.Generator:
@@ -123,13 +164,27 @@ class RegistrationModule(L.LightningModule):
     def make_pair(self, batch: dict[str, Any], generator: torch.Generator) -> AugmentedPair:
         """The training pair: augmented, then pre-aligned when the profile says so; with
         ``profile.pairing`` inter-subject (or mixed, half the time) the moving image is
-        another training subject's, augmented in its turn (:func:`between_subjects`)."""
-        pair = self.augment_pair(batch, generator)
+        another training subject's, augmented in its turn (:func:`between_subjects`). With
+        ``profile.synthesis``, at those odds both images are drawn from the subjects' label
+        maps with one intensity per label (:func:`synthesised`). With
+        ``profile.engine_targets``, an inter-subject pair's ``displacement`` is the
+        engine's field carried through the moving subject's augmentation."""
+        table = None
+        if self.profile.synthesis > 0 and bool(
+                torch.rand(1, generator=generator) < self.profile.synthesis):
+            table = label_intensities(self.label_values, generator)
+        pair = self.augment_pair(synthesised(batch, table, generator), generator)
         pairing = self.profile.pairing
         if pairing == "inter-subject" or (
                 pairing == "mixed" and bool(torch.rand(1, generator=generator) < 0.5)):
-            partner = self.augment_pair(self._partner(batch, generator), generator)
-            pair = between_subjects(pair, partner)
+            partner = synthesised(self._partner(batch, generator), table, generator)
+            moving = self.augment_pair(partner, generator)
+            pair = between_subjects(pair, moving)
+            if self._engine_fields is not None:
+                field = torch.stack([self._engine_fields[f, m] for f, m in
+                                     zip(batch["id"], partner["id"], strict=True)])
+                pair = dataclasses.replace(pair, displacement=through_augmentation(
+                    field.to(pair.fixed), moving.displacement))
         return self.prealign(pair)
 
     def _partner(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, Any]:

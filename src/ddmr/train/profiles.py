@@ -40,6 +40,15 @@ class TrainingProfile:
         another training subject, each augmented (no known field, so no supervised term).
         ``mixed``: each step draws one of the two with equal odds. Validation pairs stay
         same-subject (their field error needs the known field).
+    synthesis: the odds that a training step's images are drawn from the subjects' label
+        maps (:mod:`ddmr.augment.synthesis`: a random intensity per label, noise, blur,
+        bias) instead of read; both images of a pair share the labels' intensities.
+        Validation pairs stay real.
+    engine_targets: amortised optimisation: the supervised term of inter-subject pairs
+        targets the registration engine's own field between the two training subjects
+        (:mod:`ddmr.train.engine_targets`, computed when training starts), carried through
+        the moving subject's augmentation. Needs pairs between subjects and a supervised
+        weight.
     """
 
     name: str
@@ -62,8 +71,15 @@ class TrainingProfile:
     prealign: bool = False
     lr_drop_steps: tuple[int, ...] = ()
     pairing: str = "same-subject"
+    synthesis: float = 0.0
+    engine_targets: bool = False
 
     def __post_init__(self) -> None:
+        if not (isinstance(self.synthesis, int | float) and 0 <= self.synthesis <= 1):
+            raise ConfigError(f"synthesis must be odds between 0 and 1, got {self.synthesis!r}")
+        if self.engine_targets and self.pairing == "same-subject":
+            raise ConfigError("engine_targets are fields between two subjects: they need "
+                              "pairing inter-subject or mixed")
         if self.pairing not in PAIRINGS:
             raise ConfigError(f"pairing {self.pairing!r}: choose {', '.join(PAIRINGS)}")
         steps = tuple(self.lr_drop_steps)
