@@ -5,7 +5,9 @@ Each variant is ``ddmr.register`` in-process with ``model=False`` and an
 :class:`~ddmr.registration.settings.EngineSettings` whose iterations per level are the
 variant's (``100,50,10`` is the default; ``200,200,10`` was, before 2026-12-07); a variant
 written ``network+100,50,10`` starts the engine from the shipped model's field
-(``model=None``, issue 30) instead of the affine part alone, and ``window=5+100,50,10``
+(:data:`SHIPPED`, issue 30) instead of the affine part alone, ``model=ARM+0,50,10`` from the
+field of ``bench_training.py``'s model of that arm (``benchmarks/training/models``), and
+``window=5+100,50,10``
 (also ``fluid=``, ``diffusion=``, ``step=``: :data:`SETTINGS`) changes one engine setting
 (issue 29); ``tissue=W+100,50,10`` guides the registration (``guide``, weight W in the
 engine) with each image's own three intensity classes inside its foreground
@@ -34,6 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_peers
 from bench_affine import _pairs, split_means
 
+#: the shipped model a ``network+`` variant starts from
+SHIPPED = "brain-t1-cpu"
 #: a variant's ``name=value`` options -> the :class:`EngineSettings` fields they set
 SETTINGS = {"window": "window", "fluid": "fluid_sigma", "diffusion": "diffusion_sigma",
             "step": "step"}
@@ -64,6 +68,7 @@ def _row(pair: dict, variant: str) -> dict:
     *options, steps = variant.split("+")
     settings = {"iterations": tuple(int(n) for n in steps.split(","))}
     guidance: dict = {}
+    model = SHIPPED if "network" in options else False
     for option in options:
         name, _, value = option.partition("=")
         if name == "tissue":
@@ -72,11 +77,14 @@ def _row(pair: dict, variant: str) -> dict:
             guidance = {"fixed": images[0], "moving": images[1], "fixed_labels": labels[0],
                         "moving_labels": labels[1], "guide": (1, 2, 3),
                         "guide_weight": float(value)}
+        elif name == "model":
+            model = str(Path(__file__).resolve().parent / "training" / "models"
+                        / f"{value}.safetensors")
         elif name != "network":
             settings[SETTINGS[name]] = type(getattr(EngineSettings(), SETTINGS[name]))(value)
     started = time.perf_counter()
     result = ddmr.register(**{"fixed": pair["fixed"], "moving": pair["moving"], **guidance},
-                           model=None if "network" in options else False,
+                           model=model,
                            engine=EngineSettings(**settings))
     seconds = time.perf_counter() - started
     scored = _score(pair, result.displacement_mm)

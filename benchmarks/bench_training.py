@@ -22,7 +22,8 @@ each), so that evaluation survives the run folders (``runs/study``, git-ignored)
 Evaluation (``evaluate``) registers every pair of ``bench_affine``'s pairs (``2mm``:
 the cohort's skull-stripped heads; ``1mm``: whole heads) with each model alone
 (``network``: ``engine=False``) and followed by the default engine (``network+engine``),
-and the engine from the affine part alone (``engine``), scored as ``bench_peers``
+and the engine from the affine part alone (arm ``none``), and the shipped model (arm
+``shipped``), scored as ``bench_peers``
 scores; rows in ``benchmarks/training/rows.jsonl`` (resumable)::
 
     python benchmarks/bench_training.py train [--arms inter,same] [--steps 600]
@@ -51,6 +52,8 @@ SAMPLE = ROOT / "src" / "ddmr" / "data" / "sample" / "brain"
 CONFIGS = ROOT / "configs" / "study"
 
 #: prepared cohorts: name -> (grid voxels, spacing mm)
+#: the shipped model (arm ``shipped``): 2000 same-subject steps and a supervised term
+SHIPPED = "brain-t1-cpu"
 COHORTS = {"cohort64": (64, 3.0), "cohort96": (96, 2.0)}
 
 #: arm -> ddmr train options (besides --data, -o, --max-steps, --seed)
@@ -114,7 +117,7 @@ def _row(pair: dict, arm: str, method: str) -> dict:
     import bench_schedule
     import ddmr
 
-    model = False if arm == "none" else str(OUT / "models" / f"{arm}.safetensors")
+    model = {"none": False, "shipped": SHIPPED}.get(arm, str(OUT / "models" / f"{arm}.safetensors"))
     started = time.perf_counter()
     result = ddmr.register(pair["fixed"], pair["moving"], model=model,
                            engine=method != "network")
@@ -145,16 +148,75 @@ def evaluate(args: argparse.Namespace) -> None:
                     handle.write(json.dumps(row) + "\n")
 
 
-def table(args: argparse.Namespace) -> None:
+#: the study's contrasts: (arm expected better, arm it is compared with, what changed)
+CONTRASTS = (("inter", "same", "pairs between people"),
+             ("inter", "inter-nodice", "segmentation guidance (Dice)"),
+             ("inter", "inter-fixed", "uncertainty weighting"),
+             ("inter-3mm", "inter", "3 mm grid (64^3) against 48^3"),
+             ("inter-2mm", "inter-3mm", "2 mm grid (96^3) against 3 mm"),
+             ("inter-engine", "inter", "supervised term on the engine's fields"),
+             ("inter-synth", "inter", "label-map synthesis"))
+
+
+def _rows(split: str):
     import pandas as pd
 
     rows = pd.DataFrame([json.loads(line) for line in
                          (OUT / "rows.jsonl").read_text().splitlines()])
-    rows = rows[rows["split"] == args.split]
-    columns = ["dsc", "dsc_tissue", "dsc_subcortical", "hd95", "seconds"]
-    summary = rows.groupby(["kind", "method", "arm"])[columns].mean().reset_index()
-    summary.insert(3, "pairs", rows.groupby(["kind", "method", "arm"]).size().values)
-    print(summary.to_markdown(index=False, floatfmt=".4f"))
+    return rows[rows["split"] == split]
+
+
+def _syn(pairs) -> dict:
+    """SyN's means on ``pairs`` (2 mm) from ``bench_peers``' rows (same scoring)."""
+    rows = [json.loads(line) for line in (HERE / "peers" / "inter.jsonl").read_text()
+            .splitlines()]
+    syn = [r for r in rows if r["method"] == "syn" and r["pair"] in set(pairs)]
+    out = {k: sum(r[k] for r in syn) / len(syn)
+           for k in ("dsc", "dsc_tissue", "dsc_subcortical", "hd95")}
+    return {**out, "seconds": sorted(r["seconds"] for r in syn)[len(syn) // 2],
+            "pairs": len(syn)}
+
+
+def table(args: argparse.Namespace) -> None:
+    from ddmr import stats
+
+    rows = _rows(args.split)
+    metrics = ["dsc", "dsc_tissue", "dsc_subcortical", "hd95"]
+    for kind, group in rows.groupby("kind"):
+        print(f"\n### {kind}, {args.split} pairs\n")
+        summary = group.groupby(["method", "arm"])[metrics].mean()
+        summary["seconds (median)"] = group.groupby(["method", "arm"])["seconds"].median()
+        summary["pairs"] = group.groupby(["method", "arm"]).size()
+        summary = summary.reset_index()
+        if kind == "2mm":
+            syn = _syn(group["pair"].unique())
+            summary.loc[len(summary)] = {"method": "SyN (bench_peers)", "arm": "-",
+                                         **{k: syn[k] for k in metrics},
+                                         "seconds (median)": syn["seconds"],
+                                         "pairs": syn["pairs"]}
+        print(summary.to_markdown(index=False, floatfmt=".4f"))
+        for method in ("network", "network+engine"):
+            chosen = group[group["method"] == method]
+            present = set(chosen["arm"])
+            contrasts = [c for c in CONTRASTS if c[0] in present and c[1] in present]
+            if not contrasts:
+                continue
+            results = chosen.rename(columns={"method": "kind_of_run", "arm": "method",
+                                             "pair": "subject"})
+            tests = stats.contrast_tests(results, [stats.Contrast(a, b)
+                                                   for a, b, _ in contrasts],
+                                         metric="dsc", higher_is_better=True)
+            by_pair = chosen.pivot(index="pair", columns="arm", values="dsc")
+            lines = []
+            for (better, worse, what), test in zip(contrasts, tests.itertuples(), strict=True):
+                difference = (by_pair[better] - by_pair[worse]).dropna()
+                lines.append([what, f"{better} vs {worse}", f"{difference.median():+.4f}",
+                              f"{int((difference > 0).sum())}/{difference.size}",
+                              stats.format_p(test.p), stats.format_p(test.p_bh)])
+            print(f"\n{method}: DSC contrasts (paired median difference, pairs won; "
+                  "one-sided Mann-Whitney U, Benjamini-Hochberg)\n")
+            print(stats.markdown_table(["what changed", "arms", "median dDSC", "won", "p",
+                                        "p (BH)"], lines))
 
 
 def main() -> None:
@@ -167,7 +229,7 @@ def main() -> None:
     score = commands.add_parser("evaluate")
     score.add_argument("--kind", choices=("2mm", "1mm"), required=True)
     score.add_argument("--split", choices=("train", "test", "all"), default="test")
-    score.add_argument("--arms", default="none," + ",".join(ARMS))
+    score.add_argument("--arms", default="none,shipped," + ",".join(ARMS))
     show = commands.add_parser("table")
     show.add_argument("--split", choices=("train", "test"), default="test")
     args = parser.parse_args()
