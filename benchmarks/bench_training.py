@@ -29,6 +29,7 @@ scores; rows in ``benchmarks/training/rows.jsonl`` (resumable)::
     python benchmarks/bench_training.py train [--arms inter,same] [--steps 600]
     python benchmarks/bench_training.py evaluate --kind 2mm [--arms ...]
     python benchmarks/bench_training.py table
+    python benchmarks/bench_training.py curves     # validation curves from the runs' logs
 """
 
 from __future__ import annotations
@@ -219,6 +220,41 @@ def table(args: argparse.Namespace) -> None:
                                         "p (BH)"], lines))
 
 
+def curves(args: argparse.Namespace) -> None:
+    """Each arm's validation curve (same-subject validation pairs of the validation head:
+    Dice, field error, hours) from its run's logs, into ``curves.csv`` and ``curves.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    frames = []
+    for arm in ARMS:
+        logs = sorted((RUNS / arm / "logs").glob("*/metrics.csv"))
+        if not logs:
+            continue
+        log = pd.concat([pd.read_csv(f) for f in logs])
+        log = log.dropna(subset=["val/dice"])[["step", "val/dice", "val/field_error_mm",
+                                               "time/val_elapsed_h"]]
+        frames.append(log.assign(arm=arm))
+    table = pd.concat(frames)
+    table.to_csv(OUT / "curves.csv", index=False, float_format="%.5g")
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for arm, group in table.groupby("arm"):
+        axes[0].plot(group["step"], group["val/dice"], label=arm)
+        axes[1].plot(group["time/val_elapsed_h"], group["val/dice"], label=arm)
+    axes[0].set_xlabel("optimiser step")
+    axes[1].set_xlabel("hours on 2 CPU cores (runs side by side with the evaluation)")
+    for axis in axes:
+        axis.set_ylabel("validation Dice (same-subject pairs)")
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(OUT / "curves.png", dpi=90)
+    print(f"{OUT / 'curves.csv'}, {OUT / 'curves.png'}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -232,8 +268,9 @@ def main() -> None:
     score.add_argument("--arms", default="none,shipped," + ",".join(ARMS))
     show = commands.add_parser("table")
     show.add_argument("--split", choices=("train", "test"), default="test")
+    commands.add_parser("curves")
     args = parser.parse_args()
-    {"train": train, "evaluate": evaluate, "table": table}[args.command](args)
+    {"train": train, "evaluate": evaluate, "table": table, "curves": curves}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ said so in one line."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -113,3 +115,54 @@ def ants_affine(fixed, moving) -> np.ndarray:
         transform = ants.read_transform(result["fwdtransforms"][0])
         return _ants_affine_to_ras(np.asarray(transform.parameters),
                                    np.asarray(transform.fixed_parameters))
+
+
+def test_a_model_warns_about_images_beyond_its_training_foregrounds():
+    """A trained model's card gives its training images' foreground range
+    (``expects.foreground_ml``); an image more than 1.5 times beyond it is said so and the
+    model's own affine stage is left out (a whole head to a model of brains: issue 30,
+    where it cost a model's start 0.36 DSC)."""
+    from types import SimpleNamespace
+
+    from ddmr.registration.pipeline import _check_model_input
+
+    card = SimpleNamespace(expects={"foreground_ml": [1229, 1900]})
+    head, _ = whole_head(FIXED, neck_mm=40, top_mm=6)
+    brain = load_image(ROOT / "images" / f"{MOVING}.nii.gz")
+    sides = [SimpleNamespace(name=name, geometry=geometry)
+             for name, (_, geometry) in (("head", head), ("brain", brain))]
+    masks = (foreground_mask(head[0]), foreground_mask(brain[0]))
+    lines = _check_model_input(card, sides, masks)
+    assert len(lines) == 1 and lines[0].startswith("head: the fixed image's foreground is")
+    assert "1229-1900 mL" in lines[0]
+    assert _check_model_input(card, sides[::-1], masks[::-1])[0].startswith("head: the moving")
+    assert _check_model_input(SimpleNamespace(expects={}), sides, masks) == []
+
+
+def test_training_records_its_images_foreground_range_in_the_card(tmp_path):
+    import h5py
+
+    from ddmr.designs import get_design
+    from ddmr.registration.moments import foreground_ml
+    from ddmr.train.profiles import get_profile
+    from ddmr.train.run import data_summary, model_card
+
+    summary = {"foreground_ml": [1229, 1900], "preparation": None, "label_values": []}
+    card = model_card(get_design("BL-N"), get_profile("cpu"), summary, {}, {}, "ddmr train")
+    assert card["expects"] == {"foreground_ml": [1229, 1900]}
+    shipped = model_card(get_design("BL-N"), get_profile("cpu"), summary, {}, {}, "x",
+                         {"expects": {"skull_stripped": True}})
+    assert shipped["expects"] == {"skull_stripped": True}
+    # the range over the training and validation subjects of a prepared dataset
+    from train_helpers import make_dataset
+
+    data = make_dataset(tmp_path)
+    split = json.loads((data / "split.json").read_text())
+    volumes = []
+    with h5py.File(data / "dataset.h5", "r") as h5:
+        for ident in split["train"] + split["val"]:
+            image = h5[ident]["image"][()]
+            geometry = Geometry(np.asarray(h5[ident].attrs["affine"]), image.shape)
+            volumes.append(foreground_ml(foreground_mask(image), geometry))
+    assert data_summary(data)["foreground_ml"] == [round(min(volumes)), round(max(volumes))]
+    assert min(volumes) > 0

@@ -86,7 +86,8 @@ class ModelCard(Mapping[str, Any]):
     @property
     def expects(self) -> dict[str, Any]:
         """What input the model was trained on (``anatomy``, ``modality``,
-        ``skull_stripped``, ``note``); {} when the card does not say."""
+        ``skull_stripped``, ``note``; ``foreground_ml``: the smallest and largest foreground
+        of its training images, which training records); {} when the card does not say."""
         expects = self._fields.get("expects")
         return dict(expects) if isinstance(expects, dict) else {}
 

@@ -157,11 +157,28 @@ def moments(mask: np.ndarray, geometry: Geometry) -> Moments:
 WHOLE_HEAD_ML = 2300.0
 
 
+#: An image's foreground this many times larger (or smaller) than every training image's
+#: is not what a model saw in training (a whole head is 2-3 times a brain's volume).
+FOREGROUND_RATIO = 1.5
+
+
+def foreground_ml(mask: np.ndarray, geometry: Geometry) -> float:
+    """The volume (mL) of a mask (I, J, K) on ``geometry``."""
+    return float(mask.sum()) * abs(float(np.linalg.det(geometry.affine[:3, :3]))) / 1000.0
+
+
 def looks_like_whole_head(mask: np.ndarray, geometry: Geometry) -> tuple[bool, float]:
     """Whether a head image's foreground is too large for a skull-stripped brain, and its
     volume in mL."""
-    volume = float(mask.sum()) * abs(float(np.linalg.det(geometry.affine[:3, :3]))) / 1000.0
+    volume = foreground_ml(mask, geometry)
     return volume > WHOLE_HEAD_ML, volume
+
+
+def outside_trained_range(volume_ml: float, trained: tuple[float, float]) -> bool:
+    """Whether a foreground of ``volume_ml`` lies beyond :data:`FOREGROUND_RATIO` times
+    the range ``(smallest, largest)`` mL of a model's training images."""
+    low, high = trained
+    return volume_ml > high * FOREGROUND_RATIO or volume_ml < low / FOREGROUND_RATIO
 
 
 def candidate_linear_maps(fixed: Moments, moving: Moments) -> list[tuple[str, np.ndarray]]:

@@ -100,14 +100,23 @@ def _warn_about_labels(fixed: Volume, moving: Volume) -> None:
 
 def _check_model_input(card, volumes: tuple[Volume, Volume],
                        masks: tuple[np.ndarray, np.ndarray]) -> list[str]:
-    """One warning line per image that does not look like what the model was trained on
-    (a foreground too large for a skull-stripped brain: a whole head, or another body
-    part); the lines, for ``summary.json``."""
-    from ddmr.registration.moments import looks_like_whole_head
+    """One warning line per image that does not look like what the model was trained on:
+    a foreground too large for a skull-stripped brain where the card says the model
+    expects one (a whole head, or another body part), else a foreground beyond
+    :data:`~ddmr.registration.moments.FOREGROUND_RATIO` times the range of the training
+    images' (the card's ``expects.foreground_ml``, written by training); the lines, for
+    ``summary.json``."""
+    from ddmr.registration.moments import (
+        FOREGROUND_RATIO,
+        foreground_ml,
+        looks_like_whole_head,
+        outside_trained_range,
+    )
 
     lines = []
-    if card.expects.get("skull_stripped"):
-        for volume, mask, side in zip(volumes, masks, ("fixed", "moving"), strict=True):
+    trained = card.expects.get("foreground_ml")
+    for volume, mask, side in zip(volumes, masks, ("fixed", "moving"), strict=True):
+        if card.expects.get("skull_stripped"):
             whole, millilitres = looks_like_whole_head(mask, volume.geometry)
             if whole:
                 lines.append(f"{volume.name}: the {side} image is not a skull-stripped "
@@ -115,6 +124,16 @@ def _check_model_input(card, volumes: tuple[Volume, Volume],
                              "is 1100-1900 mL) but the model was trained on skull-stripped "
                              "brains: skull-strip it, or use --model none (the engine "
                              "starts from the affine part wherever the network is worse)")
+        elif trained:
+            millilitres = foreground_ml(mask, volume.geometry)
+            if outside_trained_range(millilitres, tuple(trained)):
+                lines.append(f"{volume.name}: the {side} image's foreground is "
+                             f"{millilitres:.0f} mL, more than {FOREGROUND_RATIO:g} times "
+                             f"beyond the model's training images ({trained[0]:.0f}-"
+                             f"{trained[1]:.0f} mL; a whole head given to a model of "
+                             "skull-stripped brains, say): its field may be wrong there, so "
+                             "its own affine stage is left out; use --model none, or give "
+                             "images like its training data")
     for line in lines:
         logger.warning("%s", line)
     return lines

@@ -39,22 +39,29 @@ logger = logging.getLogger(__name__)
 
 
 def data_summary(data: str | Path) -> dict[str, Any]:
-    """Split sizes, label values (union over subjects) and spacing of a prepared dataset."""
+    """Split sizes, label values (union over subjects), spacing and the smallest and
+    largest foreground (mL, :func:`~ddmr.registration.moments.foreground_mask`) of the
+    training and validation subjects of a prepared dataset."""
     import h5py
 
     from ddmr.data.dataset import dataset_file, read_split
+    from ddmr.registration.moments import foreground_mask, foreground_ml
+    from ddmr.spatial.grid import Geometry
 
     h5_path = dataset_file(data)
     split = read_split(h5_path)
     values: set[int] = set()
-    spacings = []
+    spacings, volumes = [], []
     with h5py.File(h5_path, "r") as h5:
         for ident in split["train"] + split["val"]:
             attrs = h5[ident].attrs
             if "label_values" in attrs:
                 values.update(int(v) for v in np.atleast_1d(attrs["label_values"]))
             spacings.append([float(s) for s in attrs["spacing"]])
-            shape = list(h5[ident]["image"].shape)
+            image = h5[ident]["image"][()]
+            shape = list(image.shape)
+            volumes.append(foreground_ml(foreground_mask(image),
+                                         Geometry(np.asarray(attrs["affine"]), image.shape)))
     prepare_json = h5_path.parent / "prepare.json"
     return {
         "path": str(Path(data).resolve()),
@@ -62,6 +69,7 @@ def data_summary(data: str | Path) -> dict[str, Any]:
         "label_values": sorted(values | {0}) if values else [],
         "spacing_mm": spacings[0] if spacings else None,
         "shape": shape if spacings else None,
+        "foreground_ml": [round(min(volumes)), round(max(volumes))] if volumes else None,
         "preparation": prepare_json.read_text() if prepare_json.is_file() else None,
     }
 
@@ -322,7 +330,9 @@ def model_card(design: Design, profile: TrainingProfile, summary: dict[str, Any]
                validation: dict[str, Any], training: dict[str, Any], command: str,
                card_extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The card stored with an exported model: design, profile, data and preparation,
-    validation and training figures, the command, creation time and DDMR version."""
+    validation and training figures, the command, creation time, DDMR version, and what
+    input the model expects (the training images' foreground range; ``card_extra`` may
+    say more)."""
     from ddmr import __version__
 
     return {
@@ -337,6 +347,8 @@ def model_card(design: Design, profile: TrainingProfile, summary: dict[str, Any]
         "training": training,
         "command": command,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        **({"expects": {"foreground_ml": summary["foreground_ml"]}}
+           if summary.get("foreground_ml") else {}),
         **(card_extra or {}),
         "ddmr_version": __version__,
     }
