@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 
+from bad_input_cases import blobs
 from ddmr.augment import AugmentationLayer
 from ddmr.augment.config import AugmentationConfig
 from ddmr.data.datamodule import PreparedDataModule
@@ -35,19 +35,9 @@ def _smooth_field(shape, amplitude, seed):
                                                        align_corners=True)
 
 
-def _blobs(shape, seed):
-    rng = np.random.default_rng(seed)
-    grid = np.indices(shape).astype(np.float32)
-    image = np.zeros(shape, np.float32)
-    for _ in range(12):
-        centre = rng.uniform(0.25, 0.75, 3) * np.array(shape)
-        image += np.exp(-sum((grid[k] - centre[k]) ** 2 for k in range(3)) / 18.0)
-    return torch.from_numpy(image / image.max())[None, None]
-
-
 def test_the_target_carries_the_field_through_the_moving_augmentation():
     shape = (32, 32, 32)
-    second = _blobs(shape, 0)
+    second = torch.from_numpy(blobs(shape, 0))[None, None]
     field = _smooth_field(shape, 1.5, 1)
     first = warp_image(second, field)  # first(x) = second(x + field(x)) exactly
     config = AugmentationConfig(intensity=False, normalise=False, max_translation=3.0,
