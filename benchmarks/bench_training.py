@@ -181,6 +181,19 @@ def _syn(pairs) -> dict:
 def table(args: argparse.Namespace) -> None:
     from ddmr import stats
 
+    from ddmr.model.file import load_model
+
+    lines = []
+    for arm, spec in ARMS.items():
+        path = OUT / "models" / f"{arm}.safetensors"
+        if path.is_file():
+            card = load_model(path).card._fields
+            lines.append([arm, spec["design"], spec["pairing"],
+                          "x".join(map(str, card["input_size"])),
+                          str(card["training"]["steps"]),
+                          f"{card['training']['training_hours_total']:.2f}"])
+    print("### arms (the exported best checkpoint)\n")
+    print(stats.markdown_table(["arm", "design", "pairing", "grid", "step", "hours"], lines))
     rows = _rows(args.split)
     metrics = ["dsc", "dsc_tissue", "dsc_subcortical", "hd95"]
     for kind, group in rows.groupby("kind"):
