@@ -180,7 +180,6 @@ def _syn(pairs) -> dict:
 
 def table(args: argparse.Namespace) -> None:
     from ddmr import stats
-
     from ddmr.model.file import load_model
 
     lines = []
@@ -197,6 +196,10 @@ def table(args: argparse.Namespace) -> None:
     rows = _rows(args.split)
     metrics = ["dsc", "dsc_tissue", "dsc_subcortical", "hd95"]
     for kind, group in rows.groupby("kind"):
+        # only pairs that every arm and method of this kind has reached (a run stopped
+        # part-way leaves the rest out), so that every mean is over the same pairs
+        counts = group.groupby("pair").size()
+        group = group[group["pair"].isin(counts[counts == counts.max()].index)]
         print(f"\n### {kind}, {args.split} pairs\n")
         summary = group.groupby(["method", "arm"])[metrics].mean()
         summary["seconds (median)"] = group.groupby(["method", "arm"])["seconds"].median()
