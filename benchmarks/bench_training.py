@@ -14,7 +14,8 @@ validation head; :data:`ARMS`), changing one thing against the base arm ``inter`
 - ``inter-synth``: half of the training steps on images drawn from the cohort's label
   maps (``synthesis: 0.5``).
 
-Every arm runs for the same number of optimiser steps and exports its best checkpoint;
+Every arm runs for the same number of optimiser steps (600; ``inter-2mm`` 300, for time:
+``--steps 300``) and exports its best checkpoint;
 the model files are copied to ``benchmarks/training/models/`` (committed: about 1 MB
 each), so that evaluation survives the run folders (``runs/study``, git-ignored).
 ``train`` resumes an arm from its ``last.ckpt``.
@@ -23,8 +24,8 @@ Evaluation (``evaluate``) registers every pair of ``bench_affine``'s pairs (``2m
 the cohort's skull-stripped heads; ``1mm``: whole heads) with each model alone
 (``network``: ``engine=False``) and followed by the default engine (``network+engine``),
 and the engine from the affine part alone (arm ``none``), and the shipped model (arm
-``shipped``), scored as ``bench_peers``
-scores; rows in ``benchmarks/training/rows.jsonl`` (resumable)::
+``shipped``), scored as ``bench_peers`` scores; rows in
+``benchmarks/training/rows.jsonl`` (resumable)::
 
     python benchmarks/bench_training.py train [--arms inter,same] [--steps 600]
     python benchmarks/bench_training.py evaluate --kind 2mm [--arms ...]
@@ -118,7 +119,8 @@ def _row(pair: dict, arm: str, method: str) -> dict:
     import bench_schedule
     import ddmr
 
-    model = {"none": False, "shipped": SHIPPED}.get(arm, str(OUT / "models" / f"{arm}.safetensors"))
+    model = {"none": False, "shipped": SHIPPED}.get(
+        arm, str(OUT / "models" / f"{arm}.safetensors"))
     started = time.perf_counter()
     result = ddmr.register(pair["fixed"], pair["moving"], model=model,
                            engine=method != "network")
