@@ -23,7 +23,7 @@ def engine_fields(images: Mapping[str, torch.Tensor], spacing: Sequence[float]
     registration (world affine stage, then the engine; no network) for every ordered pair
     of ``images`` (id -> (D, H, W) float tensors on one grid of ``spacing`` mm, as the
     network sees them: the voxel grids are taken to coincide, as training pairs do)."""
-    import ddmr
+    from ddmr.registration.pipeline import register
 
     affine = np.diag([*(float(s) for s in spacing), 1.0])
     scale = torch.tensor([float(s) for s in spacing]).view(3, 1, 1, 1)
@@ -32,8 +32,8 @@ def engine_fields(images: Mapping[str, torch.Tensor], spacing: Sequence[float]
         for moving_id, moving in images.items():
             if fixed_id == moving_id:
                 continue
-            result = ddmr.register((fixed.numpy(), affine), (moving.numpy(), affine),
-                                   model=False)
+            result = register((fixed.numpy(), affine), (moving.numpy(), affine),
+                              model=False)
             millimetres = torch.from_numpy(np.asarray(result.displacement_mm, np.float32))
             fields[fixed_id, moving_id] = millimetres / scale
     return fields
