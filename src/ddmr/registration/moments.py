@@ -138,6 +138,12 @@ class Moments:
         return values, vectors
 
 
+def foreground_ml(mask: np.ndarray, geometry: Geometry) -> float:
+    """The volume (mL) of a mask (I, J, K) on ``geometry``."""
+    voxel_ml = abs(float(np.linalg.det(geometry.affine[:3, :3]))) / 1000.0
+    return float(mask.sum()) * voxel_ml
+
+
 def moments(mask: np.ndarray, geometry: Geometry) -> Moments:
     """The :class:`Moments` of the voxels where ``mask`` (I, J, K) is true, in world
     space (at most :data:`MOMENT_POINTS` of them, a regular subsample)."""
@@ -148,8 +154,7 @@ def moments(mask: np.ndarray, geometry: Geometry) -> Moments:
     points = geometry.index_to_world(index[::step].astype(np.float64))
     centre = points.mean(axis=0)
     covariance = np.cov(points, rowvar=False) if len(points) > 1 else np.eye(3)
-    voxel_ml = abs(float(np.linalg.det(geometry.affine[:3, :3]))) / 1000.0
-    return Moments(centre, np.atleast_2d(covariance), float(mask.sum()) * voxel_ml)
+    return Moments(centre, np.atleast_2d(covariance), foreground_ml(mask, geometry))
 
 
 #: A foreground of more than this (mL) is a whole head, not a skull-stripped brain (a
@@ -160,11 +165,6 @@ WHOLE_HEAD_ML = 2300.0
 #: An image's foreground this many times larger (or smaller) than every training image's
 #: is not what a model saw in training (a whole head is 2-3 times a brain's volume).
 FOREGROUND_RATIO = 1.5
-
-
-def foreground_ml(mask: np.ndarray, geometry: Geometry) -> float:
-    """The volume (mL) of a mask (I, J, K) on ``geometry``."""
-    return float(mask.sum()) * abs(float(np.linalg.det(geometry.affine[:3, :3]))) / 1000.0
 
 
 def looks_like_whole_head(mask: np.ndarray, geometry: Geometry) -> tuple[bool, float]:
