@@ -112,6 +112,7 @@ def train(args: argparse.Namespace) -> None:
         started = time.time()
         subprocess.run(command, check=True)
         shutil.copy(RUNS / arm / "model.safetensors", model)
+        shutil.copy(RUNS / arm / "model.json", model.with_suffix(".json"))  # readable card
         print(f"{arm}: {time.time() - started:.0f} s -> {model}", flush=True)
 
 
