@@ -138,6 +138,12 @@ def test_a_partial_field_of_view_is_found_wherever_its_header_puts_it(direction)
     if direction == "slab->whole":
         slab_z = whole[2].index_to_world(np.array([[0.0, 0.0, middle]]))[0, 2]
         assert abs(centre[2] - slab_z) < 15.0
+        from ddmr.registration.native import seen_by_moving
+
+        listed = np.argwhere(seen_by_moving(result.displacement_mm, result.geometry,
+                                            result.moving_geometry)).mean(axis=0)
+        np.testing.assert_allclose(centre, result.geometry.index_to_world(listed[None])[0],
+                                   atol=1e-6)
     else:
         assert centre is None
 
