@@ -142,8 +142,14 @@ def test_a_partial_field_of_view_is_found_wherever_its_header_puts_it(direction)
 
         listed = np.argwhere(seen_by_moving(result.displacement_mm, result.geometry,
                                             result.moving_geometry)).mean(axis=0)
-        np.testing.assert_allclose(centre, result.geometry.index_to_world(listed[None])[0],
-                                   atol=1e-6)
+        # QC's regular subsample finds the centre of every voxel the slab shows to within
+        # half its stride along each axis
+        from ddmr.registration.qc import subsample
+
+        stride = subsample(result.geometry.shape)[0].step
+        full = result.geometry.index_to_world(listed[None])[0]
+        half_stride = 0.5 * stride * np.asarray(result.geometry.spacing)
+        assert np.linalg.norm(centre - full) <= np.linalg.norm(half_stride), (centre, full)
     else:
         assert centre is None
 

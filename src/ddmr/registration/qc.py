@@ -449,5 +449,10 @@ def assess_registration(fixed, moving, masks: tuple[np.ndarray, np.ndarray], nat
         _inside(moving.geometry, points).reshape(shape),
         _inside(moving.geometry, moved).reshape(shape))
     traits = (image_traits(fixed.array, masks[0]), image_traits(moving.array, masks[1]))
-    return assess(inputs, native.displacement_mm, jacobian, point_map, limits, inverse_error,
-                  traits, same_kind)
+    verdict = assess(inputs, native.displacement_mm, jacobian, point_map, limits,
+                     inverse_error, traits, same_kind)
+    seen = inputs.seen_after.reshape(-1)
+    if "seen_fraction" in verdict.measures and seen.any():
+        # where the pictures of a partial field of view cut (RegistrationResult.view_centre)
+        verdict.measures["seen_centre_ras"] = points[seen].mean(axis=0).tolist()
+    return verdict

@@ -89,8 +89,6 @@ class RegistrationResult:
     residual_mm: np.ndarray | None = field(default=None, repr=False)
     inverse_mm: np.ndarray | None = field(default=None, repr=False)
     fixed_labels: np.ndarray | None = field(default=None, repr=False)
-    _view_centre: np.ndarray | None = field(default=None, init=False, repr=False,
-                                            compare=False)
 
     def displacement_voxels(self) -> np.ndarray:
         """The displacement (3, I, J, K) in voxels of the fixed grid (ddmr convention)."""
@@ -101,23 +99,10 @@ class RegistrationResult:
     def view_centre(self) -> np.ndarray | None:
         """The world point (RAS mm) the pictures cut through for a partial field of view
         (QC measured what the moving image shows): the centre of the fixed voxels the
-        moving image shows, where the fixed image's centre may lie outside them; None
-        otherwise (each picture's own default). Found once, from the mask's sums along
-        each axis (no list of its voxels: 400 MB on a 1 mm head)."""
-        if "seen_fraction" not in self.qc.measures:
-            return None
-        if self._view_centre is None:
-            from ddmr.registration.native import seen_by_moving
-
-            seen = seen_by_moving(self.displacement_mm, self.geometry, self.moving_geometry)
-            count = np.count_nonzero(seen)
-            if count == 0:
-                return None
-            index = [float(np.dot(seen.sum(axis=tuple(a for a in range(3) if a != axis),
-                                           dtype=np.int64), np.arange(n))) / count
-                     for axis, n in enumerate(seen.shape)]
-            self._view_centre = self.geometry.index_to_world(np.asarray([index]))[0]
-        return self._view_centre
+        moving image shows (QC's ``seen_centre_ras``, on its subsample), where the fixed
+        image's centre may lie outside them; None otherwise (each picture's own default)."""
+        centre = self.qc.measures.get("seen_centre_ras")
+        return None if centre is None else np.asarray(centre, dtype=np.float64)
 
     def method(self) -> str:
         """What registered: ``model NAME + engine``, ``model NAME``, ``engine``, ``affine``."""
