@@ -3,6 +3,7 @@ code (issue 21): ANTs SyN, greedy, elastix, ConvexAdam and DDMR's variants.
 
     python benchmarks/bench_peers.py run --kind inter [--pairs test|all] [--methods ...]
     python benchmarks/bench_peers.py run --kind same [--pairs test|all]
+    python benchmarks/bench_peers.py run --kind heads-2mm --pairs all --methods none,syn,greedy,ddmr
     python benchmarks/bench_peers.py process            # whole processes: ddmr and SyN
     python benchmarks/bench_peers.py table [--kind inter]   # the tables and Pareto plot
     python benchmarks/bench_peers.py write-same FOLDER   # the first 1 mm pair as files
@@ -12,6 +13,14 @@ Pair kinds:
 ``inter``
     different people: the ordered pairs of the bundled cohort's six heads (96^3, 2 mm,
     skull-stripped, their own headers), ``test`` = the two test subjects both ways.
+``heads``
+    different people's whole heads, not skull-stripped (1 mm, each on its own header: the
+    four individuals of ``speed_pairs.py``, the bundled brains' own sources, with the
+    bundled labels carried to each head's grid), ``test`` = the two test subjects both
+    ways, ``all`` = every ordered pair of the four (each row says its split);
+``heads-2mm``
+    the same heads and labels on a 2 mm grid of their own orientation (images linear with
+    anti-aliasing, labels nearest);
 ``same``
     same-subject synthetic pairs of a 1 mm whole head (pydeface's mean head, 176 x 256
     x 256; fetched once from PyPI with ``pip download`` into ``~/.cache/ddmr-bench``): the
@@ -48,8 +57,15 @@ CACHE = Path.home() / ".cache" / "ddmr-bench"
 THREADS = 2
 TISSUE = (1, 2, 3)  # the bundled cohort's CSF, grey and white matter (Atropos classes)
 
-#: DDMR's variants: name -> (model, engine settings changes or None for --fast)
-DDMR = {"ddmr": (None, {}), "ddmr-fast": (None, None), "ddmr-engine": (False, {}),
+#: DDMR's variants: name -> (model, engine settings changes or None for --fast); the model
+#: ``"default"`` is ``ddmr.register``'s own default (no network since 2026-12-07), ``None``
+#: the shipped model. (Rows named ``ddmr`` written before 2026-12-07 ran the shipped model
+#: and the engine; they were renamed ``ddmr-network`` in ``peers/inter.jsonl``.)
+DDMR = {"ddmr": ("default", {}), "ddmr-network": (None, {}), "ddmr-fast": (None, None),
+        # the default before 2026-12-07's eighth session, up to 100 steps on the coarsest
+        # level: rows named ``ddmr`` in peers/heads-2mm.jsonl and inter.jsonl made then were
+        # renamed so; ``ddmr-engine`` (the engine alone, now the default) rows were dropped
+        "ddmr-coarse100": (False, {"iterations": (100, 50, 10)}),
         "ddmr-engine-short": (False, {"iterations": (60, 40, 0)}),
         "ddmr-engine-long": (False, {"iterations": (400, 400, 40), "tolerance": 1e-4,
                                      "min_step": 0.15}),
@@ -57,6 +73,8 @@ DDMR = {"ddmr": (None, {}), "ddmr-fast": (None, None), "ddmr-engine": (False, {}
         # at least 4 mm each step
         "ddmr-engine-diff4": (False, {"diffusion_mm": 4.0})}
 PEERS = ("syn", "greedy", "elastix", "convexadam")
+#: pair kinds (module docstring)
+KINDS = ("inter", "heads", "heads-2mm", "same")
 METHODS = ("none", *PEERS, *DDMR)
 
 
@@ -95,6 +113,42 @@ def inter_pairs(which: str) -> list[dict]:
         m, ml, mg = side(moving)
         pairs.append({"id": f"{fixed}<-{moving}", "fixed": (f, fg), "moving": (m, mg),
                       "fixed_labels": fl, "moving_labels": ml, "truth": None})
+    return pairs
+
+
+def head_pairs(which: str, spacing: float) -> list[dict]:
+    """Whole heads of different people (the ``heads`` kinds): ``spacing`` 1 (as built) or
+    2 mm (their grids coarsened by two along each axis)."""
+    import speed_pairs
+    from ddmr.data.cohort import cohort_split
+    from ddmr.io.images import load_image, load_labels
+    from ddmr.spatial.grid import Geometry
+    from ddmr.spatial.resample import resample_to
+
+    test = set(cohort_split()["test"])
+
+    def side(path: Path, labels_path: Path):
+        image, geometry = load_image(path)
+        labels, label_geometry = load_labels(labels_path)
+        if not label_geometry.isclose(geometry):
+            labels = resample_to(labels, label_geometry, geometry, order=0)
+        if spacing != 1:
+            factor = spacing / min(geometry.spacing)
+            coarse = Geometry(geometry.affine @ np.diag([factor, factor, factor, 1.0]),
+                              tuple(int(np.ceil(n / factor)) for n in geometry.shape))
+            image = resample_to(image, geometry, coarse, order=1, antialias=True)
+            labels = resample_to(labels, geometry, coarse, order=0)
+            geometry = coarse
+        return image, labels, geometry
+
+    pairs = []
+    for pair in speed_pairs.pairs("1mm", which):
+        f, fl, fg = side(pair["fixed"], pair["fixed_labels"])
+        m, ml, mg = side(pair["moving"], pair["moving_labels"])
+        people = set(pair["id"].split("<-"))
+        pairs.append({"id": pair["id"], "split": "test" if people & test else "train",
+                      "fixed": (f, fg), "moving": (m, mg), "fixed_labels": fl,
+                      "moving_labels": ml, "truth": None})
     return pairs
 
 
@@ -163,8 +217,9 @@ class Ddmr:
 
         model, changes = DDMR[name]
         engine = False if changes is None else replace(EngineSettings(), **changes)
-        result = ddmr.register(fixed, moving, model=self.model if model is None else model,
-                               engine=engine)
+        chosen = {} if model == "default" else {
+            "model": self.model if model is None else model}
+        result = ddmr.register(fixed, moving, engine=engine, **chosen)
         runtime = result.summary["runtime_s"]
         seconds = runtime["total"] - runtime["metrics"] - runtime["qc"] - runtime["load"]
         engine_summary = result.summary.get("engine") or {}
@@ -221,14 +276,17 @@ def run(args: argparse.Namespace) -> None:
     done = set()
     if out.exists():
         done = {(r["pair"], r["method"]) for r in map(json.loads, out.read_text().splitlines())}
-    pairs = inter_pairs(args.pairs) if args.kind == "inter" else same_pairs(args.pairs)
+    pairs = {"inter": lambda: inter_pairs(args.pairs), "same": lambda: same_pairs(args.pairs),
+             "heads": lambda: head_pairs(args.pairs, 1.0),
+             "heads-2mm": lambda: head_pairs(args.pairs, 2.0)}[args.kind]()
     methods = args.methods.split(",")
     ddmr_runner = Ddmr() if any(m in DDMR for m in methods) else None
     for pair in pairs:
         for method in methods:
             if (pair["id"], method) in done:
                 continue
-            row = {"pair": pair["id"], "method": method, "load_before": os.getloadavg()[0]}
+            row = {"pair": pair["id"], "method": method, "load_before": os.getloadavg()[0],
+                   **({"split": pair["split"]} if "split" in pair else {})}
             try:
                 displacement, seconds, details = run_method(method, pair, ddmr_runner)
                 row.update(seconds=seconds, **score(pair, displacement), details=details)
@@ -252,7 +310,8 @@ ants.image_write(ants.apply_transforms(f, m, r["fwdtransforms"]), sys.argv[3])
 
 
 def process(args: argparse.Namespace) -> None:
-    """Whole processes on the test pairs: ``ddmr register`` (default, --model none, --fast)
+    """Whole processes on the test pairs: ``ddmr register`` (default, the shipped model's
+    start, --fast)
     and a Python process running antspyx SyN and writing its warped image; medians."""
     from ddmr.data.cohort import cohort_split, sample_cohort_dir
 
@@ -260,7 +319,8 @@ def process(args: argparse.Namespace) -> None:
     test = cohort_split()["test"]
     env = dict(os.environ, OMP_NUM_THREADS=str(THREADS),
                ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=str(THREADS))
-    commands = {"ddmr": [], "ddmr-engine": ["--model", "none"], "ddmr-fast": ["--fast"]}
+    commands = {"ddmr": [], "ddmr-network": ["--model", "brain-t1-cpu"],
+                "ddmr-fast": ["--fast"]}
     times: dict[str, list[float]] = {name: [] for name in [*commands, "syn"]}
     with tempfile.TemporaryDirectory() as folder:
         for repeat in range(args.repeats):
@@ -292,6 +352,8 @@ def table(args: argparse.Namespace) -> None:
     import pandas as pd
 
     rows = [json.loads(line) for line in (OUT / f"{args.kind}.jsonl").read_text().splitlines()]
+    if args.split != "all":  # rows that say their split (the heads kinds)
+        rows = [r for r in rows if r.get("split", args.split) == args.split]
     frame = pd.DataFrame([r for r in rows if "error" not in r])
     errors = [r for r in rows if "error" in r]
     columns = ["dsc", "dsc_tissue", "dsc_subcortical", "hd95", "tre", "folding", "seconds"]
@@ -301,17 +363,19 @@ def table(args: argparse.Namespace) -> None:
     summary["pairs"] = frame.groupby("method").size()
     syn = summary.loc["syn", "seconds"] if "syn" in summary.index else np.nan
     summary["x SyN time"] = syn / summary["seconds"]
-    if "syn" in summary.index:  # paired with SyN on the pairs both have
-        both = frame.pivot_table(index="pair", columns="method", values="dsc")
-        difference = both.sub(both["syn"], axis=0)
-        summary["dDSC vs SyN"] = difference.median()
-        summary["better than SyN"] = [
-            f"{int((difference[m] > 0).sum())}/{int(difference[m].notna().sum())}"
-            for m in summary.index]
+    both = frame.pivot_table(index="pair", columns="method", values="dsc")
+    for peer, name in (("syn", "SyN"), ("greedy", "greedy")):
+        if peer in summary.index:  # paired with the peer on the pairs both have
+            difference = both.sub(both[peer], axis=0)
+            summary[f"dDSC vs {name}"] = difference.median()
+            summary[f"better than {name}"] = [
+                f"{int((difference[m] > 0).sum())}/{int(difference[m].notna().sum())}"
+                for m in summary.index]
     summary["load"] = frame.groupby("method")["load_before"].median()
     order = [m for m in METHODS if m in summary.index]
-    print(f"{args.kind}: medians over pairs ({frame['pair'].nunique()} pairs; dDSC: median "
-          "of the per-pair difference to SyN; load: 1-minute load average before each run)\n")
+    print(f"{args.kind}, {args.split} pairs: medians over pairs ({frame['pair'].nunique()} "
+          "pairs; dDSC: median of the per-pair difference to the peer; load: 1-minute load "
+          "average before each run)\n")
     print(summary.loc[order].to_markdown(floatfmt=".3f"))
     for row in errors:
         print(f"error: {row['pair']} {row['method']}: {row['error']}")
@@ -342,8 +406,9 @@ def table(args: argparse.Namespace) -> None:
     axis.grid(alpha=0.3, which="both")
     axis.legend(fontsize=8, loc="upper left")
     figure.tight_layout()
-    figure.savefig(OUT / f"pareto-{args.kind}.png", dpi=110)
-    print(f"\nplot: {OUT / f'pareto-{args.kind}.png'}")
+    name = f"pareto-{args.kind}" + ("" if args.split == "all" else f"-{args.split}")
+    figure.savefig(OUT / f"{name}.png", dpi=110)
+    print(f"\nplot: {OUT / f'{name}.png'}")
 
 
 def write_same(args: argparse.Namespace) -> None:
@@ -364,13 +429,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run_parser = sub.add_parser("run")
-    run_parser.add_argument("--kind", choices=("inter", "same"), default="inter")
+    run_parser.add_argument("--kind", choices=KINDS, default="inter")
     run_parser.add_argument("--pairs", choices=("test", "all"), default="test")
     run_parser.add_argument("--methods", default=",".join(METHODS))
     process_parser = sub.add_parser("process")
     process_parser.add_argument("--repeats", type=int, default=2)
     table_parser = sub.add_parser("table")
-    table_parser.add_argument("--kind", choices=("inter", "same"), default="inter")
+    table_parser.add_argument("--kind", choices=KINDS, default="inter")
+    table_parser.add_argument("--split", choices=("train", "test", "all"), default="all",
+                              help="only the pairs of this split (kinds whose rows say it)")
     write_parser = sub.add_parser("write-same")
     write_parser.add_argument("folder")
     args = parser.parse_args()

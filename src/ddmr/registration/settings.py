@@ -34,7 +34,7 @@ class EngineSettings:
     the fixed foreground box; integration_steps: scaling-and-squaring steps (``svf``)."""
 
     levels: tuple[int, ...] = (4, 2, 1)
-    iterations: tuple[int, ...] = (100, 50, 10)
+    iterations: tuple[int, ...] = (50, 50, 10)
     similarity: str = "lncc"
     window: int = 9
     step: float = 2.0
