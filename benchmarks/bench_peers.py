@@ -359,7 +359,7 @@ def table(args: argparse.Namespace) -> None:
     columns = ["dsc", "dsc_tissue", "dsc_subcortical", "hd95", "tre", "folding", "seconds"]
     if "dense_tre" in frame:
         columns.insert(5, "dense_tre")
-    summary = frame.groupby("method")[columns].median()
+    summary = frame.groupby("method")[columns].agg(args.statistic)
     summary["pairs"] = frame.groupby("method").size()
     syn = summary.loc["syn", "seconds"] if "syn" in summary.index else np.nan
     summary["x SyN time"] = syn / summary["seconds"]
@@ -373,7 +373,8 @@ def table(args: argparse.Namespace) -> None:
                 for m in summary.index]
     summary["load"] = frame.groupby("method")["load_before"].median()
     order = [m for m in METHODS if m in summary.index]
-    print(f"{args.kind}, {args.split} pairs: medians over pairs ({frame['pair'].nunique()} "
+    print(f"{args.kind}, {args.split} pairs: {args.statistic}s over pairs "
+          f"({frame['pair'].nunique()} "
           "pairs; dDSC: median of the per-pair difference to the peer; load: 1-minute load "
           "average before each run)\n")
     print(summary.loc[order].to_markdown(floatfmt=".3f"))
@@ -398,8 +399,8 @@ def table(args: argparse.Namespace) -> None:
         axis.annotate(method, (seconds, dsc), fontsize=8, textcoords="offset points",
                       xytext=(5, 6 if k % 2 else -11))
     axis.set_xscale("log")
-    axis.set_xlabel("seconds per pair (median, registration call, 2 threads)")
-    axis.set_ylabel("DSC (median over pairs)")
+    axis.set_xlabel(f"seconds per pair ({args.statistic}, registration call, 2 threads)")
+    axis.set_ylabel(f"DSC ({args.statistic} over pairs)")
     none = summary.loc["none", "dsc"] if "none" in summary.index else float("nan")
     axis.set_title(f"DSC against time, {args.kind} pairs ({frame['pair'].nunique()} pairs; "
                    f"no registration: DSC {none:.2f})", fontsize=10)
@@ -438,6 +439,7 @@ def main() -> None:
     table_parser.add_argument("--kind", choices=KINDS, default="inter")
     table_parser.add_argument("--split", choices=("train", "test", "all"), default="all",
                               help="only the pairs of this split (kinds whose rows say it)")
+    table_parser.add_argument("--statistic", choices=("median", "mean"), default="median")
     write_parser = sub.add_parser("write-same")
     write_parser.add_argument("folder")
     args = parser.parse_args()
