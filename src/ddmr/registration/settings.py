@@ -21,7 +21,9 @@ MODES = ("compositive", "additive", "svf")
 @dataclass(frozen=True)
 class EngineSettings:
     """levels: each level's voxel size as a multiple of the finest (coarse to fine);
-    iterations: the most steps per level; similarity: ``lncc``, ``mi`` or ``mind``;
+    iterations: the most steps per level (the coarsest 50: on whole heads a longer
+    coarsest level drifted, pulled by scalp and neck; benchmarks/RESULTS.md, issue 29);
+    similarity: ``lncc``, ``mi`` or ``mind``;
     window: LNCC window (voxels); step: the largest update per step (voxels);
     fluid_sigma: Gaussian (voxels) on each update; diffusion_sigma: on the whole field;
     fluid_mm, diffusion_mm: the same at least this wide in mm (0: off; a width in mm
