@@ -66,6 +66,9 @@ DDMR = {"ddmr": ("default", {}), "ddmr-network": (None, {}), "ddmr-fast": (None,
         # level: rows named ``ddmr`` in peers/heads-2mm.jsonl and inter.jsonl made then were
         # renamed so; ``ddmr-engine`` (the engine alone, now the default) rows were dropped
         "ddmr-coarse100": (False, {"iterations": (100, 50, 10)}),
+        # 50/50/10, the default for part of that session (rows named ``ddmr`` made then
+        # were renamed so)
+        "ddmr-50-50-10": (False, {"iterations": (50, 50, 10)}),
         "ddmr-engine-short": (False, {"iterations": (60, 40, 0)}),
         "ddmr-engine-long": (False, {"iterations": (400, 400, 40), "tolerance": 1e-4,
                                      "min_step": 0.15}),

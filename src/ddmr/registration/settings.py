@@ -22,7 +22,8 @@ MODES = ("compositive", "additive", "svf")
 class EngineSettings:
     """levels: each level's voxel size as a multiple of the finest (coarse to fine);
     iterations: the most steps per level (the coarsest 50: on whole heads a longer
-    coarsest level drifted, pulled by scalp and neck; benchmarks/RESULTS.md, issue 29);
+    coarsest level drifted, pulled by scalp and neck; the middle 20: as accurate on the
+    training pairs as 50, and faster; benchmarks/RESULTS.md, issue 29);
     similarity: ``lncc``, ``mi`` or ``mind``;
     window: LNCC window (voxels); step: the largest update per step (voxels);
     fluid_sigma: Gaussian (voxels) on each update; diffusion_sigma: on the whole field;
@@ -36,7 +37,7 @@ class EngineSettings:
     the fixed foreground box; integration_steps: scaling-and-squaring steps (``svf``)."""
 
     levels: tuple[int, ...] = (4, 2, 1)
-    iterations: tuple[int, ...] = (50, 50, 10)
+    iterations: tuple[int, ...] = (50, 20, 10)
     similarity: str = "lncc"
     window: int = 9
     step: float = 2.0
