@@ -44,14 +44,9 @@ REVERSE = {"lncc3-reverse": 1.25}
 
 def _pairs(kind: str) -> list[dict]:
     import speed_pairs
-    from ddmr.data.cohort import cohort_split
 
-    test = set(cohort_split()["test"])
-    out = []
-    for pair in speed_pairs.pairs(kind, "all"):
-        people = set(pair["id"].split("<-"))
-        out.append({**pair, "split": "test" if people & test else "train"})
-    return out
+    return [{**pair, "split": speed_pairs.split_of(pair["id"])}
+            for pair in speed_pairs.pairs(kind, "all")]
 
 
 def _load(pair: dict) -> dict:

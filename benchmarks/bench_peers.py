@@ -123,12 +123,9 @@ def head_pairs(which: str, spacing: float) -> list[dict]:
     """Whole heads of different people (the ``heads`` kinds): ``spacing`` 1 (as built) or
     2 mm (their grids coarsened by two along each axis)."""
     import speed_pairs
-    from ddmr.data.cohort import cohort_split
     from ddmr.io.images import load_image, load_labels
     from ddmr.spatial.grid import Geometry
     from ddmr.spatial.resample import resample_to
-
-    test = set(cohort_split()["test"])
 
     def side(path: Path, labels_path: Path):
         image, geometry = load_image(path)
@@ -148,8 +145,7 @@ def head_pairs(which: str, spacing: float) -> list[dict]:
     for pair in speed_pairs.pairs("1mm", which):
         f, fl, fg = side(pair["fixed"], pair["fixed_labels"])
         m, ml, mg = side(pair["moving"], pair["moving_labels"])
-        people = set(pair["id"].split("<-"))
-        pairs.append({"id": pair["id"], "split": "test" if people & test else "train",
+        pairs.append({"id": pair["id"], "split": speed_pairs.split_of(pair["id"]),
                       "fixed": (f, fg), "moving": (m, mg), "fixed_labels": fl,
                       "moving_labels": ml, "truth": None})
     return pairs
@@ -205,12 +201,17 @@ def same_pairs(which: str) -> list[dict]:
 
 
 class Ddmr:
-    """DDMR's variants on arrays, the shipped model loaded once."""
+    """DDMR's variants on arrays, the shipped model loaded once, when a variant needs it."""
 
     def __init__(self) -> None:
-        from ddmr.model.shipped import load
+        self.model = None
 
-        self.model = load(None)
+    def shipped(self):
+        if self.model is None:
+            from ddmr.model.shipped import load
+
+            self.model = load(None)
+        return self.model
 
     def __call__(self, name: str, fixed, moving) -> tuple[np.ndarray, float, dict]:
         from dataclasses import replace
@@ -221,7 +222,7 @@ class Ddmr:
         model, changes = DDMR[name]
         engine = False if changes is None else replace(EngineSettings(), **changes)
         chosen = {} if model == "default" else {
-            "model": self.model if model is None else model}
+            "model": self.shipped() if model is None else model}
         result = ddmr.register(fixed, moving, engine=engine, **chosen)
         runtime = result.summary["runtime_s"]
         seconds = runtime["total"] - runtime["metrics"] - runtime["qc"] - runtime["load"]
@@ -314,8 +315,8 @@ ants.image_write(ants.apply_transforms(f, m, r["fwdtransforms"]), sys.argv[3])
 
 def process(args: argparse.Namespace) -> None:
     """Whole processes on the test pairs: ``ddmr register`` (default, the shipped model's
-    start, --fast)
-    and a Python process running antspyx SyN and writing its warped image; medians."""
+    start, --fast) and a Python process running antspyx SyN and writing its warped image;
+    medians."""
     from ddmr.data.cohort import cohort_split, sample_cohort_dir
 
     root = sample_cohort_dir() / "images"

@@ -184,6 +184,14 @@ def _overlay(image: np.ndarray, labels: np.ndarray, png: Path, title: str) -> No
     plt.close(figure)
 
 
+def split_of(pair_id: str) -> str:
+    """``test`` for a pair ``F<-M`` that involves one of the cohort's test people, else
+    ``train`` (settings are chosen on train and reported on test)."""
+    from ddmr.data.cohort import cohort_split
+
+    return "test" if set(pair_id.split("<-")) & set(cohort_split()["test"]) else "train"
+
+
 def pairs(kind: str, which: str = "test") -> list[dict]:
     """Ordered pairs of different people as file paths: ``{"id": "F<-M", "fixed",
     "moving", "fixed_labels", "moving_labels"}``. ``2mm``: the bundled cohort (``test``:
