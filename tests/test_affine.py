@@ -184,3 +184,52 @@ def test_a_large_image_has_its_foreground_found_on_every_second_voxel(monkeypatc
     # where they differ, within a voxel of the full mask's border
     border = full ^ ndimage.binary_erosion(full)
     assert np.all(ndimage.binary_dilation(border, iterations=1)[differ])
+
+
+@pytest.mark.parametrize("similarity", ["ncc", "lncc"])
+def test_the_compiled_gradient_equals_autograd_through_grid_sample(similarity, monkeypatch):
+    from ddmr.registration.moments import foreground_mask, intensity_scale, moments
+    from ddmr.spatial import kernels
+
+    if not kernels.available():
+        pytest.skip("numba is not installed")
+    fixed, fixed_geometry, moving, moving_geometry = _known_pair()
+    # smooth images: a sample whose float32 coordinate falls in the neighbouring cell
+    # (a voxel face within rounding) changes the derivative little
+    fixed, moving = (ndimage.gaussian_filter(image, 1.5) for image in (fixed, moving))
+    sides = []
+    for image, geometry in ((fixed, fixed_geometry), (moving, moving_geometry)):
+        mask = foreground_mask(image)
+        sides.append(_level(image, geometry, mask, 2.0, 10.0, intensity_scale(image, mask)))
+    centres = [moments(foreground_mask(image), geometry).centre
+               for image, geometry in ((fixed, fixed_geometry), (moving, moving_geometry))]
+    # off the optimum, with some points beyond the moving level (zeros there)
+    translation = torch.tensor([4.0, -6.0, 9.0])
+    linear = torch.tensor([[1.08, 0.06, 0.0], [-0.05, 0.93, 0.03], [0.02, -0.04, 1.05]])
+    centre = torch.from_numpy(centres[1].astype(np.float32))
+    compiled = _Problem(*sides, centres[0], similarity, 3)
+    assert compiled.compiled
+    ours = compiled.value_and_gradient(centre, translation, linear)
+    monkeypatch.setenv(kernels.SWITCH, "torch")
+    reference = _Problem(*sides, centres[0], similarity, 3)
+    assert not reference.compiled
+    theirs = reference.value_and_gradient(centre, translation, linear)
+    assert ours[0] == pytest.approx(theirs[0], rel=1e-4)  # float32 samples, LNCC eps
+    for mine, other in zip(ours[1:], theirs[1:], strict=True):
+        scale = float(other.abs().max())
+        assert scale > 0
+        np.testing.assert_allclose(mine.numpy(), other.numpy(), rtol=0, atol=1e-3 * scale)
+
+
+def test_the_affine_stage_ends_in_the_same_place_on_both_paths(monkeypatch):
+    from ddmr.spatial import kernels
+
+    if not kernels.available():
+        pytest.skip("numba is not installed")
+    pair = _known_pair()
+    compiled = world_affine(*pair).point_map
+    monkeypatch.setenv(kernels.SWITCH, "torch")
+    reference = world_affine(*pair).point_map
+    # the same optimum; the trajectories differ by float32 rounding alone
+    np.testing.assert_allclose(compiled[:3, :3], reference[:3, :3], atol=2e-3)
+    np.testing.assert_allclose(compiled[:3, 3], reference[:3, 3], atol=0.2)  # mm

@@ -280,3 +280,33 @@ def test_field_files_hold_the_same_values_on_both_paths(units, tmp_path, monkeyp
     for compiled, reference in zip(written["compiled"], written["torch"], strict=True):
         np.testing.assert_array_equal(compiled, reference)
     assert np.abs(written["compiled"][0]).max() > 1.0  # the values, not zeros
+
+
+def test_sampling_with_zeros_beyond_and_its_derivatives_equal_grid_sample():
+    rng = np.random.default_rng(7)
+    moving = _random((15, 18, 21), 8)
+    shape = (12, 14, 10)
+    matrix = np.c_[np.diag([1.3, 1.25, 1.9]) + rng.standard_normal((3, 3)) * 0.1,
+                   [-2.3, 0.4, -1.7]]  # some points beyond the moving grid
+    values, derivatives = kernels.sample_gradient(moving, matrix, shape)
+    index = torch.from_numpy(affine_volume(np.vstack([matrix, [0, 0, 0, 1]]), shape,
+                                           channels_last=True).numpy().astype(np.float64))
+    index.requires_grad_(True)
+    scale = torch.tensor([2.0 / (n - 1) for n in moving.shape], dtype=torch.float64)
+    grid = (index * scale - 1.0).flip(-1)[None]
+    reference = torch.nn.functional.grid_sample(
+        torch.from_numpy(moving.astype(np.float64))[None, None], grid, mode="bilinear",
+        padding_mode="zeros", align_corners=True)[0, 0]
+    (by_index,) = torch.autograd.grad(reference.sum(), index)
+    assert (reference == 0).any() and (reference > 0).any()
+    np.testing.assert_allclose(values, reference.detach().numpy(), atol=1e-5)
+    np.testing.assert_allclose(derivatives, by_index.permute(3, 0, 1, 2).numpy(), atol=1e-4)
+
+
+def test_weighted_index_sums_equal_numpy():
+    vectors, weights = _random((3, 7, 9, 5), 9) - 0.5, _random((7, 9, 5), 10)
+    index = np.stack(np.meshgrid(*[np.arange(n) for n in weights.shape], indexing="ij"))
+    homogeneous = np.concatenate([index, np.ones((1, *weights.shape))])
+    expected = np.einsum("cijk,ijk,aijk->ca", vectors.astype(np.float64), weights, homogeneous)
+    np.testing.assert_allclose(kernels.weighted_index_sums(vectors, weights), expected,
+                               rtol=1e-6)

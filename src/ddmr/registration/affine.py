@@ -50,6 +50,7 @@ from ddmr.registration.moments import (
     moments,
     point_map,
 )
+from ddmr.spatial import kernels
 from ddmr.spatial.grid import Geometry, sampling_scale
 
 #: A candidate start must beat every start preferred to it by this much NCC.
@@ -227,6 +228,16 @@ class _Problem:
         self.to_index = torch.from_numpy(to_index[:3, :3].astype(np.float32))
         self.to_index_offset = torch.from_numpy(to_index[:3, 3].astype(np.float32))
         self.scale = torch.tensor(sampling_scale(moving.grid.shape))
+        # the compiled path (:meth:`value_and_gradient`): the plain similarities, without
+        # the weights of a partial view or the guided labels
+        self.compiled = kernels.available() and not partial and self.labels is None
+        if self.compiled:
+            self.fixed_affine = fixed.grid.affine
+            self.fixed_centre = np.asarray(fixed_centre, dtype=np.float64)
+            self.moving_index = to_index
+            self.moving_values = moving.values[0, 0].contiguous().numpy()
+            values = self.values.numpy().astype(np.float64)
+            self.centred = values - values.mean()
 
     def similarity(self, centre: torch.Tensor, translation: torch.Tensor,
                    linear: torch.Tensor) -> torch.Tensor:
@@ -253,6 +264,54 @@ class _Problem:
         return value
 
 
+    def value_and_gradient(self, centre: torch.Tensor, translation: torch.Tensor,
+                           linear: torch.Tensor, gradient: bool = True
+                           ) -> tuple[float, torch.Tensor | None, torch.Tensor | None]:
+        """The similarity (:meth:`similarity`) and, with ``gradient``, its derivatives
+        with respect to ``translation`` (3,) and ``linear`` (3, 3): in closed form from
+        one compiled pass (the samples and their spatial derivatives) for the plain
+        similarities, else by autograd through :meth:`similarity`."""
+        if not self.compiled:
+            with torch.enable_grad():
+                t = translation.detach().requires_grad_(gradient)
+                a = linear.detach().requires_grad_(gradient)
+                value = self.similarity(centre, t, a)
+                if not gradient:
+                    return float(value.detach()), None, None
+                d_t, d_a = torch.autograd.grad(value, (t, a))
+            return float(value.detach()), d_t, d_a
+        a = linear.detach().double().numpy()
+        offset = centre.detach().double().numpy() + translation.detach().double().numpy()
+        # moving voxel of fixed voxel x: W (A (F x - c_f) + c_m + t), W world -> moving index
+        to_world = np.eye(4)
+        to_world[:3, :3] = a @ self.fixed_affine[:3, :3]
+        to_world[:3, 3] = a @ (self.fixed_affine[:3, 3] - self.fixed_centre) + offset
+        samples, derivatives = kernels.sample_gradient(
+            self.moving_values, self.moving_index @ to_world, self.shape)
+        if self.local is not None:
+            value, by_sample = self.local(torch.from_numpy(samples)[None])
+            weights = by_sample[0].numpy()
+        else:  # Pearson correlation, and its derivative with respect to each sample
+            b = samples.reshape(-1).astype(np.float64)
+            b -= b.mean()
+            covariance, sa, sb = self.centred @ b, self.centred @ self.centred, b @ b
+            norm = math.sqrt(sa * sb + 1e-12)
+            value = covariance / norm
+            weights = (self.centred / norm - covariance * sa * b / norm ** 3).reshape(
+                self.shape)
+        if not gradient:
+            return float(value), None, None
+        sums = kernels.weighted_index_sums(derivatives, weights)  # dS/dq (x, 1)^T: (3, 4)
+        by_index, by_coordinate = sums[:, :3], sums[:, 3]
+        # dq/dt = W, dq/dA = W (.) (F x - c_f)^T
+        to_index = self.moving_index[:3, :3]
+        by_point = (by_index @ self.fixed_affine[:3, :3].T
+                    + np.outer(by_coordinate, self.fixed_affine[:3, 3] - self.fixed_centre))
+        d_t = torch.from_numpy((to_index.T @ by_coordinate).astype(np.float32))
+        d_a = torch.from_numpy((to_index.T @ by_point).astype(np.float32))
+        return float(value), d_t, d_a
+
+
 def _nearest_similarity(linear: torch.Tensor) -> torch.Tensor:
     """The rotation times one scale (3, 3) nearest to ``linear`` (3, 3): ``U V^T`` times
     the mean singular value."""
@@ -270,22 +329,18 @@ def _optimise(problem: _Problem, centre: np.ndarray, linear: np.ndarray,
     ``similarity_only``: the linear part is brought back to a rotation times one scale
     after every step (a partial field of view does not show the scale across its cut)."""
     centre_t = torch.from_numpy(centre.astype(np.float32))
-    t = torch.tensor(translation, dtype=torch.float32, requires_grad=True)
-    a = torch.tensor(linear, dtype=torch.float32, requires_grad=True)
+    t = torch.tensor(translation, dtype=torch.float32)
+    a = torch.tensor(linear, dtype=torch.float32)
     optimiser = Adam([t, a], [settings.learning_rate, settings.learning_rate
                               * settings.linear_rate])
     best = (translation, linear, -math.inf)
-    for _ in range(iterations + 1):
-        t.grad = a.grad = None
-        value = problem.similarity(centre_t, t, a)
-        score = float(value.detach())
+    for step in range(iterations + 1):
+        score, d_t, d_a = problem.value_and_gradient(centre_t, t, a, step < iterations)
         if score > best[2]:
-            best = (t.detach().double().numpy().copy(), a.detach().double().numpy().copy(),
-                    score)
-        if _ == iterations:
+            best = (t.double().numpy().copy(), a.double().numpy().copy(), score)
+        if step == iterations:
             break
-        (-value).backward()
-        optimiser.step()
+        optimiser.step([-d_t, -d_a])  # ascent
         if similarity_only:
             with torch.no_grad():
                 a.copy_(_nearest_similarity(a))
@@ -343,11 +398,10 @@ class _Fit:
                                    partial_field_of_view=self.partial)
 
     def _similarity(self, translation: np.ndarray, linear: np.ndarray) -> float:
-        with torch.no_grad():
-            return float(self.finest.similarity(
-                torch.from_numpy(self.centres[1].astype(np.float32)),
-                torch.from_numpy(np.asarray(translation).astype(np.float32)),
-                torch.from_numpy(np.asarray(linear).astype(np.float32))))
+        return self.finest.value_and_gradient(
+            torch.from_numpy(self.centres[1].astype(np.float32)),
+            torch.from_numpy(np.asarray(translation).astype(np.float32)),
+            torch.from_numpy(np.asarray(linear).astype(np.float32)), gradient=False)[0]
 
     def score(self, point_map: np.ndarray) -> float:
         """The finest level's similarity of a (4, 4) point map (fixed -> moving world)."""

@@ -150,6 +150,73 @@ def sample(volume, displacement, linear, base, out, addend, add):
                     row[c, k] += addend[c, i, j, k]
 
 
+@inline
+def zero_beyond(volume, x, y, z):
+    """volume[x, y, z], or 0 beyond the volume (``grid_sample``'s zeros padding)."""
+    d_, h_, w_ = volume.shape
+    if 0 <= x < d_ and 0 <= y < h_ and 0 <= z < w_:
+        return volume[x, y, z]
+    return np.float32(0.0)
+
+
+@jit
+def sample_gradient(volume, matrix, values, gradient):
+    """values[x] = volume (D', H', W') at the voxel coordinates ``matrix @ (x, 1)`` of every
+    voxel x of ``values`` (D, H, W) (trilinear, zero beyond the volume), and gradient[:, x]
+    (3, D, H, W) the derivative of that sample with respect to the three coordinates."""
+    d_, h_, w_ = values.shape
+    for slab in prange(d_ * h_):
+        i, j = divmod(np.int64(slab), h_)
+        r0 = matrix[0, 0] * i + matrix[0, 1] * j + matrix[0, 3]
+        r1 = matrix[1, 0] * i + matrix[1, 1] * j + matrix[1, 3]
+        r2 = matrix[2, 0] * i + matrix[2, 1] * j + matrix[2, 3]
+        for k in range(w_):
+            p0 = r0 + matrix[0, 2] * k
+            p1 = r1 + matrix[1, 2] * k
+            p2 = r2 + matrix[2, 2] * k
+            x0, y0, z0 = math.floor(p0), math.floor(p1), math.floor(p2)
+            fx, fy, fz = p0 - x0, p1 - y0, p2 - z0
+            gx, gy, gz = 1.0 - fx, 1.0 - fy, 1.0 - fz
+            x, y, z = int(x0), int(y0), int(z0)
+            c000 = zero_beyond(volume, x, y, z)
+            c001 = zero_beyond(volume, x, y, z + 1)
+            c010 = zero_beyond(volume, x, y + 1, z)
+            c011 = zero_beyond(volume, x, y + 1, z + 1)
+            c100 = zero_beyond(volume, x + 1, y, z)
+            c101 = zero_beyond(volume, x + 1, y, z + 1)
+            c110 = zero_beyond(volume, x + 1, y + 1, z)
+            c111 = zero_beyond(volume, x + 1, y + 1, z + 1)
+            low_x = gy * (gz * c000 + fz * c001) + fy * (gz * c010 + fz * c011)
+            high_x = gy * (gz * c100 + fz * c101) + fy * (gz * c110 + fz * c111)
+            values[i, j, k] = gx * low_x + fx * high_x
+            gradient[0, i, j, k] = high_x - low_x
+            gradient[1, i, j, k] = (gx * (gz * (c010 - c000) + fz * (c011 - c001))
+                                    + fx * (gz * (c110 - c100) + fz * (c111 - c101)))
+            gradient[2, i, j, k] = (gx * (gy * (c001 - c000) + fy * (c011 - c010))
+                                    + fx * (gy * (c101 - c100) + fy * (c111 - c110)))
+
+
+@jit
+def weighted_index_sums(vectors, weights, out):
+    """out[c] (4,) = sum over the voxels x of ``weights[x] * vectors[c, x] * (x, 1)`` for
+    vectors (3, D, H, W) and weights (D, H, W): out (3, 4) float64."""
+    _, d_, h_, w_ = vectors.shape
+    partial = np.zeros((d_ * h_, 3, 4))
+    for slab in prange(d_ * h_):
+        i, j = divmod(np.int64(slab), h_)
+        for c in range(3):
+            by_k, total = 0.0, 0.0
+            for k in range(w_):
+                value = np.float64(weights[i, j, k]) * vectors[c, i, j, k]
+                total += value
+                by_k += value * k
+            partial[slab, c, 0] = total * i
+            partial[slab, c, 1] = total * j
+            partial[slab, c, 2] = by_k
+            partial[slab, c, 3] = total
+    out[:] = partial.sum(axis=0)
+
+
 @jit
 def lncc_products(a, b, out):
     """out = (b, b*b, a*b): the warped statistics before their window sums."""

@@ -8,6 +8,9 @@ to float32 rounding; tested against them):
 * :func:`box_sum` - :func:`ddmr.spatial.filters.box_sum` (running sums in float64);
 * :func:`gaussian_smooth` - :func:`ddmr.spatial.filters.gaussian_smooth`;
 * :func:`sample_points` - ``grid_sample`` (the same) at voxel coordinates of given points;
+* :func:`sample_gradient` - ``grid_sample`` (zeros padding) through an affine index map,
+  with the derivatives ``grid_sample``'s backward pass takes for its coordinates, and
+  :func:`weighted_index_sums` - their weighted sums, the derivative with respect to the map;
 * :func:`fixed_point` - the inverse's fixed-point iteration
   (:func:`ddmr.registration.inverse.invert`), each point until it settles;
 * :func:`invert_grid` - the same iteration at every voxel of a grid, with the errors of
@@ -77,6 +80,8 @@ def _compiled():
     return {"box_volume": loops.box_volume,
             "gauss": (loops.gauss_first, loops.gauss_middle, loops.gauss_last),
             "sample": loops.sample, "sample_points": loops.sample_points,
+            "sample_gradient": loops.sample_gradient,
+            "weighted_index_sums": loops.weighted_index_sums,
             "fixed_point": loops.fixed_point, "native_rows": loops.native_rows,
             "invert_grid": loops.invert_grid, "resample_linear": loops.resample_linear,
             "lps_component_f_order": loops.lps_component_f_order,
@@ -212,6 +217,30 @@ def sample_affine(volume: np.ndarray, displacement: np.ndarray, linear: np.ndarr
     _compiled()["sample"](volume, displacement, np.ascontiguousarray(linear, np.float64),
                           np.ascontiguousarray(base, np.float64), out,
                           _four(addend) if add else out, add)
+    return out
+
+
+def sample_gradient(volume: np.ndarray, matrix: np.ndarray, shape: tuple[int, int, int]
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """``volume`` (D', H', W') sampled (trilinear, zero beyond it: ``grid_sample``'s zeros
+    padding) at the voxel coordinates ``matrix @ (x, 1)`` (``matrix`` (3, 4) or (4, 4)) of
+    every voxel x of a grid of ``shape``, and the samples' derivatives with respect to
+    those coordinates: ((*shape), (3, *shape)) float32."""
+    values = np.empty(shape, dtype=np.float32)
+    gradient = np.empty((3, *shape), dtype=np.float32)
+    _compiled()["sample_gradient"](np.ascontiguousarray(volume, dtype=np.float32),
+                                   np.ascontiguousarray(matrix[:3], np.float64), values,
+                                   gradient)
+    return values, gradient
+
+
+def weighted_index_sums(vectors: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """The sum over voxels x of ``weights[x] vectors[:, x] (x, 1)^T`` for vectors (3, D, H,
+    W) and weights (D, H, W): (3, 4) float64 (a similarity's derivative with respect to
+    an affine index map, from its derivatives at each voxel)."""
+    out = np.empty((3, 4), dtype=np.float64)
+    _compiled()["weighted_index_sums"](_four(vectors), np.ascontiguousarray(
+        weights, dtype=np.float32), out)
     return out
 
 
