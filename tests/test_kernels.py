@@ -310,3 +310,37 @@ def test_weighted_index_sums_equal_numpy():
     expected = np.einsum("cijk,ijk,aijk->ca", vectors.astype(np.float64), weights, homogeneous)
     np.testing.assert_allclose(kernels.weighted_index_sums(vectors, weights), expected,
                                rtol=1e-6)
+
+
+def test_composition_may_write_over_its_update():
+    # the engine's d o (id + s) + s written into s itself
+    rng = np.random.default_rng(11)
+    field = (rng.standard_normal((3, 14, 12, 16)) * 2).astype(np.float32)
+    update = (rng.standard_normal((3, 14, 12, 16)) * 1.5).astype(np.float32)
+    linear, base = np.eye(3) * 0.9, np.c_[np.eye(3), [0.5, -1.0, 0.25]]
+    expected = kernels.sample_affine(field, update, linear, base, update)
+    out = kernels.sample_affine(field, update, linear, base, update, out=update)
+    assert out is update
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_temporaries_share_one_piece_of_memory_within_a_block():
+    x = _random((3, 20, 23, 17), 12)
+    lncc = kernels.LNCCKernel(_random((20, 23, 17), 13), 5, 1e-5)
+    b = _random((20, 23, 17), 14)
+    fresh = [kernels.gaussian_smooth(x, 1.0), kernels.box_sum(x.copy(), 5, out=None),
+             *lncc.force(b, (1.0, 1.0, 1.0))[1:]]
+    with kernels.reusing_scratch():
+        smoothed = kernels.gaussian_smooth(x, 1.0)
+        assert kernels._ARENA.memory.size == 2 * 20 * 23 * 17  # the Gaussian's two spare channels
+        in_place = x.copy()
+        kernels.box_sum(in_place, 5, out=in_place)
+        _, force = lncc.force(b, (1.0, 1.0, 1.0))
+        assert kernels._ARENA.memory.size == 5 * 20 * 23 * 17  # grown once, to the largest
+        grown = kernels._ARENA.memory
+        kernels.gaussian_smooth(x, 1.0)
+        assert kernels._ARENA.memory is grown  # and reused
+        assert kernels._ARENA.top == 0
+    assert kernels._ARENA.memory.size == 0  # freed with the block
+    for ours, theirs in zip([smoothed, in_place, force], fresh, strict=True):
+        np.testing.assert_array_equal(ours, theirs)

@@ -168,6 +168,7 @@ class _Level:
             if not inside.all():
                 self.overlap = torch.from_numpy(inside.astype(np.float32))
         self.displaced = GridComposition(self.grid)
+        self._warped: np.ndarray | None = None  # the warped features, reused every step
 
     def points(self) -> torch.Tensor:
         """World points p (3, *grid.shape) of this level's grid (RAS mm): made when asked
@@ -177,12 +178,17 @@ class _Level:
     def warp(self, displacement_mm: torch.Tensor, volume: torch.Tensor | None = None
              ) -> torch.Tensor:
         """Moving features (or ``volume`` (1, C, ...) on the moving level's grid) at
-        ``P(p + d(p))``: (C, *grid.shape)."""
-        volume = self.moving if volume is None else volume
+        ``P(p + d(p))``: (C, *grid.shape); the features in a buffer the next call
+        overwrites."""
+        features = volume is None
+        volume = self.moving if features else volume
         if self.compiled:
-            return torch.from_numpy(kernels.sample_affine(
+            warped = kernels.sample_affine(
                 volume[0].numpy(), displacement_mm.contiguous().numpy(), self.linear,
-                self.base))
+                self.base, out=self._warped if features else None)
+            if features:
+                self._warped = warped
+            return torch.from_numpy(warped)
         grid = channels_last_product(self.linear, displacement_mm).add_(self.q0)
         return grid_sample_3d(volume, grid[None])[0]
 
@@ -195,10 +201,12 @@ class _Level:
                                                        self.overlap)[0]
         return value
 
-    def force(self, displacement_mm: torch.Tensor) -> tuple[float, torch.Tensor]:
+    def force(self, displacement_mm: torch.Tensor, out: torch.Tensor | None = None
+              ) -> tuple[float, torch.Tensor]:
         """The objective at ``d`` (:meth:`value`) and its force (3, *grid.shape): none
-        where the points map beyond the moving level's grid."""
-        value, force = self.objective.force(self.warp(displacement_mm))
+        where the points map beyond the moving level's grid; written into ``out`` (a
+        field no longer used, not ``d``) where given and the compiled kernels run."""
+        value, force = self.objective.force(self.warp(displacement_mm), out=out)
         if self.overlap is not None:
             force.mul_(self.overlap)
         if self.guide_fixed is not None:
@@ -225,13 +233,18 @@ class GridComposition:
         self.identity = _identity_axes(grid.shape)
 
     def __call__(self, field_mm: torch.Tensor, displacement_mm: torch.Tensor,
-                 addend: torch.Tensor | None = None) -> torch.Tensor:
-        """``field o (id + u)``, plus ``addend`` (3, *shape) when given."""
+                 addend: torch.Tensor | None = None, in_place: bool = False
+                 ) -> torch.Tensor:
+        """``field o (id + u)``, plus ``addend`` (3, *shape) when given; with
+        ``in_place`` written into ``addend`` where the compiled kernels run (the
+        engine's update, used once)."""
         if kernels.available() and plain(field_mm) and plain(displacement_mm):
+            addend = None if addend is None else addend.contiguous()
+            out = addend.numpy() if in_place and addend is not None else None
             return torch.from_numpy(kernels.sample_affine(
                 field_mm.contiguous().numpy(), displacement_mm.contiguous().numpy(),
                 self.to_voxels, self.identity_base,
-                None if addend is None else addend.contiguous().numpy()))
+                None if addend is None else addend.numpy(), out=out))
         # the coordinates passed as a temporary: freed before the samples are copied
         out = grid_sample_3d(field_mm[None], self._coordinates(displacement_mm))[0]
         return out if addend is None else out.add_(addend)
@@ -285,14 +298,15 @@ def _run_level(level: _Level, start: torch.Tensor, settings: EngineSettings,
     diffusion = max(settings.diffusion_sigma, settings.diffusion_mm / unit)
     step = settings.step
     best_value, best_variable, since = -math.inf, variable, 0
-    history: list[float] = []
     taken = 0
     converged = False
+    spare = None  # a field no longer used: the memory of the next force (no fresh pages)
     for taken in range(iterations + 1):
         displacement = (_exp(variable, level, settings.integration_steps)
                         if settings.mode == "svf" else variable)
-        value, update = level.force(displacement)  # the force, which becomes the update
-        history.append(value)
+        # the force, which becomes the update
+        value, update = level.force(displacement, out=spare)
+        spare = None
         if not math.isfinite(best_value) or value > best_value + settings.tolerance * abs(
                 best_value):
             best_value, best_variable, since = value, variable, 0
@@ -300,6 +314,7 @@ def _run_level(level: _Level, start: torch.Tensor, settings: EngineSettings,
             since += 1
             if since >= settings.patience:
                 step, since = step / 2.0, 0
+                spare = update
                 variable = best_variable  # go on from the best iterate, with a smaller step
                 if step < settings.min_step:
                     converged = True
@@ -314,11 +329,15 @@ def _run_level(level: _Level, start: torch.Tensor, settings: EngineSettings,
             converged = True
             break
         update.mul_(step * unit / largest)
+        previous = variable
         if settings.mode == "compositive":
-            variable = level.displaced(variable, update, addend=update)
+            # d o (id + s) + s written over s: no new field (memory: the level's peak)
+            variable = level.displaced(variable, update, addend=update, in_place=True)
         else:
             variable = variable + update
-        del update
+        if previous is not best_variable:
+            spare = previous
+        del update, previous
         if diffusion > 0:  # variable is a new tensor here, never best_variable
             gaussian_smooth(variable, diffusion, out=variable)
     record = {"spacing_mm": round(unit, 4), "steps": taken, "converged": converged,
@@ -407,7 +426,8 @@ def register_deformable(fixed: np.ndarray, fixed_geometry: Geometry, fixed_mask:
                         variable, started_from = given, "network"
             else:
                 variable = Displacement(variable, previous.grid).on(level.grid)
-            variable, value, record = _run_level(level, variable, settings, iterations)
+            with kernels.reusing_scratch():  # the steps' temporaries made once
+                variable, value, record = _run_level(level, variable, settings, iterations)
             records.append(record)
             previous = level
             release_free_memory()

@@ -198,9 +198,13 @@ class Objective:
             return float(self.kernel.similarity(warped[0].contiguous().numpy()))
         return self.evaluate(warped)[0]
 
-    def force(self, warped: torch.Tensor) -> tuple[float, torch.Tensor]:
+    def force(self, warped: torch.Tensor, out: torch.Tensor | None = None
+              ) -> tuple[float, torch.Tensor]:
+        """(the value, the force (3, *S)); with the compiled kernels the force is written
+        into ``out`` where given."""
         if self.kernel is not None:
-            value, force = self.kernel.force(warped[0].contiguous().numpy(), self.spacing)
+            value, force = self.kernel.force(warped[0].contiguous().numpy(), self.spacing,
+                                             None if out is None else out.numpy())
             return value, torch.from_numpy(force)
         value, gradient = self.evaluate(warped)
         return value, force_from_gradient(gradient, warped, self.spacing)

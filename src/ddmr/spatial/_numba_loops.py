@@ -128,26 +128,32 @@ def trilinear(volume, p0, p1, p2, out, n):
 def sample(volume, displacement, linear, base, out, addend, add):
     """out[c, x] = volume[c] at ``linear @ displacement[:, x] + base @ (x, 1)``
     (voxel coordinates of ``volume``; trilinear, border values), plus addend[c, x]
-    when ``add``; rows of ``out`` are (C, W) views."""
+    when ``add``; rows of ``out`` are (C, W) views. Each voxel's displacement and addend
+    are read before its output is written, so ``out`` may be ``displacement`` or
+    ``addend`` (not ``volume``)."""
     _, d_, h_, w_ = displacement.shape
+    channels = out.shape[0]
     for slab in prange(d_ * h_):
         i, j = divmod(np.int64(slab), h_)
         r0 = base[0, 0] * i + base[0, 1] * j + base[0, 3]
         r1 = base[1, 0] * i + base[1, 1] * j + base[1, 3]
         r2 = base[2, 0] * i + base[2, 1] * j + base[2, 3]
         row = out[:, i, j, :]
+        saved = np.empty(channels, dtype=np.float32)
         for k in range(w_):
             u0 = displacement[0, i, j, k]
             u1 = displacement[1, i, j, k]
             u2 = displacement[2, i, j, k]
+            if add:
+                for c in range(channels):
+                    saved[c] = addend[c, i, j, k]
             p0 = r0 + base[0, 2] * k + linear[0, 0] * u0 + linear[0, 1] * u1 + linear[0, 2] * u2
             p1 = r1 + base[1, 2] * k + linear[1, 0] * u0 + linear[1, 1] * u1 + linear[1, 2] * u2
             p2 = r2 + base[2, 2] * k + linear[2, 0] * u0 + linear[2, 1] * u1 + linear[2, 2] * u2
             trilinear(volume, p0, p1, p2, row, k)
-        if add:
-            for c in range(out.shape[0]):
-                for k in range(w_):
-                    row[c, k] += addend[c, i, j, k]
+            if add:
+                for c in range(channels):
+                    row[c, k] += saved[c]
 
 
 @inline

@@ -40,6 +40,9 @@ from __future__ import annotations
 
 import math
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
@@ -91,6 +94,60 @@ def _compiled():
             "largest_norm": loops.largest_norm}
 
 
+class _Arena(threading.local):
+    """The memory :func:`reusing_scratch` lends to the kernels' temporaries, per thread:
+    ``memory`` (float32, grown to the largest request), ``top`` the first element in use
+    by no open :func:`_temporaries` block, ``depth`` the open :func:`reusing_scratch`
+    blocks."""
+
+    depth = 0
+    top = 0
+
+    def __init__(self) -> None:
+        self.memory = np.empty(0, dtype=np.float32)
+
+
+_ARENA = _Arena()
+
+
+@contextmanager
+def reusing_scratch() -> Iterator[None]:
+    """Within the block the kernels' internal temporaries (a Gaussian's spare channels,
+    a box sum's scratch, local NCC's statistics) share one piece of memory, made once
+    (as large as the largest of them) and freed when the outermost block ends: the steps
+    of an engine level touch the same memory instead of fresh pages, and no more of it
+    than the largest step needs (each fresh page is a page fault; on a virtual machine
+    that hands freed memory back to its host, an expensive one: benchmarks/RESULTS.md,
+    issue 28)."""
+    _ARENA.depth += 1
+    try:
+        yield
+    finally:
+        _ARENA.depth -= 1
+        if _ARENA.depth == 0:
+            _ARENA.memory, _ARENA.top = np.empty(0, dtype=np.float32), 0
+
+
+@contextmanager
+def _temporaries(*shapes: tuple[int, ...]) -> Iterator[list[np.ndarray]]:
+    """Uninitialised float32 arrays of ``shapes``, valid within the block: carved from
+    :func:`reusing_scratch`'s memory when one is open, else new."""
+    if _ARENA.depth == 0:
+        yield [np.empty(shape, dtype=np.float32) for shape in shapes]
+        return
+    sizes = [math.prod(shape) for shape in shapes]
+    start = _ARENA.top
+    if start + sum(sizes) > _ARENA.memory.size:  # grown (the views of open blocks keep
+        _ARENA.memory = np.empty(start + sum(sizes), dtype=np.float32)  # the old memory)
+    offsets = np.cumsum([start, *sizes])
+    _ARENA.top = int(offsets[-1])
+    try:
+        yield [_ARENA.memory[a:b].reshape(shape)
+               for a, b, shape in zip(offsets[:-1], offsets[1:], shapes, strict=True)]
+    finally:
+        _ARENA.top = start
+
+
 def _four(volume: np.ndarray) -> np.ndarray:
     """An input (C, D, H, W) as the kernels read it: C-contiguous float32 (a copy only
     where it is not)."""
@@ -118,7 +175,14 @@ def _separable(volume: np.ndarray, passes, out: np.ndarray | None) -> np.ndarray
         if not _same(result, volume):
             result[...] = volume
         return result
-    spares = [np.empty_like(volume[:1]), np.empty_like(volume[:1])]
+    with _temporaries(volume[:1].shape, volume[:1].shape) as spares:
+        _separable_channels(volume, passes, result, spares)
+    return result
+
+
+def _separable_channels(volume: np.ndarray, passes, result: np.ndarray,
+                        spares: list[np.ndarray]) -> None:
+    """:func:`_separable`'s passes, channel by channel, through two ``spares``."""
     for channel in range(volume.shape[0]):
         source, final = volume[channel:channel + 1], result[channel:channel + 1]
         for n, (kernel, *arguments) in enumerate(passes):
@@ -129,7 +193,6 @@ def _separable(volume: np.ndarray, passes, out: np.ndarray | None) -> np.ndarray
             source = target
         if not _same(source, final):  # one pass in place: copied back
             final[...] = source
-    return result
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> bool:
@@ -146,13 +209,13 @@ def box_sum(volume: np.ndarray, window: int, out: np.ndarray | None = None) -> n
     volume = _four(volume)
     result = np.empty_like(volume) if out is None else _target(out, volume.shape)
     in_place = _same(result, volume)
-    scratch = np.empty_like(volume[0]) if in_place else None
     chunks = max(1, min(_numba().get_num_threads(), volume.shape[1]))
-    for channel in range(volume.shape[0]):
-        target = scratch if in_place else result[channel]
-        kernel(volume[channel], target, radius, chunks)
-        if in_place:
-            result[channel] = scratch
+    with _temporaries(*[volume[0].shape] * in_place) as scratch:
+        for channel in range(volume.shape[0]):
+            target = scratch[0] if in_place else result[channel]
+            kernel(volume[channel], target, radius, chunks)
+            if in_place:
+                result[channel] = target
     return result
 
 
@@ -206,13 +269,18 @@ def gaussian_smooth(volume: np.ndarray, sigma: float | tuple[float, float, float
 
 
 def sample_affine(volume: np.ndarray, displacement: np.ndarray, linear: np.ndarray,
-                  base: np.ndarray, addend: np.ndarray | None = None) -> np.ndarray:
+                  base: np.ndarray, addend: np.ndarray | None = None,
+                  out: np.ndarray | None = None) -> np.ndarray:
     """``volume`` (C, ...) sampled (trilinear, border values) at the voxel coordinates
     ``linear @ displacement[:, x] + base @ (x, 1)`` of every voxel x of ``displacement``
     (3, D, H, W): (C, D, H, W), plus ``addend`` (C, D, H, W) when given. ``linear`` (3, 3),
-    ``base`` (3, 4)."""
+    ``base`` (3, 4); ``out``: where to write it (may be ``displacement`` or ``addend``,
+    never ``volume``)."""
     volume, displacement = _four(volume), _four(displacement)
-    out = np.empty((volume.shape[0], *displacement.shape[1:]), dtype=np.float32)
+    shape = (volume.shape[0], *displacement.shape[1:])
+    out = _target(out, shape)
+    if out is None:
+        out = np.empty(shape, dtype=np.float32)
     add = addend is not None
     _compiled()["sample"](volume, displacement, np.ascontiguousarray(linear, np.float64),
                           np.ascontiguousarray(base, np.float64), out,
@@ -350,31 +418,41 @@ class LNCCKernel:
 
     def similarity(self, b: np.ndarray) -> float:
         """The mean squared correlation of the warped image ``b`` (D, H, W)."""
-        return self._statistics(b)[0]
+        with _temporaries((5, *b.shape)) as (work,):
+            return self._statistics(b, work)
 
-    def _statistics(self, b: np.ndarray) -> tuple[float, np.ndarray]:
-        """(mean squared correlation, a (5, D, H, W) buffer holding the four window
-        statistics of its gradient in ``[1:]``). One buffer of five volumes serves every
-        step: the products in slots 2-4, their window sums one slot down (1-3), and the
-        statistics over the sums (1-4; the kernel reads a voxel's sums before it writes
-        that voxel's statistics)."""
+    def _statistics(self, b: np.ndarray, work: np.ndarray) -> float:
+        """The mean squared correlation, with ``work`` (5, D, H, W) holding the four
+        window statistics of its gradient in ``[1:]``. One buffer of five volumes serves
+        every step: the products in slots 2-4, their window sums one slot down (1-3), and
+        the statistics over the sums (1-4; the kernel reads a voxel's sums before it
+        writes that voxel's statistics)."""
         kernels = _compiled()
-        work = np.empty((5, *b.shape), dtype=np.float32)
         kernels["lncc_products"](self.a, np.ascontiguousarray(b), work[2:])
         sums = box_sum_down(work[1:], self.window)
         total = kernels["lncc_centres"](sums, self.sum_a, self.var_a, self.count, self.eps,
                                         work[1:])
-        return total / b.size, work
+        return total / b.size
 
-    def force(self, b: np.ndarray, spacing: tuple[float, float, float]
-              ) -> tuple[float, np.ndarray]:
-        """(similarity, the force (3, D, H, W)) of the warped image ``b`` (D, H, W)."""
-        value, centres = self._statistics(b)
+    def force(self, b: np.ndarray, spacing: tuple[float, float, float],
+              out: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+        """(similarity, the force (3, D, H, W)) of the warped image ``b`` (D, H, W); the
+        force written into ``out`` where given."""
+        with _temporaries((5, *b.shape)) as (work,):
+            value = self._statistics(b, work)
+            return value, self._force(b, spacing, work, out)
+
+    def _force(self, b: np.ndarray, spacing: tuple[float, float, float], centres: np.ndarray,
+               out: np.ndarray | None) -> np.ndarray:
+        """The force (3, D, H, W) from the statistics in ``centres[1:]``
+        (:meth:`_statistics`), into ``out`` where given."""
         sums = box_sum_down(centres, self.window)
-        out = np.empty((3, *b.shape), dtype=np.float32)
+        out = _target(out, (3, *b.shape))
+        if out is None:
+            out = np.empty((3, *b.shape), dtype=np.float32)
         _compiled()["lncc_force"](self.a, b, sums, 1.0 / b.size,
                                   np.asarray(spacing, dtype=np.float64), out)
-        return value, out
+        return out
 
 
 def native_rows(field: np.ndarray | None, to_field: np.ndarray, offset_map: np.ndarray,
