@@ -18,10 +18,14 @@
    brain's outline where the global NCC trades it for the scalp and the neck.
    Both images are resampled, with anti-aliasing, onto grids over their own foreground
    boxes at each level's voxel size, so the moving image is sampled through its own
-   geometry, wherever its header puts it. For a partial field of view the global NCC
-   counts only where both scans have data (:func:`weighted_ncc`) and the linear part is
-   a rotation times one scale (the slab does not show the scale across it). Where
-   guided, the guided labels' soft Dice is added to the similarity.
+   geometry, wherever its header puts it. The gradient comes in closed form from one
+   compiled pass (the samples and their spatial derivatives,
+   :func:`ddmr.spatial.kernels.sample_gradient`) where the kernels run and no weights
+   or labels join the similarity, else by autograd through ``grid_sample``. For a
+   partial field of view the global NCC counts only where both scans have data
+   (:func:`weighted_ncc`) and the linear part is a rotation times one scale (the slab
+   does not show the scale across it). Where guided, the guided labels' soft Dice is
+   added to the similarity.
 4. **Never worse than the start**: the result is kept only if its similarity on the
    finest level is at least that of the start.
 """

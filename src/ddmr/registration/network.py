@@ -14,6 +14,11 @@ from ddmr.spatial.displacement import Displacement
 
 logger = logging.getLogger(__name__)
 
+#: The model's own affine stage is kept when it raises global NCC on the model's grid by
+#: at least this much: a smaller change is float rounding, and deciding on it made the
+#: result depend on how a header stores the same head (benchmarks/RESULTS.md, issue 28).
+MODEL_STAGE_GAIN = 1e-3
+
 
 def _model_stage(point_map: np.ndarray, fixed_input: torch.Tensor, moving: Volume, space,
                  source) -> tuple[np.ndarray, torch.Tensor, dict[str, Any]]:
@@ -33,10 +38,11 @@ def _model_stage(point_map: np.ndarray, fixed_input: torch.Tensor, moving: Volum
                                      candidate)
     before = float(global_ncc(fixed_input, moving_input)[0])
     after = float(global_ncc(fixed_input, candidate_input)[0])
-    record = {"used": after >= before, "ncc_before": before, "ncc_after": after}
-    if after < before:
-        logger.info("the model's affine stage lowered NCC (%.4f -> %.4f); not used",
-                    before, after)
+    used = after >= before + MODEL_STAGE_GAIN
+    record = {"used": used, "ncc_before": before, "ncc_after": after}
+    if not used:
+        logger.info("the model's affine stage did not raise NCC by %g (%.5f -> %.5f); "
+                    "not used", MODEL_STAGE_GAIN, before, after)
         return point_map, moving_input, record
     return candidate, candidate_input, record
 
