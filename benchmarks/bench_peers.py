@@ -69,6 +69,8 @@ DDMR = {"ddmr": ("default", {}), "ddmr-network": (None, {}), "ddmr-fast": (None,
         # 50/50/10, the default for part of that session (rows named ``ddmr`` made then
         # were renamed so)
         "ddmr-50-50-10": (False, {"iterations": (50, 50, 10)}),
+        # rows named ``ddmr`` made before the affine stage's closed-form gradient (issue 28,
+        # ninth session; the same default otherwise) were renamed ``ddmr-autograd-affine``
         "ddmr-engine-short": (False, {"iterations": (60, 40, 0)}),
         "ddmr-engine-long": (False, {"iterations": (400, 400, 40), "tolerance": 1e-4,
                                      "min_step": 0.15}),
