@@ -267,7 +267,6 @@ class _Problem:
             value = value + AFFINE_WEIGHT * soft_dice(self.labels, sampled[1:], weight)
         return value
 
-
     def value_and_gradient(self, centre: torch.Tensor, translation: torch.Tensor,
                            linear: torch.Tensor, gradient: bool = True
                            ) -> tuple[float, torch.Tensor | None, torch.Tensor | None]:
