@@ -344,3 +344,17 @@ def test_temporaries_share_one_piece_of_memory_within_a_block():
     assert kernels._ARENA.memory.size == 0  # freed with the block
     for ours, theirs in zip([smoothed, in_place, force], fresh, strict=True):
         np.testing.assert_array_equal(ours, theirs)
+
+
+def test_a_field_on_another_grid_equals_the_torch_path(monkeypatch):
+    from ddmr.spatial.grid import Geometry
+
+    coarse = Geometry(np.array([[2.0, 0.1, 0, -3], [0, 2.0, 0, 5], [0, 0, 2.2, -2],
+                                [0, 0, 0, 1]]), (9, 11, 10))
+    fine = Geometry(np.array([[0, 1.0, 0, -7], [-1.0, 0, 0, 14], [0, 0, 1.1, -4.5],
+                              [0, 0, 0, 1]]), (25, 19, 23))  # reaches beyond: border values
+    field = Displacement(torch.from_numpy(_random((3, 9, 11, 10), 15) * 4), coarse)
+    ours = field.on(fine)
+    monkeypatch.setenv(kernels.SWITCH, "torch")
+    theirs = field.on(fine)
+    np.testing.assert_allclose(ours.numpy(), theirs.numpy(), atol=1e-4)

@@ -156,6 +156,22 @@ def sample(volume, displacement, linear, base, out, addend, add):
                     row[c, k] += saved[c]
 
 
+@jit
+def sample_grid(volume, matrix, out):
+    """out[c, x] = volume[c] at the voxel coordinates ``matrix @ (x, 1)`` of every voxel x
+    of ``out`` (C, D, H, W) (trilinear, border values)."""
+    _, d_, h_, w_ = out.shape
+    for slab in prange(d_ * h_):
+        i, j = divmod(np.int64(slab), h_)
+        r0 = matrix[0, 0] * i + matrix[0, 1] * j + matrix[0, 3]
+        r1 = matrix[1, 0] * i + matrix[1, 1] * j + matrix[1, 3]
+        r2 = matrix[2, 0] * i + matrix[2, 1] * j + matrix[2, 3]
+        row = out[:, i, j, :]
+        for k in range(w_):
+            trilinear(volume, r0 + matrix[0, 2] * k, r1 + matrix[1, 2] * k,
+                      r2 + matrix[2, 2] * k, row, k)
+
+
 @inline
 def zero_beyond(volume, x, y, z):
     """volume[x, y, z], or 0 beyond the volume (``grid_sample``'s zeros padding)."""

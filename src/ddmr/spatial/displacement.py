@@ -103,6 +103,10 @@ class Displacement:
 
         if self.beyond != "border":
             raise ValueError("Displacement.on reads the border rule only")
+        if kernels.available() and plain(self.field_mm):
+            to_index = self.grid.matrix("world", "index") @ target.affine
+            return torch.from_numpy(kernels.sample_grid(
+                self.field_mm.contiguous().numpy(), to_index, target.shape))
         to_sampling = self.grid.matrix("world", "sampling") @ target.affine
         coordinates = affine_volume(to_sampling, target.shape, channels_last=True)
         return grid_sample_3d(self.field_mm[None], coordinates[None])[0]

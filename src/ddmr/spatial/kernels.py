@@ -7,7 +7,8 @@ to float32 rounding; tested against them):
 
 * :func:`box_sum` - :func:`ddmr.spatial.filters.box_sum` (running sums in float64);
 * :func:`gaussian_smooth` - :func:`ddmr.spatial.filters.gaussian_smooth`;
-* :func:`sample_points` - ``grid_sample`` (the same) at voxel coordinates of given points;
+* :func:`sample_points` - ``grid_sample`` (the same) at voxel coordinates of given points,
+  and :func:`sample_grid` at those of a grid's voxels through an affine map;
 * :func:`sample_gradient` - ``grid_sample`` (zeros padding) through an affine index map,
   with the derivatives ``grid_sample``'s backward pass takes for its coordinates, and
   :func:`weighted_index_sums` - their weighted sums, the derivative with respect to the map;
@@ -83,7 +84,7 @@ def _compiled():
     return {"box_volume": loops.box_volume,
             "gauss": (loops.gauss_first, loops.gauss_middle, loops.gauss_last),
             "sample": loops.sample, "sample_points": loops.sample_points,
-            "sample_gradient": loops.sample_gradient,
+            "sample_gradient": loops.sample_gradient, "sample_grid": loops.sample_grid,
             "weighted_index_sums": loops.weighted_index_sums,
             "fixed_point": loops.fixed_point, "native_rows": loops.native_rows,
             "invert_grid": loops.invert_grid, "resample_linear": loops.resample_linear,
@@ -309,6 +310,18 @@ def weighted_index_sums(vectors: np.ndarray, weights: np.ndarray) -> np.ndarray:
     out = np.empty((3, 4), dtype=np.float64)
     _compiled()["weighted_index_sums"](_four(vectors), np.ascontiguousarray(
         weights, dtype=np.float32), out)
+    return out
+
+
+def sample_grid(volume: np.ndarray, matrix: np.ndarray, shape: tuple[int, int, int]
+                ) -> np.ndarray:
+    """``volume`` (C, ...) sampled (trilinear, border values) at the voxel coordinates
+    ``matrix @ (x, 1)`` ((3, 4) or (4, 4)) of every voxel x of a grid of ``shape``:
+    (C, *shape) float32."""
+    volume = _four(volume)
+    out = np.empty((volume.shape[0], *shape), dtype=np.float32)
+    _compiled()["sample_grid"](volume, np.ascontiguousarray(np.asarray(matrix)[:3],
+                                                            dtype=np.float64), out)
     return out
 
 
