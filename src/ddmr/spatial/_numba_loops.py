@@ -124,6 +124,14 @@ def trilinear(volume, p0, p1, p2, out, n):
                            + w110 * v[x1, y1, z0] + w111 * v[x1, y1, z1])
 
 
+@inline
+def row_start(matrix, i, j):
+    """``matrix @ (i, j, 0, 1)`` of a (3, 4) map: where row (i, j) of a grid starts."""
+    return (matrix[0, 0] * i + matrix[0, 1] * j + matrix[0, 3],
+            matrix[1, 0] * i + matrix[1, 1] * j + matrix[1, 3],
+            matrix[2, 0] * i + matrix[2, 1] * j + matrix[2, 3])
+
+
 @jit
 def sample(volume, displacement, linear, base, out, addend, add):
     """out[c, x] = volume[c] at ``linear @ displacement[:, x] + base @ (x, 1)``
@@ -135,9 +143,7 @@ def sample(volume, displacement, linear, base, out, addend, add):
     channels = out.shape[0]
     for slab in prange(d_ * h_):
         i, j = divmod(np.int64(slab), h_)
-        r0 = base[0, 0] * i + base[0, 1] * j + base[0, 3]
-        r1 = base[1, 0] * i + base[1, 1] * j + base[1, 3]
-        r2 = base[2, 0] * i + base[2, 1] * j + base[2, 3]
+        r0, r1, r2 = row_start(base, i, j)
         row = out[:, i, j, :]
         saved = np.empty(channels, dtype=np.float32)
         for k in range(w_):
@@ -163,9 +169,7 @@ def sample_grid(volume, matrix, out):
     _, d_, h_, w_ = out.shape
     for slab in prange(d_ * h_):
         i, j = divmod(np.int64(slab), h_)
-        r0 = matrix[0, 0] * i + matrix[0, 1] * j + matrix[0, 3]
-        r1 = matrix[1, 0] * i + matrix[1, 1] * j + matrix[1, 3]
-        r2 = matrix[2, 0] * i + matrix[2, 1] * j + matrix[2, 3]
+        r0, r1, r2 = row_start(matrix, i, j)
         row = out[:, i, j, :]
         for k in range(w_):
             trilinear(volume, r0 + matrix[0, 2] * k, r1 + matrix[1, 2] * k,
@@ -189,9 +193,7 @@ def sample_gradient(volume, matrix, values, gradient):
     d_, h_, w_ = values.shape
     for slab in prange(d_ * h_):
         i, j = divmod(np.int64(slab), h_)
-        r0 = matrix[0, 0] * i + matrix[0, 1] * j + matrix[0, 3]
-        r1 = matrix[1, 0] * i + matrix[1, 1] * j + matrix[1, 3]
-        r2 = matrix[2, 0] * i + matrix[2, 1] * j + matrix[2, 3]
+        r0, r1, r2 = row_start(matrix, i, j)
         for k in range(w_):
             p0 = r0 + matrix[0, 2] * k
             p1 = r1 + matrix[1, 2] * k
