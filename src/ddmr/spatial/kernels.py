@@ -158,6 +158,12 @@ def _four(volume: np.ndarray) -> np.ndarray:
     return volume
 
 
+def _output(out: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
+    """``out`` checked (:func:`_target`), or a new float32 array of ``shape``."""
+    out = _target(out, shape)
+    return np.empty(shape, dtype=np.float32) if out is None else out
+
+
 def _target(out: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray | None:
     """``out`` checked as a place to write a result of ``shape`` (None: a new array)."""
     if out is not None and (out.dtype != np.float32 or not out.flags.c_contiguous
@@ -211,7 +217,8 @@ def box_sum(volume: np.ndarray, window: int, out: np.ndarray | None = None) -> n
     result = np.empty_like(volume) if out is None else _target(out, volume.shape)
     in_place = _same(result, volume)
     chunks = max(1, min(_numba().get_num_threads(), volume.shape[1]))
-    with _temporaries(*[volume[0].shape] * in_place) as scratch:
+    scratch_shapes = [volume[0].shape] if in_place else []
+    with _temporaries(*scratch_shapes) as scratch:
         for channel in range(volume.shape[0]):
             target = scratch[0] if in_place else result[channel]
             kernel(volume[channel], target, radius, chunks)
@@ -278,10 +285,7 @@ def sample_affine(volume: np.ndarray, displacement: np.ndarray, linear: np.ndarr
     ``base`` (3, 4); ``out``: where to write it (may be ``displacement`` or ``addend``,
     never ``volume``)."""
     volume, displacement = _four(volume), _four(displacement)
-    shape = (volume.shape[0], *displacement.shape[1:])
-    out = _target(out, shape)
-    if out is None:
-        out = np.empty(shape, dtype=np.float32)
+    out = _output(out, (volume.shape[0], *displacement.shape[1:]))
     add = addend is not None
     _compiled()["sample"](volume, displacement, np.ascontiguousarray(linear, np.float64),
                           np.ascontiguousarray(base, np.float64), out,
@@ -460,9 +464,7 @@ class LNCCKernel:
         """The force (3, D, H, W) from the statistics in ``centres[1:]``
         (:meth:`_statistics`), into ``out`` where given."""
         sums = box_sum_down(centres, self.window)
-        out = _target(out, (3, *b.shape))
-        if out is None:
-            out = np.empty((3, *b.shape), dtype=np.float32)
+        out = _output(out, (3, *b.shape))
         _compiled()["lncc_force"](self.a, b, sums, 1.0 / b.size,
                                   np.asarray(spacing, dtype=np.float64), out)
         return out
