@@ -309,6 +309,8 @@ def _run_level(level: _Level, start: torch.Tensor, settings: EngineSettings,
         spare = None
         if not math.isfinite(best_value) or value > best_value + settings.tolerance * abs(
                 best_value):
+            if best_variable is not variable:  # the best it replaces is no longer used
+                spare = best_variable
             best_value, best_variable, since = value, variable, 0
         else:
             since += 1
