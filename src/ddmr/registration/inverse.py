@@ -11,8 +11,10 @@ folding, moderate gradients), at each moving voxel until it settles, started fro
 
 * in the engine's ``svf`` mode ``id + d = exp(v)``, and ``e = exp(-v) - id``
   (integrated by the engine) is the inverse up to the integration's error;
-* otherwise ``e`` comes from the same iteration run on the grid of ``d``
-  (:func:`grid_inverse`: fewer points, so most of the iterations cost less).
+* otherwise ``e`` comes from the same iteration run on every other voxel of the grid of
+  ``d`` (:func:`start_inverse`: fewer points, so most of the iterations cost less; the
+  moving grid's pass iterates each voxel until it settles, so a start on the whole grid
+  of ``d`` saved it less than it cost: benchmarks/RESULTS.md, issue 28).
 
 The inverse displacement ``p - q`` (RAS mm) is given on the moving grid, with its error:
 ``|phi(p) - q|`` in voxels of the moving grid, over the moving voxels whose ``p`` falls
@@ -75,10 +77,10 @@ def grid_inverse(field_mm: torch.Tensor, grid: Geometry) -> torch.Tensor:
     from ddmr.spatial.displacement import Displacement, plain
 
     coarse = coarse_grid = None
-    if min(grid.shape) >= 32:
-        coarse_grid = Geometry(grid.affine @ np.diag([2.0, 2.0, 2.0, 1.0]),
-                               tuple(field_mm[0, ::2, ::2, ::2].shape))
-        coarse = grid_inverse(field_mm[:, ::2, ::2, ::2].contiguous(), coarse_grid)
+    halved = _every_other_voxel(field_mm, grid)
+    if halved is not None:
+        coarse_grid = halved[1]
+        coarse = grid_inverse(*halved)
     if kernels.available() and plain(field_mm):  # each voxel iterated until it settles
         to_index = grid.matrix("world", "index")
         inverse, _ = kernels.invert_grid(
@@ -99,11 +101,32 @@ def grid_inverse(field_mm: torch.Tensor, grid: Geometry) -> torch.Tensor:
     return inverse
 
 
+def _every_other_voxel(field_mm: torch.Tensor, grid: Geometry
+                       ) -> tuple[torch.Tensor, Geometry] | None:
+    """A field (3, *grid.shape) on every other voxel of ``grid`` and that grid; None where
+    ``grid`` has fewer than 32 voxels along an axis."""
+    if min(grid.shape) < 32:
+        return None
+    halved = field_mm[:, ::2, ::2, ::2].contiguous()
+    return halved, Geometry(grid.affine @ np.diag([2.0, 2.0, 2.0, 1.0]),
+                            tuple(halved.shape[1:]))
+
+
+def start_inverse(field_mm: torch.Tensor, grid: Geometry) -> Displacement:
+    """A start for :func:`invert` of ``id + d``, ``d`` (3, *grid.shape) mm:
+    :func:`grid_inverse` on every other voxel of ``grid`` (on ``grid`` itself where it is
+    small)."""
+    from ddmr.spatial.displacement import Displacement
+
+    field_mm, grid = _every_other_voxel(field_mm, grid) or (field_mm, grid)
+    return Displacement(grid_inverse(field_mm, grid).contiguous(), grid)
+
+
 def invert(transform: Transform, fixed: Geometry, moving: Geometry,
            start: Displacement | None = None, method: str = "fixed point") -> Inverse:
     """The inverse (module docstring) of ``transform``, ``phi(p) = P(p + d(p))`` (without
     ``d``: the affine part alone, inverted exactly); ``start`` an approximate ``e``
-    (``exp(-v)`` in svf mode, :func:`grid_inverse` otherwise; None: ``-d``) from which
+    (``exp(-v)`` in svf mode, :func:`start_inverse` otherwise; None: ``-d``) from which
     the fixed-point iteration goes on until its mean change is below the tolerance (with
     the compiled kernels: until each point's mismatch is)."""
     from ddmr.spatial import kernels

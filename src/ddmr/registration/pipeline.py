@@ -201,19 +201,19 @@ def _engine_settings(engine: Any) -> EngineSettings | None:
 
 def _inverse_start(engine) -> tuple[Displacement | None, str]:
     """The start of the inverse and the name of its method: ``exp(-v)`` in svf mode, the
-    inverse on the engine's grid otherwise, none without the engine
+    inverse on every other voxel of the engine's grid otherwise, none without the engine
     (:mod:`ddmr.registration.inverse`)."""
     from ddmr.memory import release_free_memory
-    from ddmr.registration.inverse import grid_inverse
+    from ddmr.registration.inverse import start_inverse
     from ddmr.spatial.displacement import Displacement
 
     if engine is None:
         return None, "fixed point"
-    on_grid, method = ((engine.inverse_mm, "exp(-v)") if engine.inverse_mm is not None
-                       else (grid_inverse(engine.displacement_mm, engine.grid),
-                             "fixed point"))
+    if engine.inverse_mm is not None:
+        return Displacement(engine.inverse_mm.contiguous(), engine.grid), "exp(-v)"
+    start = start_inverse(engine.displacement_mm, engine.grid)
     release_free_memory()  # the grid iteration's volumes, before the moving grid's
-    return Displacement(on_grid.contiguous(), engine.grid), method
+    return start, "fixed point"
 
 
 def check_skips(model: Any, affine: Any, engine: Any = True, stacklevel: int = 2
