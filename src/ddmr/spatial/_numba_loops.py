@@ -325,6 +325,75 @@ def lncc_force(a, b, centres, scale, spacing, out):
             out[2, i, j, k] = g * gz / spacing[2]
 
 @jit
+def affine_field(field, linear, position, out):
+    """out[:, x] = ``linear @ field[:, x] + position @ (x, 1)`` ((3, 3) and (3, 4)) at every
+    voxel x of a field (3, I, J, K), in float64, cast to float32; ``out`` may be
+    ``field``."""
+    _, i_, j_, k_ = field.shape
+    for row in prange(i_ * j_):
+        i, j = divmod(np.int64(row), j_)
+        r0, r1, r2 = row_start(position, i, j)
+        for k in range(k_):
+            u0 = np.float64(field[0, i, j, k])
+            u1 = np.float64(field[1, i, j, k])
+            u2 = np.float64(field[2, i, j, k])
+            out[0, i, j, k] = (linear[0, 0] * u0 + linear[0, 1] * u1 + linear[0, 2] * u2
+                               + position[0, 2] * k + r0)
+            out[1, i, j, k] = (linear[1, 0] * u0 + linear[1, 1] * u1 + linear[1, 2] * u2
+                               + position[1, 2] * k + r1)
+            out[2, i, j, k] = (linear[2, 0] * u0 + linear[2, 1] * u1 + linear[2, 2] * u2
+                               + position[2, 2] * k + r2)
+
+
+@inline
+def difference(field, c, i, j, k, axis, n):
+    """d field[c] / d index ``axis`` at (i, j, k): central inside, one-sided at the two
+    ends, 0 where the axis has one voxel (``torch.gradient``'s first-order edges)."""
+    if n < 2:
+        return 0.0
+    at = (i, j, k)[axis]
+    low = max(at - 1, 0)
+    high = min(at + 1, n - 1)
+    if axis == 0:
+        value = field[c, high, j, k] - field[c, low, j, k]
+    elif axis == 1:
+        value = field[c, i, high, k] - field[c, i, low, k]
+    else:
+        value = field[c, i, j, high] - field[c, i, j, low]
+    return value / (high - low)
+
+
+@jit
+def jacobian_determinant(field, to_voxels, out):
+    """out[x] = det(I + to_voxels @ D(x)) of a field (3, I, J, K) (mm), ``D[c, a]`` the
+    derivative of component c along index axis a (:func:`difference`) and ``to_voxels``
+    (3, 3) its vectors in voxels: the determinant of ``p -> p + d(p)`` (float64
+    arithmetic)."""
+    _, i_, j_, k_ = field.shape
+    shape = (i_, j_, k_)
+    for row in prange(i_ * j_):
+        i, j = divmod(np.int64(row), j_)
+        derivative = np.empty((3, 3))
+        jacobian = np.empty((3, 3))
+        for k in range(k_):
+            for c in range(3):
+                for a in range(3):
+                    derivative[c, a] = difference(field, c, i, j, k, a, shape[a])
+            for r in range(3):
+                for a in range(3):
+                    jacobian[r, a] = (to_voxels[r, 0] * derivative[0, a]
+                                      + to_voxels[r, 1] * derivative[1, a]
+                                      + to_voxels[r, 2] * derivative[2, a])
+                jacobian[r, r] += 1.0
+            out[i, j, k] = (jacobian[0, 0] * (jacobian[1, 1] * jacobian[2, 2]
+                                              - jacobian[1, 2] * jacobian[2, 1])
+                            - jacobian[0, 1] * (jacobian[1, 0] * jacobian[2, 2]
+                                                - jacobian[1, 2] * jacobian[2, 0])
+                            + jacobian[0, 2] * (jacobian[1, 0] * jacobian[2, 1]
+                                                - jacobian[1, 1] * jacobian[2, 0]))
+
+
+@jit
 def largest_norm(field):
     """The largest vector length of (3, D, H, W)."""
     _, d_, h_, w_ = field.shape

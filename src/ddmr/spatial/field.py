@@ -159,7 +159,13 @@ def jacobian_determinant_mm(displacement_mm: np.ndarray, geometry: Geometry) -> 
     RAS mm displacement (3, I, J, K) on ``geometry``. It equals the determinant of the
     voxel-space Jacobian (``det(A^-1 J A) = det J``), with the central differences of
     :func:`jacobian_determinant`, in slabs of slices (each with one slice
-    of overlap on either side, so the differences are those of the whole volume)."""
+    of overlap on either side, so the differences are those of the whole volume), or
+    compiled in one pass."""
+    from ddmr.spatial import kernels
+
+    if kernels.available():
+        return kernels.jacobian_determinant(displacement_mm,
+                                            geometry.matrix("world", "index")[:3, :3])
     inverse = torch.from_numpy(geometry.matrix("world", "index")[:3, :3].astype(np.float32))
     mm = torch.from_numpy(np.ascontiguousarray(displacement_mm, dtype=np.float32))
     depth = mm.shape[1]
@@ -255,10 +261,14 @@ def residual_of(displacement_mm: np.ndarray, geometry: Geometry, point_map: np.n
     """``d`` (3, I, J, K) float32 RAS mm with ``p' = P(p + d(p))``, ``p' = p +
     displacement_mm`` at the points p of ``geometry`` and ``P`` the affine point map
     (4, 4): ``d = P^-1(p') - p = L disp + (L - I) p + t`` (``P^-1 = (L, t)``;
-    :func:`residual_parts`), in slabs, in float64 (made after the inverse, so that it is
-    not held at the process's peak). The non-rigid part of a whole transform whose affine
-    part is ``P``."""
+    :func:`residual_parts`), in float64 (compiled, else in numpy slabs; made after the
+    inverse, so that it is not held at the process's peak). The non-rigid part of a whole
+    transform whose affine part is ``P``."""
+    from ddmr.spatial import kernels
+
     linear, position = residual_parts(geometry, point_map)
+    if kernels.available():
+        return kernels.affine_field(displacement_mm, linear, position)
     shape = geometry.shape
     out = np.empty((3, *shape), dtype=np.float32)
     step = max(1, SLAB_VOXELS // max(shape[1] * shape[2], 1))

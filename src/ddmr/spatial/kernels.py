@@ -26,6 +26,9 @@ to float32 rounding; tested against them):
   its gradient, the engine's force (central differences, one-sided at the borders, as
   :func:`ddmr.registration.similarity.force_from_gradient`);
 * :func:`largest_norm` - the largest vector length of a field;
+* :func:`affine_field` - an affine map of a field's vectors and positions
+  (:func:`ddmr.spatial.field.residual_of`);
+* :func:`jacobian_determinant` - :func:`ddmr.spatial.field.jacobian_determinant_mm`;
 * :func:`native_rows` - :func:`ddmr.registration.native.to_native`'s displacement, moving
   indices and warped image (``sample_image``) on rows of the fixed grid.
 
@@ -92,7 +95,8 @@ def _compiled():
             "itk_chunk_shuffled": loops.itk_chunk_shuffled,
             "lncc_products": loops.lncc_products,
             "lncc_centres": loops.lncc_centres, "lncc_force": loops.lncc_force,
-            "largest_norm": loops.largest_norm}
+            "largest_norm": loops.largest_norm, "affine_field": loops.affine_field,
+            "jacobian_determinant": loops.jacobian_determinant}
 
 
 class _Arena(threading.local):
@@ -498,3 +502,25 @@ def native_rows(field: np.ndarray | None, to_field: np.ndarray, offset_map: np.n
 def largest_norm(field: np.ndarray) -> float:
     """The largest vector length of a field (3, D, H, W)."""
     return float(_compiled()["largest_norm"](_four(field)))
+
+
+def affine_field(field: np.ndarray, linear: np.ndarray, position: np.ndarray) -> np.ndarray:
+    """``linear @ field[:, x] + position @ (x, 1)`` at every voxel x of ``field``
+    (3, I, J, K) float32, in float64: (3, I, J, K) float32. ``linear`` (3, 3), ``position``
+    (3, 4)."""
+    field = _four(field)
+    out = np.empty(field.shape, dtype=np.float32)
+    _compiled()["affine_field"](field, np.ascontiguousarray(linear, np.float64),
+                                np.ascontiguousarray(position, np.float64), out)
+    return out
+
+
+def jacobian_determinant(field: np.ndarray, to_voxels: np.ndarray) -> np.ndarray:
+    """The Jacobian determinant (I, J, K) float32 of ``p -> p + d(p)``, ``d`` a field
+    (3, I, J, K) float32 whose vectors ``to_voxels`` (3, 3) takes to voxels (central
+    differences, one-sided at the ends)."""
+    field = _four(field)
+    out = np.empty(field.shape[1:], dtype=np.float32)
+    _compiled()["jacobian_determinant"](field, np.ascontiguousarray(to_voxels, np.float64),
+                                        out)
+    return out
