@@ -376,7 +376,10 @@ def test_temporaries_share_one_piece_of_memory_within_a_block():
              *lncc.force(b, (1.0, 1.0, 1.0))[1:]]
     with kernels.reusing_scratch():
         smoothed = kernels.gaussian_smooth(x, 1.0)
-        assert kernels._ARENA.memory.size == 2 * 20 * 23 * 17  # the Gaussian's two spare channels
+        assert kernels._ARENA.memory.size == 20 * 23 * 17  # into a new array: one spare channel
+        smoothed_in_place = x.copy()
+        kernels.gaussian_smooth(smoothed_in_place, 1.0, out=smoothed_in_place)
+        assert kernels._ARENA.memory.size == 2 * 20 * 23 * 17  # in place: two
         in_place = x.copy()
         kernels.box_sum(in_place, 5, out=in_place)
         _, force = lncc.force(b, (1.0, 1.0, 1.0))
@@ -388,6 +391,7 @@ def test_temporaries_share_one_piece_of_memory_within_a_block():
     assert kernels._ARENA.memory.size == 0  # freed with the block
     for ours, theirs in zip([smoothed, in_place, force], fresh, strict=True):
         np.testing.assert_array_equal(ours, theirs)
+    np.testing.assert_array_equal(smoothed_in_place, fresh[0])
 
 
 def test_a_field_on_another_grid_equals_the_torch_path(monkeypatch):

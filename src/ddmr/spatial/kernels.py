@@ -178,32 +178,40 @@ def _target(out: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray | None
 
 def _separable(volume: np.ndarray, passes, out: np.ndarray | None) -> np.ndarray:
     """Apply ``passes`` [(kernel, *arguments)] one after the other to each channel of
-    ``volume`` (C, D, H, W), each pass from the last one's result into a spare channel,
-    the last into ``out`` (may be ``volume``) or a new array: two volumes of one channel
-    as temporaries, whatever C."""
+    ``volume`` (C, D, H, W), each pass from the last one's result, the last into ``out``
+    (may be ``volume``) or a new array. Into a new array or another ``out`` the passes
+    alternate between the output's channel and one spare channel; in place, two spares
+    take the passes before the last: one or two volumes of one channel as temporaries,
+    whatever C (each a fresh volume outside :func:`reusing_scratch`)."""
     result = np.empty_like(volume) if out is None else out
     if not passes:
         if not _same(result, volume):
             result[...] = volume
         return result
-    with _temporaries(volume[:1].shape, volume[:1].shape) as spares:
-        _separable_channels(volume, passes, result, spares)
+    in_place = _same(result, volume)
+    with _temporaries(*[volume[:1].shape] * (2 if in_place else 1)) as spares:
+        for channel in range(volume.shape[0]):
+            _separable_channel(volume[channel:channel + 1], passes,
+                               result[channel:channel + 1], spares)
     return result
 
 
-def _separable_channels(volume: np.ndarray, passes, result: np.ndarray,
-                        spares: list[np.ndarray]) -> None:
-    """:func:`_separable`'s passes, channel by channel, through two ``spares``."""
-    for channel in range(volume.shape[0]):
-        source, final = volume[channel:channel + 1], result[channel:channel + 1]
-        for n, (kernel, *arguments) in enumerate(passes):
-            last = n == len(passes) - 1
-            target = final if last and not _same(final, source) else \
+def _separable_channel(source: np.ndarray, passes, final: np.ndarray,
+                       spares: list[np.ndarray]) -> None:
+    """:func:`_separable`'s passes on one channel (1, D, H, W) into ``final``: a pass
+    never writes the array it reads, and the last one writes ``final``."""
+    in_place = _same(final, source)
+    for n, (kernel, *arguments) in enumerate(passes):
+        left = len(passes) - 1 - n  # passes after this one
+        if in_place:
+            target = final if left == 0 and len(passes) > 1 else \
                 next(b for b in spares if not _same(b, source))
-            kernel(source, target, *arguments)
-            source = target
-        if not _same(source, final):  # one pass in place: copied back
-            final[...] = source
+        else:  # ping-pong, so that the last pass lands in final
+            target = final if left % 2 == 0 else spares[0]
+        kernel(source, target, *arguments)
+        source = target
+    if not _same(source, final):  # one pass in place: copied back
+        final[...] = source
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> bool:
