@@ -304,8 +304,9 @@ def _run_level(level: _Level, start: torch.Tensor, settings: EngineSettings,
     for taken in range(iterations + 1):
         displacement = (_exp(variable, level, settings.integration_steps)
                         if settings.mode == "svf" else variable)
-        # the force, which becomes the update
-        value, update = level.force(displacement, out=spare)
+        # the force, which becomes the update (after the last step, the value alone)
+        value, update = ((level.value(displacement), None) if taken == iterations
+                         else level.force(displacement, out=spare))
         spare = None
         if not math.isfinite(best_value) or value > best_value + settings.tolerance * abs(
                 best_value):
