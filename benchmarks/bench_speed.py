@@ -3,6 +3,7 @@ each method its own process, timed from launch until it has written its last fil
 
     python benchmarks/bench_speed.py run --kind 2mm [--pairs test|all] [--repeats N]
         [--methods ddmr,greedy,syn] [--label NAME] [--ddmr-command CMD] [--only F<-M] [--force]
+        [--before-command CMD]
     python benchmarks/bench_speed.py table --kind 2mm [--baseline ddmr]
     python benchmarks/bench_speed.py heads [--png FOLDER]   # build and check the 1 mm heads
 
@@ -19,6 +20,10 @@ Methods, each one process with ``OMP_NUM_THREADS`` = ``ITK_GLOBAL_DEFAULT_NUMBER
     QC failed, still counts); ``--ddmr-command`` runs another checkout's ``ddmr`` and
     ``--label`` names its rows. The default is the ``ddmr`` next to this Python (no pyenv
     shim in the timing).
+``before``
+    ``ddmr register`` run by ``--before-command`` (an earlier checkout, e.g. ``env
+    PYTHONPATH=/tmp/before/src python -m ddmr``), interleaved with the others: on a noisy
+    machine a before/after comparison needs the two run alternately.
 ``greedy``, ``syn``
     ``python bench_speed.py _peer NAME F M FIELD``: reads both images, runs the peer as
     ``bench_peers.py`` does (:func:`bench_peers.run_method`: greedy with 2 threads, SyN with
@@ -131,9 +136,11 @@ def score(pair: dict, field: Path) -> dict:
     return bench_peers.score(sides, read_field(field, sides["fixed"][1]))
 
 
-def run_one(method: str, pair: dict, ddmr_command: list[str], folder: Path) -> tuple[dict, Path]:
-    """One timed process; returns its row part and the field it wrote."""
-    if method == "ddmr":
+def run_one(method: str, pair: dict, ddmr_command: list[str] | None, folder: Path
+            ) -> tuple[dict, Path]:
+    """One timed process (``ddmr_command`` runs ``ddmr``, None for a peer); returns its
+    row part and the field it wrote."""
+    if ddmr_command is not None:
         target = folder / "out"
         command = [*ddmr_command, "register", "--fixed", str(pair["fixed"]),
                    "--moving", str(pair["moving"]), "-o", str(target)]
@@ -146,7 +153,7 @@ def run_one(method: str, pair: dict, ddmr_command: list[str], folder: Path) -> t
     if row["returncode"] not in (0, 3) or not field.is_file():  # 3: ddmr's QC failed
         tail = (folder / "log.txt").read_text(errors="replace").strip().splitlines()[-3:]
         raise RuntimeError(f"exit {row['returncode']}: {' | '.join(tail)}")
-    if method == "ddmr":
+    if ddmr_command is not None:
         summary = json.loads((target / "summary.json").read_text())
         runtime = summary["runtime_s"]
         row.update(runtime_s=runtime, start_imports_s=row["seconds"] - runtime["total"],
@@ -168,6 +175,11 @@ def run(args: argparse.Namespace) -> None:
     done = {(r["pair"], r["method"], r["repeat"]) for r in read_rows(out) if "error" not in r}
     ddmr_command = shlex.split(args.ddmr_command) if args.ddmr_command else [
         shutil.which("ddmr", path=str(Path(sys.executable).parent)) or "ddmr"]
+    commands = {"ddmr": ddmr_command}
+    if "before" in args.methods.split(","):
+        if not args.before_command:
+            raise SystemExit("the method before needs --before-command")
+        commands["before"] = shlex.split(args.before_command)
     for pair in speed_pairs.pairs(args.kind, args.pairs):
         if args.only and pair["id"] not in args.only.split(","):
             continue
@@ -180,7 +192,8 @@ def run(args: argparse.Namespace) -> None:
                        "load_before": os.getloadavg()[0]}
                 with tempfile.TemporaryDirectory(prefix="ddmr-speed-") as folder:
                     try:
-                        part, field = run_one(method, pair, ddmr_command, Path(folder))
+                        part, field = run_one(method, pair, commands.get(method),
+                                              Path(folder))
                         row["load_after"] = os.getloadavg()[0]
                         row.update(part, **score(pair, field))
                     except Exception as error:  # a finding: record why
@@ -269,6 +282,8 @@ def main() -> None:
     run_parser.add_argument("--label", default="ddmr", help="name of the ddmr rows")
     run_parser.add_argument("--ddmr-command", default=None,
                             help="ddmr executable (default: the one next to this Python)")
+    run_parser.add_argument("--before-command", default=None,
+                            help="the ddmr command of the method before (another checkout)")
     run_parser.add_argument("--force", action="store_true", help="rerun rows already done")
     run_parser.add_argument("--out", default=str(OUT), help="folder of the rows")
     table_parser = sub.add_parser("table")
