@@ -268,6 +268,19 @@ def test_the_residual_equals_the_numpy_path(monkeypatch):
     np.testing.assert_allclose(ours, residual_of(displacement, geometry, point_map), atol=1e-5)
 
 
+def test_sdlogj_equals_numpy_in_float64(monkeypatch):
+    """:func:`ddmr.spatial.field.sdlogj` of a float32 determinant with folded voxels (<= 0,
+    floored at 1e-9): compiled, numpy's float64 std of the logs, and the torch path."""
+    from ddmr.spatial.field import sdlogj
+
+    determinant = (_random((23, 19, 17), 17) * 2.0 - 0.3).astype(np.float32)
+    assert (determinant <= 0).any()
+    reference = float(np.std(np.log(np.maximum(determinant.astype(np.float64), 1e-9))))
+    assert sdlogj(determinant) == pytest.approx(reference, rel=1e-12)
+    monkeypatch.setenv(kernels.SWITCH, "torch")
+    assert sdlogj(determinant) == pytest.approx(reference, rel=1e-5)
+
+
 def test_a_start_on_every_other_voxel_gives_the_same_inverse():
     """:func:`ddmr.registration.inverse.start_inverse` (the grid inverse on every other
     voxel of the field's grid) as the start of :func:`invert`: the same inverse as from

@@ -394,6 +394,28 @@ def jacobian_determinant(field, to_voxels, out):
 
 
 @jit
+def log_statistics(values, floor):
+    """Mean and standard deviation of ``log(max(v, floor))`` over ``values`` (N,) float32,
+    in float64, two passes (mean, then squared deviations)."""
+    n = values.shape[0]
+    chunks = 64
+    sums = np.zeros(chunks)
+    for chunk in prange(chunks):
+        total = 0.0
+        for index in range(chunk * n // chunks, (chunk + 1) * n // chunks):
+            total += math.log(max(np.float64(values[index]), floor))
+        sums[chunk] = total
+    mean = sums.sum() / n
+    for chunk in prange(chunks):
+        total = 0.0
+        for index in range(chunk * n // chunks, (chunk + 1) * n // chunks):
+            deviation = math.log(max(np.float64(values[index]), floor)) - mean
+            total += deviation * deviation
+        sums[chunk] = total
+    return mean, math.sqrt(sums.sum() / n)
+
+
+@jit
 def largest_norm(field):
     """The largest vector length of (3, D, H, W)."""
     _, d_, h_, w_ = field.shape

@@ -189,8 +189,14 @@ def folding_percent(determinant: np.ndarray | torch.Tensor) -> float:
 
 
 def sdlogj(determinant: np.ndarray | torch.Tensor) -> float:
-    """Standard deviation of ``log(max(det J, 1e-9))`` over the voxels."""
-    return float(np.std(np.log(np.maximum(np.asarray(determinant), 1e-9))))
+    """Standard deviation of ``log(max(det J, 1e-9))`` over the voxels (compiled for a
+    float32 array: in float64, one pass per statistic)."""
+    from ddmr.spatial import kernels
+
+    determinant = np.asarray(determinant)
+    if kernels.available() and determinant.dtype == np.float32 and determinant.size:
+        return kernels.log_spread(determinant, 1e-9)
+    return float(np.std(np.log(np.maximum(determinant, 1e-9))))
 
 
 def _apply_row(row: np.ndarray, field: np.ndarray, channels_last_in: bool = False,

@@ -29,6 +29,8 @@ to float32 rounding; tested against them):
 * :func:`affine_field` - an affine map of a field's vectors and positions
   (:func:`ddmr.spatial.field.residual_of`);
 * :func:`jacobian_determinant` - :func:`ddmr.spatial.field.jacobian_determinant_mm`;
+* :func:`log_spread` - the standard deviation of ``log(max(v, floor))``
+  (:func:`ddmr.spatial.field.sdlogj`);
 * :func:`native_rows` - :func:`ddmr.registration.native.to_native`'s displacement, moving
   indices and warped image (``sample_image``) on rows of the fixed grid.
 
@@ -96,7 +98,8 @@ def _compiled():
             "lncc_products": loops.lncc_products,
             "lncc_centres": loops.lncc_centres, "lncc_force": loops.lncc_force,
             "largest_norm": loops.largest_norm, "affine_field": loops.affine_field,
-            "jacobian_determinant": loops.jacobian_determinant}
+            "jacobian_determinant": loops.jacobian_determinant,
+            "log_statistics": loops.log_statistics}
 
 
 class _Arena(threading.local):
@@ -532,3 +535,11 @@ def jacobian_determinant(field: np.ndarray, to_voxels: np.ndarray) -> np.ndarray
     _compiled()["jacobian_determinant"](field, np.ascontiguousarray(to_voxels, np.float64),
                                         out)
     return out
+
+
+def log_spread(values: np.ndarray, floor: float) -> float:
+    """The standard deviation of ``log(max(v, floor))`` over the values of a float32 array
+    (any shape), in float64."""
+    flat = np.ascontiguousarray(values, dtype=np.float32).reshape(-1)
+    return float(_compiled()["log_statistics"](flat, float(floor))[1]) if flat.size else \
+        float("nan")
