@@ -76,7 +76,12 @@ DDMR = {"ddmr": ("default", {}), "ddmr-network": (None, {}), "ddmr-fast": (None,
                                      "min_step": 0.15}),
         # the engine's default before issue 21's 1 mm finding: the whole field smoothed by
         # at least 4 mm each step
-        "ddmr-engine-diff4": (False, {"diffusion_mm": 4.0})}
+        "ddmr-engine-diff4": (False, {"diffusion_mm": 4.0}),
+        # issue 29, tenth session: the engine regularised less and its window wider, best on
+        # the training pairs of skull-stripped brains and 1 mm whole heads, but drifting on
+        # the 2 mm whole heads with robex-ref (benchmarks/RESULTS.md); not the default
+        "ddmr-w13-f0.75-d0.45": (False, {"window": 13, "fluid_sigma": 0.75,
+                                         "diffusion_sigma": 0.45})}
 PEERS = ("syn", "greedy", "elastix", "convexadam")
 #: pair kinds (module docstring)
 KINDS = ("inter", "heads", "heads-2mm", "same")
