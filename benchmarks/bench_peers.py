@@ -81,7 +81,12 @@ DDMR = {"ddmr": ("default", {}), "ddmr-network": (None, {}), "ddmr-fast": (None,
         # the training pairs of skull-stripped brains and 1 mm whole heads, but drifting on
         # the 2 mm whole heads with robex-ref (benchmarks/RESULTS.md); not the default
         "ddmr-w13-f0.75-d0.45": (False, {"window": 13, "fluid_sigma": 0.75,
-                                         "diffusion_sigma": 0.45})}
+                                         "diffusion_sigma": 0.45, "finest_fluid_sigma": None,
+                                         "finest_diffusion_sigma": None}),
+        # the default before the tenth session's (issue 29): window 9, fluid and diffusion
+        # sigmas 1 at every level; rows named ``ddmr`` made before were renamed so
+        "ddmr-w9-f1-d1": (False, {"window": 9, "finest_fluid_sigma": None,
+                                  "finest_diffusion_sigma": None})}
 PEERS = ("syn", "greedy", "elastix", "convexadam")
 #: pair kinds (module docstring)
 KINDS = ("inter", "heads", "heads-2mm", "same")

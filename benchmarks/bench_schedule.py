@@ -8,10 +8,14 @@ written ``network+100,50,10`` starts the engine from the shipped model's field
 (:data:`SHIPPED`, issue 30) instead of the affine part alone, ``model=ARM+0,50,10`` from the
 field of ``bench_training.py``'s model of that arm (``benchmarks/training/models``), and
 ``window=5+100,50,10``
-(also ``fluid=``, ``diffusion=``, ``step=``: :data:`SETTINGS`) changes one engine setting
-(issue 29); ``tissue=W+100,50,10`` guides the registration (``guide``, weight W in the
-engine) with each image's own three intensity classes inside its foreground
-(:func:`intensity_classes`: no labels from outside; issue 29). Rows are scored as
+(also ``fluid=``, ``diffusion=``, ``step=``, ``finest-fluid=``, ``finest-diffusion=``
+(``none``: as at the other levels): :data:`SETTINGS`) changes one engine setting (issue 29;
+a variant is relative to the defaults of its day: rows made before the tenth session's
+default, 2026-12-08, ran window 9 and no finest-level sigmas, which
+``window=9+finest-fluid=none+finest-diffusion=none+...`` runs again);
+``tissue=W+100,50,10`` guides the registration (``guide``, weight W in the engine) with
+each image's own three intensity classes inside its foreground (:func:`intensity_classes`:
+no labels from outside; issue 29). Rows are scored as
 ``bench_peers.score`` scores (tissue and subcortical DSC apart, HD95). Settings are chosen
 on ``train`` (pairs of the cohort's training people) and reported on ``test``. Rows go to
 ``OUT/rows.jsonl`` (resumable)::
@@ -40,7 +44,8 @@ from bench_affine import _pairs, split_means
 SHIPPED = "brain-t1-cpu"
 #: a variant's ``name=value`` options -> the :class:`EngineSettings` fields they set
 SETTINGS = {"window": "window", "fluid": "fluid_sigma", "diffusion": "diffusion_sigma",
-            "step": "step"}
+            "step": "step", "finest-fluid": "finest_fluid_sigma",
+            "finest-diffusion": "finest_diffusion_sigma"}
 
 
 def intensity_classes(array: np.ndarray, mask: np.ndarray, k: int = 3) -> np.ndarray:
@@ -81,7 +86,9 @@ def _row(pair: dict, variant: str) -> dict:
             model = str(Path(__file__).resolve().parent / "training" / "models"
                         / f"{value}.safetensors")
         elif name != "network":
-            settings[SETTINGS[name]] = type(getattr(EngineSettings(), SETTINGS[name]))(value)
+            field = SETTINGS[name]
+            settings[field] = None if value == "none" else (int if field == "window"
+                                                             else float)(value)
     started = time.perf_counter()
     result = ddmr.register(**{"fixed": pair["fixed"], "moving": pair["moving"], **guidance},
                            model=model,

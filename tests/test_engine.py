@@ -208,9 +208,38 @@ def test_engine_is_never_worse_than_its_start():
 def test_settings_are_checked():
     for bad in ({"levels": (2, 1), "iterations": (5,)}, {"similarity": "ssd"},
                 {"mode": "fast"}, {"window": 4}, {"step": 0.0}, {"levels": (0,),
-                                                                  "iterations": (1,)}):
+                                                                  "iterations": (1,)},
+                {"fluid_sigma": -1.0}, {"finest_diffusion_sigma": float("nan")}):
         with pytest.raises(ConfigError):
             EngineSettings(**bad)
+
+
+def test_the_finest_level_smooths_with_its_own_sigmas(monkeypatch):
+    """The finest level's fluid and diffusion sigmas apply there alone (the coarser
+    levels keep the others); None means as at the other levels; the mm floors hold."""
+    from dataclasses import replace
+
+    import ddmr.registration.engine as engine
+
+    settings = replace(FAST, fluid_sigma=1.5, diffusion_sigma=1.25, finest_fluid_sigma=0.75,
+                       finest_diffusion_sigma=0.5)
+    assert settings.smoothing(True, 1.0) == (0.75, 0.5)
+    assert settings.smoothing(False, 1.0) == (1.5, 1.25)
+    assert replace(settings, finest_fluid_sigma=None).smoothing(True, 1.0) == (1.5, 0.5)
+    assert replace(settings, fluid_mm=2.0).smoothing(True, 0.5) == (4.0, 0.5)
+    seen: dict[tuple[int, ...], set[float]] = {}
+    smooth = engine.gaussian_smooth
+
+    def recording(volume, sigma, out=None):
+        seen.setdefault(tuple(volume.shape[1:]), set()).add(sigma)
+        return smooth(volume, sigma, out=out)
+
+    monkeypatch.setattr(engine, "gaussian_smooth", recording)
+    result, *_ = _run(settings)
+    assert seen[tuple(result.grid.shape)] == {0.75, 0.5}
+    assert {0.75, 0.5}.isdisjoint(set().union(*(sigmas for shape, sigmas in seen.items()
+                                                if shape != tuple(result.grid.shape))))
+    assert len(seen) == 2
 
 
 def test_geometry_of_the_result_follows_the_fixed_foreground():

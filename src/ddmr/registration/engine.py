@@ -289,13 +289,13 @@ def _exp(velocity: torch.Tensor, level: _Level, steps: int) -> torch.Tensor:
 
 
 def _run_level(level: _Level, start: torch.Tensor, settings: EngineSettings,
-               iterations: int) -> tuple[torch.Tensor, float, dict[str, Any]]:
-    """Optimise one level from ``start`` (``d``, or ``v`` in ``svf`` mode)."""
+               iterations: int, finest: bool) -> tuple[torch.Tensor, float, dict[str, Any]]:
+    """Optimise one level (``finest``: the finest) from ``start`` (``d``, or ``v`` in
+    ``svf`` mode)."""
     started = time.perf_counter()
     variable = start.clone()
     unit = float(level.spacing.min())  # mm per voxel of the level (isotropic grid)
-    fluid = max(settings.fluid_sigma, settings.fluid_mm / unit)
-    diffusion = max(settings.diffusion_sigma, settings.diffusion_mm / unit)
+    fluid, diffusion = settings.smoothing(finest, unit)
     step = settings.step
     best_value, best_variable, since = -math.inf, variable, 0
     taken = 0
@@ -417,7 +417,9 @@ def register_deformable(fixed: np.ndarray, fixed_geometry: Geometry, fixed_mask:
     with torch.inference_mode(False), torch.no_grad():
         variable, records, previous = None, [], None
         started_from = "affine"
-        for factor, iterations in zip(settings.levels, settings.iterations, strict=True):
+        last = len(settings.levels) - 1
+        for index, (factor, iterations) in enumerate(zip(settings.levels, settings.iterations,
+                                                         strict=True)):
             # each level built when it starts, the one before it freed when it ends
             level = _Level(*sides, point_map, finest * factor, settings, similarity, guide,
                            partial)
@@ -430,7 +432,8 @@ def register_deformable(fixed: np.ndarray, fixed_geometry: Geometry, fixed_mask:
             else:
                 variable = Displacement(variable, previous.grid).on(level.grid)
             with kernels.reusing_scratch():  # the steps' temporaries made once
-                variable, value, record = _run_level(level, variable, settings, iterations)
+                variable, value, record = _run_level(level, variable, settings, iterations,
+                                                     index == last)
             records.append(record)
             previous = level
             release_free_memory()

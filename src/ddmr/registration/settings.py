@@ -27,6 +27,11 @@ class EngineSettings:
     similarity: ``lncc``, ``mi`` or ``mind``;
     window: LNCC window (voxels); step: the largest update per step (voxels);
     fluid_sigma: Gaussian (voxels) on each update; diffusion_sigma: on the whole field;
+    finest_fluid_sigma, finest_diffusion_sigma: the same at the finest level (None: as at
+    the others; lighter there than at the coarser levels, as chosen on the training
+    pairs: tissue DSC up by ~0.03 with no other score lower, where the lighter smoothing at
+    every level let 2 mm whole heads drift at the coarse levels, pulled by scalp and neck;
+    benchmarks/RESULTS.md, issue 29, tenth session);
     fluid_mm, diffusion_mm: the same at least this wide in mm (0: off; a width in mm
     makes finer levels as regular in physical terms, but smoothing the whole field by
     several voxels each step also shrinks it, so a 1 mm level then cannot improve:
@@ -39,10 +44,12 @@ class EngineSettings:
     levels: tuple[int, ...] = (4, 2, 1)
     iterations: tuple[int, ...] = (50, 20, 10)
     similarity: str = "lncc"
-    window: int = 9
+    window: int = 11
     step: float = 2.0
     fluid_sigma: float = 1.0
     diffusion_sigma: float = 1.0
+    finest_fluid_sigma: float | None = 0.75
+    finest_diffusion_sigma: float | None = 0.45
     fluid_mm: float = 0.0
     diffusion_mm: float = 0.0
     mode: str = "compositive"
@@ -67,11 +74,27 @@ class EngineSettings:
                               f"{', '.join(MODES)}")
         if self.window < 1 or self.window % 2 != 1:
             raise ConfigError(f"engine: window must be an odd number >= 1, got {self.window}")
+        for name in ("fluid_sigma", "diffusion_sigma", "finest_fluid_sigma",
+                     "finest_diffusion_sigma"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < math.inf:
+                raise ConfigError(f"engine: {name} must be >= 0, got {value}")
         for name in ("step", "min_step", "min_spacing"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"engine: {name} must be > 0")
         if self.spacing is not None and not 0 < self.spacing < math.inf:
             raise ConfigError(f"engine: spacing must be > 0 mm, got {self.spacing}")
+
+    def smoothing(self, finest: bool, unit: float) -> tuple[float, float]:
+        """The fluid and diffusion sigmas (voxels) of a level whose voxels are ``unit``
+        mm (``finest``: the finest level's), each at least ``fluid_mm`` / ``diffusion_mm``
+        wide in mm."""
+        fluid, diffusion = self.fluid_sigma, self.diffusion_sigma
+        if finest:
+            fluid = fluid if self.finest_fluid_sigma is None else self.finest_fluid_sigma
+            diffusion = (diffusion if self.finest_diffusion_sigma is None
+                         else self.finest_diffusion_sigma)
+        return max(fluid, self.fluid_mm / unit), max(diffusion, self.diffusion_mm / unit)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
