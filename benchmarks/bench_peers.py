@@ -86,7 +86,10 @@ DDMR = {"ddmr": ("default", {}), "ddmr-network": (None, {}), "ddmr-fast": (None,
         # the default before the tenth session's (issue 29): window 9, fluid and diffusion
         # sigmas 1 at every level; rows named ``ddmr`` made before were renamed so
         "ddmr-w9-f1-d1": (False, {"window": 9, "finest_fluid_sigma": None,
-                                  "finest_diffusion_sigma": None})}
+                                  "finest_diffusion_sigma": None}),
+        # the default for part of the tenth session: window 11, the finest level smoothed
+        # less (rows named ``ddmr`` made then were renamed so)
+        "ddmr-w11": (False, {"window": 11})}
 PEERS = ("syn", "greedy", "elastix", "convexadam")
 #: pair kinds (module docstring)
 KINDS = ("inter", "heads", "heads-2mm", "same")

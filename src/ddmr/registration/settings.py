@@ -31,7 +31,8 @@ class EngineSettings:
     the others; lighter there than at the coarser levels, as chosen on the training
     pairs: tissue DSC up by ~0.03 with no other score lower, where the lighter smoothing at
     every level let 2 mm whole heads drift at the coarse levels, pulled by scalp and neck;
-    benchmarks/RESULTS.md, issue 29, tenth session);
+    a window of 11 scored higher still but moved a partial view of the same brain by 2.5
+    mm from the network's start; benchmarks/RESULTS.md, issue 29, tenth session);
     fluid_mm, diffusion_mm: the same at least this wide in mm (0: off; a width in mm
     makes finer levels as regular in physical terms, but smoothing the whole field by
     several voxels each step also shrinks it, so a 1 mm level then cannot improve:
@@ -44,7 +45,7 @@ class EngineSettings:
     levels: tuple[int, ...] = (4, 2, 1)
     iterations: tuple[int, ...] = (50, 20, 10)
     similarity: str = "lncc"
-    window: int = 11
+    window: int = 9
     step: float = 2.0
     fluid_sigma: float = 1.0
     diffusion_sigma: float = 1.0
